@@ -1,0 +1,73 @@
+//! HTTP surface: `app(state) -> Router`. This issue carries health, the demo page and the
+//! WHIP/WHEP signaling; the control API grows here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::ids::{Identity, RoomName};
+use crate::sfu::driver::SfuHandle;
+use crate::sfu::signal::token;
+use crate::sfu::signal::whip::{self, WhipState};
+
+/// Shared state of every route.
+#[derive(Clone)]
+pub struct AppState {
+    pub sfu: SfuHandle,
+    pub whip: WhipState,
+    /// Set on shutdown: `/readyz` fails so load balancers stop sending new sessions.
+    pub draining: Arc<AtomicBool>,
+    /// The dev key pair, when the server runs in dev mode: enables `/dev/token` for the demo.
+    pub dev_keys: Option<(String, String)>,
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/dev/token", get(dev_token))
+        .with_state(state.clone())
+        .merge(whip::router(state.whip))
+}
+
+async fn demo_page() -> Html<&'static str> {
+    Html(include_str!("../../web/index.html"))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "draining" }))).into_response();
+    }
+    match s.sfu.call(|_, _| ()).await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(_) => ApiError::unavailable().into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct DevTokenQuery {
+    room: String,
+    identity: String,
+}
+
+/// Mints a join token for the demo page. Exists only in dev mode, where the secret is local.
+async fn dev_token(State(s): State<AppState>, Query(q): Query<DevTokenQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some((key, secret)) = &s.dev_keys else {
+        return Err(ApiError::not_found("not_dev_mode", "tokens are minted here only in dev mode"));
+    };
+    let room = RoomName::new(q.room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
+    let identity = Identity::new(q.identity).map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let claims = token::join_claims(key, room.as_str(), identity.as_str(), now, 6 * 3600);
+    Ok(Json(serde_json::json!({ "token": token::mint(&claims, secret) })))
+}

@@ -1,0 +1,284 @@
+//! Server configuration: a TOML file, then `AURALINK_*` environment variables and flags on top.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Secrets shorter than this are refused outside dev mode (HS256 wants ≥ 256 bits).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("writing dev keys to {path}: {source}")]
+    DevKeys { path: PathBuf, source: std::io::Error },
+    #[error("API secret for key {key:?} is {len} bytes; at least {MIN_SECRET_LEN} are required")]
+    ShortSecret { key: String, len: usize },
+    #[error("malformed keys {0:?}: expected \"key: secret[, key: secret]\"")]
+    KeysSyntax(String),
+}
+
+/// Everything `auralink serve` needs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listener: API, signaling, demo page.
+    pub http: HttpConfig,
+    /// Media transport (ICE over UDP and TCP).
+    pub rtc: RtcConfig,
+    /// Room lifecycle.
+    pub room: RoomConfig,
+    /// Where the server keeps its files (SQLite database, dev keys).
+    pub data_dir: PathBuf,
+    /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub bind: IpAddr,
+    pub port: u16,
+    /// Largest signaling body (SDP offer, trickle fragment) accepted, in bytes.
+    pub max_signal_body: usize,
+}
+
+/// Media transport settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtcConfig {
+    /// UDP port for ICE; 0 picks a free port.
+    pub udp_port: u16,
+    /// TCP port for ICE-TCP (passive); 0 picks a free port.
+    pub tcp_port: u16,
+    /// Addresses to bind and advertise as host candidates. Empty: loopback plus the
+    /// address of the default route, when there is one.
+    pub node_ips: Vec<IpAddr>,
+    /// STUN/TURN servers handed to clients (WHIP/WHEP Link headers). A TURN server such as
+    /// coturn is deployed beside AuraLink; str0m has none built in.
+    pub ice_servers: Vec<IceServer>,
+    /// How long a participant may stay ICE-disconnected before it is removed.
+    pub disconnect_timeout_secs: u64,
+    /// Starting bandwidth estimate for subscribers, before TWCC feedback arrives.
+    pub initial_bwe_kbps: u64,
+}
+
+/// One STUN or TURN server for clients.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// Room lifecycle settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomConfig {
+    /// A room with nobody in it closes after this long.
+    pub empty_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            rtc: RtcConfig::default(),
+            room: RoomConfig::default(),
+            data_dir: PathBuf::from("./data"),
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { bind: IpAddr::from([0, 0, 0, 0]), port: 7880, max_signal_body: 64 * 1024 }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            udp_port: 7881,
+            tcp_port: 7881,
+            node_ips: Vec::new(),
+            ice_servers: Vec::new(),
+            disconnect_timeout_secs: 20,
+            initial_bwe_kbps: 1_500,
+        }
+    }
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig { empty_timeout_secs: 300 }
+    }
+}
+
+impl RtcConfig {
+    /// See [`RtcConfig::disconnect_timeout_secs`].
+    pub fn disconnect_timeout(&self) -> Duration {
+        Duration::from_secs(self.disconnect_timeout_secs)
+    }
+}
+
+impl RoomConfig {
+    /// See [`RoomConfig::empty_timeout_secs`].
+    pub fn empty_timeout(&self) -> Duration {
+        Duration::from_secs(self.empty_timeout_secs)
+    }
+}
+
+/// Values from flags and `AURALINK_*` variables; each one set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub http_port: Option<u16>,
+    pub rtc_port: Option<u16>,
+    pub node_ips: Option<Vec<IpAddr>>,
+    pub data_dir: Option<PathBuf>,
+    /// `"key: secret, key2: secret2"`, as LiveKit's `LIVEKIT_KEYS`.
+    pub keys: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any) and applies overrides.
+    pub fn load(path: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?
+            }
+            None => Config::default(),
+        };
+        if let Some(p) = o.http_port {
+            config.http.port = p;
+        }
+        if let Some(p) = o.rtc_port {
+            config.rtc.udp_port = p;
+            config.rtc.tcp_port = p;
+        }
+        if let Some(ips) = o.node_ips {
+            config.rtc.node_ips = ips;
+        }
+        if let Some(d) = o.data_dir {
+            config.data_dir = d;
+        }
+        if let Some(keys) = o.keys {
+            config.keys = parse_keys(&keys)?;
+        }
+        Ok(config)
+    }
+
+    /// True when no API keys were configured: the server generates its own.
+    pub fn is_dev_mode(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Checks secrets, or in dev mode loads (first run: generates) the dev key pair.
+    /// Returns the dev pair when one is in use, so the caller can print it.
+    pub fn resolve_keys(&mut self) -> Result<Option<(String, String)>, ConfigError> {
+        if !self.is_dev_mode() {
+            for (key, secret) in &self.keys {
+                if secret.len() < MIN_SECRET_LEN {
+                    return Err(ConfigError::ShortSecret { key: key.clone(), len: secret.len() });
+                }
+            }
+            return Ok(None);
+        }
+        let path = self.data_dir.join("dev-keys.toml");
+        let keys = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str::<BTreeMap<String, String>>(&text)
+                .map_err(|source| ConfigError::Parse { path: path.clone(), source })?,
+            Err(_) => {
+                let keys = BTreeMap::from([generate_key_pair()]);
+                let text = toml::to_string(&keys).expect("a string map serializes");
+                std::fs::create_dir_all(&self.data_dir)
+                    .and_then(|()| std::fs::write(&path, text))
+                    .map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
+                keys
+            }
+        };
+        self.keys = keys;
+        Ok(self.keys.iter().next().map(|(k, s)| (k.clone(), s.clone())))
+    }
+}
+
+/// A fresh `(api key, api secret)` pair; the secret carries 256 random bits.
+pub fn generate_key_pair() -> (String, String) {
+    let mut rng = rand::thread_rng();
+    let key = format!("API{}", random_alnum(&mut rng, 12));
+    let secret = random_alnum(&mut rng, 43);
+    (key, secret)
+}
+
+fn random_alnum(rng: &mut impl Rng, len: usize) -> String {
+    rng.sample_iter(rand::distributions::Alphanumeric).take(len).map(char::from).collect()
+}
+
+/// Parses `"key: secret, key2: secret2"`.
+pub fn parse_keys(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once(':').ok_or_else(|| ConfigError::KeysSyntax(s.into()))?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() || v.is_empty() {
+                return Err(ConfigError::KeysSyntax(s.into()));
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("auralink-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[http]\nport = 9000\n[rtc]\nudp_port = 9001\n").unwrap();
+        let o = Overrides { rtc_port: Some(9100), ..Default::default() };
+        let c = Config::load(Some(&file), o).unwrap();
+        assert_eq!(c.http.port, 9000);
+        assert_eq!((c.rtc.udp_port, c.rtc.tcp_port), (9100, 9100));
+        std::fs::write(&file, "[http]\nprot = 1\n").unwrap();
+        assert!(matches!(Config::load(Some(&file), Overrides::default()), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn short_secrets_are_refused_outside_dev_mode() {
+        let mut c = Config { keys: parse_keys("k1: short").unwrap(), ..Default::default() };
+        assert!(matches!(c.resolve_keys(), Err(ConfigError::ShortSecret { len: 5, .. })));
+        assert!(parse_keys("nocolon").is_err());
+    }
+
+    #[test]
+    fn dev_keys_are_generated_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("auralink-dev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = Config { data_dir: dir.clone(), ..Default::default() };
+        let first = c.resolve_keys().unwrap().unwrap();
+        assert!(first.1.len() >= MIN_SECRET_LEN);
+        let mut again = Config { data_dir: dir.clone(), ..Default::default() };
+        assert_eq!(again.resolve_keys().unwrap().unwrap(), first);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

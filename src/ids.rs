@@ -1,0 +1,106 @@
+//! Newtype identifiers shared across modules.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A participant session inside one node. Never reused while the process lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ParticipantId(pub u64);
+
+/// A published track inside one node. Never reused while the process lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TrackId(pub u64);
+
+impl fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PA_{:x}", self.0)
+    }
+}
+
+impl fmt::Display for TrackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TR_{:x}", self.0)
+    }
+}
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must be 1 to {max} characters")]
+    Length { max: usize },
+    #[error("may contain only letters, digits and - _ . @ :")]
+    Charset,
+}
+
+/// Validates names that end up in URLs, tokens and logs (rooms, identities).
+fn check_name(s: &str, max: usize) -> Result<(), NameError> {
+    if s.is_empty() || s.len() > max {
+        return Err(NameError::Length { max });
+    }
+    let ok = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':'));
+    if ok { Ok(()) } else { Err(NameError::Charset) }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps a name.
+            pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
+                let s = s.into();
+                check_name(&s, $max)?;
+                Ok(Self(s))
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A room name, as it appears in tokens and URLs.
+    RoomName,
+    128
+);
+name_type!(
+    /// A participant identity, unique within a room (the token's `sub`).
+    Identity,
+    128
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(RoomName::new("demo-1").is_ok());
+        assert_eq!(RoomName::new(""), Err(NameError::Length { max: 128 }));
+        assert_eq!(RoomName::new("a/b"), Err(NameError::Charset));
+        assert_eq!(Identity::new("x".repeat(129)), Err(NameError::Length { max: 128 }));
+        assert!(serde_json::from_str::<RoomName>("\"../etc\"").is_err());
+    }
+}

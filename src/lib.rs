@@ -1,0 +1,8 @@
+//! AuraLink: a real-time media server with an AI pipeline inside it.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod server;
+pub mod sfu;

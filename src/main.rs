@@ -1,0 +1,140 @@
+//! The `auralink` binary.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use auralink::config::{Config, Overrides};
+use auralink::sfu::signal::token;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "auralink", version, about = "Real-time media server with an in-process AI pipeline")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "AURALINK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "AURALINK_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Mint a room join token (LiveKit format).
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP port (API, signaling, demo page).
+    #[arg(long, env = "AURALINK_HTTP_PORT")]
+    http_port: Option<u16>,
+    /// Media port, UDP and TCP.
+    #[arg(long, env = "AURALINK_RTC_PORT")]
+    rtc_port: Option<u16>,
+    /// Addresses to serve media on and advertise (comma-separated).
+    #[arg(long, env = "AURALINK_NODE_IPS", value_delimiter = ',')]
+    node_ips: Option<Vec<IpAddr>>,
+    /// Data directory (database, dev keys).
+    #[arg(long, env = "AURALINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// API keys, "key: secret[, key: secret]". Without any, the server runs in dev mode.
+    #[arg(long, env = "AURALINK_KEYS", hide_env_values = true)]
+    keys: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long)]
+    room: String,
+    #[arg(long)]
+    identity: String,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 6 * 3600)]
+    ttl: u64,
+    /// Deny publishing.
+    #[arg(long)]
+    no_publish: bool,
+    /// Deny subscribing.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// API key and secret; default: the first configured pair, or the dev pair.
+    #[arg(long, env = "AURALINK_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, env = "AURALINK_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    #[arg(long, env = "AURALINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn init_logs(json: bool) {
+    let filter = EnvFilter::try_from_env("AURALINK_LOG").unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if json { fmt.json().init() } else { fmt.init() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auralink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Serve(a) => {
+            let o = Overrides { http_port: a.http_port, rtc_port: a.rtc_port, node_ips: a.node_ips, data_dir: a.data_dir, keys: a.keys };
+            let config = Config::load(cli.config.as_deref(), o)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(serve(config))
+        }
+        Command::Token(a) => {
+            let o = Overrides { data_dir: a.data_dir.clone(), ..Default::default() };
+            let mut config = Config::load(cli.config.as_deref(), o)?;
+            let (key, secret) = match (a.api_key, a.api_secret) {
+                (Some(k), Some(s)) => (k, s),
+                _ => {
+                    let dev = config.resolve_keys()?;
+                    dev.or_else(|| config.keys.into_iter().next()).ok_or("no API key configured")?
+                }
+            };
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let mut claims = token::join_claims(&key, &a.room, &a.identity, now, a.ttl);
+            claims.video.can_publish = Some(!a.no_publish);
+            claims.video.can_subscribe = Some(!a.no_subscribe);
+            println!("{}", token::mint(&claims, &secret));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let server = auralink::server::start(config).await?;
+    if let Some((key, secret)) = &server.dev_keys {
+        println!("dev mode: API key {key}  API secret {secret}");
+    }
+    println!("demo page: http://{}/", display_addr(server.http_addr));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            server.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+fn display_addr(a: std::net::SocketAddr) -> String {
+    if a.ip().is_unspecified() { format!("localhost:{}", a.port()) } else { a.to_string() }
+}

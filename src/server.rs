@@ -1,0 +1,136 @@
+//! Start-up: bind sockets, spawn the media router and the HTTP server, shut down cleanly.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use str0m::Candidate;
+use str0m::bwe::Bitrate;
+use str0m::net::TcpType;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, ConfigError};
+use crate::sfu::driver::{self, SfuHandle};
+use crate::sfu::signal::token::TokenVerifier;
+use crate::sfu::signal::whip::WhipState;
+use crate::sfu::{Sfu, SfuConfig};
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("binding {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("creating data dir {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("no usable ICE candidate for {0}")]
+    Candidate(SocketAddr),
+}
+
+/// A running server.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub udp_addrs: Vec<SocketAddr>,
+    pub tcp_addrs: Vec<SocketAddr>,
+    pub sfu: SfuHandle,
+    /// The generated key pair when running in dev mode.
+    pub dev_keys: Option<(String, String)>,
+    draining: Arc<AtomicBool>,
+    shutdown: Option<oneshot::Sender<()>>,
+    http: JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting, marks not-ready, and waits for the HTTP server to finish.
+    pub async fn shutdown(mut self) {
+        self.draining.store(true, Ordering::Relaxed);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.http).await;
+    }
+
+    /// Waits until the HTTP server stops.
+    pub async fn wait(mut self) {
+        let _ = (&mut self.http).await;
+    }
+}
+
+/// Addresses to serve media on when none are configured: loopback, and the address of the
+/// default route if the machine has one.
+fn default_node_ips() -> Vec<IpAddr> {
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    // Connecting a UDP socket sends nothing; it only asks the kernel for a route.
+    let primary = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip());
+    if let Ok(ip) = primary {
+        if !ip.is_loopback() && !ip.is_unspecified() {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+/// Binds everything and starts serving.
+pub async fn start(mut config: Config) -> Result<Server, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let dev_keys = config.resolve_keys()?;
+    let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
+
+    let (mut udp, mut tcp, mut candidates) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
+    for ip in ips {
+        let addr = SocketAddr::new(ip, config.rtc.udp_port);
+        let sock = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { what: "media UDP", addr, source })?;
+        let local = sock.local_addr().expect("bound socket has an address");
+        candidates.push(Candidate::host(local, "udp").map_err(|_| StartError::Candidate(local))?);
+        udp_addrs.push(local);
+        udp.push(sock);
+
+        let addr = SocketAddr::new(ip, config.rtc.tcp_port);
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "ICE-TCP", addr, source })?;
+        let local = listener.local_addr().expect("bound listener has an address");
+        let c = Candidate::builder().tcp().host(local).tcptype(TcpType::Passive).build().map_err(|_| StartError::Candidate(local))?;
+        candidates.push(c);
+        tcp_addrs.push(local);
+        tcp.push(listener);
+    }
+
+    let sfu = Sfu::new(SfuConfig {
+        candidates,
+        disconnect_timeout: config.rtc.disconnect_timeout(),
+        empty_room_timeout: config.room.empty_timeout(),
+        initial_bwe: Bitrate::kbps(config.rtc.initial_bwe_kbps),
+    });
+    let handle = driver::spawn(sfu, udp, tcp);
+
+    let whip = WhipState::new(
+        handle.clone(),
+        TokenVerifier::new(config.keys.clone()),
+        config.rtc.ice_servers.clone(),
+        config.http.max_signal_body,
+    );
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = AppState { sfu: handle.clone(), whip, draining: Arc::clone(&draining), dev_keys: dev_keys.clone() };
+    let addr = SocketAddr::new(config.http.bind, config.http.port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;
+    let http_addr = listener.local_addr().expect("bound listener has an address");
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = api::app(state);
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(%http_addr, ?udp_addrs, ?tcp_addrs, "auralink serving");
+    Ok(Server { http_addr, udp_addrs, tcp_addrs, sfu: handle, dev_keys, draining, shutdown: Some(tx), http })
+}

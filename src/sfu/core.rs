@@ -1,0 +1,876 @@
+//! The room router: sans-IO. It owns every participant's `Rtc`, the rooms, tracks and
+//! subscriptions, and decides what is forwarded where. Input comes in through `join`,
+//! `handle_receive` and `handle_timeout` with the time as a parameter; datagrams, events and the
+//! next wake-up come out through `poll_transmit`, `poll_event` and `poll_timeout`.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::channel::{ChannelConfig, ChannelData, ChannelId};
+use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use super::forward::{Decision, Forwarder, Layer};
+use super::layer_select::{self, LayerRate, Quality};
+use super::peer::{MAX_PENDING_MESSAGES, OutChannel, Peer, Slot, SubscribeFilter};
+use super::signal::token::Permissions;
+use super::speaker::{Speaker, SpeakerDetector};
+use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+
+/// Keyframe requests to one publisher layer are at most this frequent.
+const KEYFRAME_MIN_GAP: Duration = Duration::from_millis(500);
+/// Window over which layer bitrates are measured.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Host candidates every session advertises (the driver's sockets).
+    pub candidates: Vec<Candidate>,
+    pub disconnect_timeout: Duration,
+    pub empty_room_timeout: Duration,
+    pub initial_bwe: Bitrate,
+}
+
+/// Who is joining, and what they may do.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: RoomName,
+    pub identity: Identity,
+    pub permissions: Permissions,
+    pub subscribe: SubscribeFilter,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client ended it (WHIP/WHEP DELETE, LiveKit leave).
+    ClientRequest,
+    /// ICE stayed disconnected past the timeout.
+    Timeout,
+    /// The transport failed (DTLS, malformed media the stack refused).
+    TransportError,
+    /// The server removed it (room deleted, admin action).
+    Removed,
+}
+
+/// Errors from router operations.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("malformed SDP offer: {0}")]
+    BadSdp(String),
+    #[error("offer could not be negotiated: {0}")]
+    Negotiation(String),
+    #[error("no such participant")]
+    NoParticipant,
+    #[error("no such track")]
+    NoTrack,
+}
+
+impl SfuError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SfuError::BadSdp(_) => "sdp_malformed",
+            SfuError::Negotiation(_) => "sdp_negotiation_failed",
+            SfuError::NoParticipant => "participant_not_found",
+            SfuError::NoTrack => "track_not_found",
+        }
+    }
+}
+
+/// A published track, as signaling layers describe it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub owner: ParticipantId,
+    #[serde(serialize_with = "ser_kind")]
+    pub kind: MediaKind,
+    pub muted: bool,
+    /// Simulcast layers, lowest quality first; empty without simulcast.
+    pub layers: Vec<String>,
+}
+
+fn ser_kind<S: serde::Serializer>(k: &MediaKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *k == MediaKind::Audio { "audio" } else { "video" })
+}
+
+/// A participant session in a room.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub identity: Identity,
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// What happened, for signaling layers, webhooks and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuEvent {
+    RoomStarted { room: RoomName },
+    RoomClosed { room: RoomName },
+    ParticipantJoined { room: RoomName, participant: ParticipantId, identity: Identity },
+    /// ICE and DTLS are up: media can flow.
+    ParticipantConnected { room: RoomName, participant: ParticipantId },
+    ParticipantLeft { room: RoomName, participant: ParticipantId, identity: Identity, reason: LeaveReason },
+    TrackPublished { room: RoomName, track: TrackInfo },
+    TrackUnpublished { room: RoomName, track: TrackInfo },
+    TrackMuted { room: RoomName, track: TrackId, muted: bool },
+    SpeakersChanged { room: RoomName, speakers: Vec<Speaker> },
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub frames_in: u64,
+    pub frames_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub frames_dropped: u64,
+    pub keyframe_requests: u64,
+    pub data_messages_relayed: u64,
+    pub datagrams_unrouted: u64,
+    pub datagrams_malformed: u64,
+}
+
+/// Bytes per layer over a window, turned into bits per second when the window closes.
+#[derive(Debug)]
+struct RateMeter {
+    start: Instant,
+    bytes: HashMap<Layer, u64>,
+}
+
+struct Track {
+    info: TrackInfo,
+    room: RoomName,
+    mid: Mid,
+    /// Ordered lowest quality first (see `layer_select::order`).
+    layers: Vec<LayerRate>,
+    meter: RateMeter,
+    /// Inferred from the publisher going quiet (str0m's StreamPaused).
+    paused: bool,
+    subscribers: Vec<(ParticipantId, Mid)>,
+    last_keyframe_request: HashMap<Layer, Instant>,
+}
+
+struct Room {
+    participants: Vec<ParticipantId>,
+    /// In publication order: older tracks are offered to free slots first.
+    tracks: Vec<TrackId>,
+    empty_since: Option<Instant>,
+    speakers: SpeakerDetector,
+}
+
+/// The sans-IO router.
+pub struct Sfu {
+    config: SfuConfig,
+    rooms: BTreeMap<RoomName, Room>,
+    peers: HashMap<ParticipantId, Peer>,
+    tracks: HashMap<TrackId, Track>,
+    by_mid: HashMap<(ParticipantId, Mid), TrackId>,
+    /// Last session seen on a remote address: the first place to look when demultiplexing.
+    by_source: HashMap<SocketAddr, ParticipantId>,
+    dirty: VecDeque<ParticipantId>,
+    dirty_set: HashSet<ParticipantId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SfuEvent>,
+    next_id: u64,
+    stats: SfuStats,
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Self {
+        Sfu {
+            config,
+            rooms: BTreeMap::new(),
+            peers: HashMap::new(),
+            tracks: HashMap::new(),
+            by_mid: HashMap::new(),
+            by_source: HashMap::new(),
+            dirty: VecDeque::new(),
+            dirty_set: HashSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_id: 1,
+            stats: SfuStats::default(),
+        }
+    }
+
+    /// Adds a session from the client's SDP offer and returns the answer.
+    pub fn join(&mut self, now: Instant, req: JoinRequest, offer: &str) -> Result<(ParticipantId, SdpAnswer), SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let mut rtc = Rtc::builder().enable_bwe(Some(self.config.initial_bwe)).build(now);
+        for c in &self.config.candidates {
+            rtc.add_local_candidate(c.clone());
+        }
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+
+        let id = ParticipantId(self.next_id);
+        self.next_id += 1;
+        let room = self.rooms.entry(req.room.clone()).or_insert_with(|| {
+            self.events.push_back(SfuEvent::RoomStarted { room: req.room.clone() });
+            Room { participants: Vec::new(), tracks: Vec::new(), empty_since: None, speakers: SpeakerDetector::new(now) }
+        });
+        room.participants.push(id);
+        room.empty_since = None;
+        self.peers.insert(
+            id,
+            Peer {
+                id,
+                room: req.room.clone(),
+                identity: req.identity.clone(),
+                permissions: req.permissions,
+                subscribe: req.subscribe,
+                rtc,
+                next_timeout: now,
+                disconnected_since: None,
+                estimate_bps: None,
+                slots: Vec::new(),
+                published: Vec::new(),
+                channels_in: HashMap::new(),
+                channels_out: HashMap::new(),
+            },
+        );
+        self.events.push_back(SfuEvent::ParticipantJoined { room: req.room, participant: id, identity: req.identity });
+        self.mark(id);
+        self.drive(now);
+        Ok((id, answer))
+    }
+
+    /// Applies a new offer from an existing session: added m-lines, or an ICE restart when the
+    /// offer carries new ICE credentials.
+    pub fn renegotiate(&mut self, now: Instant, id: ParticipantId, offer: &str) -> Result<SdpAnswer, SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        self.mark(id);
+        self.drive(now);
+        Ok(answer)
+    }
+
+    /// Adds a trickled remote candidate.
+    pub fn add_remote_candidate(&mut self, now: Instant, id: ParticipantId, c: Candidate) -> Result<(), SfuError> {
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        peer.rtc.add_remote_candidate(c);
+        self.mark(id);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Ends a session.
+    pub fn leave(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) -> Result<(), SfuError> {
+        if !self.peers.contains_key(&id) {
+            return Err(SfuError::NoParticipant);
+        }
+        self.remove_peer(now, id, reason);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Mutes or unmutes a published track for everyone.
+    pub fn set_track_muted(&mut self, now: Instant, track: TrackId, muted: bool) -> Result<(), SfuError> {
+        let t = self.tracks.get_mut(&track).ok_or(SfuError::NoTrack)?;
+        if t.info.muted == muted {
+            return Ok(());
+        }
+        t.info.muted = muted;
+        let room = t.room.clone();
+        self.events.push_back(SfuEvent::TrackMuted { room, track, muted });
+        if !muted {
+            self.resume_subscribers(now, track);
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Caps the quality a session receives for the track in slot `mid` (explicit request).
+    pub fn set_max_quality(&mut self, now: Instant, id: ParticipantId, track: TrackId, q: Quality) -> Result<(), SfuError> {
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        let slot = peer.slots.iter_mut().find(|s| s.track == Some(track)).ok_or(SfuError::NoTrack)?;
+        slot.max_quality = q;
+        self.reselect(now, id);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Subscribes a session to a track (or stops), independent of its filter.
+    pub fn set_subscribed(&mut self, now: Instant, id: ParticipantId, track: TrackId, on: bool) -> Result<(), SfuError> {
+        let kind = self.tracks.get(&track).ok_or(SfuError::NoTrack)?.info.kind;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        if on {
+            if peer.slots.iter().any(|s| s.track == Some(track)) {
+                return Ok(());
+            }
+            let Some(mid) = peer.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
+                return Err(SfuError::NoTrack);
+            };
+            self.bind(now, id, mid, track);
+        } else if let Some(mid) = peer.slots.iter().find(|s| s.track == Some(track)).map(|s| s.mid) {
+            self.unbind(id, mid);
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Feeds raw bytes received on a socket. Returns false if they are malformed or no
+    /// session accepts them; both are counted, neither affects any session.
+    pub fn handle_datagram(&mut self, now: Instant, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            self.stats.datagrams_malformed += 1;
+            return false;
+        };
+        self.handle_receive(now, Receive { proto, source, destination, contents })
+    }
+
+    /// Feeds a received datagram. Returns false if no session accepts it.
+    pub fn handle_receive(&mut self, now: Instant, r: Receive<'_>) -> bool {
+        let source = r.source;
+        let input = Input::Receive(now, r);
+        let cached = self.by_source.get(&source).copied().filter(|id| {
+            self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input))
+        });
+        let Some(id) = cached.or_else(|| self.peers.values().find(|p| p.rtc.accepts(&input)).map(|p| p.id)) else {
+            self.stats.datagrams_unrouted += 1;
+            return false;
+        };
+        self.by_source.insert(source, id);
+        let peer = self.peers.get_mut(&id).expect("found above");
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(participant = %id, error = %e, "input refused; closing session");
+            self.remove_peer(now, id, LeaveReason::TransportError);
+        } else {
+            self.mark(id);
+        }
+        self.drive(now);
+        true
+    }
+
+    /// Moves time forward: str0m timers, ICE timeouts, empty rooms, speaker updates.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ParticipantId> = self.peers.values().filter(|p| p.next_timeout <= now).map(|p| p.id).collect();
+        for id in due {
+            let peer = self.peers.get_mut(&id).expect("listed above");
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(participant = %id, error = %e, "timeout handling failed; closing session");
+                self.remove_peer(now, id, LeaveReason::TransportError);
+            } else {
+                self.mark(id);
+            }
+        }
+        self.drive(now);
+
+        let timeout = self.config.disconnect_timeout;
+        let gone: Vec<(ParticipantId, LeaveReason)> = self
+            .peers
+            .values()
+            .filter_map(|p| {
+                if !p.rtc.is_alive() {
+                    Some((p.id, LeaveReason::TransportError))
+                } else if p.disconnected_since.is_some_and(|t| now >= t + timeout) {
+                    Some((p.id, LeaveReason::Timeout))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in gone {
+            self.remove_peer(now, id, reason);
+        }
+
+        let empty_timeout = self.config.empty_room_timeout;
+        let mut closed = Vec::new();
+        for (name, room) in self.rooms.iter_mut() {
+            if room.empty_since.is_some_and(|t| now >= t + empty_timeout) {
+                closed.push(name.clone());
+                continue;
+            }
+            if let Some(speakers) = room.speakers.handle_timeout(now) {
+                self.events.push_back(SfuEvent::SpeakersChanged { room: name.clone(), speakers });
+            }
+        }
+        for name in closed {
+            self.rooms.remove(&name);
+            self.events.push_back(SfuEvent::RoomClosed { room: name });
+        }
+        self.drive(now);
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for signaling layers.
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next; `None` when nothing is scheduled.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let peers = self.peers.values().flat_map(|p| {
+            let ice = p.disconnected_since.map(|t| t + self.config.disconnect_timeout);
+            std::iter::once(p.next_timeout).chain(ice)
+        });
+        let rooms = self.rooms.values().map(|r| match r.empty_since {
+            Some(t) => t + self.config.empty_room_timeout,
+            None => r.speakers.poll_timeout(),
+        });
+        peers.chain(rooms).min()
+    }
+
+    /// Sessions in a room with their tracks.
+    pub fn participants(&self, room: &RoomName) -> Vec<ParticipantInfo> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        r.participants
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .map(|p| ParticipantInfo {
+                id: p.id,
+                identity: p.identity.clone(),
+                tracks: p.published.iter().filter_map(|t| self.tracks.get(t)).map(|t| t.info.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// Open rooms.
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomName> {
+        self.rooms.keys()
+    }
+
+    /// The track currently forwarded in each sending slot of a session, by mid.
+    pub fn subscriptions(&self, id: ParticipantId) -> Vec<(Mid, Option<TrackId>, Option<Layer>)> {
+        let Some(p) = self.peers.get(&id) else {
+            return Vec::new();
+        };
+        p.slots.iter().map(|s| (s.mid, s.track, s.fwd.current().cloned())).collect()
+    }
+
+    pub fn stats(&self) -> &SfuStats {
+        &self.stats
+    }
+
+    fn mark(&mut self, id: ParticipantId) {
+        if self.dirty_set.insert(id) {
+            self.dirty.push_back(id);
+        }
+    }
+
+    /// Polls every session touched since the last drive until each is waiting on a timeout.
+    fn drive(&mut self, now: Instant) {
+        while let Some(id) = self.dirty.pop_front() {
+            self.dirty_set.remove(&id);
+            loop {
+                let Some(peer) = self.peers.get_mut(&id) else { break };
+                match peer.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => {
+                        peer.next_timeout = t;
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                    Ok(Output::Event(e)) => self.handle_event(now, id, e),
+                    Err(e) => {
+                        tracing::debug!(participant = %id, error = %e, "session failed");
+                        self.remove_peer(now, id, LeaveReason::TransportError);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, id: ParticipantId, e: Event) {
+        match e {
+            Event::Connected => {
+                if let Some(p) = self.peers.get(&id) {
+                    self.events.push_back(SfuEvent::ParticipantConnected { room: p.room.clone(), participant: id });
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                let Some(p) = self.peers.get_mut(&id) else { return };
+                match state {
+                    IceConnectionState::Disconnected => {
+                        p.disconnected_since.get_or_insert(now);
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed => p.disconnected_since = None,
+                    _ => {}
+                }
+            }
+            Event::MediaAdded(m) => self.handle_media_added(now, id, m),
+            Event::MediaData(d) => self.handle_media_data(now, id, d),
+            Event::KeyframeRequest(req) => {
+                // A subscriber asks for a keyframe: pass it to the publisher of that slot's layer.
+                let Some(p) = self.peers.get_mut(&id) else { return };
+                let Some(slot) = p.slot_mut(req.mid) else { return };
+                let (Some(track), Some(layer)) = (slot.track, slot.fwd.current().cloned().or(slot.fwd.target().cloned())) else {
+                    return;
+                };
+                self.request_keyframe(now, track, layer);
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. }) => {
+                let Some(p) = self.peers.get_mut(&id) else { return };
+                p.estimate_bps = Some(estimate.as_u64());
+                self.reselect(now, id);
+            }
+            Event::StreamPaused(sp) => {
+                let Some(&track) = self.by_mid.get(&(id, sp.mid)) else { return };
+                let Some(t) = self.tracks.get_mut(&track) else { return };
+                // Simulcast layers pause one by one; the track is quiet when its only stream is.
+                if t.info.layers.is_empty() && t.paused != sp.paused {
+                    t.paused = sp.paused;
+                    self.events.push_back(SfuEvent::TrackMuted { room: t.room.clone(), track, muted: sp.paused });
+                    if !sp.paused {
+                        self.resume_subscribers(now, track);
+                    }
+                }
+            }
+            Event::ChannelOpen(cid, _label) => self.handle_channel_open(id, cid),
+            Event::ChannelData(d) => self.relay_data(id, d),
+            Event::ChannelClose(cid) => {
+                let Some(p) = self.peers.get_mut(&id) else { return };
+                p.channels_in.remove(&cid);
+                p.channels_out.retain(|_, c| c.id != cid);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_media_added(&mut self, now: Instant, id: ParticipantId, m: MediaAdded) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
+        let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
+        if sends && p.permissions.subscribe {
+            p.slots.push(Slot { mid: m.mid, kind: m.kind, track: None, fwd: Forwarder::new(m.kind), max_quality: Quality::High });
+        }
+        if receives && p.permissions.publish {
+            let rids: Vec<Rid> = m.simulcast.map(|s| if s.recv.is_empty() { s.send } else { s.recv }).unwrap_or_default().into_iter().map(|l| l.rid).collect();
+            let mut layers: Vec<LayerRate> = rids.into_iter().map(|rid| LayerRate { rid, bps: 0 }).collect();
+            layer_select::order(&mut layers);
+            let track = TrackId(self.next_id);
+            self.next_id += 1;
+            let info = TrackInfo {
+                id: track,
+                owner: id,
+                kind: m.kind,
+                muted: false,
+                layers: layers.iter().map(|l| l.rid.to_string()).collect(),
+            };
+            p.published.push(track);
+            let room = p.room.clone();
+            self.by_mid.insert((id, m.mid), track);
+            self.tracks.insert(
+                track,
+                Track {
+                    info: info.clone(),
+                    room: room.clone(),
+                    mid: m.mid,
+                    layers,
+                    meter: RateMeter { start: now, bytes: HashMap::new() },
+                    paused: false,
+                    subscribers: Vec::new(),
+                    last_keyframe_request: HashMap::new(),
+                },
+            );
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.tracks.push(track);
+            }
+            self.events.push_back(SfuEvent::TrackPublished { room, track: info });
+        }
+        if let Some(room) = self.peers.get(&id).map(|p| p.room.clone()) {
+            self.fill_slots(now, &room);
+        }
+    }
+
+    /// Binds free slots of every session in the room to tracks it wants, oldest tracks first.
+    fn fill_slots(&mut self, now: Instant, room: &RoomName) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let tracks = r.tracks.clone();
+        let participants = r.participants.clone();
+        for id in participants {
+            for &track in &tracks {
+                let Some(t) = self.tracks.get(&track) else { continue };
+                let (kind, owner) = (t.info.kind, t.info.owner);
+                let Some(owner_identity) = self.peers.get(&owner).map(|o| o.identity.clone()) else { continue };
+                let Some(p) = self.peers.get(&id) else { break };
+                if !p.wants(&owner_identity) || p.slots.iter().any(|s| s.track == Some(track)) {
+                    continue;
+                }
+                let Some(mid) = p.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
+                    continue;
+                };
+                self.bind(now, id, mid, track);
+            }
+        }
+    }
+
+    fn bind(&mut self, now: Instant, id: ParticipantId, mid: Mid, track: TrackId) {
+        let (Some(p), Some(t)) = (self.peers.get_mut(&id), self.tracks.get_mut(&track)) else { return };
+        let Some(slot) = p.slot_mut(mid) else { return };
+        slot.track = Some(track);
+        slot.fwd = Forwarder::new(t.info.kind);
+        t.subscribers.push((id, mid));
+        tracing::debug!(subscriber = %id, %track, %mid, "subscribed");
+        self.reselect(now, id);
+        self.resume_one(now, id, mid);
+    }
+
+    fn unbind(&mut self, id: ParticipantId, mid: Mid) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        let Some(slot) = p.slot_mut(mid) else { return };
+        if let Some(t) = slot.track.take().and_then(|t| self.tracks.get_mut(&t)) {
+            t.subscribers.retain(|s| *s != (id, mid));
+        }
+        slot.fwd = Forwarder::new(slot.kind);
+    }
+
+    /// A subscriber starting (or restarting) on a video track needs a keyframe.
+    fn resume_one(&mut self, now: Instant, id: ParticipantId, mid: Mid) {
+        let Some(slot) = self.peers.get_mut(&id).and_then(|p| p.slot_mut(mid)) else { return };
+        if slot.kind != MediaKind::Video {
+            return;
+        }
+        let (Some(track), Some(layer)) = (slot.track, slot.fwd.target().cloned()) else { return };
+        self.request_keyframe(now, track, layer);
+    }
+
+    fn resume_subscribers(&mut self, now: Instant, track: TrackId) {
+        let subs = self.tracks.get(&track).map(|t| t.subscribers.clone()).unwrap_or_default();
+        for (id, mid) in subs {
+            self.resume_one(now, id, mid);
+        }
+    }
+
+    /// Re-evaluates the simulcast layer of each video slot of a session.
+    fn reselect(&mut self, now: Instant, id: ParticipantId) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        let mut switches = Vec::new();
+        for slot in p.slots.iter_mut() {
+            let Some(t) = slot.track.and_then(|t| self.tracks.get(&t)) else { continue };
+            if t.layers.is_empty() {
+                continue;
+            }
+            let target = layer_select::select(&t.layers, p.estimate_bps, slot.max_quality);
+            if slot.fwd.set_target(Some(target)) {
+                tracing::debug!(subscriber = %id, track = %t.info.id, ?target, "switching layer");
+                switches.push((t.info.id, target));
+            }
+        }
+        for (track, layer) in switches {
+            self.request_keyframe(now, track, layer);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, track: TrackId, layer: Layer) {
+        let Some(t) = self.tracks.get_mut(&track) else { return };
+        if t.info.kind != MediaKind::Video {
+            return;
+        }
+        if t.last_keyframe_request.get(&layer).is_some_and(|last| now < *last + KEYFRAME_MIN_GAP) {
+            return;
+        }
+        let owner = t.info.owner;
+        let Some(mut w) = self.peers.get_mut(&owner).and_then(|p| p.rtc.writer(t.mid)) else { return };
+        if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+            if let Err(e) = w.request_keyframe(layer, KeyframeRequestKind::Pli) {
+                tracing::debug!(%track, error = %e, "keyframe request failed");
+                return;
+            }
+            t.last_keyframe_request.insert(layer, now);
+            self.stats.keyframe_requests += 1;
+            self.mark(owner);
+        }
+    }
+
+    fn handle_media_data(&mut self, now: Instant, id: ParticipantId, d: MediaData) {
+        self.stats.frames_in += 1;
+        let Some(&track) = self.by_mid.get(&(id, d.mid)) else { return };
+        let Some(t) = self.tracks.get_mut(&track) else { return };
+        let rates_changed = t.measure(d.rid, d.data.len(), now);
+        if t.info.kind == MediaKind::Audio {
+            if let (Some(level), Some(r)) = (d.ext_vals.audio_level, self.rooms.get_mut(&t.room)) {
+                r.speakers.handle_level(id, level);
+            }
+        }
+        let subscribers = if t.info.muted { Vec::new() } else { t.subscribers.clone() };
+        let kind = t.info.kind;
+        if !d.contiguous && kind == MediaKind::Video {
+            // A gap the publisher could not repair: decoders downstream need a fresh keyframe.
+            self.request_keyframe(now, track, d.rid);
+        }
+        let is_keyframe = d.is_keyframe();
+        let mut need_keyframe = Vec::new();
+        for (sub, mid) in subscribers {
+            let Some(p) = self.peers.get_mut(&sub) else { continue };
+            let Some(slot) = p.slot_mut(mid) else { continue };
+            match slot.fwd.on_frame(d.rid, is_keyframe, d.time, d.network_time) {
+                Decision::Forward(time) => {
+                    let Some(w) = p.rtc.writer(mid) else { continue };
+                    let Some(pt) = w.match_params(d.params) else {
+                        self.stats.frames_dropped += 1;
+                        continue;
+                    };
+                    let w = match d.ext_vals.audio_level {
+                        Some(level) => w.audio_level(level, d.ext_vals.voice_activity.unwrap_or(false)),
+                        None => w,
+                    };
+                    if let Err(e) = w.write(pt, d.network_time, time, Arc::clone(&d.data)) {
+                        tracing::debug!(subscriber = %sub, error = %e, "write failed");
+                        self.stats.frames_dropped += 1;
+                        continue;
+                    }
+                    self.stats.frames_forwarded += 1;
+                    self.stats.bytes_forwarded += d.data.len() as u64;
+                    self.mark(sub);
+                }
+                Decision::NeedKeyframe(layer) => {
+                    self.stats.frames_dropped += 1;
+                    need_keyframe.push(layer);
+                }
+                Decision::Drop => {}
+            }
+        }
+        for layer in need_keyframe {
+            self.request_keyframe(now, track, layer);
+        }
+        if rates_changed {
+            let subs: Vec<ParticipantId> = self.tracks[&track].subscribers.iter().map(|s| s.0).collect();
+            for sub in subs {
+                self.reselect(now, sub);
+            }
+        }
+    }
+
+    fn handle_channel_open(&mut self, id: ParticipantId, cid: ChannelId) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if let Some(out) = p.channels_out.values_mut().find(|c| c.id == cid) {
+            out.open = true;
+            let pending: Vec<_> = out.pending.drain(..).collect();
+            if let Some(mut ch) = p.rtc.channel(cid) {
+                for (binary, data) in pending {
+                    let _ = ch.write(binary, &data);
+                }
+            }
+            self.mark(id);
+            return;
+        }
+        let config = p.rtc.channel(cid).and_then(|c| c.config().cloned()).unwrap_or_default();
+        p.channels_in.insert(cid, config);
+    }
+
+    /// Relays a data channel message to every other session of the room that has SCTP up,
+    /// on a channel of the same label and reliability whose protocol names the sender.
+    fn relay_data(&mut self, from: ParticipantId, d: ChannelData) {
+        let Some(p) = self.peers.get(&from) else { return };
+        if !p.permissions.publish_data {
+            return;
+        }
+        let Some(config) = p.channels_in.get(&d.id).cloned() else { return };
+        let (room, sender) = (p.room.clone(), p.identity.clone());
+        let Some(r) = self.rooms.get(&room) else { return };
+        let recipients: Vec<ParticipantId> = r.participants.iter().copied().filter(|&id| id != from).collect();
+        for to in recipients {
+            let Some(q) = self.peers.get_mut(&to) else { continue };
+            if q.channels_in.is_empty() || q.identity == sender {
+                continue;
+            }
+            let key = (from, config.label.clone());
+            let out = q.channels_out.entry(key).or_insert_with(|| {
+                let id = q.rtc.direct_api().create_data_channel(ChannelConfig {
+                    label: config.label.clone(),
+                    ordered: config.ordered,
+                    reliability: config.reliability,
+                    negotiated: None,
+                    protocol: sender.to_string(),
+                });
+                OutChannel { id, open: false, pending: VecDeque::new() }
+            });
+            if out.open {
+                if let Some(mut ch) = q.rtc.channel(out.id) {
+                    let _ = ch.write(d.binary, &d.data);
+                }
+            } else {
+                if out.pending.len() == MAX_PENDING_MESSAGES {
+                    out.pending.pop_front();
+                }
+                out.pending.push_back((d.binary, d.data.clone()));
+            }
+            self.stats.data_messages_relayed += 1;
+            self.mark(to);
+        }
+    }
+
+    fn remove_peer(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {
+        let Some(mut peer) = self.peers.remove(&id) else { return };
+        peer.rtc.disconnect();
+        self.by_source.retain(|_, p| *p != id);
+        // Its subscriptions.
+        for slot in &peer.slots {
+            if let Some(t) = slot.track.and_then(|t| self.tracks.get_mut(&t)) {
+                t.subscribers.retain(|s| s.0 != id);
+            }
+        }
+        // Its publications.
+        for track in &peer.published {
+            let Some(t) = self.tracks.remove(track) else { continue };
+            self.by_mid.remove(&(id, t.mid));
+            for (sub, mid) in &t.subscribers {
+                if let Some(slot) = self.peers.get_mut(sub).and_then(|p| p.slot_mut(*mid)) {
+                    slot.track = None;
+                    slot.fwd = Forwarder::new(slot.kind);
+                }
+            }
+            if let Some(r) = self.rooms.get_mut(&peer.room) {
+                r.tracks.retain(|x| x != track);
+            }
+            self.events.push_back(SfuEvent::TrackUnpublished { room: peer.room.clone(), track: t.info });
+        }
+        // Channels others had for its messages.
+        for other in self.peers.values_mut() {
+            let keys: Vec<_> = other.channels_out.keys().filter(|k| k.0 == id).cloned().collect();
+            for k in keys {
+                if let Some(c) = other.channels_out.remove(&k) {
+                    other.rtc.direct_api().close_data_channel(c.id);
+                }
+            }
+        }
+        if let Some(r) = self.rooms.get_mut(&peer.room) {
+            r.participants.retain(|p| *p != id);
+            r.speakers.remove(id);
+            if r.participants.is_empty() {
+                r.empty_since = Some(now);
+            }
+        }
+        let room = peer.room.clone();
+        self.events.push_back(SfuEvent::ParticipantLeft { room: room.clone(), participant: id, identity: peer.identity, reason });
+        let others: Vec<ParticipantId> = self.peers.keys().copied().collect();
+        for o in others {
+            self.mark(o);
+        }
+        self.fill_slots(now, &room);
+    }
+}
+
+impl Track {
+    /// Counts a frame; true when a window closed and the layer order may have changed.
+    fn measure(&mut self, rid: Option<Rid>, len: usize, now: Instant) -> bool {
+        *self.meter.bytes.entry(rid).or_default() += len as u64;
+        let elapsed = now.saturating_duration_since(self.meter.start);
+        if elapsed < RATE_WINDOW || self.layers.is_empty() {
+            return false;
+        }
+        let secs = elapsed.as_secs_f64();
+        for l in self.layers.iter_mut() {
+            let bytes = self.meter.bytes.get(&Some(l.rid)).copied().unwrap_or(0);
+            l.bps = (bytes as f64 * 8.0 / secs) as u64;
+        }
+        layer_select::order(&mut self.layers);
+        self.info.layers = self.layers.iter().map(|l| l.rid.to_string()).collect();
+        self.meter = RateMeter { start: now, bytes: HashMap::new() };
+        true
+    }
+}

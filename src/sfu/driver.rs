@@ -1,0 +1,277 @@
+//! The tokio shell around the router: owns the UDP sockets and ICE-TCP connections, reads
+//! the clock, sleeps until the router's next timeout, and runs commands from signaling on the
+//! router's own task (so the router needs no locks).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::task::Poll;
+use std::time::Instant;
+
+use str0m::net::{Protocol, Transmit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::core::{Sfu, SfuEvent};
+
+/// Datagrams drained per wake-up before timers get a turn.
+const RECV_BATCH: usize = 64;
+/// Largest datagram read; WebRTC stays under the path MTU.
+const MAX_DATAGRAM: usize = 2048;
+/// RFC 4571 frames queued per TCP connection before new ones are dropped (UDP semantics).
+const TCP_QUEUE: usize = 256;
+
+type Command = Box<dyn FnOnce(&mut Sfu, Instant) + Send>;
+
+/// The router's task is gone (shut down or panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("media router is not running")]
+pub struct DriverGone;
+
+/// Cloneable access to the router task.
+#[derive(Clone)]
+pub struct SfuHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<SfuEvent>,
+}
+
+impl SfuHandle {
+    /// Runs `f` on the router task with the current time, and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Sfu, Instant) -> R + Send + 'static,
+    ) -> Result<R, DriverGone> {
+        let (reply, rx) = oneshot::channel();
+        let cmd: Command = Box::new(move |sfu, now| {
+            let _ = reply.send(f(sfu, now));
+        });
+        self.tx.send(cmd).await.map_err(|_| DriverGone)?;
+        rx.await.map_err(|_| DriverGone)
+    }
+
+    /// Router events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SfuEvent> {
+        self.events.subscribe()
+    }
+}
+
+enum TcpEvent {
+    Open { local: SocketAddr, remote: SocketAddr, tx: mpsc::Sender<Vec<u8>> },
+    Frame { local: SocketAddr, remote: SocketAddr, data: Vec<u8> },
+    Closed { local: SocketAddr, remote: SocketAddr },
+}
+
+/// Spawns the router task over bound sockets.
+pub fn spawn(sfu: Sfu, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>) -> SfuHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    let (events, _) = broadcast::channel(1024);
+    let (tcp_tx, tcp_rx) = mpsc::channel(4096);
+    for listener in tcp {
+        tokio::spawn(accept_tcp(listener, tcp_tx.clone()));
+    }
+    let driver = Driver { sfu, udp, tcp_conns: HashMap::new(), events: events.clone(), send_errors: 0 };
+    tokio::spawn(driver.run(rx, tcp_rx));
+    SfuHandle { tx, events }
+}
+
+struct Driver {
+    sfu: Sfu,
+    udp: Vec<UdpSocket>,
+    tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Vec<u8>>>,
+    events: broadcast::Sender<SfuEvent>,
+    /// Datagrams the OS refused (full buffers, vanished TCP connections).
+    send_errors: u64,
+}
+
+enum Wake {
+    Timer,
+    Command(Option<Command>),
+    Udp(usize, usize, SocketAddr),
+    Tcp(Option<TcpEvent>),
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut tcp_rx: mpsc::Receiver<TcpEvent>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            self.flush();
+            let deadline = self.sfu.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = tokio::select! {
+                biased;
+                c = commands.recv() => Wake::Command(c),
+                r = recv_any(&self.udp, &mut buf) => match r {
+                    Ok((i, n, src)) => Wake::Udp(i, n, src),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "udp receive failed");
+                        continue;
+                    }
+                },
+                e = tcp_rx.recv() => Wake::Tcp(e),
+                () = sleep => Wake::Timer,
+            };
+            match wake {
+                Wake::Timer => self.sfu.handle_timeout(Instant::now()),
+                Wake::Command(Some(cmd)) => cmd(&mut self.sfu, Instant::now()),
+                Wake::Command(None) => return,
+                Wake::Udp(i, n, src) => {
+                    self.receive_udp(i, &buf[..n], src);
+                    // Drain what else is queued before looking at timers again.
+                    for _ in 0..RECV_BATCH {
+                        let Some((i, n, src)) = try_recv_any(&self.udp, &mut buf) else { break };
+                        self.receive_udp(i, &buf[..n], src);
+                        self.flush();
+                    }
+                }
+                Wake::Tcp(Some(ev)) => self.handle_tcp(ev),
+                Wake::Tcp(None) => {}
+            }
+        }
+    }
+
+    fn receive_udp(&mut self, socket: usize, data: &[u8], source: SocketAddr) {
+        let Ok(destination) = self.udp[socket].local_addr() else { return };
+        self.receive(Protocol::Udp, source, destination, data);
+    }
+
+    fn receive(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        self.sfu.handle_datagram(Instant::now(), proto, source, destination, data);
+    }
+
+    fn handle_tcp(&mut self, ev: TcpEvent) {
+        match ev {
+            TcpEvent::Open { local, remote, tx } => {
+                self.tcp_conns.insert((local, remote), tx);
+            }
+            TcpEvent::Frame { local, remote, data } => self.receive(Protocol::Tcp, remote, local, &data),
+            TcpEvent::Closed { local, remote } => {
+                self.tcp_conns.remove(&(local, remote));
+            }
+        }
+    }
+
+    /// Sends what the router produced and publishes its events.
+    fn flush(&mut self) {
+        while let Some(t) = self.sfu.poll_transmit() {
+            self.send(t);
+        }
+        while let Some(e) = self.sfu.poll_event() {
+            tracing::info!(event = ?e, "sfu");
+            let _ = self.events.send(e);
+        }
+    }
+
+    fn send(&mut self, t: Transmit) {
+        match t.proto {
+            Protocol::Udp => {
+                let Some(sock) = self.udp.iter().find(|s| s.local_addr().ok() == Some(t.source)) else {
+                    self.send_error();
+                    return;
+                };
+                // A full socket buffer drops the datagram, as the network would.
+                if sock.try_send_to(&t.contents, t.destination).is_err() {
+                    self.send_error();
+                }
+            }
+            Protocol::Tcp => {
+                let sent = self
+                    .tcp_conns
+                    .get(&(t.source, t.destination))
+                    .is_some_and(|tx| tx.try_send(t.contents.to_vec()).is_ok());
+                if !sent {
+                    self.send_error();
+                }
+            }
+            _ => self.send_error(),
+        }
+    }
+}
+
+impl Driver {
+    fn send_error(&mut self) {
+        self.send_errors += 1;
+        if self.send_errors.is_power_of_two() {
+            tracing::debug!(total = self.send_errors, "datagrams could not be sent");
+        }
+    }
+}
+
+/// Waits until any socket has a datagram.
+async fn recv_any(sockets: &[UdpSocket], buf: &mut [u8]) -> io::Result<(usize, usize, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for (i, s) in sockets.iter().enumerate() {
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            match s.poll_recv_from(cx, &mut rb) {
+                Poll::Ready(Ok(src)) => return Poll::Ready(Ok((i, rb.filled().len(), src))),
+                Poll::Ready(Err(e)) if is_transient(&e) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn try_recv_any(sockets: &[UdpSocket], buf: &mut [u8]) -> Option<(usize, usize, SocketAddr)> {
+    sockets.iter().enumerate().find_map(|(i, s)| s.try_recv_from(buf).ok().map(|(n, src)| (i, n, src)))
+}
+
+/// ICMP errors surface as receive errors on Linux; they concern one peer, not the socket.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::WouldBlock)
+}
+
+async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<TcpEvent>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_tcp(stream, remote, tx.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ice-tcp accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One ICE-TCP connection: RFC 4571 framing (16-bit length, then the packet).
+async fn serve_tcp(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+    let Ok(local) = stream.local_addr() else { return };
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut out) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
+    if events.send(TcpEvent::Open { local, remote, tx }).await.is_err() {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(pkt) = out.recv().await {
+            let Ok(len) = u16::try_from(pkt.len()) else { continue };
+            if wr.write_all(&len.to_be_bytes()).await.is_err() || wr.write_all(&pkt).await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let mut len = [0u8; 2];
+        if rd.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let mut data = vec![0u8; u16::from_be_bytes(len) as usize];
+        if rd.read_exact(&mut data).await.is_err() {
+            break;
+        }
+        if events.send(TcpEvent::Frame { local, remote, data }).await.is_err() {
+            break;
+        }
+    }
+    writer.abort();
+    let _ = events.send(TcpEvent::Closed { local, remote }).await;
+}

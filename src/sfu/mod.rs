@@ -1,0 +1,13 @@
+//! Selective forwarding: a sans-IO room router over str0m, its tokio driver, and signaling.
+
+pub mod core;
+pub mod driver;
+pub mod forward;
+pub mod layer_select;
+mod peer;
+pub mod signal;
+pub mod speaker;
+
+pub use self::core::{JoinRequest, LeaveReason, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats, TrackInfo};
+pub use self::layer_select::Quality;
+pub use self::peer::SubscribeFilter;

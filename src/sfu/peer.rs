@@ -1,0 +1,80 @@
+//! One participant session: a str0m `Rtc` and what the router keeps beside it.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::media::{MediaKind, Mid};
+
+use super::forward::Forwarder;
+use super::layer_select::Quality;
+use super::signal::token::Permissions;
+use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+
+/// Which tracks a session receives automatically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeFilter {
+    /// Every track in the room (auto-subscribe).
+    All,
+    /// Only tracks of this identity (WHEP on `/whep/{room}/{identity}`).
+    Only(Identity),
+    /// Nothing until asked for explicitly.
+    None,
+}
+
+/// A sending m-line of a session: forwards at most one track at a time.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub track: Option<TrackId>,
+    pub fwd: Forwarder,
+    pub max_quality: Quality,
+}
+
+/// A data channel the router opened towards this session for one sender and label.
+#[derive(Debug)]
+pub(crate) struct OutChannel {
+    pub id: ChannelId,
+    pub open: bool,
+    pub pending: VecDeque<(bool, Vec<u8>)>,
+}
+
+/// Messages held per out channel while it opens; beyond this, the oldest are dropped.
+pub(crate) const MAX_PENDING_MESSAGES: usize = 64;
+
+pub(crate) struct Peer {
+    pub id: ParticipantId,
+    pub room: RoomName,
+    pub identity: Identity,
+    pub permissions: Permissions,
+    pub subscribe: SubscribeFilter,
+    pub rtc: Rtc,
+    /// When the `Rtc` wants `Input::Timeout` next.
+    pub next_timeout: Instant,
+    pub disconnected_since: Option<Instant>,
+    pub estimate_bps: Option<u64>,
+    pub slots: Vec<Slot>,
+    pub published: Vec<TrackId>,
+    pub channels_in: HashMap<ChannelId, ChannelConfig>,
+    pub channels_out: HashMap<(ParticipantId, String), OutChannel>,
+}
+
+impl Peer {
+    pub fn slot_mut(&mut self, mid: Mid) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.mid == mid)
+    }
+
+    /// Whether this session takes `owner`'s track without being asked.
+    pub fn wants(&self, owner: &Identity) -> bool {
+        if !self.permissions.subscribe || owner == &self.identity {
+            return false;
+        }
+        match &self.subscribe {
+            SubscribeFilter::All => true,
+            SubscribeFilter::Only(i) => i == owner,
+            SubscribeFilter::None => false,
+        }
+    }
+}

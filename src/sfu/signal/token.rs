@@ -1,0 +1,263 @@
+//! LiveKit-format access tokens: HS256 JWTs whose `iss` is the API key, `sub` the identity
+//! and `video` the grants. Parsing and verification are ours, so they are fuzzed.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Longest token accepted; LiveKit tokens are a few hundred bytes.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Room grants, in LiveKit's JSON layout. Absent publish/subscribe/data flags mean allowed,
+/// as in LiveKit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoGrant {
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub room_create: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub room_list: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub room_admin: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub room_join: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub room: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_publish: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_subscribe: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_publish_data: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub hidden: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The claims AuraLink reads and writes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// API key that signed the token.
+    pub iss: String,
+    /// Participant identity.
+    #[serde(default)]
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
+    #[serde(default)]
+    pub video: VideoGrant,
+}
+
+/// What a participant may do once joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub publish_data: bool,
+    pub hidden: bool,
+}
+
+impl VideoGrant {
+    /// Grants for a participant, with LiveKit's defaults for absent flags.
+    pub fn permissions(&self) -> Permissions {
+        Permissions {
+            publish: self.can_publish.unwrap_or(true),
+            subscribe: self.can_subscribe.unwrap_or(true),
+            publish_data: self.can_publish_data.unwrap_or(true),
+            hidden: self.hidden,
+        }
+    }
+}
+
+/// Why a token was refused. The codes are stable; clients see them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token algorithm is not HS256")]
+    Algorithm,
+    #[error("token was signed by an unknown API key")]
+    UnknownKey,
+    #[error("token signature does not verify")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token does not grant joining room {0:?}")]
+    WrongRoom(String),
+    #[error("token has no identity")]
+    NoIdentity,
+}
+
+impl TokenError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "token_malformed",
+            TokenError::Algorithm => "token_algorithm",
+            TokenError::UnknownKey => "token_unknown_key",
+            TokenError::Signature => "token_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::WrongRoom(_) => "token_wrong_room",
+            TokenError::NoIdentity => "token_no_identity",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+/// Verifies tokens against the configured API key → secret map.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: BTreeMap<String, String>,
+}
+
+/// Leeway for clocks that disagree a little, as LiveKit allows.
+const LEEWAY_SECS: u64 = 10;
+
+impl TokenVerifier {
+    pub fn new(keys: BTreeMap<String, String>) -> Self {
+        TokenVerifier { keys }
+    }
+
+    /// Checks signature and time window; `now` is seconds since the Unix epoch.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header: Header = decode_json(h)?;
+        if header.alg != "HS256" {
+            return Err(TokenError::Algorithm);
+        }
+        let claims: Claims = decode_json(p)?;
+        let secret = self.keys.get(&claims.iss).ok_or(TokenError::UnknownKey)?;
+        let sig = B64.decode(s).map_err(|_| TokenError::Malformed)?;
+        let mut mac = mac(secret);
+        mac.update(&token.as_bytes()[..h.len() + 1 + p.len()]);
+        mac.verify_slice(&sig).map_err(|_| TokenError::Signature)?;
+        if claims.exp + LEEWAY_SECS < now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies and checks the token lets its holder join `room`.
+    pub fn verify_join(&self, token: &str, room: &str, now: u64) -> Result<Claims, TokenError> {
+        let claims = self.verify(token, now)?;
+        if !claims.video.room_join || claims.video.room != room {
+            return Err(TokenError::WrongRoom(room.to_string()));
+        }
+        if claims.sub.is_empty() {
+            return Err(TokenError::NoIdentity);
+        }
+        Ok(claims)
+    }
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError> {
+    let bytes = B64.decode(part).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+}
+
+fn mac(secret: &str) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length")
+}
+
+/// Signs claims with `secret` (HS256).
+pub fn mint(claims: &Claims, secret: &str) -> String {
+    let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = mac(secret);
+    mac.update(signing_input.as_bytes());
+    let sig = B64.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{sig}")
+}
+
+/// Claims for a participant joining `room` as `identity`, valid for `ttl_secs` from `now`.
+pub fn join_claims(api_key: &str, room: &str, identity: &str, now: u64, ttl_secs: u64) -> Claims {
+    Claims {
+        iss: api_key.to_string(),
+        sub: identity.to_string(),
+        nbf: Some(now),
+        exp: now + ttl_secs,
+        video: VideoGrant { room_join: true, room: room.to_string(), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> TokenVerifier {
+        TokenVerifier::new(BTreeMap::from([("APIkey".to_string(), SECRET.to_string())]))
+    }
+
+    #[test]
+    fn round_trip_and_grants() {
+        let t = mint(&join_claims("APIkey", "room1", "alice", 1000, 60), SECRET);
+        let c = verifier().verify_join(&t, "room1", 1010).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.video.permissions(), Permissions { publish: true, subscribe: true, publish_data: true, hidden: false });
+        assert_eq!(verifier().verify_join(&t, "room2", 1010), Err(TokenError::WrongRoom("room2".into())));
+        assert_eq!(verifier().verify(&t, 2000), Err(TokenError::Expired));
+        assert_eq!(verifier().verify(&t, 900), Err(TokenError::NotYetValid));
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let t = mint(&join_claims("APIkey", "room1", "alice", 1000, 60), SECRET);
+        let forged = mint(&join_claims("APIkey", "room1", "mallory", 1000, 60), "another-secret-another-secret-xx");
+        let (h, rest) = t.split_once('.').unwrap();
+        let sig = rest.rsplit_once('.').unwrap().1;
+        let payload = forged.split('.').nth(1).unwrap();
+        assert_eq!(verifier().verify(&format!("{h}.{payload}.{sig}"), 1000), Err(TokenError::Signature));
+        assert_eq!(verifier().verify("a.b", 1000), Err(TokenError::Malformed));
+        assert_eq!(verifier().verify("", 1000), Err(TokenError::Malformed));
+        let none = format!("{}.{}.", B64.encode(br#"{"alg":"none"}"#), t.split('.').nth(1).unwrap());
+        assert_eq!(verifier().verify(&none, 1000), Err(TokenError::Algorithm));
+        let other = mint(&join_claims("other", "room1", "a", 1000, 60), SECRET);
+        assert_eq!(verifier().verify(&other, 1000), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn reads_livekit_server_sdk_layout() {
+        // Claims as livekit-server-sdk's AccessToken writes them.
+        let json = r#"{"video":{"roomJoin":true,"room":"r","canPublish":false},"iss":"APIkey","exp":2000,"nbf":0,"sub":"bob","name":"Bob","metadata":"","jti":"bob"}"#;
+        let c: Claims = serde_json::from_str(json).unwrap();
+        let t = mint(&c, SECRET);
+        let back = verifier().verify_join(&t, "r", 1000).unwrap();
+        assert!(!back.video.permissions().publish);
+        assert_eq!(back.name, "Bob");
+    }
+}
