@@ -1,6 +1,7 @@
 //! AuraLink: a real-time media server with an AI pipeline inside it.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod ids;

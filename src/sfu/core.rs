@@ -202,8 +202,13 @@ impl Sfu {
 
     /// Adds a session from the client's SDP offer and returns the answer.
     pub fn join(&mut self, now: Instant, req: JoinRequest, offer: &str) -> Result<(ParticipantId, SdpAnswer), SfuError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let mut rtc = Rtc::builder().enable_bwe(Some(self.config.initial_bwe)).build(now);
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
+        let mut rtc_config = Rtc::builder().enable_bwe(Some(self.config.initial_bwe));
+        // str0m's defaults take over half a minute to notice a vanished peer; these notice in
+        // about ten seconds, after which `disconnect_timeout` runs.
+        rtc_config.set_max_stun_rto(Duration::from_millis(1500));
+        rtc_config.set_max_stun_retransmits(6);
+        let mut rtc = rtc_config.build(now);
         for c in &self.config.candidates {
             rtc.add_local_candidate(c.clone());
         }
@@ -244,7 +249,7 @@ impl Sfu {
     /// Applies a new offer from an existing session: added m-lines, or an ICE restart when the
     /// offer carries new ICE credentials.
     pub fn renegotiate(&mut self, now: Instant, id: ParticipantId, offer: &str) -> Result<SdpAnswer, SfuError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
         self.mark(id);
@@ -872,5 +877,25 @@ impl Track {
         self.info.layers = self.layers.iter().map(|l| l.rid.to_string()).collect();
         self.meter = RateMeter { start: now, bytes: HashMap::new() };
         true
+    }
+}
+
+/// The parser's message without the memory address it embeds ("at PointerOffset(0x…)"),
+/// on one line: clients see it.
+fn sdp_error_text(raw: &str) -> String {
+    let text: Vec<&str> = raw.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let text = text.join("; ");
+    match (text.find(" at PointerOffset("), text.find(')')) {
+        (Some(a), Some(b)) if b > a => format!("{}{}", &text[..a], &text[b + 1..]),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sdp_errors_hide_addresses() {
+        let raw = "SDP parse: Parse error at PointerOffset(0x7f0228001c90)\nUnexpected `g`\nExpected `v`\n";
+        assert_eq!(super::sdp_error_text(raw), "SDP parse: Parse error; Unexpected `g`; Expected `v`");
     }
 }

@@ -1,0 +1,387 @@
+//! The room router against str0m clients over an emulated network, one thread, virtual time:
+//! media arrives intact, loss is repaired by NACK, simulcast switches cleanly, sessions come
+//! and go. Every run is the same run (seeded loss, injected clock).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use auralink::client::{Client, MediaSpec};
+use auralink::ids::{Identity, RoomName};
+use auralink::sfu::signal::token::Permissions;
+use auralink::sfu::{JoinRequest, LeaveReason, Quality, Sfu, SfuConfig, SfuEvent, SubscribeFilter};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use str0m::Candidate;
+use str0m::bwe::Bitrate;
+use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+
+const SFU_ADDR: &str = "10.0.0.1:5000";
+const ONE_WAY: Duration = Duration::from_millis(10);
+
+struct Packet {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// The SFU, its clients and the wire between them.
+struct World {
+    now: Instant,
+    sfu: Sfu,
+    sfu_addr: SocketAddr,
+    clients: Vec<(SocketAddr, Client)>,
+    wire: VecDeque<Packet>,
+    rng: StdRng,
+    /// Share of SRTP/SRTCP packets lost (handshakes are spared so tests stay short).
+    loss: f64,
+    /// Clients whose traffic is black-holed in both directions.
+    cut: Vec<usize>,
+    events: Vec<SfuEvent>,
+}
+
+fn perms() -> Permissions {
+    Permissions { publish: true, subscribe: true, publish_data: true, hidden: false }
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let now = Instant::now();
+        let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
+        let sfu = Sfu::new(SfuConfig {
+            candidates: vec![Candidate::host(sfu_addr, "udp").unwrap()],
+            disconnect_timeout: Duration::from_secs(5),
+            empty_room_timeout: Duration::from_secs(10),
+            initial_bwe: Bitrate::kbps(3000),
+        });
+        World { now, sfu, sfu_addr, clients: Vec::new(), wire: VecDeque::new(), rng: StdRng::seed_from_u64(seed), loss: 0.0, cut: Vec::new(), events: Vec::new() }
+    }
+
+    /// Joins a client offering `media` (and a "chat" channel); returns its index.
+    fn join(&mut self, identity: &str, media: &[MediaSpec], subscribe: SubscribeFilter) -> usize {
+        let addr: SocketAddr = format!("10.0.1.{}:6000", self.clients.len() + 1).parse().unwrap();
+        let mut c = Client::new(self.now, addr);
+        let offer = c.offer(media, Some("chat"));
+        let req = JoinRequest { room: RoomName::new("room").unwrap(), identity: Identity::new(identity).unwrap(), permissions: perms(), subscribe };
+        let (_, answer) = self.sfu.join(self.now, req, &offer).expect("offer accepted");
+        c.accept_answer(&answer.to_sdp_string()).expect("answer accepted");
+        self.clients.push((addr, c));
+        self.clients.len() - 1
+    }
+
+    fn client(&mut self, i: usize) -> &mut Client {
+        &mut self.clients[i].1
+    }
+
+    fn is_media(data: &[u8]) -> bool {
+        // RFC 7983: 128..=191 is RTP/RTCP; STUN and DTLS sit below.
+        matches!(data.first(), Some(128..=191))
+    }
+
+    fn collect_output(&mut self) {
+        while let Some(t) = self.sfu.poll_transmit() {
+            self.send(t.source, t.destination, t.contents.to_vec());
+        }
+        while let Some(e) = self.sfu.poll_event() {
+            self.events.push(e);
+        }
+        for i in 0..self.clients.len() {
+            for t in self.clients[i].1.poll() {
+                self.send(t.source, t.destination, t.contents.to_vec());
+            }
+        }
+    }
+
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        let cut = self.cut.iter().any(|&i| self.clients[i].0 == from || self.clients[i].0 == to);
+        if cut || (Self::is_media(&data) && self.rng.gen_bool(self.loss)) {
+            return;
+        }
+        self.wire.push_back(Packet { at: self.now + ONE_WAY, from, to, data });
+    }
+
+    /// Runs the network and every timer until `until`.
+    fn advance(&mut self, until: Instant) {
+        loop {
+            self.collect_output();
+            let next = [self.wire.front().map(|p| p.at), self.sfu.poll_timeout()]
+                .into_iter()
+                .chain(self.clients.iter().map(|c| c.1.poll_timeout()))
+                .flatten()
+                .min()
+                .unwrap_or(until)
+                .max(self.now)
+                .min(until);
+            self.now = next;
+            while self.wire.front().is_some_and(|p| p.at <= self.now) {
+                let p = self.wire.pop_front().unwrap();
+                if p.to == self.sfu_addr {
+                    self.sfu.handle_datagram(self.now, Protocol::Udp, p.from, p.to, &p.data);
+                } else if let Some((_, c)) = self.clients.iter_mut().find(|c| c.0 == p.to) {
+                    let contents = DatagramRecv::try_from(p.data.as_slice()).unwrap();
+                    c.handle_receive(self.now, Receive { proto: Protocol::Udp, source: p.from, destination: p.to, contents });
+                }
+            }
+            self.sfu.handle_timeout(self.now);
+            for (_, c) in self.clients.iter_mut() {
+                c.handle_timeout(self.now);
+            }
+            if self.now >= until {
+                self.collect_output();
+                return;
+            }
+        }
+    }
+
+    fn advance_by(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.advance(until);
+    }
+
+    fn connect_all(&mut self) {
+        for _ in 0..100 {
+            if self.clients.iter().all(|c| c.1.connected) {
+                // Let SCTP and the first RTCP settle.
+                self.advance_by(Duration::from_millis(300));
+                return;
+            }
+            self.advance_by(Duration::from_millis(50));
+        }
+        panic!("clients did not connect within 5 s of virtual time");
+    }
+
+    fn sending_mids(&self, i: usize) -> Vec<Mid> {
+        self.clients[i].1.mids.clone()
+    }
+}
+
+fn opus_frame(n: u32) -> Vec<u8> {
+    let mut v = vec![0xA0u8; 80];
+    v[..4].copy_from_slice(&n.to_be_bytes());
+    v
+}
+
+/// A VP8-looking frame: bit 0 of the first byte clear marks a keyframe. `tag` names the layer.
+fn vp8_frame(n: u32, key: bool, tag: u8, len: usize) -> Vec<u8> {
+    let mut v = vec![tag; len];
+    v[0] = if key { 0x10 } else { 0x11 };
+    v[1..5].copy_from_slice(&n.to_be_bytes());
+    if key {
+        v[5..8].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+    }
+    v
+}
+
+fn payloads(c: &Client, kind_audio: bool) -> Vec<Vec<u8>> {
+    c.received
+        .iter()
+        .filter(|d| (d.data.len() == 80) == kind_audio)
+        .map(|d| d.data.to_vec())
+        .collect()
+}
+
+/// Publishes audio and video from alice for `frames` 20 ms ticks (video every other tick,
+/// a keyframe every 30 video frames), returning what was sent.
+fn publish(w: &mut World, alice: usize, frames: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mids = w.sending_mids(alice);
+    let (mut audio, mut video) = (Vec::new(), Vec::new());
+    for n in 0..frames {
+        let now = w.now;
+        let a = opus_frame(n);
+        w.client(alice).write(mids[0], None, now, MediaTime::from_millis(20 * n as u64).rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ), &a).unwrap();
+        audio.push(a);
+        if n % 2 == 0 {
+            let v = vp8_frame(n, (n / 2) % 30 == 0, 0x55, 2500);
+            w.client(alice).write(mids[1], None, now, MediaTime::from_90khz(n as u64 * 1800), &v).unwrap();
+            video.push(v);
+        }
+        w.advance_by(Duration::from_millis(20));
+    }
+    w.advance_by(Duration::from_millis(500));
+    (audio, video)
+}
+
+fn assert_suffix_intact(sent: &[Vec<u8>], got: &[Vec<u8>], min_share: f64, what: &str) {
+    assert!(!got.is_empty(), "no {what} received");
+    let start = sent.iter().position(|s| s == &got[0]).unwrap_or_else(|| panic!("first {what} frame was never sent"));
+    let expected = &sent[start..];
+    assert_eq!(got, &expected[..got.len().min(expected.len())], "{what} frames differ from what was sent, in order");
+    let share = got.len() as f64 / sent.len() as f64;
+    assert!(share >= min_share, "only {:.0}% of {what} frames arrived", share * 100.0);
+}
+
+#[test]
+fn media_and_data_flow_between_participants() {
+    let mut w = World::new(1);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    // Alice is mid-stream (her next keyframe is far off) when Bob arrives.
+    publish(&mut w, alice, 10);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+
+    let (audio, video) = publish(&mut w, alice, 150);
+    let b = &w.clients[bob].1;
+    assert_suffix_intact(&audio, &payloads(b, true), 0.9, "audio");
+    assert_suffix_intact(&video, &payloads(b, false), 0.9, "video");
+    assert!(!w.clients[alice].1.keyframe_requests.is_empty(), "a new video subscriber asks the publisher for a keyframe");
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackPublished { track, .. } if track.kind == MediaKind::Video)));
+
+    // Data both ways, each delivered on a channel naming its sender.
+    w.client(alice).send_data("chat", b"hello from alice").unwrap();
+    w.client(bob).send_data("chat", b"hi alice").unwrap();
+    w.advance_by(Duration::from_millis(500));
+    let b = &w.clients[bob].1;
+    let from_alice = b.channels.iter().find(|(_, l, p)| l == "chat" && p == "alice").expect("bob has a channel from alice").0;
+    assert!(b.channel_data.iter().any(|d| d.id == from_alice && d.data == b"hello from alice"));
+    let a = &w.clients[alice].1;
+    let from_bob = a.channels.iter().find(|(_, l, p)| l == "chat" && p == "bob").expect("alice has a channel from bob").0;
+    assert!(a.channel_data.iter().any(|d| d.id == from_bob && d.data == b"hi alice"));
+    assert!(w.sfu.stats().data_messages_relayed >= 2);
+}
+
+#[test]
+fn nack_repairs_loss_on_both_legs() {
+    let mut w = World::new(7);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    // Start clean so the subscriber has its first keyframe, then lose 5% of media packets.
+    publish(&mut w, alice, 10);
+    w.clients[bob].1.received.clear();
+    w.loss = 0.05;
+    let (_, video) = publish(&mut w, alice, 300);
+    w.loss = 0.0;
+    w.advance_by(Duration::from_secs(1));
+    let got = payloads(&w.clients[bob].1, false);
+    // Multi-packet frames lose a packet often at 5%: without retransmission far fewer arrive.
+    assert_suffix_intact(&video, &got, 0.95, "video under loss");
+}
+
+fn layer_of(data: &[u8]) -> u8 {
+    data[data.len() - 1]
+}
+
+#[test]
+fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
+    let mut w = World::new(3);
+    let video = MediaSpec { kind: MediaKind::Video, direction: Direction::SendOnly, simulcast: vec!["l", "h"] };
+    let alice = w.join("alice", &[video], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    let mid = w.sending_mids(alice)[0];
+    let (l, h) = (Rid::from("l"), Rid::from("h"));
+
+    let send = |w: &mut World, from: u32, to: u32, key_every: u32| {
+        for n in from..to {
+            let now = w.now;
+            let key = n % key_every == 0;
+            let t = MediaTime::from_90khz(n as u64 * 3000);
+            w.client(alice).write(mid, Some(l), now, t, &vp8_frame(n, key, b'L', 300)).unwrap();
+            w.client(alice).write(mid, Some(h), now, t, &vp8_frame(n, key, b'H', 3000)).unwrap();
+            w.advance_by(Duration::from_millis(33));
+        }
+    };
+    send(&mut w, 0, 60, 30);
+    let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
+    assert!(got.ends_with(&[b'H'; 10]), "the high layer flows when bandwidth allows: {:?}", String::from_utf8_lossy(&got));
+
+    let track = w.sfu.subscriptions(w.sfu_participant("bob")).into_iter().find_map(|(_, t, _)| t).unwrap();
+    w.clients[alice].1.keyframe_requests.clear();
+    let before = w.clients[bob].1.received.len();
+    let now = w.now;
+    w.sfu.set_max_quality(now, w.sfu_participant("bob"), track, Quality::Low).unwrap();
+    w.advance_by(Duration::from_millis(50));
+    assert!(
+        w.clients[alice].1.keyframe_requests.iter().any(|r| r.rid == Some(l)),
+        "switching asks the publisher for a keyframe on the new layer: {:?}",
+        w.clients[alice].1.keyframe_requests
+    );
+    // No keyframe until frame 90: the old layer keeps flowing, then the switch happens on it.
+    send(&mut w, 61, 120, 30);
+    let after = &w.clients[bob].1.received[before..];
+    let first_low = after.iter().position(|d| layer_of(&d.data) == b'L').expect("switched to the low layer");
+    assert!(first_low > 0, "the high layer kept flowing until the switch");
+    assert!(after[first_low].is_keyframe(), "the first low-layer frame is a keyframe");
+    assert!(after[first_low..].iter().all(|d| layer_of(&d.data) == b'L'), "nothing from the old layer after the switch");
+    assert!(after[..first_low].iter().all(|d| layer_of(&d.data) == b'H'));
+    // RTP time stays monotonic and about one frame apart across the switch.
+    let times: Vec<u64> = after.iter().map(|d| d.time.numer()).collect();
+    for pair in times.windows(2) {
+        let step = pair[1].wrapping_sub(pair[0]);
+        assert!((1..=6000).contains(&step), "RTP time jumped by {step} ticks across the switch");
+    }
+}
+
+impl World {
+    fn sfu_participant(&self, identity: &str) -> auralink::ids::ParticipantId {
+        self.sfu
+            .participants(&RoomName::new("room").unwrap())
+            .into_iter()
+            .find(|p| p.identity.as_str() == identity)
+            .map(|p| p.id)
+            .expect("participant present")
+    }
+}
+
+#[test]
+fn lifecycle_leave_timeout_and_empty_room() {
+    let mut w = World::new(5);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    let carol = w.join("carol", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let room = RoomName::new("room").unwrap();
+    assert_eq!(w.sfu.participants(&room).len(), 3);
+    // bob's single audio slot took the first publisher; when alice leaves it moves to carol.
+    let bob_id = w.sfu_participant("bob");
+    let alice_track = w.sfu.participants(&room).iter().find(|p| p.identity.as_str() == "alice").unwrap().tracks[0].id;
+    assert_eq!(w.sfu.subscriptions(bob_id)[0].1, Some(alice_track));
+    let now = w.now;
+    w.sfu.leave(now, w.sfu_participant("alice"), LeaveReason::ClientRequest).unwrap();
+    w.advance_by(Duration::from_millis(100));
+    let carol_track = w.sfu.participants(&room).iter().find(|p| p.identity.as_str() == "carol").unwrap().tracks[0].id;
+    assert_eq!(w.sfu.subscriptions(bob_id)[0].1, Some(carol_track));
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished { track, .. } if track.id == alice_track)));
+    let _ = alice;
+
+    // carol's network vanishes: ICE consent fails, then the disconnect timeout removes her.
+    w.cut.push(carol);
+    w.advance_by(Duration::from_secs(30));
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::ParticipantLeft { identity, reason: LeaveReason::Timeout, .. } if identity.as_str() == "carol")));
+    assert_eq!(w.sfu.subscriptions(bob_id)[0].1, None);
+
+    let now = w.now;
+    w.sfu.leave(now, bob_id, LeaveReason::ClientRequest).unwrap();
+    let _ = bob;
+    w.advance_by(Duration::from_secs(11));
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::RoomClosed { room: r } if *r == room)));
+    assert_eq!(w.sfu.rooms().count(), 0);
+}
+
+#[test]
+fn garbage_datagrams_do_not_disturb_sessions() {
+    let mut w = World::new(9);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    let mut rng = StdRng::seed_from_u64(11);
+    let stranger: SocketAddr = "10.9.9.9:1".parse().unwrap();
+    let alice_addr = w.clients[alice].0;
+    for i in 0..2000 {
+        let len = rng.gen_range(0..1500);
+        let mut data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+        // Steer some into each demux branch: STUN, DTLS, RTP/RTCP.
+        if let Some(b) = data.first_mut() {
+            *b = [0u8, 1, 22, 23, 128, 144, 200, *b][i % 8];
+        }
+        let from = if i % 2 == 0 { stranger } else { alice_addr };
+        let now = w.now;
+        w.sfu.handle_datagram(now, Protocol::Udp, from, w.sfu_addr, &data);
+    }
+    assert!(w.sfu.stats().datagrams_unrouted + w.sfu.stats().datagrams_malformed > 0);
+    let (audio, _) = publish(&mut w, alice, 50);
+    assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after garbage");
+}
