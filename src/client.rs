@@ -106,6 +106,15 @@ impl Client {
         offer.to_sdp_string()
     }
 
+    /// Offers an ICE restart (new credentials, same candidates), as after a network change.
+    pub fn restart_ice(&mut self) -> String {
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api.apply().expect("an ICE restart is a change");
+        self.pending = Some(pending);
+        offer.to_sdp_string()
+    }
+
     /// Applies the server's answer.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<(), ClientError> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| ClientError::BadAnswer(e.to_string()))?;

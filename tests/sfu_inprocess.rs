@@ -48,11 +48,15 @@ fn perms() -> Permissions {
 
 impl World {
     fn new(seed: u64) -> World {
+        Self::with_disconnect_timeout(seed, Duration::from_secs(5))
+    }
+
+    fn with_disconnect_timeout(seed: u64, disconnect_timeout: Duration) -> World {
         let now = Instant::now();
         let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
         let sfu = Sfu::new(SfuConfig {
             candidates: vec![Candidate::host(sfu_addr, "udp").unwrap()],
-            disconnect_timeout: Duration::from_secs(5),
+            disconnect_timeout,
             empty_room_timeout: Duration::from_secs(10),
             initial_bwe: Bitrate::kbps(3000),
         });
@@ -190,7 +194,7 @@ fn publish(w: &mut World, alice: usize, frames: u32) -> (Vec<Vec<u8>>, Vec<Vec<u
     for n in 0..frames {
         let now = w.now;
         let a = opus_frame(n);
-        w.client(alice).write(mids[0], None, now, MediaTime::from_millis(20 * n as u64).rebase(str0m::media::Frequency::FORTY_EIGHT_KHZ), &a).unwrap();
+        w.client(alice).write(mids[0], None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), &a).unwrap();
         audio.push(a);
         if n % 2 == 0 {
             let v = vp8_frame(n, (n / 2) % 30 == 0, 0x55, 2500);
@@ -359,6 +363,62 @@ fn lifecycle_leave_timeout_and_empty_room() {
     w.advance_by(Duration::from_secs(11));
     assert!(w.events.iter().any(|e| matches!(e, SfuEvent::RoomClosed { room: r } if *r == room)));
     assert_eq!(w.sfu.rooms().count(), 0);
+}
+
+#[test]
+fn ice_restart_resumes_media_without_losing_subscriptions() {
+    let mut w = World::with_disconnect_timeout(13, Duration::from_secs(60));
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    publish_audio(&mut w, alice, 0, 20);
+
+    // Muting stops forwarding for everyone; unmuting resumes it.
+    let room = RoomName::new("room").unwrap();
+    let track = w.sfu.participants(&room).iter().find(|p| p.identity.as_str() == "alice").unwrap().tracks[0].id;
+    let now = w.now;
+    w.sfu.set_track_muted(now, track, true).unwrap();
+    w.clients[bob].1.received.clear();
+    publish_audio(&mut w, alice, 20, 20);
+    assert!(w.clients[bob].1.received.is_empty(), "muted audio is not forwarded");
+    let now = w.now;
+    w.sfu.set_track_muted(now, track, false).unwrap();
+    let sent = publish_audio(&mut w, alice, 40, 20);
+    assert_suffix_intact(&sent, &payloads(&w.clients[bob].1, true), 0.9, "audio after unmute");
+    assert!(w.events.iter().any(|e| *e == SfuEvent::TrackMuted { room: room.clone(), track, muted: true }));
+
+    // Bob's network drops long enough for ICE to give up on the path, but not for the
+    // disconnect timeout to remove him.
+    w.cut.push(bob);
+    w.advance_by(Duration::from_secs(25));
+    let bob_id = w.sfu_participant("bob");
+    assert!(w.events.iter().any(|e| *e == SfuEvent::ParticipantDisconnected { room: RoomName::new("room").unwrap(), participant: bob_id }));
+    w.cut.clear();
+    let offer = w.client(bob).restart_ice();
+    let now = w.now;
+    let answer = w.sfu.renegotiate(now, bob_id, &offer).expect("restart offer accepted");
+    w.client(bob).accept_answer(&answer.to_sdp_string()).unwrap();
+    w.advance_by(Duration::from_secs(2));
+    w.clients[bob].1.received.clear();
+    let audio = publish_audio(&mut w, alice, 1000, 50);
+    assert_eq!(w.sfu_participant("bob"), bob_id, "same session after the restart");
+    assert!(!w.events.iter().any(|e| matches!(e, SfuEvent::ParticipantLeft { .. })));
+    assert_eq!(w.events.iter().filter(|e| matches!(e, SfuEvent::ParticipantConnected { participant, .. } if *participant == bob_id)).count(), 2, "connected, then reconnected");
+    assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after ICE restart");
+}
+
+fn publish_audio(w: &mut World, who: usize, first: u32, frames: u32) -> Vec<Vec<u8>> {
+    let mid = w.sending_mids(who)[0];
+    let mut sent = Vec::new();
+    for n in first..first + frames {
+        let now = w.now;
+        let a = opus_frame(n);
+        w.client(who).write(mid, None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), &a).unwrap();
+        sent.push(a);
+        w.advance_by(Duration::from_millis(20));
+    }
+    w.advance_by(Duration::from_millis(200));
+    sent
 }
 
 #[test]

@@ -115,8 +115,10 @@ pub enum SfuEvent {
     RoomStarted { room: RoomName },
     RoomClosed { room: RoomName },
     ParticipantJoined { room: RoomName, participant: ParticipantId, identity: Identity },
-    /// ICE and DTLS are up: media can flow.
+    /// ICE and DTLS are up (or ICE is back after a disconnection): media can flow.
     ParticipantConnected { room: RoomName, participant: ParticipantId },
+    /// ICE lost its path; the session is removed unless it recovers (or restarts ICE) in time.
+    ParticipantDisconnected { room: RoomName, participant: ParticipantId },
     ParticipantLeft { room: RoomName, participant: ParticipantId, identity: Identity, reason: LeaveReason },
     TrackPublished { room: RoomName, track: TrackInfo },
     TrackUnpublished { room: RoomName, track: TrackInfo },
@@ -498,11 +500,16 @@ impl Sfu {
             }
             Event::IceConnectionStateChange(state) => {
                 let Some(p) = self.peers.get_mut(&id) else { return };
+                let room = p.room.clone();
                 match state {
-                    IceConnectionState::Disconnected => {
-                        p.disconnected_since.get_or_insert(now);
+                    IceConnectionState::Disconnected if p.disconnected_since.is_none() => {
+                        p.disconnected_since = Some(now);
+                        self.events.push_back(SfuEvent::ParticipantDisconnected { room, participant: id });
                     }
-                    IceConnectionState::Connected | IceConnectionState::Completed => p.disconnected_since = None,
+                    IceConnectionState::Connected | IceConnectionState::Completed if p.disconnected_since.is_some() => {
+                        p.disconnected_since = None;
+                        self.events.push_back(SfuEvent::ParticipantConnected { room, participant: id });
+                    }
                     _ => {}
                 }
             }
