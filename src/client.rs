@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelData, ChannelId};
-use str0m::media::{Direction, KeyframeRequest, MediaAdded, MediaData, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
-use str0m::net::{Receive, Transmit};
 use str0m::format::Codec;
+use str0m::media::{
+    Direction, KeyframeRequest, MediaAdded, MediaData, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer,
+};
+use str0m::net::{Receive, Transmit};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcError};
 
 /// One m-line to offer.
@@ -174,7 +176,8 @@ impl Client {
                 }
             }
             Event::ChannelOpen(id, label) => {
-                let protocol = self.rtc.channel(id).and_then(|c| c.config().map(|c| c.protocol.clone())).unwrap_or_default();
+                let protocol =
+                    self.rtc.channel(id).and_then(|c| c.config().map(|c| c.protocol.clone())).unwrap_or_default();
                 self.channels.push((id, label, protocol));
             }
             Event::ChannelData(d) => self.channel_data.push(d),
@@ -184,7 +187,14 @@ impl Client {
     }
 
     /// Sends one frame on `mid` (layer `rid` when simulcasting) with the first codec of its kind.
-    pub fn write(&mut self, mid: Mid, rid: Option<Rid>, now: Instant, time: MediaTime, data: &[u8]) -> Result<(), ClientError> {
+    pub fn write(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        now: Instant,
+        time: MediaTime,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
         let writer = self.rtc.writer(mid).ok_or(ClientError::NoMedia)?;
         // Opus and VP8 carry any bytes; H.264's packetizer would want NAL units.
         let params: Vec<_> = writer.payload_params().collect();
@@ -200,7 +210,12 @@ impl Client {
 
     /// Sends a message on the channel labeled `label` that this client opened (empty protocol).
     pub fn send_data(&mut self, label: &str, data: &[u8]) -> Result<(), ClientError> {
-        let id = self.channels.iter().find(|(_, l, p)| l == label && p.is_empty()).map(|(id, ..)| *id).ok_or(ClientError::NoMedia)?;
+        let id = self
+            .channels
+            .iter()
+            .find(|(_, l, p)| l == label && p.is_empty())
+            .map(|(id, ..)| *id)
+            .ok_or(ClientError::NoMedia)?;
         let mut ch = self.rtc.channel(id).ok_or(ClientError::NoMedia)?;
         ch.write(true, data)?;
         Ok(())

@@ -158,8 +158,8 @@ impl Config {
     pub fn load(path: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
                 toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?
             }
             None => Config::default(),

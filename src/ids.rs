@@ -38,9 +38,7 @@ fn check_name(s: &str, max: usize) -> Result<(), NameError> {
     if s.is_empty() || s.len() > max {
         return Err(NameError::Length { max });
     }
-    let ok = s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':'));
+    let ok = s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':'));
     if ok { Ok(()) } else { Err(NameError::Charset) }
 }
 

@@ -95,7 +95,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve(a) => {
-            let o = Overrides { http_port: a.http_port, rtc_port: a.rtc_port, node_ips: a.node_ips, data_dir: a.data_dir, keys: a.keys };
+            let o = Overrides {
+                http_port: a.http_port,
+                rtc_port: a.rtc_port,
+                node_ips: a.node_ips,
+                data_dir: a.data_dir,
+                keys: a.keys,
+            };
             let config = Config::load(cli.config.as_deref(), o)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(config))

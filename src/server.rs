@@ -69,17 +69,19 @@ fn default_node_ips() -> Vec<IpAddr> {
         .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
         .and_then(|s| s.local_addr())
         .map(|a| a.ip());
-    if let Ok(ip) = primary {
-        if !ip.is_loopback() && !ip.is_unspecified() {
-            ips.push(ip);
-        }
+    if let Ok(ip) = primary
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+    {
+        ips.push(ip);
     }
     ips
 }
 
 /// Binds everything and starts serving.
 pub async fn start(mut config: Config) -> Result<Server, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     let dev_keys = config.resolve_keys()?;
     let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
 
@@ -87,16 +89,23 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
     for ip in ips {
         let addr = SocketAddr::new(ip, config.rtc.udp_port);
-        let sock = UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { what: "media UDP", addr, source })?;
+        let sock =
+            UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { what: "media UDP", addr, source })?;
         let local = sock.local_addr().expect("bound socket has an address");
         candidates.push(Candidate::host(local, "udp").map_err(|_| StartError::Candidate(local))?);
         udp_addrs.push(local);
         udp.push(sock);
 
         let addr = SocketAddr::new(ip, config.rtc.tcp_port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "ICE-TCP", addr, source })?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "ICE-TCP", addr, source })?;
         let local = listener.local_addr().expect("bound listener has an address");
-        let c = Candidate::builder().tcp().host(local).tcptype(TcpType::Passive).build().map_err(|_| StartError::Candidate(local))?;
+        let c = Candidate::builder()
+            .tcp()
+            .host(local)
+            .tcptype(TcpType::Passive)
+            .build()
+            .map_err(|_| StartError::Candidate(local))?;
         candidates.push(c);
         tcp_addrs.push(local);
         tcp.push(listener);

@@ -60,7 +60,17 @@ impl World {
             empty_room_timeout: Duration::from_secs(10),
             initial_bwe: Bitrate::kbps(3000),
         });
-        World { now, sfu, sfu_addr, clients: Vec::new(), wire: VecDeque::new(), rng: StdRng::seed_from_u64(seed), loss: 0.0, cut: Vec::new(), events: Vec::new() }
+        World {
+            now,
+            sfu,
+            sfu_addr,
+            clients: Vec::new(),
+            wire: VecDeque::new(),
+            rng: StdRng::seed_from_u64(seed),
+            loss: 0.0,
+            cut: Vec::new(),
+            events: Vec::new(),
+        }
     }
 
     /// Joins a client offering `media` (and a "chat" channel); returns its index.
@@ -68,7 +78,12 @@ impl World {
         let addr: SocketAddr = format!("10.0.1.{}:6000", self.clients.len() + 1).parse().unwrap();
         let mut c = Client::new(self.now, addr);
         let offer = c.offer(media, Some("chat"));
-        let req = JoinRequest { room: RoomName::new("room").unwrap(), identity: Identity::new(identity).unwrap(), permissions: perms(), subscribe };
+        let req = JoinRequest {
+            room: RoomName::new("room").unwrap(),
+            identity: Identity::new(identity).unwrap(),
+            permissions: perms(),
+            subscribe,
+        };
         let (_, answer) = self.sfu.join(self.now, req, &offer).expect("offer accepted");
         c.accept_answer(&answer.to_sdp_string()).expect("answer accepted");
         self.clients.push((addr, c));
@@ -125,7 +140,10 @@ impl World {
                     self.sfu.handle_datagram(self.now, Protocol::Udp, p.from, p.to, &p.data);
                 } else if let Some((_, c)) = self.clients.iter_mut().find(|c| c.0 == p.to) {
                     let contents = DatagramRecv::try_from(p.data.as_slice()).unwrap();
-                    c.handle_receive(self.now, Receive { proto: Protocol::Udp, source: p.from, destination: p.to, contents });
+                    c.handle_receive(
+                        self.now,
+                        Receive { proto: Protocol::Udp, source: p.from, destination: p.to, contents },
+                    );
                 }
             }
             self.sfu.handle_timeout(self.now);
@@ -179,11 +197,7 @@ fn vp8_frame(n: u32, key: bool, tag: u8, len: usize) -> Vec<u8> {
 }
 
 fn payloads(c: &Client, kind_audio: bool) -> Vec<Vec<u8>> {
-    c.received
-        .iter()
-        .filter(|d| (d.data.len() == 80) == kind_audio)
-        .map(|d| d.data.to_vec())
-        .collect()
+    c.received.iter().filter(|d| (d.data.len() == 80) == kind_audio).map(|d| d.data.to_vec()).collect()
 }
 
 /// Publishes audio and video from alice for `frames` 20 ms ticks (video every other tick,
@@ -194,7 +208,9 @@ fn publish(w: &mut World, alice: usize, frames: u32) -> (Vec<Vec<u8>>, Vec<Vec<u
     for n in 0..frames {
         let now = w.now;
         let a = opus_frame(n);
-        w.client(alice).write(mids[0], None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), &a).unwrap();
+        w.client(alice)
+            .write(mids[0], None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), &a)
+            .unwrap();
         audio.push(a);
         if n % 2 == 0 {
             let v = vp8_frame(n, (n / 2) % 30 == 0, 0x55, 2500);
@@ -219,29 +235,38 @@ fn assert_suffix_intact(sent: &[Vec<u8>], got: &[Vec<u8>], min_share: f64, what:
 #[test]
 fn media_and_data_flow_between_participants() {
     let mut w = World::new(1);
-    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    let alice =
+        w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
     w.connect_all();
     // Alice is mid-stream (her next keyframe is far off) when Bob arrives.
     publish(&mut w, alice, 10);
-    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    let bob =
+        w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
     w.connect_all();
 
     let (audio, video) = publish(&mut w, alice, 150);
     let b = &w.clients[bob].1;
     assert_suffix_intact(&audio, &payloads(b, true), 0.9, "audio");
     assert_suffix_intact(&video, &payloads(b, false), 0.9, "video");
-    assert!(!w.clients[alice].1.keyframe_requests.is_empty(), "a new video subscriber asks the publisher for a keyframe");
-    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackPublished { track, .. } if track.kind == MediaKind::Video)));
+    assert!(
+        !w.clients[alice].1.keyframe_requests.is_empty(),
+        "a new video subscriber asks the publisher for a keyframe"
+    );
+    assert!(
+        w.events.iter().any(|e| matches!(e, SfuEvent::TrackPublished { track, .. } if track.kind == MediaKind::Video))
+    );
 
     // Data both ways, each delivered on a channel naming its sender.
     w.client(alice).send_data("chat", b"hello from alice").unwrap();
     w.client(bob).send_data("chat", b"hi alice").unwrap();
     w.advance_by(Duration::from_millis(500));
     let b = &w.clients[bob].1;
-    let from_alice = b.channels.iter().find(|(_, l, p)| l == "chat" && p == "alice").expect("bob has a channel from alice").0;
+    let from_alice =
+        b.channels.iter().find(|(_, l, p)| l == "chat" && p == "alice").expect("bob has a channel from alice").0;
     assert!(b.channel_data.iter().any(|d| d.id == from_alice && d.data == b"hello from alice"));
     let a = &w.clients[alice].1;
-    let from_bob = a.channels.iter().find(|(_, l, p)| l == "chat" && p == "bob").expect("alice has a channel from bob").0;
+    let from_bob =
+        a.channels.iter().find(|(_, l, p)| l == "chat" && p == "bob").expect("alice has a channel from bob").0;
     assert!(a.channel_data.iter().any(|d| d.id == from_bob && d.data == b"hi alice"));
     assert!(w.sfu.stats().data_messages_relayed >= 2);
 }
@@ -249,8 +274,10 @@ fn media_and_data_flow_between_participants() {
 #[test]
 fn nack_repairs_loss_on_both_legs() {
     let mut w = World::new(7);
-    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
-    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    let alice =
+        w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    let bob =
+        w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
     w.connect_all();
     // Start clean so the subscriber has its first keyframe, then lose 5% of media packets.
     publish(&mut w, alice, 10);
@@ -290,7 +317,11 @@ fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
     };
     send(&mut w, 0, 60, 30);
     let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
-    assert!(got.ends_with(&[b'H'; 10]), "the high layer flows when bandwidth allows: {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.ends_with(&[b'H'; 10]),
+        "the high layer flows when bandwidth allows: {:?}",
+        String::from_utf8_lossy(&got)
+    );
 
     let track = w.sfu.subscriptions(w.sfu_participant("bob")).into_iter().find_map(|(_, t, _)| t).unwrap();
     w.clients[alice].1.keyframe_requests.clear();
@@ -309,7 +340,10 @@ fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
     let first_low = after.iter().position(|d| layer_of(&d.data) == b'L').expect("switched to the low layer");
     assert!(first_low > 0, "the high layer kept flowing until the switch");
     assert!(after[first_low].is_keyframe(), "the first low-layer frame is a keyframe");
-    assert!(after[first_low..].iter().all(|d| layer_of(&d.data) == b'L'), "nothing from the old layer after the switch");
+    assert!(
+        after[first_low..].iter().all(|d| layer_of(&d.data) == b'L'),
+        "nothing from the old layer after the switch"
+    );
     assert!(after[..first_low].iter().all(|d| layer_of(&d.data) == b'H'));
     // RTP time stays monotonic and about one frame apart across the switch.
     let times: Vec<u64> = after.iter().map(|d| d.time.numer()).collect();
@@ -392,7 +426,12 @@ fn ice_restart_resumes_media_without_losing_subscriptions() {
     w.cut.push(bob);
     w.advance_by(Duration::from_secs(25));
     let bob_id = w.sfu_participant("bob");
-    assert!(w.events.iter().any(|e| *e == SfuEvent::ParticipantDisconnected { room: RoomName::new("room").unwrap(), participant: bob_id }));
+    assert!(
+        w.events
+            .iter()
+            .any(|e| *e
+                == SfuEvent::ParticipantDisconnected { room: RoomName::new("room").unwrap(), participant: bob_id })
+    );
     w.cut.clear();
     let offer = w.client(bob).restart_ice();
     let now = w.now;
@@ -403,7 +442,14 @@ fn ice_restart_resumes_media_without_losing_subscriptions() {
     let audio = publish_audio(&mut w, alice, 1000, 50);
     assert_eq!(w.sfu_participant("bob"), bob_id, "same session after the restart");
     assert!(!w.events.iter().any(|e| matches!(e, SfuEvent::ParticipantLeft { .. })));
-    assert_eq!(w.events.iter().filter(|e| matches!(e, SfuEvent::ParticipantConnected { participant, .. } if *participant == bob_id)).count(), 2, "connected, then reconnected");
+    assert_eq!(
+        w.events
+            .iter()
+            .filter(|e| matches!(e, SfuEvent::ParticipantConnected { participant, .. } if *participant == bob_id))
+            .count(),
+        2,
+        "connected, then reconnected"
+    );
     assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after ICE restart");
 }
 
@@ -413,7 +459,9 @@ fn publish_audio(w: &mut World, who: usize, first: u32, frames: u32) -> Vec<Vec<
     for n in first..first + frames {
         let now = w.now;
         let a = opus_frame(n);
-        w.client(who).write(mid, None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), &a).unwrap();
+        w.client(who)
+            .write(mid, None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), &a)
+            .unwrap();
         sent.push(a);
         w.advance_by(Duration::from_millis(20));
     }
@@ -424,8 +472,10 @@ fn publish_audio(w: &mut World, who: usize, first: u32, frames: u32) -> Vec<Vec<
 #[test]
 fn garbage_datagrams_do_not_disturb_sessions() {
     let mut w = World::new(9);
-    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
-    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    let alice =
+        w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    let bob =
+        w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
     w.connect_all();
     let mut rng = StdRng::seed_from_u64(11);
     let stranger: SocketAddr = "10.9.9.9:1".parse().unwrap();

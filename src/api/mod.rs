@@ -61,12 +61,16 @@ struct DevTokenQuery {
 }
 
 /// Mints a join token for the demo page. Exists only in dev mode, where the secret is local.
-async fn dev_token(State(s): State<AppState>, Query(q): Query<DevTokenQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn dev_token(
+    State(s): State<AppState>,
+    Query(q): Query<DevTokenQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let Some((key, secret)) = &s.dev_keys else {
         return Err(ApiError::not_found("not_dev_mode", "tokens are minted here only in dev mode"));
     };
     let room = RoomName::new(q.room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
-    let identity = Identity::new(q.identity).map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
+    let identity =
+        Identity::new(q.identity).map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let claims = token::join_claims(key, room.as_str(), identity.as_str(), now, 6 * 3600);
     Ok(Json(serde_json::json!({ "token": token::mint(&claims, secret) })))

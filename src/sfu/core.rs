@@ -112,18 +112,50 @@ pub struct ParticipantInfo {
 /// What happened, for signaling layers, webhooks and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SfuEvent {
-    RoomStarted { room: RoomName },
-    RoomClosed { room: RoomName },
-    ParticipantJoined { room: RoomName, participant: ParticipantId, identity: Identity },
+    RoomStarted {
+        room: RoomName,
+    },
+    RoomClosed {
+        room: RoomName,
+    },
+    ParticipantJoined {
+        room: RoomName,
+        participant: ParticipantId,
+        identity: Identity,
+    },
     /// ICE and DTLS are up (or ICE is back after a disconnection): media can flow.
-    ParticipantConnected { room: RoomName, participant: ParticipantId },
+    ParticipantConnected {
+        room: RoomName,
+        participant: ParticipantId,
+    },
     /// ICE lost its path; the session is removed unless it recovers (or restarts ICE) in time.
-    ParticipantDisconnected { room: RoomName, participant: ParticipantId },
-    ParticipantLeft { room: RoomName, participant: ParticipantId, identity: Identity, reason: LeaveReason },
-    TrackPublished { room: RoomName, track: TrackInfo },
-    TrackUnpublished { room: RoomName, track: TrackInfo },
-    TrackMuted { room: RoomName, track: TrackId, muted: bool },
-    SpeakersChanged { room: RoomName, speakers: Vec<Speaker> },
+    ParticipantDisconnected {
+        room: RoomName,
+        participant: ParticipantId,
+    },
+    ParticipantLeft {
+        room: RoomName,
+        participant: ParticipantId,
+        identity: Identity,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        room: RoomName,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        room: RoomName,
+        track: TrackInfo,
+    },
+    TrackMuted {
+        room: RoomName,
+        track: TrackId,
+        muted: bool,
+    },
+    SpeakersChanged {
+        room: RoomName,
+        speakers: Vec<Speaker>,
+    },
 }
 
 /// Counters for metrics and benchmarks.
@@ -203,7 +235,12 @@ impl Sfu {
     }
 
     /// Adds a session from the client's SDP offer and returns the answer.
-    pub fn join(&mut self, now: Instant, req: JoinRequest, offer: &str) -> Result<(ParticipantId, SdpAnswer), SfuError> {
+    pub fn join(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+        offer: &str,
+    ) -> Result<(ParticipantId, SdpAnswer), SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let mut rtc_config = Rtc::builder().enable_bwe(Some(self.config.initial_bwe));
         // str0m's defaults take over half a minute to notice a vanished peer; these notice in
@@ -220,7 +257,12 @@ impl Sfu {
         self.next_id += 1;
         let room = self.rooms.entry(req.room.clone()).or_insert_with(|| {
             self.events.push_back(SfuEvent::RoomStarted { room: req.room.clone() });
-            Room { participants: Vec::new(), tracks: Vec::new(), empty_since: None, speakers: SpeakerDetector::new(now) }
+            Room {
+                participants: Vec::new(),
+                tracks: Vec::new(),
+                empty_since: None,
+                speakers: SpeakerDetector::new(now),
+            }
         });
         room.participants.push(id);
         room.empty_since = None;
@@ -295,7 +337,13 @@ impl Sfu {
     }
 
     /// Caps the quality a session receives for the track in slot `mid` (explicit request).
-    pub fn set_max_quality(&mut self, now: Instant, id: ParticipantId, track: TrackId, q: Quality) -> Result<(), SfuError> {
+    pub fn set_max_quality(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        track: TrackId,
+        q: Quality,
+    ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         let slot = peer.slots.iter_mut().find(|s| s.track == Some(track)).ok_or(SfuError::NoTrack)?;
         slot.max_quality = q;
@@ -305,7 +353,13 @@ impl Sfu {
     }
 
     /// Subscribes a session to a track (or stops), independent of its filter.
-    pub fn set_subscribed(&mut self, now: Instant, id: ParticipantId, track: TrackId, on: bool) -> Result<(), SfuError> {
+    pub fn set_subscribed(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        track: TrackId,
+        on: bool,
+    ) -> Result<(), SfuError> {
         let kind = self.tracks.get(&track).ok_or(SfuError::NoTrack)?.info.kind;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         if on {
@@ -325,7 +379,14 @@ impl Sfu {
 
     /// Feeds raw bytes received on a socket. Returns false if they are malformed or no
     /// session accepts them; both are counted, neither affects any session.
-    pub fn handle_datagram(&mut self, now: Instant, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let Ok(contents) = DatagramRecv::try_from(data) else {
             self.stats.datagrams_malformed += 1;
             return false;
@@ -337,9 +398,8 @@ impl Sfu {
     pub fn handle_receive(&mut self, now: Instant, r: Receive<'_>) -> bool {
         let source = r.source;
         let input = Input::Receive(now, r);
-        let cached = self.by_source.get(&source).copied().filter(|id| {
-            self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input))
-        });
+        let cached =
+            self.by_source.get(&source).copied().filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
         let Some(id) = cached.or_else(|| self.peers.values().find(|p| p.rtc.accepts(&input)).map(|p| p.id)) else {
             self.stats.datagrams_unrouted += 1;
             return false;
@@ -472,8 +532,7 @@ impl Sfu {
     fn drive(&mut self, now: Instant) {
         while let Some(id) = self.dirty.pop_front() {
             self.dirty_set.remove(&id);
-            loop {
-                let Some(peer) = self.peers.get_mut(&id) else { break };
+            while let Some(peer) = self.peers.get_mut(&id) {
                 match peer.rtc.poll_output() {
                     Ok(Output::Timeout(t)) => {
                         peer.next_timeout = t;
@@ -519,7 +578,9 @@ impl Sfu {
                 // A subscriber asks for a keyframe: pass it to the publisher of that slot's layer.
                 let Some(p) = self.peers.get_mut(&id) else { return };
                 let Some(slot) = p.slot_mut(req.mid) else { return };
-                let (Some(track), Some(layer)) = (slot.track, slot.fwd.current().cloned().or(slot.fwd.target().cloned())) else {
+                let (Some(track), Some(layer)) =
+                    (slot.track, slot.fwd.current().cloned().or(slot.fwd.target().cloned()))
+                else {
                     return;
                 };
                 self.request_keyframe(now, track, layer);
@@ -557,10 +618,22 @@ impl Sfu {
         let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
         let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
         if sends && p.permissions.subscribe {
-            p.slots.push(Slot { mid: m.mid, kind: m.kind, track: None, fwd: Forwarder::new(m.kind), max_quality: Quality::High });
+            p.slots.push(Slot {
+                mid: m.mid,
+                kind: m.kind,
+                track: None,
+                fwd: Forwarder::new(m.kind),
+                max_quality: Quality::High,
+            });
         }
         if receives && p.permissions.publish {
-            let rids: Vec<Rid> = m.simulcast.map(|s| if s.recv.is_empty() { s.send } else { s.recv }).unwrap_or_default().into_iter().map(|l| l.rid).collect();
+            let rids: Vec<Rid> = m
+                .simulcast
+                .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| l.rid)
+                .collect();
             let mut layers: Vec<LayerRate> = rids.into_iter().map(|rid| LayerRate { rid, bps: 0 }).collect();
             layer_select::order(&mut layers);
             let track = TrackId(self.next_id);
@@ -703,10 +776,10 @@ impl Sfu {
         let Some(&track) = self.by_mid.get(&(id, d.mid)) else { return };
         let Some(t) = self.tracks.get_mut(&track) else { return };
         let rates_changed = t.measure(d.rid, d.data.len(), now);
-        if t.info.kind == MediaKind::Audio {
-            if let (Some(level), Some(r)) = (d.ext_vals.audio_level, self.rooms.get_mut(&t.room)) {
-                r.speakers.handle_level(id, level);
-            }
+        if t.info.kind == MediaKind::Audio
+            && let (Some(level), Some(r)) = (d.ext_vals.audio_level, self.rooms.get_mut(&t.room))
+        {
+            r.speakers.handle_level(id, level);
         }
         let subscribers = if t.info.muted { Vec::new() } else { t.subscribers.clone() };
         let kind = t.info.kind;
@@ -858,7 +931,12 @@ impl Sfu {
             }
         }
         let room = peer.room.clone();
-        self.events.push_back(SfuEvent::ParticipantLeft { room: room.clone(), participant: id, identity: peer.identity, reason });
+        self.events.push_back(SfuEvent::ParticipantLeft {
+            room: room.clone(),
+            participant: id,
+            identity: peer.identity,
+            reason,
+        });
         let others: Vec<ParticipantId> = self.peers.keys().copied().collect();
         for o in others {
             self.mark(o);

@@ -149,7 +149,10 @@ mod tests {
     fn paused_drops_everything() {
         let now = Instant::now();
         let mut f = Forwarder::new(MediaKind::Audio);
-        assert_eq!(f.on_frame(None, false, MediaTime::from_millis(20), now), Decision::Forward(MediaTime::from_millis(20)));
+        assert_eq!(
+            f.on_frame(None, false, MediaTime::from_millis(20), now),
+            Decision::Forward(MediaTime::from_millis(20))
+        );
         assert!(!f.set_target(None));
         assert_eq!(f.on_frame(None, false, MediaTime::from_millis(40), now), Decision::Drop);
     }

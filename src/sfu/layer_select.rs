@@ -61,9 +61,9 @@ pub fn select(layers: &[LayerRate], estimate_bps: Option<u64>, max: Quality) -> 
         Quality::High => n - 1,
     };
     let budget = estimate_bps.map(|e| (e as f64 * HEADROOM) as u64);
-    let fits = |l: &&LayerRate| budget.is_none_or(|b| l.bps <= b);
+    let fits = |l: &LayerRate| budget.is_none_or(|b| l.bps <= b);
     // The lowest layer is always allowed: a frozen picture is worse than a soft one.
-    let idx = flowing[..=cap].iter().rposition(|l| fits(&l)).unwrap_or(0);
+    let idx = flowing[..=cap].iter().rposition(|l| fits(l)).unwrap_or(0);
     Some(flowing[idx].rid)
 }
 

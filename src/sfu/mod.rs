@@ -8,6 +8,8 @@ mod peer;
 pub mod signal;
 pub mod speaker;
 
-pub use self::core::{JoinRequest, LeaveReason, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats, TrackInfo};
+pub use self::core::{
+    JoinRequest, LeaveReason, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats, TrackInfo,
+};
 pub use self::layer_select::Quality;
 pub use self::peer::SubscribeFilter;

@@ -38,7 +38,12 @@ fn linear(dbov: f32) -> f32 {
 
 impl SpeakerDetector {
     pub fn new(now: Instant) -> Self {
-        SpeakerDetector { windows: HashMap::new(), smoothed: HashMap::new(), active: Vec::new(), next_eval: now + SPEAKER_INTERVAL }
+        SpeakerDetector {
+            windows: HashMap::new(),
+            smoothed: HashMap::new(),
+            active: Vec::new(),
+            next_eval: now + SPEAKER_INTERVAL,
+        }
     }
 
     /// Records one packet's level: `level` as carried by str0m (−dBov, so −127..=0).

@@ -89,7 +89,8 @@ pub fn answer_fragment(answer_sdp: &str) -> String {
     let mut out = String::new();
     let mut seen = std::collections::HashSet::new();
     for line in answer_sdp.lines().map(str::trim) {
-        let keep = line.starts_with("a=ice-ufrag:") || line.starts_with("a=ice-pwd:") || line.starts_with("a=candidate:");
+        let keep =
+            line.starts_with("a=ice-ufrag:") || line.starts_with("a=ice-pwd:") || line.starts_with("a=candidate:");
         if keep && seen.insert(line) {
             out.push_str(line);
             out.push_str("\r\n");

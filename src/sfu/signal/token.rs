@@ -145,8 +145,7 @@ impl TokenVerifier {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
         let header: Header = decode_json(h)?;
@@ -228,7 +227,10 @@ mod tests {
         let t = mint(&join_claims("APIkey", "room1", "alice", 1000, 60), SECRET);
         let c = verifier().verify_join(&t, "room1", 1010).unwrap();
         assert_eq!(c.sub, "alice");
-        assert_eq!(c.video.permissions(), Permissions { publish: true, subscribe: true, publish_data: true, hidden: false });
+        assert_eq!(
+            c.video.permissions(),
+            Permissions { publish: true, subscribe: true, publish_data: true, hidden: false }
+        );
         assert_eq!(verifier().verify_join(&t, "room2", 1010), Err(TokenError::WrongRoom("room2".into())));
         assert_eq!(verifier().verify(&t, 2000), Err(TokenError::Expired));
         assert_eq!(verifier().verify(&t, 900), Err(TokenError::NotYetValid));

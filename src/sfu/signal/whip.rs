@@ -87,7 +87,12 @@ async fn whip_post(State(s): State<WhipState>, Path(room): Path<String>, headers
     create(s, room, None, Role::Publish, headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn whep_post_all(State(s): State<WhipState>, Path(room): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn whep_post_all(
+    State(s): State<WhipState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     create(s, room, None, Role::Subscribe, headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -121,7 +126,8 @@ async fn create(
     if role == Role::Subscribe && !perms.subscribe {
         return Err(ApiError::forbidden("subscribe_not_allowed", "token does not grant canSubscribe"));
     }
-    let identity = Identity::new(claims.sub.clone()).map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
+    let identity = Identity::new(claims.sub.clone())
+        .map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
     require_content_type(&headers, "application/sdp")?;
     let offer = read_text(body, s.max_body).await?;
     let subscribe = match (role, only) {
@@ -137,7 +143,10 @@ async fn create(
         .map_err(|_| ApiError::unavailable())?
         .map_err(sfu_error)?;
     let resource = random_resource_id();
-    s.sessions.lock().expect("not poisoned").insert(resource.clone(), Session { participant, room: room.clone(), offer });
+    s.sessions
+        .lock()
+        .expect("not poisoned")
+        .insert(resource.clone(), Session { participant, room: room.clone(), offer });
     let base = if role == Role::Publish { "whip" } else { "whep" };
     let location = format!("/{base}/{room}/{resource}");
     let mut resp = (StatusCode::CREATED, answer.to_sdp_string()).into_response();
@@ -200,7 +209,8 @@ async fn patch(
     }
     let mut candidates = Vec::new();
     for line in &frag.candidates {
-        let c = Candidate::from_sdp_string(line).map_err(|e| ApiError::bad_request("candidate_malformed", e.to_string()))?;
+        let c = Candidate::from_sdp_string(line)
+            .map_err(|e| ApiError::bad_request("candidate_malformed", e.to_string()))?;
         candidates.push(c);
     }
     s.sfu
@@ -211,7 +221,11 @@ async fn patch(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_participants(State(s): State<WhipState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list_participants(
+    State(s): State<WhipState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let room = RoomName::new(room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
     authorize(&s.tokens, &headers, &room)?;
     let list = s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())?;
@@ -223,7 +237,9 @@ fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Re
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token_missing", "Authorization: Bearer <token> is required"))?;
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "token_missing", "Authorization: Bearer <token> is required")
+        })?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     tokens.verify_join(token.trim(), room.as_str(), now).map_err(token_error)
 }
@@ -251,7 +267,11 @@ fn require_content_type(headers: &HeaderMap, want: &str) -> Result<(), ApiError>
     if mime.eq_ignore_ascii_case(want) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("Content-Type must be {want}")))
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be {want}"),
+        ))
     }
 }
 
@@ -291,7 +311,11 @@ mod tests {
     fn link_headers() {
         let servers = vec![
             IceServer { urls: vec!["stun:127.0.0.1:3478".into()], username: None, credential: None },
-            IceServer { urls: vec!["turn:127.0.0.1:3478".into()], username: Some("u".into()), credential: Some("p".into()) },
+            IceServer {
+                urls: vec!["turn:127.0.0.1:3478".into()],
+                username: Some("u".into()),
+                credential: Some("p".into()),
+            },
         ];
         assert_eq!(
             ice_server_links(&servers),
