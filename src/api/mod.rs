@@ -1,6 +1,8 @@
 //! HTTP surface: `app(state) -> Router`. This issue carries health, the demo page and the
 //! WHIP/WHEP signaling; the control API grows here.
 
+mod metrics;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(demo_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/dev/token", get(dev_token))
         .with_state(state.clone())
         .merge(whip::router(state.whip))

@@ -522,6 +522,11 @@ impl Sfu {
         &self.stats
     }
 
+    /// Open rooms, sessions and published tracks right now.
+    pub fn gauges(&self) -> (usize, usize, usize) {
+        (self.rooms.len(), self.peers.len(), self.tracks.len())
+    }
+
     fn mark(&mut self, id: ParticipantId) {
         if self.dirty_set.insert(id) {
             self.dirty.push_back(id);

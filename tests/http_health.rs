@@ -1,0 +1,58 @@
+//! Health, readiness, metrics and the dev-mode token route over real HTTP.
+
+use auralink::config::Config;
+
+fn config(dir: &str, keys: &[(&str, &str)]) -> Config {
+    let mut c = Config::default();
+    c.http.port = 0;
+    c.rtc.udp_port = 0;
+    c.rtc.tcp_port = 0;
+    c.rtc.node_ips = vec!["127.0.0.1".parse().unwrap()];
+    c.data_dir = std::env::temp_dir().join(format!("auralink-{dir}-{}", std::process::id()));
+    c.keys = keys.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_metrics_and_dev_tokens() {
+    let server = auralink::server::start(config("health", &[])).await.unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().text().await.unwrap(), "ok");
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("# TYPE auralink_sfu_frames_forwarded_total counter"));
+    assert!(metrics.contains("\nauralink_rooms 0\n"));
+
+    // Dev mode: a key pair was generated and /dev/token mints tokens it verifies.
+    let (key, secret) = server.dev_keys.clone().expect("dev mode without keys");
+    assert!(secret.len() >= auralink::config::MIN_SECRET_LEN);
+    let r: serde_json::Value = http.get(format!("{base}/dev/token?room=r1&identity=ann")).send().await.unwrap().json().await.unwrap();
+    let token = r["token"].as_str().unwrap();
+    let verifier = auralink::sfu::signal::token::TokenVerifier::new([(key, secret)].into_iter().collect());
+    let claims = verifier.verify_join(token, "r1", now()).unwrap();
+    assert_eq!(claims.sub, "ann");
+    let bad = http.get(format!("{base}/dev/token?room=a/b&identity=ann")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_room");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_keys_disable_dev_routes_and_short_secrets_refuse_to_start() {
+    let server = auralink::server::start(config("keys", &[("APIk", "0123456789abcdef0123456789abcdef")])).await.unwrap();
+    assert!(server.dev_keys.is_none());
+    let base = format!("http://{}", server.http_addr);
+    let r = reqwest::get(format!("{base}/dev/token?room=r&identity=i")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    server.shutdown().await;
+
+    let err = auralink::server::start(config("short", &[("APIk", "short")])).await.err().expect("refused");
+    assert!(err.to_string().contains("at least 32"), "{err}");
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
