@@ -187,13 +187,23 @@ impl Client {
     }
 
     /// Sends one frame on `mid` (layer `rid` when simulcasting) with the first codec of its kind.
-    pub fn write(
+    pub fn write(&mut self, mid: Mid, rid: Option<Rid>, now: Instant, time: MediaTime, data: &[u8]) -> Result<(), ClientError> {
+        self.write_frame(mid, rid, now, time, data, None)
+    }
+
+    /// Sends one audio frame carrying an RFC 6464 level (−dBov, so −127..=0).
+    pub fn write_audio(&mut self, mid: Mid, now: Instant, time: MediaTime, data: &[u8], level: i8) -> Result<(), ClientError> {
+        self.write_frame(mid, None, now, time, data, Some(level))
+    }
+
+    fn write_frame(
         &mut self,
         mid: Mid,
         rid: Option<Rid>,
         now: Instant,
         time: MediaTime,
         data: &[u8],
+        level: Option<i8>,
     ) -> Result<(), ClientError> {
         let writer = self.rtc.writer(mid).ok_or(ClientError::NoMedia)?;
         // Opus and VP8 carry any bytes; H.264's packetizer would want NAL units.
@@ -202,6 +212,10 @@ impl Client {
         let pt = pick.ok_or(ClientError::NoMedia)?.pt();
         let writer = match rid {
             Some(r) => writer.rid(r),
+            None => writer,
+        };
+        let writer = match level {
+            Some(l) => writer.audio_level(l, l > -50),
             None => writer,
         };
         writer.write(pt, now, time, data.to_vec())?;

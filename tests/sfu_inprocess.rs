@@ -470,6 +470,28 @@ fn publish_audio(w: &mut World, who: usize, first: u32, frames: u32) -> Vec<Vec<
 }
 
 #[test]
+fn loud_participant_becomes_active_speaker() {
+    let mut w = World::new(17);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let carol = w.join("carol", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let (ma, mc) = (w.sending_mids(alice)[0], w.sending_mids(carol)[0]);
+    for n in 0..100u32 {
+        let now = w.now;
+        let t = MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+        w.client(alice).write_audio(ma, now, t, &opus_frame(n), -20).unwrap();
+        w.client(carol).write_audio(mc, now, t, &opus_frame(n), -110).unwrap();
+        w.advance_by(Duration::from_millis(20));
+    }
+    let alice_id = w.sfu_participant("alice");
+    let last = w.events.iter().rev().find_map(|e| match e {
+        SfuEvent::SpeakersChanged { speakers, .. } => Some(speakers.iter().map(|s| s.participant).collect::<Vec<_>>()),
+        _ => None,
+    });
+    assert_eq!(last, Some(vec![alice_id]), "alice (−20 dBov) speaks, carol (−110 dBov) does not");
+}
+
+#[test]
 fn garbage_datagrams_do_not_disturb_sessions() {
     let mut w = World::new(9);
     let alice =
