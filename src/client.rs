@@ -68,8 +68,13 @@ pub struct Client {
 impl Client {
     /// A client whose only candidate is `addr` (UDP host).
     pub fn new(now: Instant, addr: SocketAddr) -> Self {
+        Self::with_candidate(now, Candidate::host(addr, "udp").expect("a valid host address"))
+    }
+
+    /// A client whose only candidate is `candidate` (e.g. ICE-TCP active).
+    pub fn with_candidate(now: Instant, candidate: Candidate) -> Self {
         let mut rtc = Rtc::builder().build(now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a valid host address"));
+        rtc.add_local_candidate(candidate);
         Client {
             rtc,
             pending: None,
@@ -187,12 +192,26 @@ impl Client {
     }
 
     /// Sends one frame on `mid` (layer `rid` when simulcasting) with the first codec of its kind.
-    pub fn write(&mut self, mid: Mid, rid: Option<Rid>, now: Instant, time: MediaTime, data: &[u8]) -> Result<(), ClientError> {
+    pub fn write(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        now: Instant,
+        time: MediaTime,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
         self.write_frame(mid, rid, now, time, data, None)
     }
 
     /// Sends one audio frame carrying an RFC 6464 level (−dBov, so −127..=0).
-    pub fn write_audio(&mut self, mid: Mid, now: Instant, time: MediaTime, data: &[u8], level: i8) -> Result<(), ClientError> {
+    pub fn write_audio(
+        &mut self,
+        mid: Mid,
+        now: Instant,
+        time: MediaTime,
+        data: &[u8],
+        level: i8,
+    ) -> Result<(), ClientError> {
         self.write_frame(mid, None, now, time, data, Some(level))
     }
 

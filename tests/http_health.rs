@@ -28,7 +28,8 @@ async fn health_ready_metrics_and_dev_tokens() {
     // Dev mode: a key pair was generated and /dev/token mints tokens it verifies.
     let (key, secret) = server.dev_keys.clone().expect("dev mode without keys");
     assert!(secret.len() >= auralink::config::MIN_SECRET_LEN);
-    let r: serde_json::Value = http.get(format!("{base}/dev/token?room=r1&identity=ann")).send().await.unwrap().json().await.unwrap();
+    let r: serde_json::Value =
+        http.get(format!("{base}/dev/token?room=r1&identity=ann")).send().await.unwrap().json().await.unwrap();
     let token = r["token"].as_str().unwrap();
     let verifier = auralink::sfu::signal::token::TokenVerifier::new([(key, secret)].into_iter().collect());
     let claims = verifier.verify_join(token, "r1", now()).unwrap();
@@ -42,7 +43,8 @@ async fn health_ready_metrics_and_dev_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_keys_disable_dev_routes_and_short_secrets_refuse_to_start() {
-    let server = auralink::server::start(config("keys", &[("APIk", "0123456789abcdef0123456789abcdef")])).await.unwrap();
+    let server =
+        auralink::server::start(config("keys", &[("APIk", "0123456789abcdef0123456789abcdef")])).await.unwrap();
     assert!(server.dev_keys.is_none());
     let base = format!("http://{}", server.http_addr);
     let r = reqwest::get(format!("{base}/dev/token?room=r&identity=i")).await.unwrap();

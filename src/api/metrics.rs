@@ -20,11 +20,19 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         ("auralink_sfu_frames_in_total", "Media frames received from publishers.", stats.frames_in),
         ("auralink_sfu_frames_forwarded_total", "Media frames written to subscribers.", stats.frames_forwarded),
         ("auralink_sfu_bytes_forwarded_total", "Payload bytes written to subscribers.", stats.bytes_forwarded),
-        ("auralink_sfu_frames_dropped_total", "Frames not forwarded (codec mismatch, awaiting keyframe).", stats.frames_dropped),
+        (
+            "auralink_sfu_frames_dropped_total",
+            "Frames not forwarded (codec mismatch, awaiting keyframe).",
+            stats.frames_dropped,
+        ),
         ("auralink_sfu_keyframe_requests_total", "Keyframe requests sent to publishers.", stats.keyframe_requests),
         ("auralink_sfu_data_messages_relayed_total", "Data channel messages relayed.", stats.data_messages_relayed),
         ("auralink_sfu_datagrams_unrouted_total", "Datagrams no session accepted.", stats.datagrams_unrouted),
-        ("auralink_sfu_datagrams_malformed_total", "Datagrams that were not STUN, DTLS or RTP.", stats.datagrams_malformed),
+        (
+            "auralink_sfu_datagrams_malformed_total",
+            "Datagrams that were not STUN, DTLS or RTP.",
+            stats.datagrams_malformed,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
