@@ -2,7 +2,6 @@
 //! media arrives intact, loss is repaired by NACK, simulcast switches cleanly, sessions come
 //! and go. Every run is the same run (seeded loss, injected clock).
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,10 @@ struct World {
     sfu: Sfu,
     sfu_addr: SocketAddr,
     clients: Vec<(SocketAddr, Client)>,
-    wire: VecDeque<Packet>,
+    /// In flight, in the order sent; each packet is delivered at its own `at`.
+    wire: Vec<Packet>,
+    /// Capacity of links towards a client, bits per second, and when each link is free again.
+    capacity: Vec<(SocketAddr, u64, Instant)>,
     rng: StdRng,
     /// Share of SRTP/SRTCP packets lost (handshakes are spared so tests stay short).
     loss: f64,
@@ -65,7 +67,8 @@ impl World {
             sfu,
             sfu_addr,
             clients: Vec::new(),
-            wire: VecDeque::new(),
+            wire: Vec::new(),
+            capacity: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
             loss: 0.0,
             cut: Vec::new(),
@@ -118,14 +121,24 @@ impl World {
         if cut || (Self::is_media(&data) && self.rng.gen_bool(self.loss)) {
             return;
         }
-        self.wire.push_back(Packet { at: self.now + ONE_WAY, from, to, data });
+        let mut at = self.now + ONE_WAY;
+        if let Some(link) = self.capacity.iter_mut().find(|l| l.0 == to) {
+            // A bottleneck: packets queue behind each other; a queue over 300 ms overflows.
+            let start = link.2.max(self.now);
+            if start > self.now + Duration::from_millis(300) {
+                return;
+            }
+            link.2 = start + Duration::from_secs_f64(data.len() as f64 * 8.0 / link.1 as f64);
+            at = link.2 + ONE_WAY;
+        }
+        self.wire.push(Packet { at, from, to, data });
     }
 
     /// Runs the network and every timer until `until`.
     fn advance(&mut self, until: Instant) {
         loop {
             self.collect_output();
-            let next = [self.wire.front().map(|p| p.at), self.sfu.poll_timeout()]
+            let next = [self.wire.iter().map(|p| p.at).min(), self.sfu.poll_timeout()]
                 .into_iter()
                 .chain(self.clients.iter().map(|c| c.1.poll_timeout()))
                 .flatten()
@@ -134,8 +147,10 @@ impl World {
                 .max(self.now)
                 .min(until);
             self.now = next;
-            while self.wire.front().is_some_and(|p| p.at <= self.now) {
-                let p = self.wire.pop_front().unwrap();
+            let (due, later): (Vec<Packet>, Vec<Packet>) =
+                std::mem::take(&mut self.wire).into_iter().partition(|p| p.at <= self.now);
+            self.wire = later;
+            for p in due {
                 if p.to == self.sfu_addr {
                     self.sfu.handle_datagram(self.now, Protocol::Udp, p.from, p.to, &p.data);
                 } else if let Some((_, c)) = self.clients.iter_mut().find(|c| c.0 == p.to) {
@@ -362,6 +377,41 @@ impl World {
             .map(|p| p.id)
             .expect("participant present")
     }
+}
+
+#[test]
+fn congested_subscriber_drops_to_the_low_layer() {
+    let mut w = World::new(21);
+    let video = MediaSpec { kind: MediaKind::Video, direction: Direction::SendOnly, simulcast: vec!["l", "h"] };
+    let alice = w.join("alice", &[video], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    let mid = w.sending_mids(alice)[0];
+    let (l, h) = (Rid::from("l"), Rid::from("h"));
+    let mut n = 0u32;
+    let mut send = |w: &mut World, secs: u32| {
+        for _ in 0..secs * 30 {
+            let now = w.now;
+            let key = n % 30 == 0;
+            let t = MediaTime::from_90khz(n as u64 * 3000);
+            // About 100 kbps and 1.2 Mbps.
+            w.client(alice).write(mid, Some(l), now, t, &vp8_frame(n, key, b'L', 400)).unwrap();
+            w.client(alice).write(mid, Some(h), now, t, &vp8_frame(n, key, b'H', 5000)).unwrap();
+            n += 1;
+            w.advance_by(Duration::from_millis(33));
+        }
+    };
+    send(&mut w, 3);
+    let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
+    assert!(got.ends_with(&[b'H'; 10]), "high layer while the path is wide");
+    // Bob's path narrows to 600 kbps: the TWCC estimate falls and the router moves him down.
+    let bob_addr = w.clients[bob].0;
+    let now = w.now;
+    w.capacity.push((bob_addr, 600_000, now));
+    w.clients[bob].1.received.clear();
+    send(&mut w, 15);
+    let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
+    assert!(got.ends_with(&[b'L'; 30]), "low layer under congestion: {}", String::from_utf8_lossy(&got));
 }
 
 #[test]
