@@ -183,6 +183,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Everything on 127.0.0.1 with ports the OS picks, dev mode: for tests, benchmarks and
+    /// embedding.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> Config {
+        let mut c = Config { data_dir: data_dir.into(), ..Config::default() };
+        c.http.bind = IpAddr::from([127, 0, 0, 1]);
+        c.http.port = 0;
+        c.rtc.udp_port = 0;
+        c.rtc.tcp_port = 0;
+        c.rtc.node_ips = vec![IpAddr::from([127, 0, 0, 1])];
+        c
+    }
+
     /// True when no API keys were configured: the server generates its own.
     pub fn is_dev_mode(&self) -> bool {
         self.keys.is_empty()

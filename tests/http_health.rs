@@ -3,12 +3,7 @@
 use auralink::config::Config;
 
 fn config(dir: &str, keys: &[(&str, &str)]) -> Config {
-    let mut c = Config::default();
-    c.http.port = 0;
-    c.rtc.udp_port = 0;
-    c.rtc.tcp_port = 0;
-    c.rtc.node_ips = vec!["127.0.0.1".parse().unwrap()];
-    c.data_dir = std::env::temp_dir().join(format!("auralink-{dir}-{}", std::process::id()));
+    let mut c = Config::loopback(std::env::temp_dir().join(format!("auralink-{dir}-{}", std::process::id())));
     c.keys = keys.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
     c
 }

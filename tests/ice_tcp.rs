@@ -29,12 +29,7 @@ fn token(identity: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_over_ice_tcp_reaches_udp_subscriber() {
-    let mut config = Config::default();
-    config.http.port = 0;
-    config.rtc.udp_port = 0;
-    config.rtc.tcp_port = 0;
-    config.rtc.node_ips = vec!["127.0.0.1".parse().unwrap()];
-    config.data_dir = std::env::temp_dir().join(format!("auralink-icetcp-{}", std::process::id()));
+    let mut config = Config::loopback(std::env::temp_dir().join(format!("auralink-icetcp-{}", std::process::id())));
     config.keys = [("APItcp".to_string(), SECRET.to_string())].into_iter().collect();
     let server = auralink::server::start(config).await.unwrap();
     let base = format!("http://{}", server.http_addr);

@@ -310,6 +310,20 @@ fn layer_of(data: &[u8]) -> u8 {
     data[data.len() - 1]
 }
 
+/// Sends frames `from..to` of a two-layer simulcast track at 30 fps: "l" frames of `low`
+/// bytes and "h" frames of `high` bytes, a keyframe on both every 30 frames.
+fn send_simulcast(w: &mut World, who: usize, from: u32, to: u32, (low, high): (usize, usize)) {
+    let mid = w.sending_mids(who)[0];
+    for n in from..to {
+        let now = w.now;
+        let key = n % 30 == 0;
+        let t = MediaTime::from_90khz(n as u64 * 3000);
+        w.client(who).write(mid, Some(Rid::from("l")), now, t, &vp8_frame(n, key, b'L', low)).unwrap();
+        w.client(who).write(mid, Some(Rid::from("h")), now, t, &vp8_frame(n, key, b'H', high)).unwrap();
+        w.advance_by(Duration::from_millis(33));
+    }
+}
+
 #[test]
 fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
     let mut w = World::new(3);
@@ -317,20 +331,8 @@ fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
     let alice = w.join("alice", &[video], SubscribeFilter::All);
     let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
     w.connect_all();
-    let mid = w.sending_mids(alice)[0];
-    let (l, h) = (Rid::from("l"), Rid::from("h"));
-
-    let send = |w: &mut World, from: u32, to: u32, key_every: u32| {
-        for n in from..to {
-            let now = w.now;
-            let key = n % key_every == 0;
-            let t = MediaTime::from_90khz(n as u64 * 3000);
-            w.client(alice).write(mid, Some(l), now, t, &vp8_frame(n, key, b'L', 300)).unwrap();
-            w.client(alice).write(mid, Some(h), now, t, &vp8_frame(n, key, b'H', 3000)).unwrap();
-            w.advance_by(Duration::from_millis(33));
-        }
-    };
-    send(&mut w, 0, 60, 30);
+    let l = Rid::from("l");
+    send_simulcast(&mut w, alice, 0, 60, (300, 3000));
     let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
     assert!(
         got.ends_with(&[b'H'; 10]),
@@ -350,7 +352,7 @@ fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
         w.clients[alice].1.keyframe_requests
     );
     // No keyframe until frame 90: the old layer keeps flowing, then the switch happens on it.
-    send(&mut w, 61, 120, 30);
+    send_simulcast(&mut w, alice, 61, 120, (300, 3000));
     let after = &w.clients[bob].1.received[before..];
     let first_low = after.iter().position(|d| layer_of(&d.data) == b'L').expect("switched to the low layer");
     assert!(first_low > 0, "the high layer kept flowing until the switch");
@@ -386,22 +388,8 @@ fn congested_subscriber_drops_to_the_low_layer() {
     let alice = w.join("alice", &[video], SubscribeFilter::All);
     let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
     w.connect_all();
-    let mid = w.sending_mids(alice)[0];
-    let (l, h) = (Rid::from("l"), Rid::from("h"));
-    let mut n = 0u32;
-    let mut send = |w: &mut World, secs: u32| {
-        for _ in 0..secs * 30 {
-            let now = w.now;
-            let key = n % 30 == 0;
-            let t = MediaTime::from_90khz(n as u64 * 3000);
-            // About 100 kbps and 1.2 Mbps.
-            w.client(alice).write(mid, Some(l), now, t, &vp8_frame(n, key, b'L', 400)).unwrap();
-            w.client(alice).write(mid, Some(h), now, t, &vp8_frame(n, key, b'H', 5000)).unwrap();
-            n += 1;
-            w.advance_by(Duration::from_millis(33));
-        }
-    };
-    send(&mut w, 3);
+    // About 100 kbps and 1.2 Mbps.
+    send_simulcast(&mut w, alice, 0, 90, (400, 5000));
     let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
     assert!(got.ends_with(&[b'H'; 10]), "high layer while the path is wide");
     // Bob's path narrows to 600 kbps: the TWCC estimate falls and the router moves him down.
@@ -409,7 +397,7 @@ fn congested_subscriber_drops_to_the_low_layer() {
     let now = w.now;
     w.capacity.push((bob_addr, 600_000, now));
     w.clients[bob].1.received.clear();
-    send(&mut w, 15);
+    send_simulcast(&mut w, alice, 90, 540, (400, 5000));
     let got: Vec<u8> = w.clients[bob].1.received.iter().map(|d| layer_of(&d.data)).collect();
     assert!(got.ends_with(&[b'L'; 30]), "low layer under congestion: {}", String::from_utf8_lossy(&got));
 }
