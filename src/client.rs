@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelData, ChannelId};
 use str0m::format::Codec;
 use str0m::media::{
@@ -38,7 +38,7 @@ impl MediaSpec {
 pub enum ClientError {
     #[error("no offer is pending")]
     NoPendingOffer,
-    #[error("malformed SDP answer: {0}")]
+    #[error("malformed SDP: {0}")]
     BadAnswer(String),
     #[error("no such media or codec")]
     NoMedia,
@@ -120,6 +120,12 @@ impl Client {
         let (offer, pending) = api.apply().expect("an ICE restart is a change");
         self.pending = Some(pending);
         offer.to_sdp_string()
+    }
+
+    /// Answers an offer from the server (renegotiation).
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, ClientError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        Ok(self.rtc.sdp_api().accept_offer(offer)?.to_sdp_string())
     }
 
     /// Applies the server's answer.

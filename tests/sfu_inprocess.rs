@@ -42,6 +42,10 @@ struct World {
     /// Clients whose traffic is black-holed in both directions.
     cut: Vec<usize>,
     events: Vec<SfuEvent>,
+    /// The router's id of each client.
+    ids: Vec<auralink::ids::ParticipantId>,
+    /// Server offers answered by clients.
+    offers_answered: usize,
 }
 
 fn perms() -> Permissions {
@@ -73,11 +77,25 @@ impl World {
             loss: 0.0,
             cut: Vec::new(),
             events: Vec::new(),
+            ids: Vec::new(),
+            offers_answered: 0,
         }
     }
 
     /// Joins a client offering `media` (and a "chat" channel); returns its index.
     fn join(&mut self, identity: &str, media: &[MediaSpec], subscribe: SubscribeFilter) -> usize {
+        self.join_with(identity, media, subscribe, false)
+    }
+
+    /// As `join`; with `renegotiate` the server offers m-lines for what it subscribes the
+    /// client to, and the client answers at once.
+    fn join_with(
+        &mut self,
+        identity: &str,
+        media: &[MediaSpec],
+        subscribe: SubscribeFilter,
+        renegotiate: bool,
+    ) -> usize {
         let addr: SocketAddr = format!("10.0.1.{}:6000", self.clients.len() + 1).parse().unwrap();
         let mut c = Client::new(self.now, addr);
         let offer = c.offer(media, Some("chat"));
@@ -86,8 +104,10 @@ impl World {
             identity: Identity::new(identity).unwrap(),
             permissions: perms(),
             subscribe,
+            renegotiate,
         };
-        let (_, answer) = self.sfu.join(self.now, req, &offer).expect("offer accepted");
+        let (id, answer) = self.sfu.join(self.now, req, &offer).expect("offer accepted");
+        self.ids.push(id);
         c.accept_answer(&answer.to_sdp_string()).expect("answer accepted");
         self.clients.push((addr, c));
         self.clients.len() - 1
@@ -107,6 +127,12 @@ impl World {
             self.send(t.source, t.destination, t.contents.to_vec());
         }
         while let Some(e) = self.sfu.poll_event() {
+            if let SfuEvent::Offer { participant, sdp } = &e {
+                let i = self.ids.iter().position(|x| x == participant).expect("offer for a known client");
+                let answer = self.clients[i].1.accept_offer(sdp).expect("client accepts the server's offer");
+                self.sfu.handle_answer(self.now, *participant, &answer).expect("router accepts the answer");
+                self.offers_answered += 1;
+            }
             self.events.push(e);
         }
         for i in 0..self.clients.len() {
@@ -284,6 +310,43 @@ fn media_and_data_flow_between_participants() {
         a.channels.iter().find(|(_, l, p)| l == "chat" && p == "bob").expect("alice has a channel from bob").0;
     assert!(a.channel_data.iter().any(|d| d.id == from_bob && d.data == b"hi alice"));
     assert!(w.sfu.stats().data_messages_relayed >= 2);
+}
+
+#[test]
+fn server_offers_add_and_stop_tracks_for_renegotiating_sessions() {
+    let mut w = World::new(23);
+    // Bob offers nothing but a data channel; the server offers him what he subscribes to.
+    let bob = w.join_with("bob", &[], SubscribeFilter::All, true);
+    w.connect_all();
+    let alice =
+        w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    assert_eq!(w.offers_answered, 1, "one offer carries both of alice's tracks");
+    let (audio, video) = publish(&mut w, alice, 100);
+    let b = &w.clients[bob].1;
+    assert_suffix_intact(&audio, &payloads(b, true), 0.9, "audio over an offered m-line");
+    assert_suffix_intact(&video, &payloads(b, false), 0.8, "video over an offered m-line");
+    // The msid names the publisher and the track, as LiveKit clients expect.
+    let room = RoomName::new("room").unwrap();
+    let alice_info = w.sfu.participants(&room).into_iter().find(|p| p.identity.as_str() == "alice").unwrap();
+    let b = &mut w.clients[bob].1;
+    let mids: Vec<Mid> = b.media_added.iter().map(|m| m.mid).collect();
+    let msids: Vec<(String, String)> = mids
+        .iter()
+        .map(|m| {
+            let media = b.rtc.media(*m).unwrap();
+            (media.stream_id().to_string(), media.track_id().to_string())
+        })
+        .collect();
+    for t in &alice_info.tracks {
+        assert!(msids.contains(&(format!("{}|{}", alice_info.id, t.id), t.id.to_string())), "{msids:?}");
+    }
+    // Alice leaves: the server stops bob's two m-lines in a second offer.
+    let now = w.now;
+    w.sfu.leave(now, alice_info.id, LeaveReason::ClientRequest).unwrap();
+    w.advance_by(Duration::from_millis(200));
+    assert_eq!(w.offers_answered, 2);
+    assert!(w.sfu.subscriptions(w.ids[bob]).is_empty());
 }
 
 #[test]

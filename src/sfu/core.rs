@@ -3,7 +3,7 @@
 //! `handle_receive` and `handle_timeout` with the time as a parameter; datagrams, events and the
 //! next wake-up come out through `poll_transmit`, `poll_event` and `poll_timeout`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +44,9 @@ pub struct JoinRequest {
     pub identity: Identity,
     pub permissions: Permissions,
     pub subscribe: SubscribeFilter,
+    /// Whether the server may send offers to add tracks (LiveKit). WHEP sessions cannot take
+    /// offers, so they forward only on the m-lines they offered.
+    pub renegotiate: bool,
 }
 
 /// Why a session ended.
@@ -71,6 +74,8 @@ pub enum SfuError {
     NoParticipant,
     #[error("no such track")]
     NoTrack,
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
 }
 
 impl SfuError {
@@ -81,6 +86,7 @@ impl SfuError {
             SfuError::Negotiation(_) => "sdp_negotiation_failed",
             SfuError::NoParticipant => "participant_not_found",
             SfuError::NoTrack => "track_not_found",
+            SfuError::NoPendingOffer => "no_pending_offer",
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct TrackInfo {
     pub muted: bool,
     /// Simulcast layers, lowest quality first; empty without simulcast.
     pub layers: Vec<String>,
+    /// The publisher's msid track id for this m-line (LiveKit clients put their track cid here).
+    pub client_track_id: String,
 }
 
 fn ser_kind<S: serde::Serializer>(k: &MediaKind, s: S) -> Result<S::Ok, S::Error> {
@@ -156,6 +164,11 @@ pub enum SfuEvent {
         room: RoomName,
         speakers: Vec<Speaker>,
     },
+    /// The server offers a renegotiation (new or stopped tracks); answer with `handle_answer`.
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+    },
 }
 
 /// Counters for metrics and benchmarks.
@@ -203,13 +216,14 @@ struct Room {
 pub struct Sfu {
     config: SfuConfig,
     rooms: BTreeMap<RoomName, Room>,
-    peers: HashMap<ParticipantId, Peer>,
-    tracks: HashMap<TrackId, Track>,
+    peers: BTreeMap<ParticipantId, Peer>,
+    tracks: BTreeMap<TrackId, Track>,
     by_mid: HashMap<(ParticipantId, Mid), TrackId>,
     /// Last session seen on a remote address: the first place to look when demultiplexing.
     by_source: HashMap<SocketAddr, ParticipantId>,
     dirty: VecDeque<ParticipantId>,
     dirty_set: HashSet<ParticipantId>,
+    needs_offer: BTreeSet<ParticipantId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     next_id: u64,
@@ -221,12 +235,13 @@ impl Sfu {
         Sfu {
             config,
             rooms: BTreeMap::new(),
-            peers: HashMap::new(),
-            tracks: HashMap::new(),
+            peers: BTreeMap::new(),
+            tracks: BTreeMap::new(),
             by_mid: HashMap::new(),
             by_source: HashMap::new(),
             dirty: VecDeque::new(),
             dirty_set: HashSet::new(),
+            needs_offer: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 1,
@@ -282,6 +297,11 @@ impl Sfu {
                 published: Vec::new(),
                 channels_in: HashMap::new(),
                 channels_out: HashMap::new(),
+                renegotiate: req.renegotiate,
+                pending: None,
+                to_add: Vec::new(),
+                to_stop: Vec::new(),
+                announced: HashMap::new(),
             },
         );
         self.events.push_back(SfuEvent::ParticipantJoined { room: req.room, participant: id, identity: req.identity });
@@ -295,10 +315,49 @@ impl Sfu {
     pub fn renegotiate(&mut self, now: Instant, id: ParticipantId, offer: &str) -> Result<SdpAnswer, SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        // Glare: the client's offer wins; ours is dropped and its tracks go into the next one.
+        if let Some((_, planned)) = peer.pending.take() {
+            peer.to_add.extend(planned.into_iter().map(|p| p.1));
+        }
         let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
         self.mark(id);
+        self.offer_later(id);
         self.drive(now);
         Ok(answer)
+    }
+
+    /// Applies the client's answer to our last offer.
+    pub fn handle_answer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        let (pending, planned) = peer.pending.take().ok_or(SfuError::NoPendingOffer)?;
+        peer.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        for (mid, track) in planned {
+            let peer = self.peers.get_mut(&id).expect("checked above");
+            let Some(kind) = self.tracks.get(&track).map(|t| t.info.kind) else {
+                // Unpublished while the offer was out.
+                peer.to_stop.push(mid);
+                continue;
+            };
+            if peer.slot_mut(mid).is_none() {
+                peer.slots.push(Slot { mid, kind, track: None, fwd: Forwarder::new(kind), max_quality: Quality::High });
+            }
+            self.bind(now, id, mid, track);
+        }
+        self.mark(id);
+        self.offer_later(id);
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Registers a track the client announced (LiveKit AddTrack) before its m-line arrives;
+    /// the m-line whose msid track id is `client_track_id` will publish as the returned id.
+    pub fn announce_track(&mut self, id: ParticipantId, client_track_id: &str) -> Result<TrackId, SfuError> {
+        let track = TrackId(self.next_id);
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        self.next_id += 1;
+        peer.announced.insert(client_track_id.to_string(), track);
+        Ok(track)
     }
 
     /// Adds a trickled remote candidate.
@@ -535,6 +594,19 @@ impl Sfu {
 
     /// Polls every session touched since the last drive until each is waiting on a timeout.
     fn drive(&mut self, now: Instant) {
+        loop {
+            self.poll_dirty(now);
+            let offers: Vec<ParticipantId> = std::mem::take(&mut self.needs_offer).into_iter().collect();
+            if offers.is_empty() {
+                return;
+            }
+            for id in offers {
+                self.make_offer(id);
+            }
+        }
+    }
+
+    fn poll_dirty(&mut self, now: Instant) {
         while let Some(id) = self.dirty.pop_front() {
             self.dirty_set.remove(&id);
             while let Some(peer) = self.peers.get_mut(&id) {
@@ -622,7 +694,8 @@ impl Sfu {
         let Some(p) = self.peers.get_mut(&id) else { return };
         let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
         let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
-        if sends && p.permissions.subscribe {
+        // m-lines we offered get their slot when the answer arrives (`handle_answer`).
+        if sends && p.permissions.subscribe && p.slot_mut(m.mid).is_none() && !p.renegotiate {
             p.slots.push(Slot {
                 mid: m.mid,
                 kind: m.kind,
@@ -641,14 +714,21 @@ impl Sfu {
                 .collect();
             let mut layers: Vec<LayerRate> = rids.into_iter().map(|rid| LayerRate { rid, bps: 0 }).collect();
             layer_select::order(&mut layers);
-            let track = TrackId(self.next_id);
-            self.next_id += 1;
+            let client_track_id = p.rtc.media(m.mid).map(|x| x.track_id().to_string()).unwrap_or_default();
+            let track = match p.announced.remove(&client_track_id) {
+                Some(t) => t,
+                None => {
+                    self.next_id += 1;
+                    TrackId(self.next_id - 1)
+                }
+            };
             let info = TrackInfo {
                 id: track,
                 owner: id,
                 kind: m.kind,
                 muted: false,
                 layers: layers.iter().map(|l| l.rid.to_string()).collect(),
+                client_track_id,
             };
             p.published.push(track);
             let room = p.room.clone();
@@ -686,8 +766,12 @@ impl Sfu {
                 let Some(t) = self.tracks.get(&track) else { continue };
                 let (kind, owner) = (t.info.kind, t.info.owner);
                 let Some(owner_identity) = self.peers.get(&owner).map(|o| o.identity.clone()) else { continue };
-                let Some(p) = self.peers.get(&id) else { break };
-                if !p.wants(&owner_identity) || p.slots.iter().any(|s| s.track == Some(track)) {
+                let Some(p) = self.peers.get_mut(&id) else { break };
+                if !p.wants(&owner_identity) || p.has(track) {
+                    continue;
+                }
+                if p.renegotiate {
+                    p.to_add.push(track);
                     continue;
                 }
                 let Some(mid) = p.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
@@ -695,6 +779,39 @@ impl Sfu {
                 };
                 self.bind(now, id, mid, track);
             }
+            self.offer_later(id);
+        }
+    }
+
+    /// Batches a renegotiation: offers are made once the current input is fully handled, so
+    /// tracks that appear together travel in one offer.
+    fn offer_later(&mut self, id: ParticipantId) {
+        self.needs_offer.insert(id);
+    }
+
+    /// Offers the m-lines a renegotiating session is waiting for, unless an offer is out.
+    fn make_offer(&mut self, id: ParticipantId) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.pending.is_some() || (p.to_add.is_empty() && p.to_stop.is_empty()) {
+            return;
+        }
+        let mut api = p.rtc.sdp_api();
+        let mut planned = Vec::new();
+        for track in p.to_add.drain(..) {
+            let Some(t) = self.tracks.get(&track) else { continue };
+            // msid "<participant>|<track>" and track id "<track>": how LiveKit clients map
+            // an incoming track to the participant and publication it belongs to.
+            let stream = format!("{}|{}", t.info.owner, track);
+            let mid = api.add_media(t.info.kind, Direction::SendOnly, Some(stream), Some(track.to_string()), None);
+            planned.push((mid, track));
+        }
+        for mid in p.to_stop.drain(..) {
+            api.stop_media(mid);
+        }
+        if let Some((offer, pending)) = api.apply() {
+            p.pending = Some((pending, planned));
+            self.events.push_back(SfuEvent::Offer { participant: id, sdp: offer.to_sdp_string() });
+            self.mark(id);
         }
     }
 
@@ -716,6 +833,18 @@ impl Sfu {
             t.subscribers.retain(|s| *s != (id, mid));
         }
         slot.fwd = Forwarder::new(slot.kind);
+        self.release_slot(id, mid);
+    }
+
+    /// A slot that lost its track: WHEP slots wait for the next track; a renegotiating
+    /// session stops the m-line, since its msid named the old track.
+    fn release_slot(&mut self, id: ParticipantId, mid: Mid) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.renegotiate {
+            p.slots.retain(|s| s.mid != mid);
+            p.to_stop.push(mid);
+            self.offer_later(id);
+        }
     }
 
     /// A subscriber starting (or restarting) on a video track needs a keyframe.
@@ -908,11 +1037,15 @@ impl Sfu {
         for track in &peer.published {
             let Some(t) = self.tracks.remove(track) else { continue };
             self.by_mid.remove(&(id, t.mid));
-            for (sub, mid) in &t.subscribers {
-                if let Some(slot) = self.peers.get_mut(sub).and_then(|p| p.slot_mut(*mid)) {
+            for &(sub, mid) in &t.subscribers {
+                if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slot_mut(mid)) {
                     slot.track = None;
                     slot.fwd = Forwarder::new(slot.kind);
                 }
+                self.release_slot(sub, mid);
+            }
+            for p in self.peers.values_mut() {
+                p.to_add.retain(|x| x != track);
             }
             if let Some(r) = self.rooms.get_mut(&peer.room) {
                 r.tracks.retain(|x| x != track);

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use str0m::Rtc;
+use str0m::change::SdpPendingOffer;
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::media::{MediaKind, Mid};
 
@@ -59,11 +60,28 @@ pub(crate) struct Peer {
     pub published: Vec<TrackId>,
     pub channels_in: HashMap<ChannelId, ChannelConfig>,
     pub channels_out: HashMap<(ParticipantId, String), OutChannel>,
+    /// The server may offer new m-lines (LiveKit); otherwise only the client's slots exist (WHEP).
+    pub renegotiate: bool,
+    /// Our offer awaiting the client's answer, with the sending m-lines it adds per track.
+    pub pending: Option<(SdpPendingOffer, Vec<(Mid, TrackId)>)>,
+    /// Tracks waiting for an m-line in the next offer.
+    pub to_add: Vec<TrackId>,
+    /// Sending m-lines to stop in the next offer (their track went away).
+    pub to_stop: Vec<Mid>,
+    /// Tracks the client announced before their m-line arrived, by the msid track id.
+    pub announced: HashMap<String, TrackId>,
 }
 
 impl Peer {
     pub fn slot_mut(&mut self, mid: Mid) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|s| s.mid == mid)
+    }
+
+    /// Whether this session already forwards, or is about to offer, `track`.
+    pub fn has(&self, track: TrackId) -> bool {
+        self.slots.iter().any(|s| s.track == Some(track))
+            || self.to_add.contains(&track)
+            || self.pending.as_ref().is_some_and(|(_, planned)| planned.iter().any(|p| p.1 == track))
     }
 
     /// Whether this session takes `owner`'s track without being asked.

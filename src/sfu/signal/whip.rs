@@ -134,7 +134,7 @@ async fn create(
         (Role::Subscribe, Some(i)) => SubscribeFilter::Only(i),
         _ => SubscribeFilter::All,
     };
-    let req = JoinRequest { room: room.clone(), identity, permissions: perms, subscribe };
+    let req = JoinRequest { room: room.clone(), identity, permissions: perms, subscribe, renegotiate: false };
     let offer2 = offer.clone();
     let (participant, answer) = s
         .sfu
@@ -255,7 +255,7 @@ pub fn token_error(e: TokenError) -> ApiError {
 
 fn sfu_error(e: SfuError) -> ApiError {
     let status = match e {
-        SfuError::BadSdp(_) | SfuError::Negotiation(_) => StatusCode::BAD_REQUEST,
+        SfuError::BadSdp(_) | SfuError::Negotiation(_) | SfuError::NoPendingOffer => StatusCode::BAD_REQUEST,
         SfuError::NoParticipant | SfuError::NoTrack => StatusCode::NOT_FOUND,
     };
     ApiError::new(status, e.code(), e.to_string())
