@@ -100,11 +100,9 @@ impl World {
         let mut c = Client::new(self.now, addr);
         let offer = c.offer(media, Some("chat"));
         let req = JoinRequest {
-            room: RoomName::new("room").unwrap(),
-            identity: Identity::new(identity).unwrap(),
-            permissions: perms(),
             subscribe,
             renegotiate,
+            ..JoinRequest::new(RoomName::new("room").unwrap(), Identity::new(identity).unwrap(), perms())
         };
         let (id, answer) = self.sfu.join(self.now, req, &offer).expect("offer accepted");
         self.ids.push(id);

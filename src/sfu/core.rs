@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::channel::{ChannelConfig, ChannelData, ChannelId};
+use str0m::channel::{ChannelData, ChannelId};
 use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use super::data::{self, DataCodec, DataMessage};
 use super::forward::{Decision, Forwarder, Layer};
 use super::layer_select::{self, LayerRate, Quality};
 use super::peer::{MAX_PENDING_MESSAGES, OutChannel, Peer, Slot, SubscribeFilter};
@@ -40,6 +41,10 @@ pub struct SfuConfig {
 /// Who is joining, and what they may do.
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
+    /// Join as one more peer connection of this participant (same room and identity).
+    pub participant: Option<ParticipantId>,
+    /// How the client frames data messages; `None` for raw per-sender channels.
+    pub data_codec: Option<Arc<dyn DataCodec>>,
     pub room: RoomName,
     pub identity: Identity,
     pub permissions: Permissions,
@@ -47,6 +52,21 @@ pub struct JoinRequest {
     /// Whether the server may send offers to add tracks (LiveKit). WHEP sessions cannot take
     /// offers, so they forward only on the m-lines they offered.
     pub renegotiate: bool,
+}
+
+impl JoinRequest {
+    /// A new participant receiving every track on the m-lines it offers, raw data channels.
+    pub fn new(room: RoomName, identity: Identity, permissions: Permissions) -> Self {
+        JoinRequest {
+            participant: None,
+            data_codec: None,
+            room,
+            identity,
+            permissions,
+            subscribe: SubscribeFilter::All,
+            renegotiate: false,
+        }
+    }
 }
 
 /// Why a session ended.
@@ -180,6 +200,8 @@ pub struct SfuStats {
     pub frames_dropped: u64,
     pub keyframe_requests: u64,
     pub data_messages_relayed: u64,
+    /// Data messages a session's codec could not read.
+    pub data_messages_dropped: u64,
     pub datagrams_unrouted: u64,
     pub datagrams_malformed: u64,
 }
@@ -257,6 +279,21 @@ impl Sfu {
         offer: &str,
     ) -> Result<(ParticipantId, SdpAnswer), SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
+        let mut rtc = self.new_rtc(now);
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        let id = self.add_session(now, req, rtc);
+        Ok((id, answer))
+    }
+
+    /// Adds a session whose first offer comes from the server, once there is something to
+    /// send (a LiveKit subscriber connection). Renegotiation is implied.
+    pub fn join_server_offered(&mut self, now: Instant, mut req: JoinRequest) -> ParticipantId {
+        req.renegotiate = true;
+        let rtc = self.new_rtc(now);
+        self.add_session(now, req, rtc)
+    }
+
+    fn new_rtc(&self, now: Instant) -> Rtc {
         let mut rtc_config = Rtc::builder().enable_bwe(Some(self.config.initial_bwe));
         // str0m's defaults take over half a minute to notice a vanished peer; these notice in
         // about ten seconds, after which `disconnect_timeout` runs.
@@ -266,10 +303,17 @@ impl Sfu {
         for c in &self.config.candidates {
             rtc.add_local_candidate(c.clone());
         }
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        rtc
+    }
 
+    fn add_session(&mut self, now: Instant, req: JoinRequest, rtc: Rtc) -> ParticipantId {
         let id = ParticipantId(self.next_id);
         self.next_id += 1;
+        // Another connection of a participant still in the room joins it; otherwise it is new.
+        let participant = req
+            .participant
+            .filter(|pp| self.peers.values().any(|p| p.participant == *pp && p.room == req.room))
+            .unwrap_or(id);
         let room = self.rooms.entry(req.room.clone()).or_insert_with(|| {
             self.events.push_back(SfuEvent::RoomStarted { room: req.room.clone() });
             Room {
@@ -285,6 +329,7 @@ impl Sfu {
             id,
             Peer {
                 id,
+                participant,
                 room: req.room.clone(),
                 identity: req.identity.clone(),
                 permissions: req.permissions,
@@ -302,12 +347,19 @@ impl Sfu {
                 to_add: Vec::new(),
                 to_stop: Vec::new(),
                 announced: HashMap::new(),
+                data_codec: req.data_codec,
             },
         );
-        self.events.push_back(SfuEvent::ParticipantJoined { room: req.room, participant: id, identity: req.identity });
+        if participant == id {
+            self.events.push_back(SfuEvent::ParticipantJoined {
+                room: req.room,
+                participant: id,
+                identity: req.identity,
+            });
+        }
         self.mark(id);
         self.drive(now);
-        Ok((id, answer))
+        id
     }
 
     /// Applies a new offer from an existing session: added m-lines, or an ICE restart when the
@@ -553,15 +605,19 @@ impl Sfu {
         let Some(r) = self.rooms.get(room) else {
             return Vec::new();
         };
-        r.participants
-            .iter()
-            .filter_map(|id| self.peers.get(id))
-            .map(|p| ParticipantInfo {
-                id: p.id,
-                identity: p.identity.clone(),
-                tracks: p.published.iter().filter_map(|t| self.tracks.get(t)).map(|t| t.info.clone()).collect(),
-            })
-            .collect()
+        let mut out: Vec<ParticipantInfo> = Vec::new();
+        for p in r.participants.iter().filter_map(|id| self.peers.get(id)) {
+            let tracks = p.published.iter().filter_map(|t| self.tracks.get(t)).map(|t| t.info.clone());
+            match out.iter_mut().find(|x| x.id == p.participant) {
+                Some(x) => x.tracks.extend(tracks),
+                None => out.push(ParticipantInfo {
+                    id: p.participant,
+                    identity: p.identity.clone(),
+                    tracks: tracks.collect(),
+                }),
+            }
+        }
+        out
     }
 
     /// Open rooms.
@@ -724,7 +780,7 @@ impl Sfu {
             };
             let info = TrackInfo {
                 id: track,
-                owner: id,
+                owner: p.participant,
                 kind: m.kind,
                 muted: false,
                 layers: layers.iter().map(|l| l.rid.to_string()).collect(),
@@ -913,7 +969,7 @@ impl Sfu {
         if t.info.kind == MediaKind::Audio
             && let (Some(level), Some(r)) = (d.ext_vals.audio_level, self.rooms.get_mut(&t.room))
         {
-            r.speakers.handle_level(id, level);
+            r.speakers.handle_level(self.peers.get(&id).map_or(id, |p| p.participant), level);
         }
         let subscribers = if t.info.muted { Vec::new() } else { t.subscribers.clone() };
         let kind = t.info.kind;
@@ -981,42 +1037,67 @@ impl Sfu {
         p.channels_in.insert(cid, config);
     }
 
-    /// Relays a data channel message to every other session of the room that has SCTP up,
-    /// on a channel of the same label and reliability whose protocol names the sender.
+    /// Relays a data channel message to the other participants of the room: in their own
+    /// envelope for sessions with a codec, else on a per-sender channel of the same label and
+    /// reliability whose protocol names the sender.
     fn relay_data(&mut self, from: ParticipantId, d: ChannelData) {
         let Some(p) = self.peers.get(&from) else { return };
         if !p.permissions.publish_data {
             return;
         }
-        let Some(config) = p.channels_in.get(&d.id).cloned() else { return };
-        let (room, sender) = (p.room.clone(), p.identity.clone());
+        let Some(config) = p.channels_in.get(&d.id) else { return };
+        let reliable = data::is_reliable(config);
+        let msg = match &p.data_codec {
+            Some(codec) => codec.decode(&config.label, reliable, &d.data),
+            None => Some(DataMessage {
+                reliable,
+                binary: d.binary,
+                topic: config.label.clone(),
+                payload: d.data,
+                destinations: Vec::new(),
+                native: None,
+            }),
+        };
+        let Some(msg) = msg else {
+            self.stats.data_messages_dropped += 1;
+            return;
+        };
+        let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
         let Some(r) = self.rooms.get(&room) else { return };
-        let recipients: Vec<ParticipantId> = r.participants.iter().copied().filter(|&id| id != from).collect();
+        let recipients: Vec<ParticipantId> = r.participants.clone();
         for to in recipients {
             let Some(q) = self.peers.get_mut(&to) else { continue };
-            if q.channels_in.is_empty() || q.identity == sender {
+            let addressed = msg.destinations.is_empty() || msg.destinations.contains(&q.identity);
+            // Only sessions whose client opened a channel have SCTP up.
+            if q.participant == sender_id || q.identity == sender || q.channels_in.is_empty() || !addressed {
                 continue;
             }
-            let key = (from, config.label.clone());
-            let out = q.channels_out.entry(key).or_insert_with(|| {
-                let id = q.rtc.direct_api().create_data_channel(ChannelConfig {
-                    label: config.label.clone(),
-                    ordered: config.ordered,
-                    reliability: config.reliability,
-                    negotiated: None,
-                    protocol: sender.to_string(),
-                });
-                OutChannel { id, open: false, pending: VecDeque::new() }
-            });
-            if out.open {
-                if let Some(mut ch) = q.rtc.channel(out.id) {
-                    let _ = ch.write(d.binary, &d.data);
+            match q.data_codec.clone() {
+                Some(codec) => {
+                    let Some((label, bytes)) = codec.encode(&msg, &sender, sender_id) else { continue };
+                    let Some(cid) = q.channels_in.iter().find(|(_, c)| c.label == label).map(|(id, _)| *id) else {
+                        continue;
+                    };
+                    if let Some(mut ch) = q.rtc.channel(cid) {
+                        let _ = ch.write(true, &bytes);
+                    }
                 }
-            } else {
-                if out.pending.len() == MAX_PENDING_MESSAGES {
-                    out.pending.pop_front();
+                None => {
+                    let out = q.channels_out.entry((from, msg.topic.clone())).or_insert_with(|| {
+                        let id = q.rtc.direct_api().create_data_channel(data::per_sender_channel(&msg, &sender));
+                        OutChannel { id, open: false, pending: VecDeque::new() }
+                    });
+                    if out.open {
+                        if let Some(mut ch) = q.rtc.channel(out.id) {
+                            let _ = ch.write(msg.binary, &msg.payload);
+                        }
+                    } else {
+                        if out.pending.len() == MAX_PENDING_MESSAGES {
+                            out.pending.pop_front();
+                        }
+                        out.pending.push_back((msg.binary, msg.payload.clone()));
+                    }
                 }
-                out.pending.push_back((d.binary, d.data.clone()));
             }
             self.stats.data_messages_relayed += 1;
             self.mark(to);
@@ -1061,20 +1142,25 @@ impl Sfu {
                 }
             }
         }
+        let last_connection = !self.peers.values().any(|p| p.participant == peer.participant);
         if let Some(r) = self.rooms.get_mut(&peer.room) {
             r.participants.retain(|p| *p != id);
-            r.speakers.remove(id);
+            if last_connection {
+                r.speakers.remove(peer.participant);
+            }
             if r.participants.is_empty() {
                 r.empty_since = Some(now);
             }
         }
         let room = peer.room.clone();
-        self.events.push_back(SfuEvent::ParticipantLeft {
-            room: room.clone(),
-            participant: id,
-            identity: peer.identity,
-            reason,
-        });
+        if last_connection {
+            self.events.push_back(SfuEvent::ParticipantLeft {
+                room: room.clone(),
+                participant: peer.participant,
+                identity: peer.identity,
+                reason,
+            });
+        }
         let others: Vec<ParticipantId> = self.peers.keys().copied().collect();
         for o in others {
             self.mark(o);

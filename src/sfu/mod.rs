@@ -1,6 +1,7 @@
 //! Selective forwarding: a sans-IO room router over str0m, its tokio driver, and signaling.
 
 pub mod core;
+pub mod data;
 pub mod driver;
 pub mod forward;
 pub mod layer_select;

@@ -1,6 +1,7 @@
 //! One participant session: a str0m `Rtc` and what the router keeps beside it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::Rtc;
@@ -8,6 +9,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::media::{MediaKind, Mid};
 
+use super::data::DataCodec;
 use super::forward::Forwarder;
 use super::layer_select::Quality;
 use super::signal::token::Permissions;
@@ -46,7 +48,11 @@ pub(crate) struct OutChannel {
 pub(crate) const MAX_PENDING_MESSAGES: usize = 64;
 
 pub(crate) struct Peer {
+    /// This session.
     pub id: ParticipantId,
+    /// The participant it belongs to: its own id, or the first session of a client that
+    /// uses several peer connections (LiveKit's publisher and subscriber).
+    pub participant: ParticipantId,
     pub room: RoomName,
     pub identity: Identity,
     pub permissions: Permissions,
@@ -70,6 +76,8 @@ pub(crate) struct Peer {
     pub to_stop: Vec<Mid>,
     /// Tracks the client announced before their m-line arrived, by the msid track id.
     pub announced: HashMap<String, TrackId>,
+    /// How this client frames data messages; `None`: raw bytes on per-sender channels.
+    pub data_codec: Option<Arc<dyn DataCodec>>,
 }
 
 impl Peer {

@@ -134,7 +134,7 @@ async fn create(
         (Role::Subscribe, Some(i)) => SubscribeFilter::Only(i),
         _ => SubscribeFilter::All,
     };
-    let req = JoinRequest { room: room.clone(), identity, permissions: perms, subscribe, renegotiate: false };
+    let req = JoinRequest { subscribe, ..JoinRequest::new(room.clone(), identity, perms) };
     let offer2 = offer.clone();
     let (participant, answer) = s
         .sfu
