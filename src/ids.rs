@@ -24,6 +24,26 @@ impl fmt::Display for TrackId {
     }
 }
 
+impl std::str::FromStr for ParticipantId {
+    type Err = ();
+
+    /// Parses the `PA_…` form [`fmt::Display`] writes (LiveKit sids).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let hex = s.strip_prefix("PA_").ok_or(())?;
+        u64::from_str_radix(hex, 16).map(ParticipantId).map_err(|_| ())
+    }
+}
+
+impl std::str::FromStr for TrackId {
+    type Err = ();
+
+    /// Parses the `TR_…` form [`fmt::Display`] writes (LiveKit sids).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let hex = s.strip_prefix("TR_").ok_or(())?;
+        u64::from_str_radix(hex, 16).map(TrackId).map_err(|_| ())
+    }
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -100,5 +120,8 @@ mod tests {
         assert_eq!(RoomName::new("a/b"), Err(NameError::Charset));
         assert_eq!(Identity::new("x".repeat(129)), Err(NameError::Length { max: 128 }));
         assert!(serde_json::from_str::<RoomName>("\"../etc\"").is_err());
+        assert_eq!("TR_1f".parse::<TrackId>(), Ok(TrackId(31)));
+        assert_eq!(ParticipantId(42).to_string().parse::<ParticipantId>(), Ok(ParticipantId(42)));
+        assert!("TR_zz".parse::<TrackId>().is_err() && "PA_1".parse::<TrackId>().is_err());
     }
 }

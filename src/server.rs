@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
 use crate::sfu::driver::{self, SfuHandle};
+use crate::sfu::signal::livekit::LiveKitState;
 use crate::sfu::signal::token::TokenVerifier;
 use crate::sfu::signal::whip::WhipState;
 use crate::sfu::{Sfu, SfuConfig};
@@ -119,14 +120,18 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     });
     let handle = driver::spawn(sfu, udp, tcp);
 
-    let whip = WhipState::new(
-        handle.clone(),
-        TokenVerifier::new(config.keys.clone()),
-        config.rtc.ice_servers.clone(),
-        config.http.max_signal_body,
-    );
+    let tokens = TokenVerifier::new(config.keys.clone());
+    let whip =
+        WhipState::new(handle.clone(), tokens.clone(), config.rtc.ice_servers.clone(), config.http.max_signal_body);
+    let livekit = LiveKitState {
+        sfu: handle.clone(),
+        tokens,
+        ice_servers: config.rtc.ice_servers.clone(),
+        registry: Default::default(),
+    };
     let draining = Arc::new(AtomicBool::new(false));
-    let state = AppState { sfu: handle.clone(), whip, draining: Arc::clone(&draining), dev_keys: dev_keys.clone() };
+    let state =
+        AppState { sfu: handle.clone(), whip, livekit, draining: Arc::clone(&draining), dev_keys: dev_keys.clone() };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;
     let http_addr = listener.local_addr().expect("bound listener has an address");

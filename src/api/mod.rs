@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName};
 use crate::sfu::driver::SfuHandle;
+use crate::sfu::signal::livekit::{self, LiveKitState};
 use crate::sfu::signal::token;
 use crate::sfu::signal::whip::{self, WhipState};
 
@@ -25,6 +26,7 @@ use crate::sfu::signal::whip::{self, WhipState};
 pub struct AppState {
     pub sfu: SfuHandle,
     pub whip: WhipState,
+    pub livekit: LiveKitState,
     /// Set on shutdown: `/readyz` fails so load balancers stop sending new sessions.
     pub draining: Arc<AtomicBool>,
     /// The dev key pair, when the server runs in dev mode: enables `/dev/token` for the demo.
@@ -41,6 +43,7 @@ pub fn app(state: AppState) -> Router {
         .route("/dev/token", get(dev_token))
         .with_state(state.clone())
         .merge(whip::router(state.whip))
+        .merge(livekit::router(state.livekit))
 }
 
 async fn demo_page() -> Html<&'static str> {

@@ -13,7 +13,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelData, ChannelId};
 use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use super::data::{self, DataCodec, DataMessage};
 use super::forward::{Decision, Forwarder, Layer};
@@ -216,6 +216,10 @@ struct RateMeter {
 struct Track {
     info: TrackInfo,
     room: RoomName,
+    /// The connection that receives it (`info.owner` is the participant, which may have
+    /// several connections), and the m-line there.
+    session: ParticipantId,
+    identity: Identity,
     mid: Mid,
     /// Ordered lowest quality first (see `layer_select::order`).
     layers: Vec<LayerRate>,
@@ -280,7 +284,7 @@ impl Sfu {
     ) -> Result<(ParticipantId, SdpAnswer), SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let mut rtc = self.new_rtc(now);
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        let answer = negotiate(|| rtc.sdp_api().accept_offer(offer)).map_err(SfuError::from)?;
         let id = self.add_session(now, req, rtc);
         Ok((id, answer))
     }
@@ -371,7 +375,10 @@ impl Sfu {
         if let Some((_, planned)) = peer.pending.take() {
             peer.to_add.extend(planned.into_iter().map(|p| p.1));
         }
-        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        let answer = match negotiate(|| peer.rtc.sdp_api().accept_offer(offer)) {
+            Ok(a) => a,
+            Err(e) => return Err(self.failed_negotiation(now, id, e)),
+        };
         self.mark(id);
         self.offer_later(id);
         self.drive(now);
@@ -383,7 +390,9 @@ impl Sfu {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         let (pending, planned) = peer.pending.take().ok_or(SfuError::NoPendingOffer)?;
-        peer.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        if let Err(e) = negotiate(|| peer.rtc.sdp_api().accept_answer(pending, answer)) {
+            return Err(self.failed_negotiation(now, id, e));
+        }
         for (mid, track) in planned {
             let peer = self.peers.get_mut(&id).expect("checked above");
             let Some(kind) = self.tracks.get(&track).map(|t| t.info.kind) else {
@@ -400,6 +409,16 @@ impl Sfu {
         self.offer_later(id);
         self.drive(now);
         Ok(())
+    }
+
+    /// A negotiation that panicked inside str0m may have left the session half-changed: it
+    /// ends. One that was refused leaves it as it was.
+    fn failed_negotiation(&mut self, now: Instant, id: ParticipantId, e: NegotiationFailure) -> SfuError {
+        if let NegotiationFailure::Panicked = e {
+            self.remove_peer(now, id, LeaveReason::TransportError);
+            self.drive(now);
+        }
+        e.into()
     }
 
     /// Registers a track the client announced (LiveKit AddTrack) before its m-line arrives;
@@ -474,15 +493,50 @@ impl Sfu {
         let kind = self.tracks.get(&track).ok_or(SfuError::NoTrack)?.info.kind;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         if on {
-            if peer.slots.iter().any(|s| s.track == Some(track)) {
+            if peer.has(track) {
                 return Ok(());
             }
-            let Some(mid) = peer.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
-                return Err(SfuError::NoTrack);
-            };
-            self.bind(now, id, mid, track);
-        } else if let Some(mid) = peer.slots.iter().find(|s| s.track == Some(track)).map(|s| s.mid) {
-            self.unbind(id, mid);
+            if peer.renegotiate {
+                peer.to_add.push(track);
+                self.offer_later(id);
+            } else {
+                let Some(mid) = peer.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
+                    return Err(SfuError::NoTrack);
+                };
+                self.bind(now, id, mid, track);
+            }
+        } else {
+            peer.to_add.retain(|t| *t != track);
+            if let Some(mid) = peer.slots.iter().find(|s| s.track == Some(track)).map(|s| s.mid) {
+                self.unbind(id, mid);
+            }
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    /// Pauses (or resumes) forwarding of a subscribed track to a session without
+    /// unsubscribing it (LiveKit's "disabled" track setting: the video element is hidden).
+    pub fn set_track_enabled(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        track: TrackId,
+        enabled: bool,
+    ) -> Result<(), SfuError> {
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        let slot = peer.slots.iter_mut().find(|s| s.track == Some(track)).ok_or(SfuError::NoTrack)?;
+        if enabled == slot.fwd.target().is_some() {
+            return Ok(());
+        }
+        if enabled {
+            // Back to the single layer; simulcast tracks get theirs from `reselect`.
+            slot.fwd.set_target(Some(None));
+            let mid = slot.mid;
+            self.reselect(now, id);
+            self.resume_one(now, id, mid);
+        } else {
+            slot.fwd.set_target(None);
         }
         self.drive(now);
         Ok(())
@@ -771,13 +825,18 @@ impl Sfu {
             let mut layers: Vec<LayerRate> = rids.into_iter().map(|rid| LayerRate { rid, bps: 0 }).collect();
             layer_select::order(&mut layers);
             let client_track_id = p.rtc.media(m.mid).map(|x| x.track_id().to_string()).unwrap_or_default();
-            let track = match p.announced.remove(&client_track_id) {
-                Some(t) => t,
-                None => {
-                    self.next_id += 1;
-                    TrackId(self.next_id - 1)
-                }
-            };
+            // The announcement may have gone to another connection of the same participant.
+            let participant = p.participant;
+            let announced = self
+                .peers
+                .values_mut()
+                .filter(|x| x.participant == participant)
+                .find_map(|x| x.announced.remove(&client_track_id));
+            let track = announced.unwrap_or_else(|| {
+                self.next_id += 1;
+                TrackId(self.next_id - 1)
+            });
+            let p = self.peers.get_mut(&id).expect("event for a live session");
             let info = TrackInfo {
                 id: track,
                 owner: p.participant,
@@ -794,6 +853,8 @@ impl Sfu {
                 Track {
                     info: info.clone(),
                     room: room.clone(),
+                    session: id,
+                    identity: p.identity.clone(),
                     mid: m.mid,
                     layers,
                     meter: RateMeter { start: now, bytes: HashMap::new() },
@@ -820,8 +881,7 @@ impl Sfu {
         for id in participants {
             for &track in &tracks {
                 let Some(t) = self.tracks.get(&track) else { continue };
-                let (kind, owner) = (t.info.kind, t.info.owner);
-                let Some(owner_identity) = self.peers.get(&owner).map(|o| o.identity.clone()) else { continue };
+                let (kind, owner_identity) = (t.info.kind, t.identity.clone());
                 let Some(p) = self.peers.get_mut(&id) else { break };
                 if !p.wants(&owner_identity) || p.has(track) {
                     continue;
@@ -948,7 +1008,7 @@ impl Sfu {
         if t.last_keyframe_request.get(&layer).is_some_and(|last| now < *last + KEYFRAME_MIN_GAP) {
             return;
         }
-        let owner = t.info.owner;
+        let owner = t.session;
         let Some(mut w) = self.peers.get_mut(&owner).and_then(|p| p.rtc.writer(t.mid)) else { return };
         if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
             if let Err(e) = w.request_keyframe(layer, KeyframeRequestKind::Pli) {
@@ -1013,6 +1073,7 @@ impl Sfu {
             self.request_keyframe(now, track, layer);
         }
         if rates_changed {
+            tracing::trace!(%track, layers = ?self.tracks[&track].layers, "layer rates");
             let subs: Vec<ParticipantId> = self.tracks[&track].subscribers.iter().map(|s| s.0).collect();
             for sub in subs {
                 self.reselect(now, sub);
@@ -1186,6 +1247,34 @@ impl Track {
         self.info.layers = self.layers.iter().map(|l| l.rid.to_string()).collect();
         self.meter = RateMeter { start: now, bytes: HashMap::new() };
         true
+    }
+}
+
+/// How an SDP offer or answer failed to apply.
+enum NegotiationFailure {
+    Refused(RtcError),
+    /// str0m asserted (e.g. "Pt locked multiple times" on offers whose fmtp lines are gone).
+    Panicked,
+}
+
+impl From<NegotiationFailure> for SfuError {
+    fn from(e: NegotiationFailure) -> Self {
+        match e {
+            NegotiationFailure::Refused(e) => SfuError::Negotiation(e.to_string()),
+            NegotiationFailure::Panicked => SfuError::Negotiation("the offer could not be negotiated".into()),
+        }
+    }
+}
+
+/// Applies SDP through str0m, which asserts on some inputs a client controls: one client
+/// must not be able to take the router, and every room with it, down.
+fn negotiate<T>(f: impl FnOnce() -> Result<T, RtcError>) -> Result<T, NegotiationFailure> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(NegotiationFailure::Refused),
+        Err(_) => {
+            tracing::warn!("str0m panicked applying SDP; the session is refused");
+            Err(NegotiationFailure::Panicked)
+        }
     }
 }
 

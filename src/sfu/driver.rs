@@ -96,6 +96,12 @@ impl Driver {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             self.flush();
+            // Timers first when due: under steady input the select below would always find a
+            // datagram ready and starve them (str0m's pacer and retransmissions run on them).
+            if self.sfu.poll_timeout().is_some_and(|d| d <= Instant::now()) {
+                self.sfu.handle_timeout(Instant::now());
+                self.flush();
+            }
             let deadline = self.sfu.poll_timeout();
             let sleep = async {
                 match deadline {

@@ -1,6 +1,7 @@
 //! Signaling: how sessions reach the router. Each protocol is a thin adapter over
 //! [`crate::sfu::driver::SfuHandle`]; the router itself knows none of them.
 
+pub mod livekit;
 pub mod sdpfrag;
 pub mod token;
 pub mod whip;

@@ -158,10 +158,10 @@ impl TokenVerifier {
         let mut mac = mac(secret);
         mac.update(&token.as_bytes()[..h.len() + 1 + p.len()]);
         mac.verify_slice(&sig).map_err(|_| TokenError::Signature)?;
-        if claims.exp + LEEWAY_SECS < now {
+        if claims.exp.saturating_add(LEEWAY_SECS) < now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECS)) {
             return Err(TokenError::NotYetValid);
         }
         Ok(claims)
@@ -206,7 +206,7 @@ pub fn join_claims(api_key: &str, room: &str, identity: &str, now: u64, ttl_secs
         iss: api_key.to_string(),
         sub: identity.to_string(),
         nbf: Some(now),
-        exp: now + ttl_secs,
+        exp: now.saturating_add(ttl_secs),
         video: VideoGrant { room_join: true, room: room.to_string(), ..Default::default() },
         ..Default::default()
     }

@@ -1,0 +1,117 @@
+//! LiveKit's data envelope: `DataPacket` protobufs on the `_reliable` and `_lossy` channels.
+//! The server stamps the sender's identity and sid, and honours `destination_identities`.
+
+use livekit_protocol as proto;
+use prost::Message;
+
+use crate::ids::{Identity, ParticipantId};
+use crate::sfu::data::{DataCodec, DataMessage};
+
+const NATIVE: &str = "livekit";
+pub const RELIABLE: &str = "_reliable";
+pub const LOSSY: &str = "_lossy";
+
+/// The codec a LiveKit session registers with the router.
+#[derive(Debug, Default)]
+pub struct LiveKitData;
+
+impl DataCodec for LiveKitData {
+    fn decode(&self, label: &str, _reliable: bool, data: &[u8]) -> Option<DataMessage> {
+        if label != RELIABLE && label != LOSSY {
+            return None;
+        }
+        let dp = proto::DataPacket::decode(data).ok()?;
+        let mut destinations = dp.destination_identities.clone();
+        let (topic, payload) = match &dp.value {
+            Some(proto::data_packet::Value::User(u)) => {
+                destinations.extend(u.destination_identities.iter().cloned());
+                (u.topic.clone().unwrap_or_default(), u.payload.clone())
+            }
+            Some(_) => (String::new(), Vec::new()),
+            None => return None,
+        };
+        Some(DataMessage {
+            reliable: label == RELIABLE,
+            binary: true,
+            topic,
+            payload,
+            destinations: destinations.into_iter().filter_map(|d| Identity::new(d).ok()).collect(),
+            native: Some((NATIVE, data.to_vec())),
+        })
+    }
+
+    fn encode(&self, msg: &DataMessage, sender: &Identity, sender_id: ParticipantId) -> Option<(String, Vec<u8>)> {
+        let label = if msg.reliable { RELIABLE } else { LOSSY };
+        let kind = if msg.reliable { proto::data_packet::Kind::Reliable } else { proto::data_packet::Kind::Lossy };
+        let mut dp = match &msg.native {
+            Some((NATIVE, bytes)) => proto::DataPacket::decode(bytes.as_slice()).ok()?,
+            // From a raw channel: a user packet whose topic is the channel label.
+            _ => proto::DataPacket {
+                kind: kind as i32,
+                value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                    payload: msg.payload.clone(),
+                    topic: Some(msg.topic.clone()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        };
+        // Whatever the sender claimed, receivers learn who really sent it.
+        dp.participant_identity = sender.to_string();
+        dp.participant_sid = sender_id.to_string();
+        dp.destination_identities.clear();
+        if let Some(proto::data_packet::Value::User(u)) = &mut dp.value {
+            u.participant_identity = sender.to_string();
+            u.participant_sid = sender_id.to_string();
+            u.destination_identities.clear();
+            u.destination_sids.clear();
+        }
+        Some((label.to_string(), dp.encode_to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_stamped_and_destinations_read() {
+        let sent = proto::DataPacket {
+            kind: proto::data_packet::Kind::Reliable as i32,
+            participant_identity: "mallory".into(),
+            destination_identities: vec!["bob".into()],
+            value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                payload: b"hi".to_vec(),
+                topic: Some("chat".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let msg = LiveKitData.decode(RELIABLE, true, &sent.encode_to_vec()).unwrap();
+        assert_eq!(msg.destinations, [Identity::new("bob").unwrap()]);
+        assert_eq!((msg.topic.as_str(), msg.payload.as_slice()), ("chat", &b"hi"[..]));
+        let (label, bytes) = LiveKitData.encode(&msg, &Identity::new("alice").unwrap(), ParticipantId(7)).unwrap();
+        assert_eq!(label, RELIABLE);
+        let got = proto::DataPacket::decode(bytes.as_slice()).unwrap();
+        assert_eq!((got.participant_identity.as_str(), got.participant_sid.as_str()), ("alice", "PA_7"));
+        assert!(LiveKitData.decode(RELIABLE, true, b"\xff\xff garbage").is_none());
+        assert!(LiveKitData.decode("other", true, &sent.encode_to_vec()).is_none());
+    }
+
+    #[test]
+    fn raw_messages_become_user_packets() {
+        let msg = DataMessage {
+            reliable: false,
+            binary: false,
+            topic: "chat".into(),
+            payload: b"yo".to_vec(),
+            destinations: vec![],
+            native: None,
+        };
+        let (label, bytes) = LiveKitData.encode(&msg, &Identity::new("whip").unwrap(), ParticipantId(3)).unwrap();
+        assert_eq!(label, LOSSY);
+        let got = proto::DataPacket::decode(bytes.as_slice()).unwrap();
+        let Some(proto::data_packet::Value::User(u)) = got.value else { panic!("user packet") };
+        assert_eq!((u.payload.as_slice(), u.topic.as_deref()), (&b"yo"[..], Some("chat")));
+    }
+}

@@ -1,0 +1,107 @@
+//! LiveKit's signal protocol over WebSocket, so LiveKit's client SDKs join AuraLink rooms
+//! unchanged. Each connection is a [`session::Session`] task; the router sees a LiveKit
+//! participant as two connections (publisher and subscriber peer connections) of one
+//! participant. See docs/livekit-compat.md for what is covered.
+
+// The protocol marks fields deprecated that SDKs in the field still send and read
+// (stereo, layers, UserPacket identities); compatibility means handling them.
+#![allow(deprecated)]
+
+mod convert;
+mod data;
+mod registry;
+mod session;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+pub use self::registry::Registry;
+use super::token::{Claims, TokenError, TokenVerifier};
+use crate::config::IceServer;
+use crate::sfu::driver::SfuHandle;
+
+/// Largest signal message accepted from a client; LiveKit's own limit is in this range.
+pub const MAX_SIGNAL_MESSAGE: usize = 256 * 1024;
+
+/// What every LiveKit connection needs.
+#[derive(Clone)]
+pub struct LiveKitState {
+    pub sfu: SfuHandle,
+    pub tokens: TokenVerifier,
+    pub ice_servers: Vec<IceServer>,
+    pub registry: Arc<Registry>,
+}
+
+/// Query parameters of `/rtc` as `livekit-client` sends them.
+#[derive(Debug, Deserialize)]
+struct RtcQuery {
+    access_token: Option<String>,
+    #[serde(default)]
+    auto_subscribe: Option<String>,
+    #[serde(default)]
+    reconnect: Option<String>,
+    #[serde(default)]
+    sid: Option<String>,
+}
+
+/// `/rtc` (WebSocket) and `/rtc/validate`. The single-peer-connection path `/rtc/v1` answers
+/// 404, the signal the SDK takes to fall back to `/rtc` (see docs/livekit-compat.md).
+pub fn router(state: LiveKitState) -> Router {
+    Router::new()
+        .route("/rtc", get(rtc))
+        .route("/rtc/validate", get(validate))
+        .route("/rtc/v1", get(v1_not_supported))
+        .route("/rtc/v1/validate", get(v1_not_supported))
+        .with_state(state)
+}
+
+async fn v1_not_supported() -> Response {
+    (StatusCode::NOT_FOUND, "single peer connection signaling (/rtc/v1) is not supported; use /rtc").into_response()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Checks the token the way the SDK's `/validate` probe and the WebSocket both need.
+fn authorize(tokens: &TokenVerifier, token: Option<&str>) -> Result<Claims, (StatusCode, String)> {
+    let token = token.ok_or((StatusCode::UNAUTHORIZED, "missing access_token".to_string()))?;
+    let claims = tokens.verify(token, now_secs()).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if !claims.video.room_join || claims.video.room.is_empty() {
+        return Err((StatusCode::FORBIDDEN, TokenError::WrongRoom(claims.video.room.clone()).to_string()));
+    }
+    if claims.sub.is_empty() {
+        return Err((StatusCode::UNAUTHORIZED, TokenError::NoIdentity.to_string()));
+    }
+    Ok(claims)
+}
+
+async fn validate(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>) -> Response {
+    match authorize(&s.tokens, q.access_token.as_deref()) {
+        Ok(_) => (StatusCode::OK, "success").into_response(),
+        Err((status, msg)) => (status, msg).into_response(),
+    }
+}
+
+async fn rtc(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>, ws: WebSocketUpgrade) -> Response {
+    let claims = match authorize(&s.tokens, q.access_token.as_deref()) {
+        Ok(c) => c,
+        Err((status, msg)) => return (status, msg).into_response(),
+    };
+    let opts = session::Options {
+        auto_subscribe: q.auto_subscribe.as_deref() != Some("0"),
+        resume: q.reconnect.as_deref() == Some("1"),
+        sid: q.sid,
+    };
+    ws.max_message_size(MAX_SIGNAL_MESSAGE)
+        .on_upgrade(move |socket| session::run(s, claims, opts, socket))
+        .into_response()
+}

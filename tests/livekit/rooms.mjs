@@ -1,0 +1,190 @@
+// The real livekit-client SDK in headless Chromium against an AuraLink server.
+// Usage: node rooms.mjs <http-url> <api-key> <api-secret>
+// Exits 0 when every check passed; prints what failed otherwise.
+import { chromium } from 'playwright-core';
+import { AccessToken } from 'livekit-server-sdk';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const [url, apiKey, apiSecret] = process.argv.slice(2);
+const here = dirname(fileURLToPath(import.meta.url));
+const umd = join(here, 'node_modules/livekit-client/dist/livekit-client.umd.js');
+const wsUrl = url.replace(/^http/, 'ws');
+
+function log(...a) {
+  console.log(new Date().toISOString().slice(11, 23), ...a);
+}
+
+async function token(identity, room, grant = {}) {
+  const at = new AccessToken(apiKey, apiSecret, { identity, name: identity.toUpperCase(), ttl: '10m' });
+  at.addGrant({ roomJoin: true, room, ...grant });
+  return at.toJwt();
+}
+
+/** Polls `fn` (run in the page) until it returns truthy, at most `ms`. */
+async function until(page, what, fn, arg, ms = 30000) {
+  const start = Date.now();
+  let last;
+  while (Date.now() - start < ms) {
+    last = await page.evaluate(fn, arg);
+    if (last && (last === true || last.ok)) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)}`);
+}
+
+// Runs in the page: joins, publishes fake camera and mic, attaches what it receives.
+async function joinRoom({ wsUrl, token, publish }) {
+  const { Room, RoomEvent } = window.LivekitClient;
+  const room = new Room({ adaptiveStream: false, dynacast: false });
+  window.received = [];
+  window.events = [];
+  room.on(RoomEvent.TrackSubscribed, (track, pub, participant) => {
+    const el = track.attach();
+    el.muted = false;
+    document.body.appendChild(el);
+    el.play().catch(() => {});
+    window.events.push(`subscribed:${participant.identity}:${track.kind}`);
+  });
+  room.on(RoomEvent.TrackMuted, (pub, p) => window.events.push(`muted:${p.identity}:${pub.kind}`));
+  room.on(RoomEvent.TrackUnmuted, (pub, p) => window.events.push(`unmuted:${p.identity}:${pub.kind}`));
+  room.on(RoomEvent.ParticipantDisconnected, (p) => window.events.push(`left:${p.identity}`));
+  room.on(RoomEvent.ActiveSpeakersChanged, (s) => window.events.push(`speakers:${s.map((p) => p.identity).join(',')}`));
+  room.on(RoomEvent.DataReceived, (payload, p, kind, topic) =>
+    window.received.push({ from: p?.identity, topic, text: new TextDecoder().decode(payload) }),
+  );
+  room.on(RoomEvent.Reconnected, () => window.events.push('reconnected'));
+  await room.connect(wsUrl, token, { autoSubscribe: true });
+  if (publish) {
+    await room.localParticipant.enableCameraAndMicrophone();
+  }
+  window.room = room;
+  return room.localParticipant.sid;
+}
+
+// Runs in the page: decode counters for every subscribed track of `identity`.
+async function decoded(identity) {
+  const room = window.room;
+  const p = [...room.remoteParticipants.values()].find((x) => x.identity === identity);
+  if (!p) return { ok: false, why: 'participant unknown', known: [...room.remoteParticipants.values()].map((x) => x.identity) };
+  const out = { ok: false, framesDecoded: 0, totalAudioEnergy: 0 };
+  for (const pub of p.trackPublications.values()) {
+    if (!pub.track) continue;
+    const report = await pub.track.getRTCStatsReport();
+    report?.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      if (s.kind === 'video') {
+        out.framesDecoded += s.framesDecoded || 0;
+        out.videoPackets = (out.videoPackets || 0) + (s.packetsReceived || 0);
+        out.pli = (out.pli || 0) + (s.pliCount || 0);
+      }
+      if (s.kind === 'audio') out.totalAudioEnergy += s.totalAudioEnergy || 0;
+    });
+  }
+  out.ok = out.framesDecoded > 0 && out.totalAudioEnergy > 0;
+  return out;
+}
+
+const flags = [
+  '--headless',
+  // Playwright drives the browser over this pipe; ignoreDefaultArgs drops it otherwise.
+  '--remote-debugging-pipe',
+  '--no-sandbox',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+const profile = mkdtempSync(join(tmpdir(), 'auralink-lk-'));
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/lib/chromium/chromium',
+  ignoreDefaultArgs: true,
+  args: [...flags, `--user-data-dir=${profile}`],
+});
+
+async function newPage(name) {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error' || process.env.LK_DEBUG) log(`[${name}] ${m.type()}: ${m.text()}`);
+  });
+  await page.goto(`${url}/healthz`);
+  await page.addScriptTag({ path: umd });
+  return page;
+}
+
+let failed = false;
+try {
+  const room = 'lk-room';
+  const alice = await newPage('alice');
+  const bob = await newPage('bob');
+  await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room), publish: true });
+  log('alice joined');
+  await bob.evaluate(joinRoom, { wsUrl, token: await token('bob', room), publish: true });
+  log('bob joined');
+
+  log('alice decodes bob', JSON.stringify(await until(alice, 'alice to decode bob', decoded, 'bob')));
+  log('bob decodes alice', JSON.stringify(await until(bob, 'bob to decode alice', decoded, 'alice')));
+
+  // Data, reliable, from alice to bob with a topic; the server stamps the sender.
+  await alice.evaluate(() =>
+    window.room.localParticipant.publishData(new TextEncoder().encode('hello bob'), { reliable: true, topic: 'chat' }),
+  );
+  await until(bob, 'bob to receive data', () => window.received.some((m) => m.from === 'alice' && m.text === 'hello bob' && m.topic === 'chat'));
+  log('data delivered');
+
+  // Mute seen by the other side.
+  await alice.evaluate(() => window.room.localParticipant.setMicrophoneEnabled(false));
+  await until(bob, 'bob to see alice muted', () => window.events.includes('muted:alice:audio'));
+  await alice.evaluate(() => window.room.localParticipant.setMicrophoneEnabled(true));
+  await until(bob, 'bob to see alice unmuted', () => window.events.includes('unmuted:alice:audio'));
+  log('mute/unmute seen');
+
+  // A third participant sees both and both see it.
+  const carol = await newPage('carol');
+  await carol.evaluate(joinRoom, { wsUrl, token: await token('carol', room), publish: true });
+  await until(carol, 'carol to decode alice', decoded, 'alice');
+  await until(carol, 'carol to decode bob', decoded, 'bob');
+  await until(alice, 'alice to decode carol', decoded, 'carol');
+  log('three-way media');
+
+  // Leave: the others see the participant go.
+  await carol.evaluate(() => window.room.disconnect());
+  await until(alice, 'alice to see carol leave', () => window.events.includes('left:carol'));
+  log('leave seen');
+
+  // A token for another room is refused with the SDK's error.
+  const wrong = await newPage('mallory');
+  const err = await wrong.evaluate(
+    async ({ wsUrl, token }) => {
+      try {
+        const room = new window.LivekitClient.Room();
+        await room.connect(wsUrl, token);
+        return 'connected';
+      } catch (e) {
+        return `${e.name}: ${e.message} status=${e.status ?? ''}`;
+      }
+    },
+    { wsUrl, token: await token('mallory', '', { roomJoin: false }) },
+  );
+  log('bad token ->', err);
+  if (err === 'connected' || !/403|401|not ?allowed/i.test(err)) throw new Error(`bad token was not refused properly: ${err}`);
+} catch (e) {
+  failed = true;
+  console.error('FAILED:', e.message);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);

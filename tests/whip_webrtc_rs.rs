@@ -1,0 +1,907 @@
+//! WHIP/WHEP against the real server with an independent WebRTC stack (webrtc-rs 0.21): media
+//! and data channels end to end, byte-exact; then the HTTP error contract and garbage on the
+//! media port.
+//!
+//! `webrtc` 0.21 keeps its protocol core `rtc` as a private dependency and re-exports only part
+//! of it, and `rtc` is not a dependency of this crate. The types it does not re-export (RTP
+//! packets, encoding parameters) are reached through type inference — see [`default_for`] —
+//! and codec kinds through their `From<&str>`, rather than by adding a second, version-locked
+//! dependency. For the same
+//! reason mDNS stays at webrtc-rs's default (`QueryOnly`: local candidates are plain IPs, only
+//! remote `.local` names would be resolved); `Disabled` cannot be named from here.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auralink::config::Config;
+use auralink::server::{self, Server};
+use auralink::sfu::signal::token::{join_claims, mint};
+use bytes::{Bytes, BytesMut};
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
+};
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
+
+const API_KEY: &str = "APItest";
+const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+/// Upper bound for every single wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+
+const AUDIO_FRAMES: usize = 100;
+const VIDEO_FRAMES: usize = 60;
+/// Our own VP8 packetizer's fragment size, so frames of ~3000 bytes span several packets.
+const VP8_FRAGMENT: usize = 1000;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AURALINK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,str0m=error,rtc=error,rtc_dtls=error,rtc_ice=error,webrtc=error")
+    });
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+struct TestServer {
+    server: Server,
+    base: String,
+    http: reqwest::Client,
+    _dir: TempDir,
+}
+
+/// A data directory removed on drop; the crate has no tempfile dependency.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start_server(tag: &str) -> TestServer {
+    init_logs();
+    let dir = std::env::temp_dir().join(format!("auralink-whip-webrtc-rs-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::default();
+    config.http.bind = [127, 0, 0, 1].into();
+    config.http.port = 0;
+    config.rtc.udp_port = 0;
+    config.rtc.tcp_port = 0;
+    config.rtc.node_ips = vec![[127, 0, 0, 1].into()];
+    config.data_dir = dir.clone();
+    config.keys = BTreeMap::from([(API_KEY.to_string(), SECRET.to_string())]);
+    let server = within("server start", server::start(config)).await.expect("server starts");
+    assert!(server.dev_keys.is_none(), "configured keys must not fall back to dev mode");
+    let base = format!("http://{}", server.http_addr);
+    TestServer { server, base, http: reqwest::Client::new(), _dir: TempDir(dir) }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+fn token(room: &str, identity: &str) -> String {
+    mint(&join_claims(API_KEY, room, identity, unix_now(), 600), SECRET)
+}
+
+/// A value of a type `webrtc` does not re-export, named by the parameter of a closure that
+/// is only type-checked, never called.
+fn default_for<T: Default, R>(_pins_the_type: impl FnOnce(T) -> R) -> T {
+    T::default()
+}
+
+struct Events {
+    gathered: mpsc::UnboundedSender<()>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+    channels: mpsc::UnboundedSender<Arc<dyn DataChannel>>,
+}
+
+/// Written out by hand: the trait is declared with `#[async_trait]`, whose macro crate is not a
+/// dependency of this package.
+impl PeerConnectionEventHandler for Events {
+    fn on_ice_gathering_state_change<'a, 'b>(&'a self, state: RTCIceGatheringState) -> BoxFuture<'b>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            if state == RTCIceGatheringState::Complete {
+                let _ = self.gathered.send(());
+            }
+        })
+    }
+
+    fn on_connection_state_change<'a, 'b>(&'a self, state: RTCPeerConnectionState) -> BoxFuture<'b>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let _ = self.state.send(state);
+        })
+    }
+
+    fn on_track<'a, 'b>(&'a self, track: Arc<dyn TrackRemote>) -> BoxFuture<'b>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let _ = self.tracks.send(track);
+        })
+    }
+
+    fn on_data_channel<'a, 'b>(&'a self, channel: Arc<dyn DataChannel>) -> BoxFuture<'b>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async move {
+            let _ = self.channels.send(channel);
+        })
+    }
+}
+
+type BoxFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+struct Peer<P> {
+    pc: P,
+    gathered: mpsc::UnboundedReceiver<()>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
+    channels: mpsc::UnboundedReceiver<Arc<dyn DataChannel>>,
+}
+
+/// A peer that gathers exactly one host candidate, on 127.0.0.1, and knows no STUN server.
+async fn new_peer() -> Peer<impl PeerConnection> {
+    let mut media_engine = MediaEngine::default();
+    media_engine.register_default_codecs().expect("default codecs");
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine).expect("interceptors");
+    let (gathered_tx, gathered) = mpsc::unbounded_channel();
+    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (tracks_tx, tracks) = mpsc::unbounded_channel();
+    let (channels_tx, channels) = mpsc::unbounded_channel();
+    let events = Events { gathered: gathered_tx, state: state_tx, tracks: tracks_tx, channels: channels_tx };
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(Arc::new(events))
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await
+        .expect("peer connection builds");
+    Peer { pc, gathered, state, tracks, channels }
+}
+
+impl<P: PeerConnection> Peer<P> {
+    /// Non-trickle offer: every candidate is in the SDP, as WHIP without PATCH requires.
+    async fn offer(&mut self) -> String {
+        let offer = self.pc.create_offer(None).await.expect("create offer");
+        self.pc.set_local_description(offer).await.expect("set local offer");
+        within("ICE gathering", self.gathered.recv()).await.expect("gathering completes");
+        let sdp = self.pc.local_description().await.expect("local description").sdp;
+        let candidates: Vec<&str> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).collect();
+        assert!(!candidates.is_empty(), "offer has no candidates:\n{sdp}");
+        for c in &candidates {
+            assert!(c.contains(" 127.0.0.1 ") && c.contains(" typ host"), "unexpected candidate {c}");
+        }
+        sdp
+    }
+
+    async fn accept_answer(&self, sdp: String) {
+        let answer = RTCSessionDescription::answer(sdp).expect("answer parses");
+        self.pc.set_remote_description(answer).await.expect("set remote answer");
+    }
+
+    async fn connected(&mut self, who: &str) {
+        let state = within(
+            &format!("{who} to connect"),
+            self.state.wait_for(|s| {
+                matches!(
+                    s,
+                    RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                )
+            }),
+        )
+        .await
+        .map(|s| *s)
+        .expect("peer connection alive");
+        assert_eq!(state, RTCPeerConnectionState::Connected, "{who} did not connect");
+    }
+}
+
+/// A WHIP/WHEP session as the server created it.
+struct Session {
+    location: String,
+    answer: String,
+}
+
+async fn post_offer(ts: &TestServer, path: &str, token: &str, sdp: String) -> Session {
+    let resp = within(
+        "WHIP/WHEP POST",
+        ts.http
+            .post(format!("{}{path}", ts.base))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/sdp")
+            .body(sdp)
+            .send(),
+    )
+    .await
+    .expect("POST reaches the server");
+    let status = resp.status();
+    let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = resp.text().await.expect("answer body");
+    assert_eq!(status, StatusCode::CREATED, "POST {path}: {body}");
+    assert_eq!(ctype.as_deref(), Some("application/sdp"));
+    let location = location.expect("201 carries a Location");
+    let kind = path.split('/').nth(1).expect("path has a kind");
+    assert!(location.starts_with(&format!("/{kind}/")), "Location {location} is not under /{kind}/");
+    assert!(body.starts_with("v=0"), "answer is not SDP: {body}");
+    Session { location, answer: body }
+}
+
+async fn delete_session(ts: &TestServer, location: &str) -> StatusCode {
+    within("DELETE", ts.http.delete(format!("{}{location}", ts.base)).send())
+        .await
+        .expect("DELETE reaches the server")
+        .status()
+}
+
+async fn participants(ts: &TestServer, room: &str) -> Vec<serde_json::Value> {
+    let resp = within(
+        "participants",
+        ts.http.get(format!("{}/rooms/{room}/participants", ts.base)).bearer_auth(token(room, "observer")).send(),
+    )
+    .await
+    .expect("GET reaches the server");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json: serde_json::Value = resp.json().await.expect("participants JSON");
+    json["participants"].as_array().expect("participants array").clone()
+}
+
+fn identities(list: &[serde_json::Value]) -> Vec<String> {
+    list.iter().map(|p| p["identity"].as_str().expect("identity string").to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Media: our own payloads and packetization, so what arrives can be compared byte for byte.
+
+/// Every payload carries its index in bytes 1..3 (little endian); the rest is a pattern that
+/// differs per index, so a misplaced or corrupted byte cannot go unnoticed.
+fn frame_index(frame: &[u8]) -> usize {
+    usize::from(u16::from_le_bytes([frame[1], frame[2]]))
+}
+
+fn opus_frame(i: usize) -> Vec<u8> {
+    let len = 40 + (i * 37) % 120;
+    let mut f = vec![0xfc, i as u8, (i >> 8) as u8];
+    f.extend((3..len).map(|j| (i * 31 + j * 7) as u8));
+    f
+}
+
+/// A VP8 frame: keyframes (frame tag bit 0 clear, start code, 320x240) every fifth frame and
+/// delta frames between them; every seventh frame is ~3 KB so it spans several RTP packets.
+fn vp8_frame(i: usize) -> Vec<u8> {
+    let len = if i % 7 == 3 { 3000 + i } else { 200 + (i * 53) % 700 };
+    let key = i.is_multiple_of(5);
+    let mut f = vec![if key { 0x10 } else { 0x11 }, i as u8, (i >> 8) as u8];
+    if key {
+        f.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]);
+    }
+    let head = f.len();
+    f.extend((head..len).map(|j| (i * 13 + j * 11 + (j >> 8)) as u8));
+    f
+}
+
+fn is_vp8_keyframe(frame: &[u8]) -> bool {
+    frame[0] & 1 == 0
+}
+
+struct RtpOut {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    seq: u16,
+}
+
+impl RtpOut {
+    async fn send(&mut self, timestamp: u32, payload: &[u8], marker: bool) {
+        let mut pkt = default_for(|p| self.track.write_rtp(p));
+        pkt.header.version = 2;
+        pkt.header.payload_type = self.payload_type;
+        pkt.header.sequence_number = self.seq;
+        pkt.header.timestamp = timestamp;
+        pkt.header.ssrc = self.ssrc;
+        pkt.header.marker = marker;
+        pkt.payload = Bytes::copy_from_slice(payload);
+        self.seq = self.seq.wrapping_add(1);
+        self.track.write_rtp(pkt).await.expect("write RTP");
+    }
+
+    /// RFC 7741 with the minimal one-byte descriptor: S=1 on the first packet of a frame,
+    /// marker on the last.
+    async fn send_vp8(&mut self, timestamp: u32, frame: &[u8]) {
+        let chunks: Vec<&[u8]> = frame.chunks(VP8_FRAGMENT).collect();
+        for (k, chunk) in chunks.iter().enumerate() {
+            let mut payload = vec![if k == 0 { 0x10 } else { 0x00 }];
+            payload.extend_from_slice(chunk);
+            self.send(timestamp, &payload, k + 1 == chunks.len()).await;
+        }
+    }
+}
+
+/// A send-only track of ours with one SSRC. `mime` is e.g. `audio/opus`.
+fn local_track(kind: &str, mime: &str, clock_rate: u32, channels: u16, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    let mut encoding =
+        default_for(|e| MediaStreamTrack::new(String::new(), String::new(), String::new(), kind.into(), vec![e]));
+    encoding.rtp_coding_parameters.ssrc = Some(ssrc);
+    encoding.codec.mime_type = mime.to_string();
+    encoding.codec.clock_rate = clock_rate;
+    encoding.codec.channels = channels;
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        format!("alice-stream-{kind}"),
+        format!("alice-{kind}"),
+        format!("alice-{kind}-label"),
+        kind.into(),
+        vec![encoding],
+    )))
+}
+
+async fn negotiated_payload_type(sender: &Arc<dyn RtpSender>, mime: &str) -> u8 {
+    let params = sender.get_parameters().await.expect("sender parameters");
+    params
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .unwrap_or_else(|| panic!("{mime} was not negotiated: {:?}", params.rtp_parameters.codecs))
+        .payload_type
+}
+
+/// Strips the RFC 7741 payload descriptor; returns (start of frame, VP8 bytes).
+fn vp8_depacketize(payload: &[u8]) -> Option<(bool, &[u8])> {
+    let b0 = *payload.first()?;
+    let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
+    let mut at = 1;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(1)?;
+        at = 2;
+        if x & 0x80 != 0 {
+            at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            at += 1;
+        }
+        if x & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    Some((start, payload.get(at..)?))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Audio,
+    Video,
+}
+
+/// Reads one remote track and yields whole frames: each Opus packet, or VP8 packets from a
+/// start-of-frame to the marker with no sequence gap between them.
+fn spawn_frame_reader(track: Arc<dyn TrackRemote>, out: mpsc::UnboundedSender<(Kind, Vec<u8>)>) {
+    tokio::spawn(async move {
+        let kind = if track.kind().await.to_string() == "video" { Kind::Video } else { Kind::Audio };
+        let mut frame: Option<Vec<u8>> = None;
+        let mut last_seq: Option<u16> = None;
+        while let Some(event) = track.poll().await {
+            let TrackRemoteEvent::OnRtpPacket(pkt) = event else { continue };
+            if pkt.payload.is_empty() {
+                continue;
+            }
+            let seq = pkt.header.sequence_number;
+            let contiguous = last_seq.is_some_and(|l| l.wrapping_add(1) == seq);
+            if last_seq.is_some_and(|l| seq.wrapping_sub(l) == 0 || seq.wrapping_sub(l) > 0x8000) {
+                continue;
+            }
+            last_seq = Some(seq);
+            match kind {
+                Kind::Audio => {
+                    let _ = out.send((kind, pkt.payload.to_vec()));
+                }
+                Kind::Video => {
+                    let Some((start, data)) = vp8_depacketize(&pkt.payload) else {
+                        frame = None;
+                        continue;
+                    };
+                    if start {
+                        frame = Some(data.to_vec());
+                    } else if let (Some(f), true) = (frame.as_mut(), contiguous) {
+                        f.extend_from_slice(data);
+                    } else {
+                        frame = None;
+                    }
+                    if pkt.header.marker
+                        && let Some(f) = frame.take()
+                    {
+                        let _ = out.send((kind, f));
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Received frames must be exact copies of sent ones, in sending order, and enough of them.
+fn check_frames(what: &str, sent: &[Vec<u8>], received: &[Vec<u8>], min_share: f64) {
+    let mut last: Option<usize> = None;
+    for (n, f) in received.iter().enumerate() {
+        assert!(f.len() >= 3, "{what} #{n}: {} bytes is too short to be ours", f.len());
+        let i = frame_index(f);
+        assert!(i < sent.len(), "{what} #{n}: index {i} was never sent");
+        assert!(f == &sent[i], "{what} #{n} (index {i}): {} bytes differ from the {} sent", f.len(), sent[i].len());
+        assert!(last.is_none_or(|l| i > l), "{what}: index {i} after {last:?}: duplicated or out of order");
+        last = Some(i);
+    }
+    let need = (sent.len() as f64 * min_share).ceil() as usize;
+    assert!(
+        received.len() >= need,
+        "{what}: {} of {} frames arrived, expected at least {need}",
+        received.len(),
+        sent.len()
+    );
+}
+
+/// Messages on incoming channels, with the channel's label and protocol.
+fn spawn_channel_reader(channel: Arc<dyn DataChannel>, out: mpsc::UnboundedSender<(String, String, bool, Vec<u8>)>) {
+    tokio::spawn(async move {
+        let label = channel.label().await.unwrap_or_default();
+        let protocol = channel.protocol().await.unwrap_or_default();
+        while let Some(event) = channel.poll().await {
+            match event {
+                DataChannelEvent::OnMessage(m) => {
+                    let _ = out.send((label.clone(), protocol.clone(), m.is_string, m.data.to_vec()));
+                }
+                DataChannelEvent::OnClose => return,
+                _ => {}
+            }
+        }
+    });
+}
+
+async fn wait_open(channel: &Arc<dyn DataChannel>, who: &str) {
+    within(&format!("{who}'s data channel to open"), async {
+        loop {
+            match channel.poll().await {
+                Some(DataChannelEvent::OnOpen) => return,
+                Some(DataChannelEvent::OnClose) | None => panic!("{who}'s data channel closed before opening"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Sends from one side until the other has a relayed message: the relay needs the receiver's
+/// own channel to be known to the server, which its local "open" does not prove. Then a binary
+/// message with every byte value and an 8 KiB one must follow exactly, in order.
+async fn check_relay(
+    from: &Arc<dyn DataChannel>,
+    sender_identity: &str,
+    inbox: &mut mpsc::UnboundedReceiver<(String, String, bool, Vec<u8>)>,
+) {
+    let mut sent_texts = Vec::new();
+    let first = within(&format!("a data message from {sender_identity}"), async {
+        loop {
+            let text = format!("hello from {sender_identity} #{}", sent_texts.len());
+            from.send_text(&text).await.expect("send text");
+            sent_texts.push(text);
+            if let Ok(Some(m)) = timeout(Duration::from_millis(250), inbox.recv()).await {
+                return m;
+            }
+        }
+    })
+    .await;
+    let (label, protocol, is_string, data) = first;
+    assert_eq!(label, "chat", "relayed channel label");
+    assert_eq!(protocol, sender_identity, "relayed channel protocol names the sender");
+    assert!(is_string, "a text message arrives as text");
+    let first_text = String::from_utf8(data).expect("UTF-8");
+    let pos = sent_texts.iter().position(|t| *t == first_text).expect("the message is one that was sent");
+
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let big: Vec<u8> = (0..8192u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    from.send(BytesMut::from(&all_bytes[..])).await.expect("send binary");
+    from.send(BytesMut::from(&big[..])).await.expect("send 8 KiB");
+    // Texts sent after the first one that arrived may still be in flight; they come first.
+    let mut expected: Vec<(bool, Vec<u8>)> =
+        sent_texts[pos + 1..].iter().map(|t| (true, t.clone().into_bytes())).collect();
+    expected.push((false, all_bytes));
+    expected.push((false, big));
+    for (n, (want_string, want)) in expected.into_iter().enumerate() {
+        let (label, protocol, is_string, data) =
+            within(&format!("relayed message {n} from {sender_identity}"), inbox.recv()).await.expect("channel alive");
+        assert_eq!((label.as_str(), protocol.as_str()), ("chat", sender_identity));
+        assert_eq!(is_string, want_string, "message {n}: text/binary flag");
+        assert!(
+            data == want,
+            "message {n} from {sender_identity}: {} bytes differ from the {} sent",
+            data.len(),
+            want.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_publisher_and_player_exchange_media_and_data() {
+    let ts = start_server("media").await;
+    let room = "webrtc-rs";
+
+    // Publisher: Opus + VP8 from our own packetizer, and a "chat" channel.
+    let mut alice = new_peer().await;
+    let (audio_ssrc, video_ssrc) = (0x1111_2222, 0x3333_4444);
+    let audio_track = local_track("audio", "audio/opus", 48_000, 2, audio_ssrc);
+    let video_track = local_track("video", "video/VP8", 90_000, 0, video_ssrc);
+    let audio_sender = alice.pc.add_track(Arc::clone(&audio_track) as Arc<dyn TrackLocal>).await.expect("add audio");
+    let video_sender = alice.pc.add_track(Arc::clone(&video_track) as Arc<dyn TrackLocal>).await.expect("add video");
+    let alice_chat = alice.pc.create_data_channel("chat", None).await.expect("alice's channel");
+    let offer = alice.offer().await;
+    let alice_session = post_offer(&ts, &format!("/whip/{room}"), &token(room, "alice"), offer).await;
+    assert!(alice_session.location.starts_with(&format!("/whip/{room}/")));
+    alice.accept_answer(alice_session.answer.clone()).await;
+
+    // Player: receive-only audio and video for alice, and its own "chat" channel.
+    let mut bob = new_peer().await;
+    for kind in ["audio", "video"] {
+        let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+        bob.pc.add_transceiver_from_kind(kind.into(), Some(init)).await.expect("recvonly transceiver");
+    }
+    let bob_chat = bob.pc.create_data_channel("chat", None).await.expect("bob's channel");
+    let offer = bob.offer().await;
+    let bob_session = post_offer(&ts, &format!("/whep/{room}/alice"), &token(room, "bob"), offer).await;
+    bob.accept_answer(bob_session.answer.clone()).await;
+
+    alice.connected("alice").await;
+    bob.connected("bob").await;
+
+    // webrtc-rs announces a remote track with its first packet, so readers start before media.
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let (kinds_tx, mut kinds_rx) = mpsc::unbounded_channel();
+    let mut bob_tracks = bob.tracks;
+    tokio::spawn(async move {
+        while let Some(track) = bob_tracks.recv().await {
+            let _ = kinds_tx.send(track.kind().await.to_string());
+            spawn_frame_reader(track, frames_tx.clone());
+        }
+    });
+
+    let audio_pt = negotiated_payload_type(&audio_sender, "audio/opus").await;
+    let video_pt = negotiated_payload_type(&video_sender, "video/VP8").await;
+    let audio_sent: Vec<Vec<u8>> = (0..AUDIO_FRAMES).map(opus_frame).collect();
+    let video_sent: Vec<Vec<u8>> = (0..VIDEO_FRAMES).map(vp8_frame).collect();
+    assert!(video_sent.iter().filter(|f| f.len() > 2 * VP8_FRAGMENT).count() >= 5);
+    assert!(is_vp8_keyframe(&video_sent[0]) && !is_vp8_keyframe(&video_sent[1]));
+
+    let audio = {
+        let mut out = RtpOut { track: Arc::clone(&audio_track), ssrc: audio_ssrc, payload_type: audio_pt, seq: 7000 };
+        let frames = audio_sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for (i, f) in frames.iter().enumerate() {
+                tick.tick().await;
+                out.send(5_000 + 960 * i as u32, f, i == 0).await;
+            }
+        })
+    };
+    let video = {
+        // Starts just below the wrap so the SFU's sequence handling crosses 65535 → 0.
+        let mut out = RtpOut { track: Arc::clone(&video_track), ssrc: video_ssrc, payload_type: video_pt, seq: 65_500 };
+        let frames = video_sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(33_333));
+            for (i, f) in frames.iter().enumerate() {
+                tick.tick().await;
+                out.send_vp8(90_000 + 3_000 * i as u32, f).await;
+            }
+        })
+    };
+    within("audio sending", audio).await.expect("audio task");
+    within("video sending", video).await.expect("video task");
+
+    // Collect until both streams are complete or have stopped arriving.
+    let (mut audio_got, mut video_got) = (Vec::new(), Vec::new());
+    let last_audio = |a: &Vec<Vec<u8>>| a.last().is_some_and(|f| frame_index(f) == AUDIO_FRAMES - 1);
+    let last_video = |v: &Vec<Vec<u8>>| v.last().is_some_and(|f| frame_index(f) == VIDEO_FRAMES - 1);
+    within("frames at bob", async {
+        while !(last_audio(&audio_got) && last_video(&video_got)) {
+            match timeout(Duration::from_secs(2), frames.recv()).await {
+                Ok(Some((Kind::Audio, f))) => audio_got.push(f),
+                Ok(Some((Kind::Video, f))) => video_got.push(f),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    let mut kinds = Vec::new();
+    while let Ok(kind) = kinds_rx.try_recv() {
+        kinds.push(kind);
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["audio", "video"], "bob's remote tracks");
+    eprintln!(
+        "bob received {} of {AUDIO_FRAMES} audio and {} of {VIDEO_FRAMES} video frames",
+        audio_got.len(),
+        video_got.len()
+    );
+    check_frames("audio", &audio_sent, &audio_got, 0.8);
+    check_frames("video", &video_sent, &video_got, 0.5);
+    assert!(is_vp8_keyframe(&video_got[0]), "video forwarding must start at a keyframe");
+    assert!(video_got.iter().any(|f| f.len() > 2 * VP8_FRAGMENT), "no multi-packet frame was reassembled");
+
+    // Data channels, both ways, each on a per-sender channel the SFU opens.
+    wait_open(&alice_chat, "alice").await;
+    wait_open(&bob_chat, "bob").await;
+    let (bob_inbox_tx, mut bob_inbox) = mpsc::unbounded_channel();
+    let (alice_inbox_tx, mut alice_inbox) = mpsc::unbounded_channel();
+    let mut bob_channels = bob.channels;
+    let mut alice_channels = alice.channels;
+    tokio::spawn(async move {
+        while let Some(ch) = bob_channels.recv().await {
+            spawn_channel_reader(ch, bob_inbox_tx.clone());
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(ch) = alice_channels.recv().await {
+            spawn_channel_reader(ch, alice_inbox_tx.clone());
+        }
+    });
+    check_relay(&alice_chat, "alice", &mut bob_inbox).await;
+    check_relay(&bob_chat, "bob", &mut alice_inbox).await;
+
+    let mut present = identities(&participants(&ts, room).await);
+    present.sort();
+    assert_eq!(present, ["alice", "bob"]);
+    let alice_entry = participants(&ts, room).await.into_iter().find(|p| p["identity"] == "alice").expect("alice");
+    let mut published: Vec<String> = alice_entry["tracks"]
+        .as_array()
+        .expect("tracks")
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap().to_string())
+        .collect();
+    published.sort();
+    assert_eq!(published, ["audio", "video"]);
+
+    assert_eq!(delete_session(&ts, &alice_session.location).await, StatusCode::OK);
+    assert_eq!(delete_session(&ts, &bob_session.location).await, StatusCode::OK);
+    assert_eq!(participants(&ts, room).await, Vec::<serde_json::Value>::new());
+    // The resource is gone for good.
+    assert_eq!(delete_session(&ts, &alice_session.location).await, StatusCode::NOT_FOUND);
+
+    let _ = alice.pc.close().await;
+    let _ = bob.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn expect_error(resp: reqwest::Response, status: StatusCode, code: &str) {
+    let got = resp.status();
+    let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = resp.text().await.expect("error body");
+    assert_eq!(got, status, "expected {status} {code}, got {got}: {body}");
+    assert_eq!(ctype.as_deref(), Some("application/json"), "{code}: error content type");
+    let json: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{code}: not JSON ({e}): {body}"));
+    assert_eq!(json["error"]["code"], code, "{body}");
+    assert!(json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{code}: no message: {body}");
+}
+
+fn stun_crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A binding request that names the session by its ICE username and has a valid FINGERPRINT,
+/// so it parses as STUN and is routed to the session, but its MESSAGE-INTEGRITY is made up.
+fn forged_binding_request(username: &str) -> Vec<u8> {
+    fn attr(out: &mut Vec<u8>, typ: u16, value: &[u8]) {
+        out.extend_from_slice(&typ.to_be_bytes());
+        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        out.extend_from_slice(value);
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
+    let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(b"forged-txid!");
+    attr(&mut m, 0x0006, username.as_bytes());
+    attr(&mut m, 0x0024, &0x6e00_01ffu32.to_be_bytes()); // PRIORITY
+    attr(&mut m, 0x0008, &[0xab; 20]); // MESSAGE-INTEGRITY
+    let len_with_fp = (m.len() - 20 + 8) as u16;
+    m[2..4].copy_from_slice(&len_with_fp.to_be_bytes());
+    let fp = stun_crc32(&m) ^ 0x5354_554e;
+    attr(&mut m, 0x8028, &fp.to_be_bytes());
+    m
+}
+
+fn sdp_attr<'a>(sdp: &'a str, name: &str) -> &'a str {
+    sdp.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("no {name} in:\n{sdp}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_and_garbage_datagrams_do_not_break_the_server() {
+    let ts = start_server("errors").await;
+    let room = "errors";
+    let whip = format!("{}/whip/{room}", ts.base);
+    let ok_token = token(room, "alice");
+    let post = |token: Option<String>, ctype: &'static str, body: Vec<u8>| {
+        let mut req = ts.http.post(&whip).header(reqwest::header::CONTENT_TYPE, ctype).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { within("POST", req.send()).await.expect("POST reaches the server") }
+    };
+
+    expect_error(
+        post(Some(ok_token.clone()), "application/sdp", b"this is not an SDP offer".to_vec()).await,
+        StatusCode::BAD_REQUEST,
+        "sdp_malformed",
+    )
+    .await;
+    expect_error(
+        post(Some(ok_token.clone()), "text/plain", b"v=0\r\n".to_vec()).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    expect_error(post(None, "application/sdp", b"v=0\r\n".to_vec()).await, StatusCode::UNAUTHORIZED, "token_missing")
+        .await;
+    expect_error(
+        post(Some(token("another-room", "alice")), "application/sdp", b"v=0\r\n".to_vec()).await,
+        StatusCode::FORBIDDEN,
+        "token_wrong_room",
+    )
+    .await;
+    let an_hour_ago = unix_now() - 3600;
+    let expired = mint(&join_claims(API_KEY, room, "alice", an_hour_ago, 60), SECRET);
+    expect_error(
+        post(Some(expired), "application/sdp", b"v=0\r\n".to_vec()).await,
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+    )
+    .await;
+    // Changing the signature's first character keeps it valid base64url of the same length.
+    let (signed, sig) = ok_token.rsplit_once('.').expect("three parts");
+    let mut sig = sig.to_string();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    sig.replace_range(0..1, flipped);
+    expect_error(
+        post(Some(format!("{signed}.{sig}")), "application/sdp", b"v=0\r\n".to_vec()).await,
+        StatusCode::UNAUTHORIZED,
+        "token_signature",
+    )
+    .await;
+    expect_error(
+        post(Some(ok_token.clone()), "application/sdp", vec![b'a'; 64 * 1024 + 1]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    )
+    .await;
+    let mut no_publish = join_claims(API_KEY, room, "viewer", unix_now(), 600);
+    no_publish.video.can_publish = Some(false);
+    expect_error(
+        post(Some(mint(&no_publish, SECRET)), "application/sdp", b"v=0\r\n".to_vec()).await,
+        StatusCode::FORBIDDEN,
+        "publish_not_allowed",
+    )
+    .await;
+    let resp = within("DELETE", ts.http.delete(format!("{whip}/00112233445566778899aabbccddeeff")).send())
+        .await
+        .expect("DELETE");
+    expect_error(resp, StatusCode::NOT_FOUND, "session_not_found").await;
+    assert_eq!(participants(&ts, room).await, Vec::<serde_json::Value>::new(), "refused requests left sessions behind");
+
+    // A connected session, then garbage at the media port from another socket.
+    let mut alice = new_peer().await;
+    let alice_chat = alice.pc.create_data_channel("chat", None).await.expect("channel");
+    let offer = alice.offer().await;
+    let session = post_offer(&ts, &format!("/whip/{room}"), &ok_token, offer.clone()).await;
+    alice.accept_answer(session.answer.clone()).await;
+    alice.connected("alice").await;
+    wait_open(&alice_chat, "alice").await;
+
+    let media: SocketAddr = ts.server.udp_addrs[0];
+    let username = format!("{}:{}", sdp_attr(&session.answer, "a=ice-ufrag:"), sdp_attr(&offer, "a=ice-ufrag:"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x00],
+        vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42],
+        forged_binding_request(&username)[..30].to_vec(),
+        forged_binding_request(&username),
+        vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x00],
+        vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0x00, 0x10, 0x01, 0x00, 0x00],
+        vec![0x17, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 9, 0x00, 0x04, 0xde, 0xad, 0xbe, 0xef],
+        vec![0x80, 0x6f, 0x12, 0x34, 0, 0, 0, 1, 0x11, 0x11, 0x22, 0x22],
+        vec![0x80, 0xc8, 0x00, 0x06, 0x11, 0x11, 0x22, 0x22],
+    ];
+    for len in [1, 2, 3, 12, 13, 20, 100, 1200, 1500] {
+        for _ in 0..4 {
+            garbage.push((0..len).map(|_| rng.r#gen::<u8>()).collect());
+        }
+    }
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for d in &garbage {
+        within("garbage send", socket.send_to(d, media)).await.expect("send garbage");
+    }
+
+    let health = within("healthz", ts.http.get(format!("{}/healthz", ts.base)).send()).await.expect("healthz");
+    assert_eq!(health.status(), StatusCode::OK);
+    let mut carol = new_peer().await;
+    let carol_chat = carol.pc.create_data_channel("chat", None).await.expect("channel");
+    let offer = carol.offer().await;
+    let carol_session = post_offer(&ts, &format!("/whip/{room}"), &token(room, "carol"), offer).await;
+    carol.accept_answer(carol_session.answer.clone()).await;
+    carol.connected("carol").await;
+    wait_open(&carol_chat, "carol").await;
+
+    // The first session outlived the garbage, and its data still reaches the newcomer: carol
+    // connecting means the server has read everything sent before her on that socket.
+    let mut present = identities(&participants(&ts, room).await);
+    present.sort();
+    assert_eq!(present, ["alice", "carol"], "a session did not survive the garbage");
+    assert_eq!(*alice.state.borrow(), RTCPeerConnectionState::Connected);
+    // The garbage did reach the router and was classified, not lost before it.
+    let metrics = within("metrics", async { ts.http.get(format!("{}/metrics", ts.base)).send().await?.text().await })
+        .await
+        .expect("metrics");
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(counter("auralink_sfu_datagrams_malformed_total ") > 0, "{metrics}");
+    assert!(counter("auralink_sfu_datagrams_unrouted_total ") > 0, "{metrics}");
+    let (carol_inbox_tx, mut carol_inbox) = mpsc::unbounded_channel();
+    let mut carol_channels = carol.channels;
+    tokio::spawn(async move {
+        while let Some(ch) = carol_channels.recv().await {
+            spawn_channel_reader(ch, carol_inbox_tx.clone());
+        }
+    });
+    check_relay(&alice_chat, "alice", &mut carol_inbox).await;
+
+    assert_eq!(delete_session(&ts, &session.location).await, StatusCode::OK);
+    assert_eq!(delete_session(&ts, &carol_session.location).await, StatusCode::OK);
+    let _ = alice.pc.close().await;
+    let _ = carol.pc.close().await;
+    ts.server.shutdown().await;
+}
