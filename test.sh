@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-apt_install build-essential pkg-config chromium chromium-driver nodejs npm
+apt_install build-essential pkg-config chromium chromium-driver
+# Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
+command -v node >/dev/null || apt_install nodejs
+command -v npm >/dev/null || apt_install npm
 need_cargo
 # Browser tests drive Debian's chromium with npm packages pinned by their lock files.
 for dir in tests/browser tests/livekit; do
