@@ -582,7 +582,13 @@ fn run_sfu(opts: &Opts, rt: &tokio::runtime::Runtime) -> Measured {
         let answer =
             rt.block_on(signal(&http, format!("http://{}/whep/{ROOM}", server.http), &format!("sub-{s}"), offer));
         client.accept_answer(&answer).expect("the WHEP answer is accepted");
-        eps.push(Endpoint { sock, addr, kind: Kind::Rtc { client: Box::new(client), mid: None }, publisher: None, subscriber: Some(s) });
+        eps.push(Endpoint {
+            sock,
+            addr,
+            kind: Kind::Rtc { client: Box::new(client), mid: None },
+            publisher: None,
+            subscriber: Some(s),
+        });
     }
     for p in 0..opts.publishers {
         let (sock, addr) = udp();

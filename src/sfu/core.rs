@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::channel::{ChannelData, ChannelId};
+use str0m::channel::{ChannelConfig, ChannelData, ChannelId};
 use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
@@ -52,6 +52,10 @@ pub struct JoinRequest {
     /// Whether the server may send offers to add tracks (LiveKit). WHEP sessions cannot take
     /// offers, so they forward only on the m-lines they offered.
     pub renegotiate: bool,
+    /// Data channels the server's first offer opens (LiveKit's subscriber connection). They
+    /// also keep the transport up when every media m-line is stopped: a bundle with nothing
+    /// left in it is closed by the browser.
+    pub server_channels: Vec<ChannelConfig>,
 }
 
 impl JoinRequest {
@@ -65,6 +69,7 @@ impl JoinRequest {
             permissions,
             subscribe: SubscribeFilter::All,
             renegotiate: false,
+            server_channels: Vec::new(),
         }
     }
 }
@@ -81,6 +86,8 @@ pub enum LeaveReason {
     TransportError,
     /// The server removed it (room deleted, admin action).
     Removed,
+    /// The same identity joined again (LiveKit semantics: the newer connection wins).
+    DuplicateIdentity,
 }
 
 /// Errors from router operations.
@@ -293,8 +300,14 @@ impl Sfu {
     /// send (a LiveKit subscriber connection). Renegotiation is implied.
     pub fn join_server_offered(&mut self, now: Instant, mut req: JoinRequest) -> ParticipantId {
         req.renegotiate = true;
+        let room = req.room.clone();
         let rtc = self.new_rtc(now);
-        self.add_session(now, req, rtc)
+        let id = self.add_session(now, req, rtc);
+        // The first offer carries the channels and whatever the room already publishes.
+        self.fill_slots(now, &room);
+        self.offer_later(id);
+        self.drive(now);
+        id
     }
 
     fn new_rtc(&self, now: Instant) -> Rtc {
@@ -352,6 +365,8 @@ impl Sfu {
                 to_stop: Vec::new(),
                 announced: HashMap::new(),
                 data_codec: req.data_codec,
+                channels_to_open: req.server_channels,
+                own_channels: Vec::new(),
             },
         );
         if participant == id {
@@ -448,6 +463,24 @@ impl Sfu {
         self.remove_peer(now, id, reason);
         self.drive(now);
         Ok(())
+    }
+
+    /// Ends every connection of a participant.
+    pub fn remove_participant(&mut self, now: Instant, participant: ParticipantId, reason: LeaveReason) {
+        let ids: Vec<ParticipantId> =
+            self.peers.values().filter(|p| p.participant == participant).map(|p| p.id).collect();
+        for id in ids {
+            self.remove_peer(now, id, reason);
+        }
+        self.drive(now);
+    }
+
+    /// Participants in `room` with this identity.
+    pub fn find_identity(&self, room: &RoomName, identity: &Identity) -> Vec<ParticipantId> {
+        let mut out: Vec<ParticipantId> =
+            self.peers.values().filter(|p| &p.room == room && &p.identity == identity).map(|p| p.participant).collect();
+        out.dedup();
+        out
     }
 
     /// Mutes or unmutes a published track for everyone.
@@ -789,6 +822,8 @@ impl Sfu {
                     }
                 }
             }
+            // The client closed DTLS (or SCTP): it is gone, by its own choice.
+            Event::Closed => self.remove_peer(now, id, LeaveReason::ClientRequest),
             Event::ChannelOpen(cid, _label) => self.handle_channel_open(id, cid),
             Event::ChannelData(d) => self.relay_data(id, d),
             Event::ChannelClose(cid) => {
@@ -908,10 +943,13 @@ impl Sfu {
     /// Offers the m-lines a renegotiating session is waiting for, unless an offer is out.
     fn make_offer(&mut self, id: ParticipantId) {
         let Some(p) = self.peers.get_mut(&id) else { return };
-        if p.pending.is_some() || (p.to_add.is_empty() && p.to_stop.is_empty()) {
+        if p.pending.is_some() || (p.to_add.is_empty() && p.to_stop.is_empty() && p.channels_to_open.is_empty()) {
             return;
         }
         let mut api = p.rtc.sdp_api();
+        for c in p.channels_to_open.drain(..) {
+            p.own_channels.push(api.add_channel_with_config(c));
+        }
         let mut planned = Vec::new();
         for track in p.to_add.drain(..) {
             let Some(t) = self.tracks.get(&track) else { continue };
@@ -1094,6 +1132,9 @@ impl Sfu {
             self.mark(id);
             return;
         }
+        if p.own_channels.contains(&cid) {
+            return;
+        }
         let config = p.rtc.channel(cid).and_then(|c| c.config().cloned()).unwrap_or_default();
         p.channels_in.insert(cid, config);
     }
@@ -1125,14 +1166,22 @@ impl Sfu {
         };
         let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
         let Some(r) = self.rooms.get(&room) else { return };
-        let recipients: Vec<ParticipantId> = r.participants.clone();
-        for to in recipients {
+        // One delivery per identity: a client may hold several connections (LiveKit's
+        // publisher and subscriber, a WHIP publisher beside WHEP players). The connection
+        // that speaks an envelope wins, then the oldest; only those whose client opened a
+        // channel have SCTP up.
+        let mut recipients: Vec<(Identity, bool, ParticipantId)> = r
+            .participants
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .filter(|q| q.identity != sender && !q.channels_in.is_empty())
+            .filter(|q| msg.destinations.is_empty() || msg.destinations.contains(&q.identity))
+            .map(|q| (q.identity.clone(), q.data_codec.is_none(), q.id))
+            .collect();
+        recipients.sort();
+        recipients.dedup_by(|a, b| a.0 == b.0);
+        for (_, _, to) in recipients {
             let Some(q) = self.peers.get_mut(&to) else { continue };
-            let addressed = msg.destinations.is_empty() || msg.destinations.contains(&q.identity);
-            // Only sessions whose client opened a channel have SCTP up.
-            if q.participant == sender_id || q.identity == sender || q.channels_in.is_empty() || !addressed {
-                continue;
-            }
             match q.data_codec.clone() {
                 Some(codec) => {
                     let Some((label, bytes)) = codec.encode(&msg, &sender, sender_id) else { continue };

@@ -78,6 +78,10 @@ pub(crate) struct Peer {
     pub announced: HashMap<String, TrackId>,
     /// How this client frames data messages; `None`: raw bytes on per-sender channels.
     pub data_codec: Option<Arc<dyn DataCodec>>,
+    /// Channels the next server offer opens.
+    pub channels_to_open: Vec<ChannelConfig>,
+    /// Channels the server opened through SDP; they are not the client's.
+    pub own_channels: Vec<ChannelId>,
 }
 
 impl Peer {

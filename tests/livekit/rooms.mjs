@@ -69,7 +69,7 @@ async function decoded(identity) {
   const room = window.room;
   const p = [...room.remoteParticipants.values()].find((x) => x.identity === identity);
   if (!p) return { ok: false, why: 'participant unknown', known: [...room.remoteParticipants.values()].map((x) => x.identity) };
-  const out = { ok: false, framesDecoded: 0, totalAudioEnergy: 0 };
+  const out = { ok: false, framesDecoded: 0, totalAudioEnergy: 0, sid: p.sid, pubs: [...p.trackPublications.values()].map((t) => `${t.trackSid}:${t.kind}:${!!t.track}:${t.isSubscribed}`), events: window.events.slice(-8) };
   for (const pub of p.trackPublications.values()) {
     if (!pub.track) continue;
     const report = await pub.track.getRTCStatsReport();
@@ -121,6 +121,7 @@ async function newPage(name) {
   });
   await page.goto(`${url}/healthz`);
   await page.addScriptTag({ path: umd });
+  if (process.env.LK_DEBUG) await page.evaluate(() => window.LivekitClient.setLogLevel('debug'));
   return page;
 }
 
@@ -163,6 +164,13 @@ try {
   await carol.evaluate(() => window.room.disconnect());
   await until(alice, 'alice to see carol leave', () => window.events.includes('left:carol'));
   log('leave seen');
+
+  // The signal connection drops: the SDK reconnects and media flows again.
+  await bob.evaluate(() => window.room.simulateScenario('signal-reconnect'));
+  await until(bob, 'bob to reconnect', () => window.events.includes('reconnected'));
+  await until(alice, 'alice to decode bob after his reconnect', decoded, 'bob');
+  await until(bob, 'bob to decode alice after his reconnect', decoded, 'alice');
+  log('reconnect resumed media');
 
   // A token for another room is refused with the SDK's error.
   const wrong = await newPage('mallory');

@@ -13,12 +13,13 @@ use proto::participant_info::State as PState;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
 use str0m::Candidate;
+use str0m::channel::{ChannelConfig, Reliability};
 use str0m::media::MediaKind;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::LiveKitState;
 use super::convert;
-use super::data::LiveKitData;
+use super::data::{self, LiveKitData};
 use super::registry::{ParticipantMeta, TrackMeta};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
@@ -118,8 +119,12 @@ pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: Web
         }
         Err(e) => {
             tracing::info!(participant = %session.participant, error = %e, "livekit session closed");
-            if let SessionError::Removed(_) = e {
-                let _ = send(&mut tx, leave(proto::DisconnectReason::ParticipantRemoved)).await;
+            if let SessionError::Removed(reason) = e {
+                let why = match reason {
+                    LeaveReason::DuplicateIdentity => proto::DisconnectReason::DuplicateIdentity,
+                    _ => proto::DisconnectReason::ParticipantRemoved,
+                };
+                let _ = send(&mut tx, leave(why)).await;
             }
             let _ = tx.send(close(&e)).await;
         }
@@ -161,8 +166,33 @@ impl Session {
         }
         let subscribe =
             if opts.auto_subscribe && perms.subscribe { SubscribeFilter::All } else { SubscribeFilter::None };
-        let req = JoinRequest { subscribe, ..JoinRequest::new(room.clone(), identity.clone(), perms) };
-        let participant = state.sfu.call(move |sfu, now| sfu.join_server_offered(now, req)).await?;
+        // LiveKit's subscriber connection carries server-opened `_reliable` and `_lossy`
+        // channels; the SDK adopts them by label.
+        let server_channels = vec![
+            ChannelConfig { label: data::RELIABLE.into(), ..Default::default() },
+            ChannelConfig {
+                label: data::LOSSY.into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                ..Default::default()
+            },
+        ];
+        let req = JoinRequest { subscribe, server_channels, ..JoinRequest::new(room.clone(), identity.clone(), perms) };
+        let registry = Arc::clone(&state.registry);
+        let participant = state
+            .sfu
+            .call(move |sfu, now| {
+                // One identity, one LiveKit participant: a rejoin replaces the old one, and
+                // others see it leave before the new one arrives. (WHIP/WHEP sessions may share
+                // an identity, a publisher and a player, and are left alone.)
+                for old in sfu.find_identity(&req.room, &req.identity) {
+                    if registry.participant(old).is_some() {
+                        sfu.remove_participant(now, old, LeaveReason::DuplicateIdentity);
+                    }
+                }
+                sfu.join_server_offered(now, req)
+            })
+            .await?;
         state.registry.set_participant(
             participant,
             ParticipantMeta {
@@ -226,6 +256,12 @@ impl Session {
             ice_servers,
             // The client's publisher connection comes up first and carries its data channels.
             subscriber_primary: false,
+            // A session ends with its WebSocket (see docs/livekit-compat.md), so the SDK must
+            // rejoin rather than try to resume it.
+            client_configuration: Some(proto::ClientConfiguration {
+                resume_connection: proto::ClientConfigSetting::Disabled as i32,
+                ..Default::default()
+            }),
             ping_timeout: PING_TIMEOUT,
             ping_interval: PING_INTERVAL,
             server_info: Some(proto::ServerInfo {
@@ -523,7 +559,6 @@ impl Session {
 
     /// Leaves both connections and forgets the participant.
     async fn finish(self) {
-        let ids: Vec<ParticipantId> = std::iter::once(self.participant).chain(self.publisher).collect();
         let participant = self.participant;
         let room = self.room.clone();
         let tracks = self
@@ -536,9 +571,7 @@ impl Session {
                     .filter(|p| p.id == participant)
                     .flat_map(|p| p.tracks.into_iter().map(|t| t.id))
                     .collect();
-                for id in ids {
-                    let _ = sfu.leave(now, id, LeaveReason::ClientRequest);
-                }
+                sfu.remove_participant(now, participant, LeaveReason::ClientRequest);
                 tracks
             })
             .await

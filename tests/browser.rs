@@ -1,0 +1,55 @@
+//! The demo page in real headless Chromium: two pages publish over WHIP, play each other over
+//! WHEP, chat over data channels, and one leaves. The browser side is
+//! `tests/browser/whip_whep.mjs` (playwright-core); this starts the server and runs it.
+//! Prerequisites (Debian chromium, `npm ci` in tests/browser) come from `./test.sh`.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use auralink::config::Config;
+use tokio::process::Command;
+
+/// The whole browser run: launch, ~30 s bound on media, chat, leave. Killed past this.
+const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_publish_play_chat_and_leave() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Missing prerequisites fail loudly: a browser test that skips itself proves nothing.
+    let chromium = ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].iter().any(|p| Path::new(p).exists());
+    assert!(chromium, "Chromium is not installed (/usr/bin/chromium): run ./test.sh to install test prerequisites");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").is_dir(),
+        "tests/browser/node_modules is missing: run ./test.sh (it runs `npm ci` in tests/browser)"
+    );
+
+    // No keys: dev mode, so the page gets its tokens from /dev/token.
+    let data_dir = std::env::temp_dir().join(format!("auralink-browser-{}", std::process::id()));
+    let server = auralink::server::start(Config::loopback(&data_dir)).await.expect("server starts");
+    let base = format!("http://{}", server.http_addr);
+
+    let child = Command::new("node")
+        .arg("tests/browser/whip_whep.mjs")
+        .arg(&base)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Dropping the child (on timeout) kills node; playwright's pipe closing ends Chromium.
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (install nodejs: ./test.sh)");
+    let result = tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output()).await;
+
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+
+    let output = result
+        .unwrap_or_else(|_| panic!("browser test did not finish in {NODE_TIMEOUT:?}; node was killed"))
+        .expect("waiting for node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("--- node stdout ---\n{stdout}--- node stderr ---\n{stderr}");
+    assert!(output.status.success(), "browser test failed ({}):\n{stdout}{stderr}", output.status);
+}

@@ -1,0 +1,130 @@
+// Two headless Chromium pages join one room through the demo page: each publishes fake camera
+// and microphone over WHIP and plays the other over WHEP; then chat both ways, then one leaves.
+// Usage: node tests/browser/whip_whep.mjs http://127.0.0.1:<port>   (run by tests/browser.rs)
+// Exit 0 on success, 1 with the reason on stderr.
+
+import { chromium } from "playwright-core";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const base = process.argv[2];
+if (!base) {
+  console.error("usage: node whip_whep.mjs http://127.0.0.1:<port>");
+  process.exit(2);
+}
+const room = "t1";
+
+// Debian's /usr/bin/chromium is a shell wrapper that adds its own flags; launch the real binary
+// so ours are the only ones.
+const executablePath = ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].find(existsSync);
+const userDataDir = mkdtempSync(join(tmpdir(), "auralink-chromium-"));
+const args = [
+  "--headless",
+  "--no-sandbox",
+  "--use-fake-device-for-media-stream",
+  "--use-fake-ui-for-media-stream",
+  // Without it Chrome offers no 127.0.0.1 candidate and cannot reach a loopback-only server.
+  "--allow-loopback-in-peer-connection",
+  // Else host candidates are hidden behind mDNS names (multicast queries off the machine).
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+  // Keep every lookup on the machine; the EXCLUDE parts keep the server reachable.
+  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+  // Remote audio must play unmuted without a click (autojoin has no user gesture).
+  "--autoplay-policy=no-user-gesture-required",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  `--user-data-dir=${userDataDir}`,
+  // playwright drives the browser over this pipe (ignoreDefaultArgs drops its own flags).
+  "--remote-debugging-pipe",
+];
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls `check` until it returns a truthy value or `ms` pass; throws `what` with the last state.
+async function waitFor(what, ms, check, describe) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms / 1000} s waiting for ${what}; state: ${await describe()}`);
+    await sleep(250);
+  }
+}
+
+const state = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.auralink ?? null)));
+
+let browser;
+let failed = false;
+// Our own deadline, under the Rust driver's hard kill, so Chromium is always closed by us.
+const watchdog = setTimeout(async () => {
+  console.error("browser test FAILED: overall timeout (90 s)");
+  if (browser) await browser.close().catch(() => {});
+  rmSync(userDataDir, { recursive: true, force: true });
+  process.exit(1);
+}, 90_000);
+try {
+  browser = await chromium.launch({ executablePath, ignoreDefaultArgs: true, args, timeout: 30_000 });
+  const pages = {};
+  for (const identity of ["alice", "bob"]) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on("console", (m) => ["error", "warning"].includes(m.type()) && console.log(`[${identity} console.${m.type()}] ${m.text()}`));
+    page.on("response", (r) => r.status() >= 400 && console.log(`[${identity}] ${r.request().method()} ${r.url()} -> ${r.status()}`));
+    page.on("pageerror", (e) => console.log(`[${identity} pageerror] ${e.message}`));
+    await page.goto(`${base}/?room=${room}&identity=${identity}&autojoin=1`);
+    pages[identity] = page;
+  }
+  const { alice, bob } = pages;
+  const status = async () => {
+    const out = {};
+    for (const [name, page] of Object.entries(pages)) {
+      out[name] = { ...(await state(page)), status: await page.locator("#status").textContent() };
+    }
+    return JSON.stringify(out);
+  };
+
+  // Both published, and each decodes the other's video and hears its audio.
+  const flowing = (me, other) => async () => {
+    const r = (await state(pages[me]))?.remotes?.[other];
+    return r && r.framesDecoded > 0 && r.totalAudioEnergy > 0;
+  };
+  await waitFor("alice and bob to decode each other's video and audio", 30_000,
+    async () => (await flowing("alice", "bob")()) && (await flowing("bob", "alice")()), status);
+  // Let a few more seconds of media flow so the summary shows a steady state.
+  await sleep(2000);
+  const stats = { alice: await state(alice), bob: await state(bob) };
+
+  // Chat both ways: the server relays on channels whose protocol names the sender.
+  for (const [from, to] of [["alice", "bob"], ["bob", "alice"]]) {
+    const text = `hello from ${from} ${Date.now()}`;
+    await waitFor(`${from}'s chat channel to open`, 10_000, () => pages[from].evaluate((t) => window.auralink.sendChat(t), text), status);
+    await waitFor(`${to} to receive ${from}'s chat message`, 10_000,
+      async () => (await state(pages[to])).chat.some((m) => m.from === from && m.text === text), status);
+  }
+
+  // Bob leaves: alice's next participant polls drop his tile.
+  await bob.click("#leave");
+  await waitFor("bob to be unpublished", 5_000, async () => !(await state(bob)).publishing, status);
+  await waitFor("alice's tile for bob to disappear", 10_000,
+    async () => !(await state(alice)).remotes.bob && (await alice.locator('.tile[data-key="r-bob"]').count()) === 0, status);
+
+  console.log("browser test passed");
+  for (const [me, other] of [["alice", "bob"], ["bob", "alice"]]) {
+    const r = stats[me].remotes[other];
+    console.log(`  ${me} <- ${other}: framesDecoded=${r.framesDecoded} videoPackets=${r.videoPacketsReceived} ` +
+                `audioPackets=${r.audioPacketsReceived} totalAudioEnergy=${r.totalAudioEnergy.toPrecision(3)}`);
+  }
+} catch (e) {
+  failed = true;
+  console.error(`browser test FAILED: ${e.message}`);
+} finally {
+  clearTimeout(watchdog);
+  if (browser) await browser.close().catch(() => {});
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
