@@ -322,3 +322,51 @@ fn write_fuzz_seeds() {
         write("datagram", &format!("{i:03}"), &input);
     }
 }
+
+#[test]
+fn livekit_signal_entry_survives_mutated_frames() {
+    use livekit_protocol as proto;
+    use prost::Message;
+    let mut rng = StdRng::seed_from_u64(0x11e5);
+    let frames: Vec<Vec<u8>> = vec![
+        proto::SignalRequest {
+            message: Some(proto::signal_request::Message::Offer(proto::SessionDescription {
+                r#type: "offer".into(),
+                sdp: entries::valid_offer(),
+                id: 1,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec(),
+        proto::SignalRequest {
+            message: Some(proto::signal_request::Message::Trickle(proto::TrickleRequest {
+                candidate_init: r#"{"candidate":"candidate:1 1 udp 2113937151 127.0.0.1 5000 typ host","sdpMid":"0"}"#
+                    .into(),
+                target: 1,
+                r#final: false,
+            })),
+        }
+        .encode_to_vec(),
+        proto::DataPacket {
+            participant_identity: "x".into(),
+            destination_identities: vec!["y".into()],
+            value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                payload: b"hello".to_vec(),
+                topic: Some("chat".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    ];
+    for i in 0..CASES {
+        let input = if i % 4 == 3 {
+            random_bytes(&mut rng, 300)
+        } else {
+            mutate(&mut rng, &frames[i % 3], &[b"\x0a", b"\x12", b"\xff\xff\xff\xff\x0f"])
+        };
+        entries::livekit_signal(&input);
+    }
+    assert!(auralink::sfu::signal::livekit::decode_request(&frames[0]).is_some());
+    assert!(auralink::sfu::signal::livekit::decode_request(b"\xff\x00garbage").is_none());
+}

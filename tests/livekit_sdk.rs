@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use auralink::config::Config;
 
-const SECRET: &str = "livekit-sdk-test-secret-0123456789abcdef";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_client_sdk_rooms() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -17,22 +15,24 @@ async fn livekit_client_sdk_rooms() {
         dir.join("node_modules/livekit-client").exists() && Path::new("/usr/lib/chromium/chromium").exists(),
         "chromium or tests/livekit/node_modules is missing: run ./test.sh, which installs them"
     );
-    let mut config = Config::loopback(std::env::temp_dir().join(format!("auralink-lk-{}", std::process::id())));
-    config.keys = [("APIlk".to_string(), SECRET.to_string())].into_iter().collect();
+    // Dev mode, so the WHIP/WHEP demo page (mixed-room check) mints its own tokens; the SDK
+    // side signs with the same generated pair through livekit-server-sdk.
+    let config = Config::loopback(std::env::temp_dir().join(format!("auralink-lk-{}", std::process::id())));
     let server = auralink::server::start(config).await.unwrap();
     let url = format!("http://{}", server.http_addr);
+    let (key, secret) = server.dev_keys.clone().expect("dev mode");
 
     let mut child = tokio::process::Command::new("node")
         .arg(dir.join("rooms.mjs"))
-        .args([&url, "APIlk", SECRET])
+        .args([&url, &key, &secret])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("node is installed");
-    let status = tokio::time::timeout(Duration::from_secs(180), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(240), child.wait())
         .await
-        .expect("the browser test finishes within 180 s")
+        .expect("the browser test finishes within 240 s")
         .unwrap();
     assert!(status.success(), "tests/livekit/rooms.mjs failed (its output is above)");
     server.shutdown().await;

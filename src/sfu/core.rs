@@ -93,7 +93,7 @@ pub enum LeaveReason {
 /// Errors from router operations.
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
-    #[error("malformed SDP offer: {0}")]
+    #[error("malformed SDP: {0}")]
     BadSdp(String),
     #[error("offer could not be negotiated: {0}")]
     Negotiation(String),
@@ -402,9 +402,12 @@ impl Sfu {
 
     /// Applies the client's answer to our last offer.
     pub fn handle_answer(&mut self, now: Instant, id: ParticipantId, sdp: &str) -> Result<(), SfuError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
-        let (pending, planned) = peer.pending.take().ok_or(SfuError::NoPendingOffer)?;
+        if peer.pending.is_none() {
+            return Err(SfuError::NoPendingOffer);
+        }
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
+        let (pending, planned) = peer.pending.take().expect("checked above");
         if let Err(e) = negotiate(|| peer.rtc.sdp_api().accept_answer(pending, answer)) {
             return Err(self.failed_negotiation(now, id, e));
         }

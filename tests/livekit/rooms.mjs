@@ -77,6 +77,7 @@ async function decoded(identity) {
       if (s.type !== 'inbound-rtp') return;
       if (s.kind === 'video') {
         out.framesDecoded += s.framesDecoded || 0;
+        out.frameWidth = s.frameWidth || 0;
         out.videoPackets = (out.videoPackets || 0) + (s.packetsReceived || 0);
         out.pli = (out.pli || 0) + (s.pliCount || 0);
       }
@@ -121,6 +122,8 @@ async function newPage(name) {
   });
   await page.goto(`${url}/healthz`);
   await page.addScriptTag({ path: umd });
+  // Page-side checks below call it by name.
+  await page.addScriptTag({ content: `window.decoded = ${decoded.toString()};` });
   if (process.env.LK_DEBUG) await page.evaluate(() => window.LivekitClient.setLogLevel('debug'));
   return page;
 }
@@ -165,12 +168,114 @@ try {
   await until(alice, 'alice to see carol leave', () => window.events.includes('left:carol'));
   log('leave seen');
 
+  // Simulcast: bob asks for low quality of alice's camera; the layer he receives shrinks.
+  const width = async () => (await bob.evaluate(decoded, 'alice')).frameWidth;
+  await until(bob, 'alice full-size layer', async () => {
+    const d = await window.decoded('alice');
+    return { ok: d.frameWidth >= 640, d };
+  });
+  const before = await width();
+  await bob.evaluate(() => {
+    const p = [...window.room.remoteParticipants.values()].find((x) => x.identity === 'alice');
+    const pub = [...p.trackPublications.values()].find((t) => t.kind === 'video');
+    pub.setVideoQuality(window.LivekitClient.VideoQuality.LOW);
+  });
+  await until(bob, 'the low layer', async (w) => {
+    const d = await window.decoded('alice');
+    return { ok: d.frameWidth > 0 && d.frameWidth < w, d };
+  }, before);
+  log(`simulcast: ${before}px wide, then ${await width()}px after asking for LOW`);
+
+  // Bad input on a signal connection closes that connection with a reason; the room goes on.
+  const bad = await newPage('bad-ws');
+  const badToken = await token('fuzzer', room);
+  const closes = await bad.evaluate(async ({ wsUrl, badToken }) => {
+    const attempt = (send) =>
+      new Promise((resolve) => {
+        const ws = new WebSocket(`${wsUrl}/rtc?access_token=${badToken}&auto_subscribe=0`);
+        ws.binaryType = 'arraybuffer';
+        let joined = false;
+        ws.onmessage = () => {
+          if (!joined) {
+            joined = true;
+            send(ws);
+          }
+        };
+        ws.onclose = (e) => resolve(`${e.code} ${e.reason}`);
+        setTimeout(() => resolve('no close'), 5000);
+      });
+    return [
+      await attempt((ws) => ws.send(new Uint8Array([0xff, 0xff, 0xff, 0x01, 0x02]))),
+      await attempt((ws) => ws.send('{"offer": {}}')),
+      // SignalRequest{answer: {type:"answer", sdp:"v=0"}}: a broken answer to the server's offer.
+      await attempt((ws) => ws.send(new Uint8Array([0x12, 0x0d, 0x0a, 0x06, ...new TextEncoder().encode('answer'), 0x12, 0x03, ...new TextEncoder().encode('v=0')]))),
+      // SignalRequest{mute: {sid:"TR_1", muted:true}}: muting a track of somebody else.
+      await attempt((ws) => ws.send(new Uint8Array([0x2a, 0x08, 0x0a, 0x04, ...new TextEncoder().encode('TR_1'), 0x10, 0x01]))),
+      await attempt((ws) => ws.send(new Uint8Array(300 * 1024))),
+    ];
+  }, { wsUrl, badToken });
+  log('bad frames ->', JSON.stringify(closes));
+  const expect = [/^1008 malformed/, /^1008 text frames/, /^1008 negotiation failed: malformed SDP/, /^1008 invalid value: TR_1 is not a track of this participant/, /^1009/];
+  closes.forEach((c, i) => {
+    if (!expect[i].test(c)) throw new Error(`bad frame ${i} closed with ${c}`);
+  });
+  const aliceStill = await alice.evaluate(decoded, 'bob');
+  await until(alice, 'alice still decoding bob after the bad clients', async (n) => {
+    const d = await window.decoded('bob');
+    return { ok: d.framesDecoded > n, d };
+  }, aliceStill.framesDecoded);
+  log('room unaffected by bad clients');
+
+  // Mixed room: the WHIP/WHEP demo page and SDK clients see each other.
+  const whip = await newPage('whip');
+  await whip.goto(`${url}/?room=${room}&identity=whipper&autojoin=1`);
+  await until(whip, 'the WHEP player to decode alice', () => {
+    const r = window.auralink?.remotes?.alice;
+    return { ok: !!r && r.framesDecoded > 0 && r.totalAudioEnergy > 0, r };
+  });
+  await until(alice, 'alice to decode the WHIP publisher', decoded, 'whipper');
+  log('mixed room: WHIP/WHEP page and SDK clients see each other');
+  await whip.close();
+
   // The signal connection drops: the SDK reconnects and media flows again.
   await bob.evaluate(() => window.room.simulateScenario('signal-reconnect'));
   await until(bob, 'bob to reconnect', () => window.events.includes('reconnected'));
   await until(alice, 'alice to decode bob after his reconnect', decoded, 'bob');
   await until(bob, 'bob to decode alice after his reconnect', decoded, 'alice');
   log('reconnect resumed media');
+
+  // Tokens: tampered and expired ones are refused with the SDK's error.
+  const attemptJoin = async (t) => {
+    const p = await newPage('token');
+    const r = await p.evaluate(
+      async ({ wsUrl, t }) => {
+        try {
+          await new window.LivekitClient.Room().connect(wsUrl, t);
+          return 'connected';
+        } catch (e) {
+          return `${e.name}: ${e.message} status=${e.status ?? ''}`;
+        }
+      },
+      { wsUrl, t },
+    );
+    await p.close();
+    return r;
+  };
+  const good = await token('eve', room);
+  const [h, b, sig] = good.split('.');
+  const tampered = `${h}.${Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(b, 'base64url')), sub: 'admin' })).toString('base64url')}.${sig}`;
+  const expiredAt = new AccessToken(apiKey, apiSecret, { identity: 'eve', ttl: 1 });
+  expiredAt.addGrant({ roomJoin: true, room });
+  const expired = await expiredAt.toJwt();
+  await new Promise((r) => setTimeout(r, 12_000)); // past the 10 s clock-skew leeway
+  for (const [what, t, want] of [
+    ['tampered', tampered, /401.*signature|signature.*401/],
+    ['expired', expired, /expired/],
+  ]) {
+    const r = await attemptJoin(t);
+    log(`${what} token ->`, r);
+    if (!want.test(r)) throw new Error(`${what} token: ${r}`);
+  }
 
   // A token for another room is refused with the SDK's error.
   const wrong = await newPage('mallory');

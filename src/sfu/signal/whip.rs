@@ -138,7 +138,12 @@ async fn create(
     let offer2 = offer.clone();
     let (participant, answer) = s
         .sfu
-        .call(move |sfu, now| sfu.join(now, req, &offer2))
+        .call(move |sfu, now| {
+            // An identity is one participant: a WHIP publisher and the WHEP players of the same
+            // user are its connections, so others see one participant with all its tracks.
+            let req = JoinRequest { participant: sfu.find_identity(&req.room, &req.identity).first().copied(), ..req };
+            sfu.join(now, req, &offer2)
+        })
         .await
         .map_err(|_| ApiError::unavailable())?
         .map_err(sfu_error)?;

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+pub use self::data::LiveKitData;
 pub use self::registry::Registry;
 use super::token::{Claims, TokenError, TokenVerifier};
 use crate::config::IceServer;
@@ -65,6 +66,12 @@ pub fn router(state: LiveKitState) -> Router {
 
 async fn v1_not_supported() -> Response {
     (StatusCode::NOT_FOUND, "single peer connection signaling (/rtc/v1) is not supported; use /rtc").into_response()
+}
+
+/// Decodes one client frame; `None` for anything that is not a `SignalRequest` with a message.
+pub fn decode_request(bytes: &[u8]) -> Option<livekit_protocol::signal_request::Message> {
+    use prost::Message;
+    livekit_protocol::SignalRequest::decode(bytes).ok()?.message
 }
 
 fn now_secs() -> u64 {

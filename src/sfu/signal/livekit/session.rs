@@ -52,6 +52,8 @@ enum SessionError {
     Malformed,
     #[error("text frames are not part of the protocol")]
     TextFrame,
+    #[error("websocket: {0}")]
+    WebSocket(String),
     #[error("{0} is not valid now")]
     OutOfOrder(&'static str),
     #[error("invalid value: {0}")]
@@ -75,6 +77,8 @@ impl SessionError {
             | SessionError::OutOfOrder(_)
             | SessionError::Invalid(_) => 1008,
             SessionError::Sfu(_) => 1008,
+            // 1009: the message was too big (or the stream broke; then nobody reads this).
+            SessionError::WebSocket(_) => 1009,
             SessionError::Gone(_) => 1011,
             SessionError::PingTimeout | SessionError::Removed(_) => 1000,
         }
@@ -293,11 +297,12 @@ impl Session {
                         Some(Ok(Message::Binary(b))) => b,
                         Some(Ok(Message::Text(_))) => return Err(SessionError::TextFrame),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(()),
+                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        // Oversized frames end up here, as do broken connections.
+                        Some(Err(e)) => return Err(SessionError::WebSocket(e.to_string())),
                     };
                     deadline = tokio::time::Instant::now() + timeout;
-                    let req = proto::SignalRequest::decode(bytes.as_ref()).map_err(|_| SessionError::Malformed)?;
-                    let Some(msg) = req.message else { return Err(SessionError::Malformed) };
+                    let msg = super::decode_request(&bytes).ok_or(SessionError::Malformed)?;
                     if let Req::Leave(_) = msg {
                         return Ok(());
                     }
