@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Sets up and runs AuraLink: installs what the build needs (skipping what is there), builds
-# release, and starts `auralink serve` on the embedded defaults (dev mode, data in ./data).
+# release, installs the livekit-client bundle the demo page loads (web/vendor/), and starts
+# `auralink serve` on the embedded defaults (dev mode, data in ./data).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
 apt_install build-essential pkg-config
+# Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
+command -v npm >/dev/null || apt_install npm
 need_cargo
 cargo build --release --bin auralink
+scripts/web-vendor.sh
 exec "$CARGO_TARGET_DIR/release/auralink" serve "$@"

@@ -14,4 +14,6 @@ for dir in tests/browser tests/livekit; do
   [ -f "$dir/package.json" ] || continue
   (cd "$dir" && { [ -d node_modules ] && npm ls --silent >/dev/null 2>&1 || npm ci --no-audit --no-fund; })
 done
+# The room page at / loads livekit-client from web/vendor/; the browser test opens it.
+scripts/web-vendor.sh
 cargo test --all-targets -- --test-threads=2

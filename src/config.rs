@@ -38,6 +38,9 @@ pub struct Config {
     pub room: RoomConfig,
     /// Where the server keeps its files (SQLite database, dev keys).
     pub data_dir: PathBuf,
+    /// Files served beside the pages compiled into the binary: the livekit-client bundle that
+    /// `scripts/web-vendor.sh` installs under `vendor/`.
+    pub web_dir: PathBuf,
     /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
     pub keys: BTreeMap<String, String>,
 }
@@ -98,6 +101,7 @@ impl Default for Config {
             rtc: RtcConfig::default(),
             room: RoomConfig::default(),
             data_dir: PathBuf::from("./data"),
+            web_dir: PathBuf::from("./web"),
             keys: BTreeMap::new(),
         }
     }

@@ -130,8 +130,14 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         registry: Default::default(),
     };
     let draining = Arc::new(AtomicBool::new(false));
-    let state =
-        AppState { sfu: handle.clone(), whip, livekit, draining: Arc::clone(&draining), dev_keys: dev_keys.clone() };
+    let state = AppState {
+        sfu: handle.clone(),
+        whip,
+        livekit,
+        draining: Arc::clone(&draining),
+        dev_keys: dev_keys.clone(),
+        web_dir: config.web_dir.clone(),
+    };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;
     let http_addr = listener.local_addr().expect("bound listener has an address");

@@ -1,7 +1,9 @@
-//! The demo page in real headless Chromium: two pages publish over WHIP, play each other over
-//! WHEP, chat over data channels, and one leaves. The browser side is
+//! The demo pages in real headless Chromium. `/whip`: two pages publish over WHIP, play each
+//! other over WHEP, chat over data channels, and one leaves. `/` (livekit-client room app): two
+//! pages see and hear each other, and one leaves. The browser side is
 //! `tests/browser/whip_whep.mjs` (playwright-core); this starts the server and runs it.
-//! Prerequisites (Debian chromium, `npm ci` in tests/browser) come from `./test.sh`.
+//! Prerequisites (Debian chromium, `npm ci` in tests/browser, the livekit-client bundle in
+//! web/vendor) come from `./test.sh`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -10,8 +12,9 @@ use std::time::Duration;
 use auralink::config::Config;
 use tokio::process::Command;
 
-/// The whole browser run: launch, ~30 s bound on media, chat, leave. Killed past this.
-const NODE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The whole browser run: launch, then per page ~30 s bound on media, chat, leave. Killed past
+/// this (the script's own watchdog fires at 150 s).
+const NODE_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_publish_play_chat_and_leave() {
@@ -23,10 +26,17 @@ async fn two_browsers_publish_play_chat_and_leave() {
         root.join("tests/browser/node_modules/playwright-core").is_dir(),
         "tests/browser/node_modules is missing: run ./test.sh (it runs `npm ci` in tests/browser)"
     );
+    let web_dir = root.join("web");
+    assert!(
+        web_dir.join("vendor/livekit-client.umd.js").is_file(),
+        "web/vendor/livekit-client.umd.js is missing: run ./test.sh (it runs scripts/web-vendor.sh)"
+    );
 
     // No keys: dev mode, so the page gets its tokens from /dev/token.
     let data_dir = std::env::temp_dir().join(format!("auralink-browser-{}", std::process::id()));
-    let server = auralink::server::start(Config::loopback(&data_dir)).await.expect("server starts");
+    // Absolute, so the bundle is found whatever directory the test binary runs in.
+    let config = Config { web_dir, ..Config::loopback(&data_dir) };
+    let server = auralink::server::start(config).await.expect("server starts");
     let base = format!("http://{}", server.http_addr);
 
     let child = Command::new("node")

@@ -1,14 +1,16 @@
-//! HTTP surface: `app(state) -> Router`. This issue carries health, the demo page and the
-//! WHIP/WHEP signaling; the control API grows here.
+//! HTTP surface: `app(state) -> Router`. This issue carries health, the demo pages (LiveKit
+//! room app at `/`, WHIP/WHEP at `/whip`) and the WHIP/WHEP signaling; the control API grows
+//! here.
 
 mod metrics;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,12 +33,16 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The dev key pair, when the server runs in dev mode: enables `/dev/token` for the demo.
     pub dev_keys: Option<(String, String)>,
+    /// See [`crate::config::Config::web_dir`].
+    pub web_dir: PathBuf,
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(demo_page))
+        .route("/whip", get(whip_page))
+        .route("/vendor/livekit-client.umd.js", get(livekit_bundle))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
@@ -48,6 +54,38 @@ pub fn app(state: AppState) -> Router {
 
 async fn demo_page() -> Html<&'static str> {
     Html(include_str!("../../web/index.html"))
+}
+
+async fn whip_page() -> Html<&'static str> {
+    Html(include_str!("../../web/whip.html"))
+}
+
+/// The livekit-client UMD bundle the room page at `/` loads. It is not compiled in: it is
+/// npm's file, installed by `scripts/web-vendor.sh`, and keeping ~0.5 MB of third-party
+/// JavaScript out of the binary keeps it out of the repository too. Read per request rather
+/// than once at start so re-running the script (new version, first install after the server
+/// started) takes effect without a restart; one page load fetches it once and the OS caches
+/// the file, so the read costs nothing that matters.
+async fn livekit_bundle(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let path = s.web_dir.join("vendor/livekit-client.umd.js");
+    // tokio is built without its `fs` feature; the blocking pool does the same job.
+    let read = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || std::fs::read(path)
+    })
+    .await;
+    match read {
+        Ok(Ok(body)) => Ok(([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], body).into_response()),
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "livekit-client bundle unavailable");
+            Err(ApiError::not_found(
+                "bundle_missing",
+                "livekit-client.umd.js is not installed in web_dir/vendor: run ./run.sh (or scripts/web-vendor.sh)",
+            ))
+        }
+        // Only a panic in the read gets here.
+        Err(_) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "reading the bundle failed")),
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

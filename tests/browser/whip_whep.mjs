@@ -1,5 +1,7 @@
-// Two headless Chromium pages join one room through the demo page: each publishes fake camera
-// and microphone over WHIP and plays the other over WHEP; then chat both ways, then one leaves.
+// Two headless Chromium pages join one room through the WHIP/WHEP demo page (/whip): each
+// publishes fake camera and microphone over WHIP and plays the other over WHEP; then chat both
+// ways, then one leaves. Then the same with the livekit-client room app at /: two pages see and
+// hear each other, one presses Leave and its tile disappears on the other.
 // Usage: node tests/browser/whip_whep.mjs http://127.0.0.1:<port>   (run by tests/browser.rs)
 // Exit 0 on success, 1 with the reason on stderr.
 
@@ -62,23 +64,25 @@ let browser;
 let failed = false;
 // Our own deadline, under the Rust driver's hard kill, so Chromium is always closed by us.
 const watchdog = setTimeout(async () => {
-  console.error("browser test FAILED: overall timeout (90 s)");
+  console.error("browser test FAILED: overall timeout (150 s)");
   if (browser) await browser.close().catch(() => {});
   rmSync(userDataDir, { recursive: true, force: true });
   process.exit(1);
-}, 90_000);
+}, 150_000);
 try {
   browser = await chromium.launch({ executablePath, ignoreDefaultArgs: true, args, timeout: 30_000 });
-  const pages = {};
-  for (const identity of ["alice", "bob"]) {
+  // One browser context per participant, so each has its own media devices and storage.
+  const open = async (identity, url) => {
     const context = await browser.newContext();
     const page = await context.newPage();
     page.on("console", (m) => ["error", "warning"].includes(m.type()) && console.log(`[${identity} console.${m.type()}] ${m.text()}`));
     page.on("response", (r) => r.status() >= 400 && console.log(`[${identity}] ${r.request().method()} ${r.url()} -> ${r.status()}`));
     page.on("pageerror", (e) => console.log(`[${identity} pageerror] ${e.message}`));
-    await page.goto(`${base}/?room=${room}&identity=${identity}&autojoin=1`);
-    pages[identity] = page;
-  }
+    await page.goto(url);
+    return page;
+  };
+  const pages = {};
+  for (const identity of ["alice", "bob"]) pages[identity] = await open(identity, `${base}/whip?room=${room}&identity=${identity}&autojoin=1`);
   const { alice, bob } = pages;
   const status = async () => {
     const out = {};
@@ -113,12 +117,41 @@ try {
   await waitFor("alice's tile for bob to disappear", 10_000,
     async () => !(await state(alice)).remotes.bob && (await alice.locator('.tile[data-key="r-bob"]').count()) === 0, status);
 
-  console.log("browser test passed");
+  console.log("WHIP/WHEP page passed");
   for (const [me, other] of [["alice", "bob"], ["bob", "alice"]]) {
     const r = stats[me].remotes[other];
     console.log(`  ${me} <- ${other}: framesDecoded=${r.framesDecoded} videoPackets=${r.videoPacketsReceived} ` +
                 `audioPackets=${r.audioPacketsReceived} totalAudioEnergy=${r.totalAudioEnergy.toPrecision(3)}`);
   }
+  await alice.context().close();
+  await bob.context().close();
+
+  // The livekit-client room app at /: same checks through the SDK and LiveKit signaling.
+  const lk = {};
+  for (const identity of ["ann", "ben"]) lk[identity] = await open(identity, `${base}/?room=lkdemo&identity=${identity}&autojoin=1`);
+  const demo = (page) => page.evaluate(() => JSON.parse(JSON.stringify(window.demo ?? null)));
+  const lkStatus = async () => {
+    const out = {};
+    for (const [name, page] of Object.entries(lk)) out[name] = { ...(await demo(page)), status: await page.locator("#status").textContent() };
+    return JSON.stringify(out);
+  };
+  const hears = async (me, other) => {
+    const r = (await demo(lk[me]))?.remotes?.[other];
+    return r && r.framesDecoded > 0 && r.totalAudioEnergy > 0;
+  };
+  await waitFor("ann and ben (room app) to decode each other's video and audio", 30_000,
+    async () => (await hears("ann", "ben")) && (await hears("ben", "ann")), lkStatus);
+  const lkStats = { ann: await demo(lk.ann), ben: await demo(lk.ben) };
+  await lk.ann.click("#leave");
+  await waitFor("ann to leave", 5_000, async () => !(await demo(lk.ann)).joined, lkStatus);
+  await waitFor("ben's tile for ann to disappear", 10_000,
+    async () => !(await demo(lk.ben)).remotes.ann && (await lk.ben.locator('.tile[data-key="r-ann"]').count()) === 0, lkStatus);
+  console.log("room app passed");
+  for (const [me, other] of [["ann", "ben"], ["ben", "ann"]]) {
+    const r = lkStats[me].remotes[other];
+    console.log(`  ${me} <- ${other}: framesDecoded=${r.framesDecoded} totalAudioEnergy=${r.totalAudioEnergy.toPrecision(3)}`);
+  }
+  console.log("browser test passed");
 } catch (e) {
   failed = true;
   console.error(`browser test FAILED: ${e.message}`);

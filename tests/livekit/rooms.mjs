@@ -228,7 +228,7 @@ try {
 
   // Mixed room: the WHIP/WHEP demo page and SDK clients see each other.
   const whip = await newPage('whip');
-  await whip.goto(`${url}/?room=${room}&identity=whipper&autojoin=1`);
+  await whip.goto(`${url}/whip?room=${room}&identity=whipper&autojoin=1`);
   await until(whip, 'the WHEP player to decode alice', () => {
     const r = window.auralink?.remotes?.alice;
     return { ok: !!r && r.framesDecoded > 0 && r.totalAudioEnergy > 0, r };
