@@ -27,6 +27,10 @@ use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 const KEYFRAME_MIN_GAP: Duration = Duration::from_millis(500);
 /// Window over which layer bitrates are measured.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// What an Opus track needs on the wire (payload at its highest common rate plus headers).
+const AUDIO_BPS: u64 = 64_000;
+/// What a video track without measured layers is assumed to need.
+const VIDEO_BPS: u64 = 2_000_000;
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -128,8 +132,6 @@ pub struct TrackInfo {
     pub muted: bool,
     /// Simulcast layers, lowest quality first; empty without simulcast.
     pub layers: Vec<String>,
-    /// The publisher's msid track id for this m-line (LiveKit clients put their track cid here).
-    pub client_track_id: String,
 }
 
 fn ser_kind<S: serde::Serializer>(k: &MediaKind, s: S) -> Result<S::Ok, S::Error> {
@@ -881,7 +883,6 @@ impl Sfu {
                 kind: m.kind,
                 muted: false,
                 layers: layers.iter().map(|l| l.rid.to_string()).collect(),
-                client_track_id,
             };
             p.published.push(track);
             let room = p.room.clone();
@@ -991,6 +992,7 @@ impl Sfu {
         }
         slot.fwd = Forwarder::new(slot.kind);
         self.release_slot(id, mid);
+        self.update_bwe_targets(id);
     }
 
     /// A slot that lost its track: WHEP slots wait for the next track; a renegotiating
@@ -1039,6 +1041,26 @@ impl Sfu {
         for (track, layer) in switches {
             self.request_keyframe(now, track, layer);
         }
+        self.update_bwe_targets(id);
+    }
+
+    /// Tells the subscriber's bandwidth estimator what it should find room for. Without a
+    /// target above its start value it never probes, and its pacer holds media to that start
+    /// value: a subscriber of twenty audio tracks then queues for seconds (docs/benchmarks.md).
+    fn update_bwe_targets(&mut self, id: ParticipantId) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        let (mut audio, mut all) = (0u64, 0u64);
+        for t in p.slots.iter().filter_map(|s| s.track).filter_map(|t| self.tracks.get(&t)) {
+            if t.info.kind == MediaKind::Audio {
+                audio += AUDIO_BPS;
+                all += AUDIO_BPS;
+            } else {
+                all += t.layers.last().map(|l| l.bps).filter(|b| *b > 0).unwrap_or(VIDEO_BPS);
+            }
+        }
+        // Audio must always fit; the rest is what probing should aim for, with headroom for
+        // headers and retransmissions.
+        p.rtc.bwe().set_bitrate(Bitrate::bps(audio), Bitrate::bps(all + all / 4));
     }
 
     fn request_keyframe(&mut self, now: Instant, track: TrackId, layer: Layer) {

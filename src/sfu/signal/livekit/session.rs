@@ -470,14 +470,7 @@ impl Session {
         };
         self.state.registry.set_track(track, meta.clone());
         let rids = if req.layers.len() > 1 { req.layers.iter().map(|l| l.rid.clone()).collect() } else { Vec::new() };
-        let info = TrackInfo {
-            id: track,
-            owner: self.participant,
-            kind,
-            muted: req.muted,
-            layers: rids,
-            client_track_id: req.cid.clone(),
-        };
+        let info = TrackInfo { id: track, owner: self.participant, kind, muted: req.muted, layers: rids };
         Ok(vec![Resp::TrackPublished(proto::TrackPublishedResponse {
             cid: req.cid,
             track: Some(convert::track_info(&info, Some(&meta))),
