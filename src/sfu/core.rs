@@ -27,8 +27,8 @@ use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 const KEYFRAME_MIN_GAP: Duration = Duration::from_millis(500);
 /// Window over which layer bitrates are measured.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
-/// What an Opus track needs on the wire (payload at its highest common rate plus headers).
-const AUDIO_BPS: u64 = 64_000;
+/// What an Opus track needs on the wire (a 32 kbit/s voice stream plus RTP/SRTP/UDP headers).
+const AUDIO_BPS: u64 = 48_000;
 /// What a video track without measured layers is assumed to need.
 const VIDEO_BPS: u64 = 2_000_000;
 
