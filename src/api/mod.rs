@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(demo_page))
         .route("/whip", get(whip_page))
+        .route("/demo.js", get(demo_script))
         .route("/vendor/livekit-client.umd.js", get(livekit_bundle))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -54,6 +55,10 @@ pub fn app(state: AppState) -> Router {
 
 async fn demo_page() -> Html<&'static str> {
     Html(include_str!("../../web/index.html"))
+}
+
+async fn demo_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../../web/demo.js"))
 }
 
 async fn whip_page() -> Html<&'static str> {
