@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, RoomName};
+use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
-use auralink::sfu::{JoinRequest, LeaveReason, Quality, Sfu, SfuConfig, SfuEvent, SubscribeFilter};
+use auralink::sfu::{JoinRequest, LeaveReason, Quality as LayerQuality, Sfu, SfuConfig, SfuEvent, SubscribeFilter};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::Candidate;
@@ -308,6 +309,9 @@ fn media_and_data_flow_between_participants() {
         a.channels.iter().find(|(_, l, p)| l == "chat" && p == "bob").expect("alice has a channel from bob").0;
     assert!(a.channel_data.iter().any(|d| d.id == from_bob && d.data == b"hi alice"));
     assert!(w.sfu.stats().data_messages_relayed >= 2);
+    // A clean network rates excellent.
+    let alice_id = w.ids[alice];
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::ConnectionQuality { participant, quality: Quality::Excellent, .. } if *participant == alice_id)));
 }
 
 #[test]
@@ -365,6 +369,17 @@ fn nack_repairs_loss_on_both_legs() {
     let got = payloads(&w.clients[bob].1, false);
     // Multi-packet frames lose a packet often at 5%: without retransmission far fewer arrive.
     assert_suffix_intact(&video, &got, 0.95, "video under loss");
+    // The loss shows in the publisher's connection quality.
+    let alice_id = w.ids[alice];
+    let rated: Vec<Quality> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::ConnectionQuality { participant, quality, .. } if *participant == alice_id => Some(*quality),
+            _ => None,
+        })
+        .collect();
+    assert!(rated.iter().any(|q| *q < Quality::Excellent), "5% loss never lowered alice's quality: {rated:?}");
 }
 
 fn layer_of(data: &[u8]) -> u8 {
@@ -405,7 +420,7 @@ fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
     w.clients[alice].1.keyframe_requests.clear();
     let before = w.clients[bob].1.received.len();
     let now = w.now;
-    w.sfu.set_max_quality(now, w.sfu_participant("bob"), track, Quality::Low).unwrap();
+    w.sfu.set_max_quality(now, w.sfu_participant("bob"), track, LayerQuality::Low).unwrap();
     w.advance_by(Duration::from_millis(50));
     assert!(
         w.clients[alice].1.keyframe_requests.iter().any(|r| r.rid == Some(l)),

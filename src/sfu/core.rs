@@ -19,6 +19,7 @@ use super::data::{self, DataCodec, DataMessage};
 use super::forward::{Decision, Forwarder, Layer};
 use super::layer_select::{self, LayerRate, Quality};
 use super::peer::{MAX_PENDING_MESSAGES, OutChannel, Peer, Slot, SubscribeFilter};
+use super::quality::{self, Quality as ConnectionQuality};
 use super::signal::token::Permissions;
 use super::speaker::{Speaker, SpeakerDetector};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
@@ -27,6 +28,8 @@ use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 const KEYFRAME_MIN_GAP: Duration = Duration::from_millis(500);
 /// Window over which layer bitrates are measured.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// How often str0m reports loss and round-trip time per connection.
+const STATS_INTERVAL: Duration = Duration::from_secs(2);
 /// What an Opus track needs on the wire (a 32 kbit/s voice stream plus RTP/SRTP/UDP headers).
 const AUDIO_BPS: u64 = 48_000;
 /// What a video track without measured layers is assumed to need.
@@ -193,6 +196,12 @@ pub enum SfuEvent {
         room: RoomName,
         speakers: Vec<Speaker>,
     },
+    /// A participant's connection quality changed (the worst of its connections).
+    ConnectionQuality {
+        room: RoomName,
+        participant: ParticipantId,
+        quality: ConnectionQuality,
+    },
     /// The server offers a renegotiation (new or stopped tracks); answer with `handle_answer`.
     Offer {
         participant: ParticipantId,
@@ -318,7 +327,8 @@ impl Sfu {
         // about ten seconds, after which `disconnect_timeout` runs.
         rtc_config.set_max_stun_rto(Duration::from_millis(1500));
         rtc_config.set_max_stun_retransmits(6);
-        let mut rtc = rtc_config.build(now);
+        // Peer stats feed connection quality.
+        let mut rtc = rtc_config.set_stats_interval(Some(STATS_INTERVAL)).build(now);
         for c in &self.config.candidates {
             rtc.add_local_candidate(c.clone());
         }
@@ -369,6 +379,7 @@ impl Sfu {
                 data_codec: req.data_codec,
                 channels_to_open: req.server_channels,
                 own_channels: Vec::new(),
+                quality: None,
             },
         );
         if participant == id {
@@ -789,6 +800,7 @@ impl Sfu {
                     IceConnectionState::Disconnected if p.disconnected_since.is_none() => {
                         p.disconnected_since = Some(now);
                         self.events.push_back(SfuEvent::ParticipantDisconnected { room, participant: id });
+                        self.set_quality(id, Some(ConnectionQuality::Lost));
                     }
                     IceConnectionState::Connected | IceConnectionState::Completed if p.disconnected_since.is_some() => {
                         p.disconnected_since = None;
@@ -815,6 +827,10 @@ impl Sfu {
                 p.estimate_bps = Some(estimate.as_u64());
                 self.reselect(now, id);
             }
+            Event::PeerStats(st) => {
+                let loss = st.ingress_loss_fraction.unwrap_or(0.0).max(st.egress_loss_fraction.unwrap_or(0.0));
+                self.set_quality(id, Some(quality::rate(loss, st.rtt)));
+            }
             Event::StreamPaused(sp) => {
                 let Some(&track) = self.by_mid.get(&(id, sp.mid)) else { return };
                 let Some(t) = self.tracks.get_mut(&track) else { return };
@@ -837,6 +853,22 @@ impl Sfu {
                 p.channels_out.retain(|_, c| c.id != cid);
             }
             _ => {}
+        }
+    }
+
+    /// Records a connection's quality; reports the participant's (its worst connection's)
+    /// when that changes.
+    fn set_quality(&mut self, id: ParticipantId, q: Option<ConnectionQuality>) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let (participant, room) = (p.participant, p.room.clone());
+        let worst = |peers: &BTreeMap<ParticipantId, Peer>| {
+            peers.values().filter(|x| x.participant == participant).filter_map(|x| x.quality).min()
+        };
+        let before = worst(&self.peers);
+        self.peers.get_mut(&id).expect("checked above").quality = q;
+        let after = worst(&self.peers);
+        if let Some(quality) = after.filter(|a| Some(*a) != before) {
+            self.events.push_back(SfuEvent::ConnectionQuality { room, participant, quality });
         }
     }
 

@@ -6,6 +6,7 @@ pub mod driver;
 pub mod forward;
 pub mod layer_select;
 mod peer;
+pub mod quality;
 pub mod signal;
 pub mod speaker;
 

@@ -12,6 +12,7 @@ use str0m::media::{MediaKind, Mid};
 use super::data::DataCodec;
 use super::forward::Forwarder;
 use super::layer_select::Quality;
+use super::quality::Quality as ConnectionQuality;
 use super::signal::token::Permissions;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
@@ -82,6 +83,8 @@ pub(crate) struct Peer {
     pub channels_to_open: Vec<ChannelConfig>,
     /// Channels the server opened through SDP; they are not the client's.
     pub own_channels: Vec<ChannelId>,
+    /// From the last stats str0m reported; `None` until the first.
+    pub quality: Option<ConnectionQuality>,
 }
 
 impl Peer {

@@ -141,6 +141,13 @@ try {
   log('alice decodes bob', JSON.stringify(await until(alice, 'alice to decode bob', decoded, 'bob')));
   log('bob decodes alice', JSON.stringify(await until(bob, 'bob to decode alice', decoded, 'alice')));
 
+  // Connection quality, from the server's loss and RTT measurements.
+  await until(alice, 'a connection quality for bob', () => {
+    const p = [...window.room.remoteParticipants.values()].find((x) => x.identity === 'bob');
+    return { ok: p?.connectionQuality === 'excellent', q: p?.connectionQuality };
+  });
+  log('connection quality: excellent');
+
   // Data, reliable, from alice to bob with a topic; the server stamps the sender.
   await alice.evaluate(() =>
     window.room.localParticipant.publishData(new TextEncoder().encode('hello bob'), { reliable: true, topic: 'chat' }),

@@ -536,6 +536,22 @@ impl Session {
                 let info = convert::participant_info(p, &self.state.registry, PState::Active);
                 Ok(vec![Resp::Update(proto::ParticipantUpdate { participants: vec![info] })])
             }
+            SfuEvent::ConnectionQuality { room, participant, quality } if room == self.room => {
+                use crate::sfu::quality::Quality as Q;
+                let (q, score) = match quality {
+                    Q::Excellent => (proto::ConnectionQuality::Excellent, 5.0),
+                    Q::Good => (proto::ConnectionQuality::Good, 3.5),
+                    Q::Poor => (proto::ConnectionQuality::Poor, 2.0),
+                    Q::Lost => (proto::ConnectionQuality::Lost, 1.0),
+                };
+                Ok(vec![Resp::ConnectionQuality(proto::ConnectionQualityUpdate {
+                    updates: vec![proto::ConnectionQualityInfo {
+                        participant_sid: participant.to_string(),
+                        quality: q as i32,
+                        score,
+                    }],
+                })])
+            }
             SfuEvent::SpeakersChanged { room, speakers } if room == self.room => {
                 let now: Vec<ParticipantId> = speakers.iter().map(|s| s.participant).collect();
                 let mut infos: Vec<proto::SpeakerInfo> = speakers
