@@ -70,7 +70,8 @@ pub fn spawn(sfu: Sfu, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>) -> SfuHandle 
     for listener in tcp {
         tokio::spawn(accept_tcp(listener, tcp_tx.clone()));
     }
-    let driver = Driver { sfu, udp, tcp_conns: HashMap::new(), events: events.clone(), send_errors: 0 };
+    let udp_addrs = udp.iter().map(|s| s.local_addr().expect("a bound socket has an address")).collect();
+    let driver = Driver { sfu, udp, udp_addrs, tcp_conns: HashMap::new(), events: events.clone(), send_errors: 0 };
     tokio::spawn(driver.run(rx, tcp_rx));
     SfuHandle { tx, events }
 }
@@ -78,6 +79,7 @@ pub fn spawn(sfu: Sfu, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>) -> SfuHandle 
 struct Driver {
     sfu: Sfu,
     udp: Vec<UdpSocket>,
+    udp_addrs: Vec<SocketAddr>,
     tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Vec<u8>>>,
     events: broadcast::Sender<SfuEvent>,
     /// Datagrams the OS refused (full buffers, vanished TCP connections).
@@ -98,11 +100,12 @@ impl Driver {
             self.flush();
             // Timers first when due: under steady input the select below would always find a
             // datagram ready and starve them (str0m's pacer and retransmissions run on them).
-            if self.sfu.poll_timeout().is_some_and(|d| d <= Instant::now()) {
+            let mut deadline = self.sfu.poll_timeout();
+            if deadline.is_some_and(|d| d <= Instant::now()) {
                 self.sfu.handle_timeout(Instant::now());
                 self.flush();
+                deadline = self.sfu.poll_timeout();
             }
-            let deadline = self.sfu.poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -142,8 +145,7 @@ impl Driver {
     }
 
     fn receive_udp(&mut self, socket: usize, data: &[u8], source: SocketAddr) {
-        let Ok(destination) = self.udp[socket].local_addr() else { return };
-        self.receive(Protocol::Udp, source, destination, data);
+        self.receive(Protocol::Udp, source, self.udp_addrs[socket], data);
     }
 
     fn receive(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
@@ -176,7 +178,8 @@ impl Driver {
     fn send(&mut self, t: Transmit) {
         match t.proto {
             Protocol::Udp => {
-                let Some(sock) = self.udp.iter().find(|s| s.local_addr().ok() == Some(t.source)) else {
+                // Bound addresses are cached: asking the socket would be a syscall per packet.
+                let Some(sock) = self.udp_addrs.iter().position(|a| *a == t.source).map(|i| &self.udp[i]) else {
                     self.send_error();
                     return;
                 };
