@@ -43,6 +43,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(demo_page))
         .route("/whip", get(whip_page))
         .route("/demo.js", get(demo_script))
+        .route("/demo.css", get(demo_style))
         .route("/vendor/livekit-client.umd.js", get(livekit_bundle))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -59,6 +60,10 @@ async fn demo_page() -> Html<&'static str> {
 
 async fn demo_script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../../web/demo.js"))
+}
+
+async fn demo_style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../../web/demo.css"))
 }
 
 async fn whip_page() -> Html<&'static str> {
