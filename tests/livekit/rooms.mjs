@@ -133,7 +133,7 @@ try {
   const room = 'lk-room';
   const alice = await newPage('alice');
   const bob = await newPage('bob');
-  await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room), publish: true });
+  await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room, { canUpdateOwnMetadata: true }), publish: true });
   log('alice joined');
   await bob.evaluate(joinRoom, { wsUrl, token: await token('bob', room), publish: true });
   log('bob joined');
@@ -154,6 +154,22 @@ try {
   );
   await until(bob, 'bob to receive data', () => window.received.some((m) => m.from === 'alice' && m.text === 'hello bob' && m.topic === 'chat'));
   log('data delivered');
+
+  // Names and metadata: alice may change hers (her token says so) and bob sees it; bob may not.
+  await alice.evaluate(() => window.room.localParticipant.setName('Alice Liddell'));
+  await until(bob, 'bob to see alice renamed', () =>
+    [...window.room.remoteParticipants.values()].some((p) => p.identity === 'alice' && p.name === 'Alice Liddell'),
+  );
+  const denied = await bob.evaluate(async () => {
+    try {
+      await window.room.localParticipant.setMetadata('{"role":"host"}');
+      return 'allowed';
+    } catch (e) {
+      return String(e.message || e);
+    }
+  });
+  if (denied === 'allowed') throw new Error('bob changed his metadata without canUpdateOwnMetadata');
+  log('metadata: rename seen, unpermitted change refused:', denied);
 
   // Mute seen by the other side.
   await alice.evaluate(() => window.room.localParticipant.setMicrophoneEnabled(false));

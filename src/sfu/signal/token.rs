@@ -35,6 +35,9 @@ pub struct VideoGrant {
     pub can_publish_data: Option<bool>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub hidden: bool,
+    /// May change its own name, metadata and attributes (absent means no, as in LiveKit).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub can_update_own_metadata: bool,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -39,6 +39,9 @@ pub struct LiveKitState {
     pub tokens: TokenVerifier,
     pub ice_servers: Vec<IceServer>,
     pub registry: Arc<Registry>,
+    /// Participants whose name, metadata or attributes changed: every session of the room
+    /// sends the new description.
+    pub described: tokio::sync::broadcast::Sender<crate::ids::ParticipantId>,
 }
 
 /// Query parameters of `/rtc` as `livekit-client` sends them.

@@ -97,6 +97,7 @@ struct Session {
     early_candidates: Vec<Candidate>,
     offer_id: u32,
     speakers: Vec<ParticipantId>,
+    can_update_metadata: bool,
 }
 
 fn now_ms() -> i64 {
@@ -204,7 +205,10 @@ impl Session {
                 metadata: claims.metadata.clone(),
                 attributes: Default::default(),
                 joined_at_ms: now_ms(),
-                permission: convert::permission(perms),
+                permission: proto::ParticipantPermission {
+                    can_update_metadata: claims.video.can_update_own_metadata,
+                    ..convert::permission(perms)
+                },
             },
         );
         Ok(Session {
@@ -217,6 +221,7 @@ impl Session {
             early_candidates: Vec::new(),
             offer_id: 0,
             speakers: Vec::new(),
+            can_update_metadata: claims.video.can_update_own_metadata,
         })
     }
 
@@ -290,8 +295,15 @@ impl Session {
         send(tx, self.join_response(&all)).await.map_err(|_| SessionError::OutOfOrder("send"))?;
         let timeout = Duration::from_secs(PING_TIMEOUT as u64);
         let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut described = self.state.described.subscribe();
         loop {
             tokio::select! {
+                Ok(participant) = described.recv() => {
+                    // Unknown here (another room) means no update; lagging only delays one.
+                    for out in self.update_for(participant).await? {
+                        send(tx, out).await.map_err(|_| SessionError::OutOfOrder("send"))?;
+                    }
+                }
                 m = rx.next() => {
                     let bytes = match m {
                         Some(Ok(Message::Binary(b))) => b,
@@ -427,9 +439,41 @@ impl Session {
             Req::PingReq(p) => {
                 Ok(vec![Resp::PongResp(proto::Pong { last_ping_timestamp: p.timestamp, timestamp: now_ms() })])
             }
+            Req::UpdateMetadata(u) => {
+                use proto::request_response::Reason;
+                let reason = if !self.can_update_metadata {
+                    Reason::NotAllowed
+                } else if u.name.len() > 256 || u.metadata.len() > 64 * 1024 || u.attributes.len() > 64 {
+                    Reason::LimitExceeded
+                } else {
+                    self.state.registry.update_participant(self.participant, |m| {
+                        m.name = u.name.clone();
+                        m.metadata = u.metadata.clone();
+                        // An empty value removes the attribute, as in LiveKit.
+                        for (k, v) in &u.attributes {
+                            if v.is_empty() {
+                                m.attributes.remove(k);
+                            } else {
+                                m.attributes.insert(k.clone(), v.clone());
+                            }
+                        }
+                    });
+                    let _ = self.state.described.send(self.participant);
+                    Reason::Ok
+                };
+                Ok(vec![Resp::RequestResponse(proto::RequestResponse {
+                    request_id: u.request_id,
+                    reason: reason as i32,
+                    message: if reason == Reason::NotAllowed {
+                        "token does not grant canUpdateOwnMetadata".into()
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                })])
+            }
             // Accepted and not acted on; see docs/livekit-compat.md.
-            Req::UpdateMetadata(_)
-            | Req::SyncState(_)
+            Req::SyncState(_)
             | Req::Simulate(_)
             | Req::UpdateLayers(_)
             | Req::SubscriptionPermission(_)
