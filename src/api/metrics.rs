@@ -15,35 +15,57 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     else {
         return ApiError::unavailable().into_response();
     };
-    let mut out = String::new();
-    let counters = [
-        ("auralink_sfu_frames_in_total", "Media frames received from publishers.", stats.frames_in),
-        ("auralink_sfu_frames_forwarded_total", "Media frames written to subscribers.", stats.frames_forwarded),
-        ("auralink_sfu_bytes_forwarded_total", "Payload bytes written to subscribers.", stats.bytes_forwarded),
+    let series = [
+        ("auralink_sfu_frames_in_total", "counter", "Media frames received from publishers.", stats.frames_in),
+        (
+            "auralink_sfu_frames_forwarded_total",
+            "counter",
+            "Media frames written to subscribers.",
+            stats.frames_forwarded,
+        ),
+        (
+            "auralink_sfu_bytes_forwarded_total",
+            "counter",
+            "Payload bytes written to subscribers.",
+            stats.bytes_forwarded,
+        ),
         (
             "auralink_sfu_frames_dropped_total",
+            "counter",
             "Frames not forwarded (codec mismatch, awaiting keyframe).",
             stats.frames_dropped,
         ),
-        ("auralink_sfu_keyframe_requests_total", "Keyframe requests sent to publishers.", stats.keyframe_requests),
-        ("auralink_sfu_data_messages_relayed_total", "Data channel messages relayed.", stats.data_messages_relayed),
-        ("auralink_sfu_datagrams_unrouted_total", "Datagrams no session accepted.", stats.datagrams_unrouted),
+        (
+            "auralink_sfu_keyframe_requests_total",
+            "counter",
+            "Keyframe requests sent to publishers.",
+            stats.keyframe_requests,
+        ),
+        (
+            "auralink_sfu_data_messages_relayed_total",
+            "counter",
+            "Data channel messages relayed.",
+            stats.data_messages_relayed,
+        ),
+        (
+            "auralink_sfu_datagrams_unrouted_total",
+            "counter",
+            "Datagrams no session accepted.",
+            stats.datagrams_unrouted,
+        ),
         (
             "auralink_sfu_datagrams_malformed_total",
+            "counter",
             "Datagrams that were not STUN, DTLS or RTP.",
             stats.datagrams_malformed,
         ),
+        ("auralink_rooms", "gauge", "Open rooms.", rooms as u64),
+        ("auralink_participants", "gauge", "Connected participant sessions.", participants as u64),
+        ("auralink_tracks", "gauge", "Published tracks.", tracks as u64),
     ];
-    for (name, help, v) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-    }
-    let gauges = [
-        ("auralink_rooms", "Open rooms.", rooms),
-        ("auralink_participants", "Connected participant sessions.", participants),
-        ("auralink_tracks", "Published tracks.", tracks),
-    ];
-    for (name, help, v) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    let mut out = String::new();
+    for (name, kind, help, v) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

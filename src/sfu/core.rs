@@ -524,8 +524,7 @@ impl Sfu {
         q: Quality,
     ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
-        let slot = peer.slots.iter_mut().find(|s| s.track == Some(track)).ok_or(SfuError::NoTrack)?;
-        slot.max_quality = q;
+        peer.slot_for(track).ok_or(SfuError::NoTrack)?.max_quality = q;
         self.reselect(now, id);
         self.drive(now);
         Ok(())
@@ -556,7 +555,7 @@ impl Sfu {
             }
         } else {
             peer.to_add.retain(|t| *t != track);
-            if let Some(mid) = peer.slots.iter().find(|s| s.track == Some(track)).map(|s| s.mid) {
+            if let Some(mid) = peer.slot_for(track).map(|s| s.mid) {
                 self.unbind(id, mid);
             }
         }
@@ -574,7 +573,7 @@ impl Sfu {
         enabled: bool,
     ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
-        let slot = peer.slots.iter_mut().find(|s| s.track == Some(track)).ok_or(SfuError::NoTrack)?;
+        let slot = peer.slot_for(track).ok_or(SfuError::NoTrack)?;
         if enabled == slot.fwd.target().is_some() {
             return Ok(());
         }
@@ -1126,7 +1125,10 @@ impl Sfu {
         {
             r.speakers.handle_level(self.peers.get(&id).map_or(id, |p| p.participant), level);
         }
-        let subscribers = if t.info.muted { Vec::new() } else { t.subscribers.clone() };
+        let muted = t.info.muted;
+        // Borrowed out of the track for the loop (nothing below changes subscriptions), so the
+        // list is not copied for every frame; it goes back at the end.
+        let subscribers = std::mem::take(&mut t.subscribers);
         let kind = t.info.kind;
         if !d.contiguous && kind == MediaKind::Video {
             // A gap the publisher could not repair: decoders downstream need a fresh keyframe.
@@ -1134,7 +1136,7 @@ impl Sfu {
         }
         let is_keyframe = d.is_keyframe();
         let mut need_keyframe = Vec::new();
-        for (sub, mid) in subscribers {
+        for &(sub, mid) in subscribers.iter().filter(|_| !muted) {
             let Some(p) = self.peers.get_mut(&sub) else { continue };
             let Some(slot) = p.slot_mut(mid) else { continue };
             match slot.fwd.on_frame(d.rid, is_keyframe, d.time, d.network_time) {
@@ -1163,6 +1165,9 @@ impl Sfu {
                 }
                 Decision::Drop => {}
             }
+        }
+        if let Some(t) = self.tracks.get_mut(&track) {
+            t.subscribers = subscribers;
         }
         for layer in need_keyframe {
             self.request_keyframe(now, track, layer);

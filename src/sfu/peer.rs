@@ -92,6 +92,11 @@ impl Peer {
         self.slots.iter_mut().find(|s| s.mid == mid)
     }
 
+    /// The slot forwarding `track`, if any.
+    pub fn slot_for(&mut self, track: TrackId) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.track == Some(track))
+    }
+
     /// Whether this session already forwards, or is about to offer, `track`.
     pub fn has(&self, track: TrackId) -> bool {
         self.slots.iter().any(|s| s.track == Some(track))
