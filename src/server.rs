@@ -128,6 +128,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         tokens,
         ice_servers: config.rtc.ice_servers.clone(),
         registry: Default::default(),
+        sessions: Default::default(),
         described: tokio::sync::broadcast::channel(256).0,
     };
     let draining = Arc::new(AtomicBool::new(false));

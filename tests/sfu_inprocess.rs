@@ -567,6 +567,41 @@ fn ice_restart_resumes_media_without_losing_subscriptions() {
     assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after ICE restart");
 }
 
+#[test]
+fn server_ice_restart_reconnects_a_subscriber_connection() {
+    let mut w = World::with_disconnect_timeout(17, Duration::from_secs(60));
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    // Bob's connection is server-offered, like a LiveKit subscriber connection.
+    let bob = w.join_with("bob", &[], SubscribeFilter::All, true);
+    w.connect_all();
+    publish_audio(&mut w, alice, 0, 20);
+    let bob_id = w.sfu_participant("bob");
+    w.cut.push(bob);
+    w.advance_by(Duration::from_secs(25));
+    w.cut.clear();
+    // What a LiveKit resume does for the subscriber connection: a server offer with new
+    // ICE credentials, which the client answers.
+    let answered = w.offers_answered;
+    let now = w.now;
+    w.sfu.restart_ice(now, bob_id).unwrap();
+    w.advance_by(Duration::from_secs(2));
+    let offers: Vec<&String> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SfuEvent::Offer { participant, sdp } if *participant == bob_id => Some(sdp),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(w.offers_answered, answered + 1, "one restart offer");
+    let ufrag = |sdp: &str| sdp.lines().find(|l| l.starts_with("a=ice-ufrag:")).map(str::to_string);
+    assert_ne!(ufrag(offers[0]), ufrag(offers[offers.len() - 1]), "fresh ICE credentials");
+    w.clients[bob].1.received.clear();
+    let audio = publish_audio(&mut w, alice, 1000, 50);
+    assert_eq!(w.sfu_participant("bob"), bob_id, "same session after the restart");
+    assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after a server ICE restart");
+}
+
 fn publish_audio(w: &mut World, who: usize, first: u32, frames: u32) -> Vec<Vec<u8>> {
     let mid = w.sending_mids(who)[0];
     let mut sent = Vec::new();

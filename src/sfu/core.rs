@@ -375,6 +375,7 @@ impl Sfu {
                 pending: None,
                 to_add: Vec::new(),
                 to_stop: Vec::new(),
+                ice_restart: false,
                 announced: HashMap::new(),
                 data_codec: req.data_codec,
                 channels_to_open: req.server_channels,
@@ -400,9 +401,7 @@ impl Sfu {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         // Glare: the client's offer wins; ours is dropped and its tracks go into the next one.
-        if let Some((_, planned)) = peer.pending.take() {
-            peer.to_add.extend(planned.into_iter().map(|p| p.1));
-        }
+        peer.drop_pending_offer();
         let answer = match negotiate(|| peer.rtc.sdp_api().accept_offer(offer)) {
             Ok(a) => a,
             Err(e) => return Err(self.failed_negotiation(now, id, e)),
@@ -411,6 +410,18 @@ impl Sfu {
         self.offer_later(id);
         self.drive(now);
         Ok(answer)
+    }
+
+    /// Restarts ICE from the server's side with a fresh offer (a LiveKit client resuming a
+    /// session, possibly from a new network). An offer still out is dropped: the client lost it
+    /// with its signal connection, and the new offer carries its tracks instead.
+    pub fn restart_ice(&mut self, now: Instant, id: ParticipantId) -> Result<(), SfuError> {
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        peer.drop_pending_offer();
+        peer.ice_restart = true;
+        self.offer_later(id);
+        self.drive(now);
+        Ok(())
     }
 
     /// Applies the client's answer to our last offer.
@@ -978,10 +989,16 @@ impl Sfu {
     /// Offers the m-lines a renegotiating session is waiting for, unless an offer is out.
     fn make_offer(&mut self, id: ParticipantId) {
         let Some(p) = self.peers.get_mut(&id) else { return };
-        if p.pending.is_some() || (p.to_add.is_empty() && p.to_stop.is_empty() && p.channels_to_open.is_empty()) {
+        let nothing_to_do =
+            p.to_add.is_empty() && p.to_stop.is_empty() && p.channels_to_open.is_empty() && !p.ice_restart;
+        if p.pending.is_some() || nothing_to_do {
             return;
         }
         let mut api = p.rtc.sdp_api();
+        if std::mem::take(&mut p.ice_restart) {
+            // The server's host candidates do not change with the credentials.
+            api.ice_restart(true);
+        }
         for c in p.channels_to_open.drain(..) {
             p.own_channels.push(api.add_channel_with_config(c));
         }

@@ -75,6 +75,8 @@ pub(crate) struct Peer {
     pub to_add: Vec<TrackId>,
     /// Sending m-lines to stop in the next offer (their track went away).
     pub to_stop: Vec<Mid>,
+    /// The next offer restarts ICE (a LiveKit client resuming its session).
+    pub ice_restart: bool,
     /// Tracks the client announced before their m-line arrived, by the msid track id.
     pub announced: HashMap<String, TrackId>,
     /// How this client frames data messages; `None`: raw bytes on per-sender channels.
@@ -95,6 +97,14 @@ impl Peer {
     /// The slot forwarding `track`, if any.
     pub fn slot_for(&mut self, track: TrackId) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|s| s.track == Some(track))
+    }
+
+    /// Forgets our unanswered offer (str0m applies nothing until the answer); its tracks go
+    /// into the next one.
+    pub fn drop_pending_offer(&mut self) {
+        if let Some((_, planned)) = self.pending.take() {
+            self.to_add.extend(planned.into_iter().map(|p| p.1));
+        }
     }
 
     /// Whether this session already forwards, or is about to offer, `track`.

@@ -260,12 +260,48 @@ try {
   log('mixed room: WHIP/WHEP page and SDK clients see each other');
   await whip.close();
 
-  // The signal connection drops: the SDK reconnects and media flows again.
+  // The signal connection drops: the SDK resumes the session. Bob stays the same
+  // participant with the same subscriptions, alice never sees him leave, and media goes on.
+  const bobSid = await bob.evaluate(() => window.room.localParticipant.sid);
+  const seen = async (p) => p.evaluate(() => window.events.length);
+  const [aliceSeen, bobSeen] = [await seen(alice), await seen(bob)];
+  const framesBefore = (await bob.evaluate(decoded, 'alice')).framesDecoded;
   await bob.evaluate(() => window.room.simulateScenario('signal-reconnect'));
-  await until(bob, 'bob to reconnect', () => window.events.includes('reconnected'));
-  await until(alice, 'alice to decode bob after his reconnect', decoded, 'bob');
-  await until(bob, 'bob to decode alice after his reconnect', decoded, 'alice');
-  log('reconnect resumed media');
+  await until(bob, 'bob to resume', () => window.events.includes('reconnected'));
+  await until(bob, 'bob to decode alice after resuming', async (n) => {
+    const d = await window.decoded('alice');
+    return { ok: d.ok && d.framesDecoded > n + 30, d };
+  }, framesBefore);
+  const framesAlice = (await alice.evaluate(decoded, 'bob')).framesDecoded;
+  await until(alice, 'alice to keep decoding bob', async (n) => {
+    const d = await window.decoded('bob');
+    return { ok: d.framesDecoded > n + 30, d };
+  }, framesAlice);
+  const after = {
+    sid: await bob.evaluate(() => window.room.localParticipant.sid),
+    alice: await alice.evaluate((n) => window.events.slice(n), aliceSeen),
+    bob: await bob.evaluate((n) => window.events.slice(n), bobSeen),
+  };
+  if (after.sid !== bobSid) throw new Error(`resume made bob a new participant: ${bobSid} -> ${after.sid}`);
+  if (after.alice.includes('left:bob')) throw new Error(`alice saw bob leave during a resume: ${after.alice}`);
+  if (after.bob.some((e) => e.startsWith('subscribed:'))) throw new Error(`bob subscribed again: ${after.bob}`);
+  log('signal connection resumed: same participant, same subscriptions, media flowing');
+
+  // A resume of a session that does not exist, or with somebody else's token, is refused
+  // with a leave that sends the SDK to a full rejoin.
+  const refused = await bad.evaluate(async ({ wsUrl, badToken, sids }) => {
+    const attempt = (sid) =>
+      new Promise((resolve) => {
+        const ws = new WebSocket(`${wsUrl}/rtc?access_token=${badToken}&reconnect=1&sid=${sid}`);
+        ws.onclose = (e) => resolve(`${e.code} ${e.reason}`);
+        setTimeout(() => resolve('no close'), 5000);
+      });
+    return [await attempt(sids[0]), await attempt(sids[1])];
+  }, { wsUrl, badToken, sids: ['PA_ffffff', bobSid] });
+  log('refused resumes ->', JSON.stringify(refused));
+  if (!/^1000 no session PA_ffffff/.test(refused[0]) || !/^1000 the token is not for/.test(refused[1])) {
+    throw new Error(`resume refusals: ${refused}`);
+  }
 
   // Tokens: tampered and expired ones are refused with the SDK's error.
   const attemptJoin = async (t) => {

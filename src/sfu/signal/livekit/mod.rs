@@ -10,6 +10,7 @@
 mod convert;
 mod data;
 mod registry;
+mod resume;
 mod session;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 pub use self::data::LiveKitData;
 pub use self::registry::Registry;
+pub use self::resume::Sessions;
 use super::token::{Claims, TokenError, TokenVerifier};
 use crate::config::IceServer;
 use crate::sfu::driver::SfuHandle;
@@ -39,6 +41,8 @@ pub struct LiveKitState {
     pub tokens: TokenVerifier,
     pub ice_servers: Vec<IceServer>,
     pub registry: Arc<Registry>,
+    /// Sessions a client may resume on a new signal connection.
+    pub sessions: Arc<Sessions>,
     /// Participants whose name, metadata or attributes changed: every session of the room
     /// sends the new description.
     pub described: tokio::sync::broadcast::Sender<crate::ids::ParticipantId>,

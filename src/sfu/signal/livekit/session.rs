@@ -9,6 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
 use prost::Message as _;
+use proto::leave_request::Action;
 use proto::participant_info::State as PState;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
@@ -16,11 +17,13 @@ use str0m::Candidate;
 use str0m::channel::{ChannelConfig, Reliability};
 use str0m::media::MediaKind;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 
 use super::LiveKitState;
 use super::convert;
 use super::data::{self, LiveKitData};
 use super::registry::{ParticipantMeta, TrackMeta};
+use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
 use crate::sfu::core::{JoinRequest, LeaveReason, ParticipantInfo, SfuError, SfuEvent, TrackInfo};
@@ -36,6 +39,9 @@ const LIVEKIT_VERSION: &str = "1.9.0";
 /// Seconds: the SDK pings every `PING_INTERVAL` and gives up after `PING_TIMEOUT`; so do we.
 const PING_INTERVAL: i32 = 5;
 const PING_TIMEOUT: i32 = 15;
+/// Messages held for a client whose signal connection is down; a busier room than this
+/// while it is away makes it rejoin instead.
+const MAX_BACKLOG: usize = 1024;
 
 /// Connection options from the query string.
 #[derive(Debug)]
@@ -64,6 +70,8 @@ enum SessionError {
     Gone(#[from] DriverGone),
     #[error("no ping within {PING_TIMEOUT} s")]
     PingTimeout,
+    #[error("signal connection closed without a leave")]
+    Dropped,
     #[error("removed by the server ({0:?})")]
     Removed(LeaveReason),
 }
@@ -80,8 +88,14 @@ impl SessionError {
             // 1009: the message was too big (or the stream broke; then nobody reads this).
             SessionError::WebSocket(_) => 1009,
             SessionError::Gone(_) => 1011,
-            SessionError::PingTimeout | SessionError::Removed(_) => 1000,
+            SessionError::PingTimeout | SessionError::Removed(_) | SessionError::Dropped => 1000,
         }
+    }
+
+    /// Whether the client may come back on a new signal connection: it lost this one, as
+    /// opposed to breaking the protocol or being removed.
+    fn resumable(&self) -> bool {
+        matches!(self, SessionError::WebSocket(_) | SessionError::PingTimeout | SessionError::Dropped)
     }
 }
 
@@ -98,64 +112,142 @@ struct Session {
     offer_id: u32,
     speakers: Vec<ParticipantId>,
     can_update_metadata: bool,
+    /// What the client missed while its signal connection was down.
+    backlog: Vec<Resp>,
 }
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Serves one WebSocket until the client leaves, times out or misbehaves.
+/// What ends one signal connection of a session.
+enum End {
+    /// The client left.
+    Left,
+    /// A resume brought a new signal connection while this one still looked alive.
+    Resumed(WebSocket),
+}
+
+/// What a session listens to besides its WebSocket; they outlive any one connection.
+struct Feeds {
+    events: broadcast::Receiver<SfuEvent>,
+    described: broadcast::Receiver<ParticipantId>,
+    resumes: mpsc::Receiver<WebSocket>,
+}
+
+/// The next thing a session has to react to.
+enum Input {
+    Client(Option<Result<Message, axum::Error>>),
+    Event(SfuEvent),
+    Described(ParticipantId),
+    Resume(WebSocket),
+    Deadline,
+}
+
+impl Feeds {
+    /// Waits for the client (when connected), the router, a resume or `deadline`.
+    async fn next(&mut self, rx: Option<&mut Rx>, deadline: tokio::time::Instant) -> Result<Input, SessionError> {
+        let mut rx = rx;
+        loop {
+            let client = async {
+                match rx.as_mut() {
+                    Some(rx) => rx.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            return Ok(tokio::select! {
+                Some(socket) = self.resumes.recv() => Input::Resume(socket),
+                // Lagging behind only delays one description: the next update carries it.
+                Ok(p) = self.described.recv() => Input::Described(p),
+                m = client => Input::Client(m),
+                e = self.events.recv() => match e {
+                    Ok(e) => Input::Event(e),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "signal session lagged behind router events");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return Err(DriverGone.into()),
+                },
+                () = tokio::time::sleep_until(deadline) => Input::Deadline,
+            });
+        }
+    }
+}
+
+/// Serves a participant until it leaves, times out, misbehaves, or its signal connection
+/// drops and does not come back within [`RESUME_WINDOW`]. A request with `reconnect=1`
+/// hands its socket to the session it resumes instead.
 pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: WebSocket) {
-    let (mut tx, mut rx) = socket.split();
-    let mut events = state.sfu.subscribe();
-    let session = match Session::join(state, &claims, &opts).await {
+    if opts.resume {
+        let sid = opts.sid.as_deref().unwrap_or_default();
+        match state.sessions.hand_over(sid, &claims.video.room, &claims.sub, socket) {
+            Ok(()) => return,
+            Err((e, socket)) => {
+                tracing::info!(sid, error = %e, "livekit resume refused");
+                let (mut tx, _) = socket.split();
+                // Action RECONNECT: the SDK gives up resuming and joins from scratch.
+                let mismatch = leave(proto::DisconnectReason::StateMismatch, Action::Reconnect);
+                let _ = send(&mut tx, mismatch).await;
+                let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: e.to_string().into() }))).await;
+                return;
+            }
+        }
+    }
+    let (mut tx, rx) = socket.split();
+    let (events, described) = (state.sfu.subscribe(), state.described.subscribe());
+    let mut session = match Session::join(state.clone(), &claims, &opts).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "livekit join refused");
-            let _ = send(&mut tx, leave(proto::DisconnectReason::JoinFailure)).await;
+            let _ = send(&mut tx, leave(proto::DisconnectReason::JoinFailure, Action::Disconnect)).await;
             let _ = tx.send(close(&e)).await;
             return;
         }
     };
-    let mut session = session;
-    match session.serve(&mut tx, &mut rx, &mut events).await {
-        Ok(()) => {
-            let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
-        }
-        Err(e) => {
-            tracing::info!(participant = %session.participant, error = %e, "livekit session closed");
-            if let SessionError::Removed(reason) = e {
-                let why = match reason {
-                    LeaveReason::DuplicateIdentity => proto::DisconnectReason::DuplicateIdentity,
-                    _ => proto::DisconnectReason::ParticipantRemoved,
-                };
-                let _ = send(&mut tx, leave(why)).await;
-            }
-            let _ = tx.send(close(&e)).await;
-        }
-    }
+    let resumes = state.sessions.register(session.participant, session.room.clone(), session.identity.clone());
+    let mut feeds = Feeds { events, described, resumes };
+    session.serve_all(tx, rx, &mut feeds).await;
+    state.sessions.remove(session.participant);
     session.finish().await;
 }
 
 type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
 type Rx = futures_util::stream::SplitStream<WebSocket>;
 
-async fn send(tx: &mut Tx, m: Resp) -> Result<(), axum::Error> {
+async fn send(tx: &mut Tx, m: Resp) -> Result<(), SessionError> {
     let bytes = proto::SignalResponse { message: Some(m) }.encode_to_vec();
-    tx.send(Message::Binary(bytes.into())).await
+    tx.send(Message::Binary(bytes.into())).await.map_err(|e| SessionError::WebSocket(e.to_string()))
+}
+
+async fn send_all(tx: &mut Tx, out: Vec<Resp>) -> Result<(), SessionError> {
+    for m in out {
+        send(tx, m).await?;
+    }
+    Ok(())
 }
 
 fn close(e: &SessionError) -> Message {
     Message::Close(Some(CloseFrame { code: e.close_code(), reason: e.to_string().into() }))
 }
 
-fn leave(reason: proto::DisconnectReason) -> Resp {
+fn leave(reason: proto::DisconnectReason, action: Action) -> Resp {
     Resp::Leave(proto::LeaveRequest {
-        can_reconnect: false,
+        can_reconnect: action != Action::Disconnect,
         reason: reason as i32,
-        action: proto::leave_request::Action::Disconnect as i32,
+        action: action as i32,
         ..Default::default()
     })
+}
+
+fn server_info() -> proto::ServerInfo {
+    proto::ServerInfo {
+        edition: proto::server_info::Edition::Standard as i32,
+        version: LIVEKIT_VERSION.to_string(),
+        protocol: PROTOCOL,
+        node_id: "auralink".to_string(),
+        debug_info: format!("auralink {}", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    }
 }
 
 impl Session {
@@ -164,11 +256,6 @@ impl Session {
         let identity =
             Identity::new(claims.sub.clone()).map_err(|e| SessionError::Invalid(format!("identity: {e}")))?;
         let perms = claims.video.permissions();
-        if opts.resume {
-            // Resuming needs the old connections, which end with the old WebSocket: the SDK
-            // falls back to a full reconnect when this join answers instead of resuming.
-            tracing::debug!(sid = ?opts.sid, "resume requested; starting a new session");
-        }
         let subscribe =
             if opts.auto_subscribe && perms.subscribe { SubscribeFilter::All } else { SubscribeFilter::None };
         // LiveKit's subscriber connection carries server-opened `_reliable` and `_lossy`
@@ -222,6 +309,7 @@ impl Session {
             offer_id: 0,
             speakers: Vec::new(),
             can_update_metadata: claims.video.can_update_own_metadata,
+            backlog: Vec::new(),
         })
     }
 
@@ -242,16 +330,6 @@ impl Session {
             .filter(|p| p.id != self.participant)
             .map(|p| convert::participant_info(p, reg, PState::Active))
             .collect();
-        let ice_servers = self
-            .state
-            .ice_servers
-            .iter()
-            .map(|s| proto::IceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
-            })
-            .collect();
         Resp::Join(proto::JoinResponse {
             room: Some(proto::Room {
                 sid: format!("RM_{}", self.room),
@@ -262,82 +340,152 @@ impl Session {
             participant: Some(me),
             other_participants: others,
             server_version: LIVEKIT_VERSION.to_string(),
-            ice_servers,
+            ice_servers: self.ice_servers(),
             // The client's publisher connection comes up first and carries its data channels.
             subscriber_primary: false,
-            // A session ends with its WebSocket (see docs/livekit-compat.md), so the SDK must
-            // rejoin rather than try to resume it.
-            client_configuration: Some(proto::ClientConfiguration {
-                resume_connection: proto::ClientConfigSetting::Disabled as i32,
-                ..Default::default()
-            }),
             ping_timeout: PING_TIMEOUT,
             ping_interval: PING_INTERVAL,
-            server_info: Some(proto::ServerInfo {
-                edition: proto::server_info::Edition::Standard as i32,
-                version: LIVEKIT_VERSION.to_string(),
-                protocol: PROTOCOL,
-                node_id: "auralink".to_string(),
-                debug_info: format!("auralink {}", env!("CARGO_PKG_VERSION")),
-                ..Default::default()
-            }),
+            server_info: Some(server_info()),
             ..Default::default()
         })
     }
 
-    async fn serve(
-        &mut self,
-        tx: &mut Tx,
-        rx: &mut Rx,
-        events: &mut tokio::sync::broadcast::Receiver<SfuEvent>,
-    ) -> Result<(), SessionError> {
-        let all = self.participants().await?;
-        send(tx, self.join_response(&all)).await.map_err(|_| SessionError::OutOfOrder("send"))?;
-        let timeout = Duration::from_secs(PING_TIMEOUT as u64);
-        let mut deadline = tokio::time::Instant::now() + timeout;
-        let mut described = self.state.described.subscribe();
+    fn ice_servers(&self) -> Vec<proto::IceServer> {
+        self.state
+            .ice_servers
+            .iter()
+            .map(|s| proto::IceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Serves the first signal connection and every one that resumes the session after it.
+    async fn serve_all(&mut self, mut tx: Tx, mut rx: Rx, feeds: &mut Feeds) {
+        let mut greeted = async {
+            let all = self.participants().await?;
+            send(&mut tx, self.join_response(&all)).await
+        }
+        .await;
         loop {
-            tokio::select! {
-                Ok(participant) = described.recv() => {
-                    // Unknown here (another room) means no update; lagging only delays one.
-                    for out in self.update_for(participant).await? {
-                        send(tx, out).await.map_err(|_| SessionError::OutOfOrder("send"))?;
+            let end = match std::mem::replace(&mut greeted, Ok(())) {
+                Err(e) => Err(e),
+                Ok(()) => self.serve(&mut tx, &mut rx, feeds).await,
+            };
+            let socket = match end {
+                Ok(End::Left) => {
+                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "left".into() }))).await;
+                    return;
+                }
+                Ok(End::Resumed(socket)) => {
+                    let bye = CloseFrame { code: 1000, reason: "resumed on another connection".into() };
+                    let _ = tx.send(Message::Close(Some(bye))).await;
+                    socket
+                }
+                Err(e) if e.resumable() => {
+                    tracing::info!(participant = %self.participant, error = %e, "signal connection lost; waiting for a resume");
+                    let _ = tx.send(close(&e)).await;
+                    match self.park(feeds).await {
+                        Some(socket) => socket,
+                        None => return,
                     }
                 }
-                m = rx.next() => {
+                Err(e) => {
+                    tracing::info!(participant = %self.participant, error = %e, "livekit session closed");
+                    if let SessionError::Removed(reason) = e {
+                        let why = match reason {
+                            LeaveReason::DuplicateIdentity => proto::DisconnectReason::DuplicateIdentity,
+                            _ => proto::DisconnectReason::ParticipantRemoved,
+                        };
+                        let _ = send(&mut tx, leave(why, Action::Disconnect)).await;
+                    }
+                    let _ = tx.send(close(&e)).await;
+                    return;
+                }
+            };
+            (tx, rx) = socket.split();
+            tracing::info!(participant = %self.participant, "livekit session resumed");
+            greeted = self.resume(&mut tx).await;
+        }
+    }
+
+    /// Serves one signal connection.
+    async fn serve(&mut self, tx: &mut Tx, rx: &mut Rx, feeds: &mut Feeds) -> Result<End, SessionError> {
+        let timeout = Duration::from_secs(PING_TIMEOUT as u64);
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let out = match feeds.next(Some(rx), deadline).await? {
+                Input::Resume(socket) => return Ok(End::Resumed(socket)),
+                Input::Deadline => return Err(SessionError::PingTimeout),
+                Input::Client(m) => {
                     let bytes = match m {
                         Some(Ok(Message::Binary(b))) => b,
                         Some(Ok(Message::Text(_))) => return Err(SessionError::TextFrame),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) | None => return Ok(()),
+                        // Closed without a leave: the client may come back and resume.
+                        Some(Ok(Message::Close(_))) | None => return Err(SessionError::Dropped),
                         // Oversized frames end up here, as do broken connections.
                         Some(Err(e)) => return Err(SessionError::WebSocket(e.to_string())),
                     };
                     deadline = tokio::time::Instant::now() + timeout;
                     let msg = super::decode_request(&bytes).ok_or(SessionError::Malformed)?;
                     if let Req::Leave(_) = msg {
-                        return Ok(());
+                        return Ok(End::Left);
                     }
-                    for out in self.handle_request(msg).await? {
-                        send(tx, out).await.map_err(|_| SessionError::OutOfOrder("send"))?;
-                    }
+                    self.handle_request(msg).await?
                 }
-                e = events.recv() => {
-                    let e = match e {
-                        Ok(e) => e,
-                        Err(RecvError::Lagged(n)) => {
-                            tracing::warn!(participant = %self.participant, missed = n, "signal session lagged behind router events");
-                            continue;
-                        }
-                        Err(RecvError::Closed) => return Err(DriverGone.into()),
-                    };
-                    for out in self.handle_event(e).await? {
-                        send(tx, out).await.map_err(|_| SessionError::OutOfOrder("send"))?;
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => return Err(SessionError::PingTimeout),
+                Input::Described(p) => self.update_for(p).await?,
+                Input::Event(e) => self.handle_event(e).await?,
+            };
+            send_all(tx, out).await?;
+        }
+    }
+
+    /// Keeps up with the room while the signal connection is down, holding what the client
+    /// will need; `None` when it does not resume in time or the participant is removed.
+    async fn park(&mut self, feeds: &mut Feeds) -> Option<WebSocket> {
+        let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+        loop {
+            let out = match feeds.next(None, deadline).await.ok()? {
+                Input::Resume(socket) => return Some(socket),
+                Input::Deadline | Input::Client(_) => return None,
+                Input::Described(p) => self.update_for(p).await.ok()?,
+                Input::Event(e) => self.handle_event(e).await.ok()?,
+            };
+            // Offers are not kept: the resume restarts ICE with an offer of everything.
+            self.backlog.extend(out.into_iter().filter(|m| !matches!(m, Resp::Offer(_))));
+            if self.backlog.len() > MAX_BACKLOG {
+                tracing::info!(participant = %self.participant, "too much missed while disconnected; not resuming");
+                return None;
             }
         }
+    }
+
+    /// Takes up a resumed signal connection. The SDK wants `reconnect` first; then come what
+    /// it missed, the room as it is now, and a subscriber offer with fresh ICE credentials
+    /// (the client may be on a new network; its publisher connection restarts ICE itself).
+    async fn resume(&mut self, tx: &mut Tx) -> Result<(), SessionError> {
+        let mut out = vec![Resp::Reconnect(proto::ReconnectResponse {
+            ice_servers: self.ice_servers(),
+            server_info: Some(server_info()),
+            ..Default::default()
+        })];
+        out.append(&mut self.backlog);
+        let all = self.participants().await?;
+        let others: Vec<_> = all
+            .iter()
+            .filter(|p| p.id != self.participant)
+            .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
+            .collect();
+        if !others.is_empty() {
+            out.push(Resp::Update(proto::ParticipantUpdate { participants: others }));
+        }
+        send_all(tx, out).await?;
+        let id = self.participant;
+        self.state.sfu.call(move |sfu, now| sfu.restart_ice(now, id)).await??;
+        Ok(())
     }
 
     async fn handle_request(&mut self, msg: Req) -> Result<Vec<Resp>, SessionError> {
