@@ -24,6 +24,8 @@ pub enum ConfigError {
     ShortSecret { key: String, len: usize },
     #[error("malformed keys {0:?}: expected \"key: secret[, key: secret]\"")]
     KeysSyntax(String),
+    #[error("admin_key is {0} bytes; at least {MIN_SECRET_LEN} are required")]
+    ShortAdminKey(usize),
 }
 
 /// Everything `auralink serve` needs.
@@ -43,6 +45,12 @@ pub struct Config {
     pub web_dir: PathBuf,
     /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
     pub keys: BTreeMap<String, String>,
+    /// `sqlite:…` or `postgres://…`; default: `auralink.db` in the data dir.
+    pub database_url: Option<String>,
+    /// Bearer key of the platform administrator, who creates orgs (`POST /v1/orgs`). Dev
+    /// mode generates one into the data dir; otherwise it must have at least
+    /// [`MIN_SECRET_LEN`] bytes, and without one no org can be created over HTTP.
+    pub admin_key: Option<String>,
 }
 
 /// HTTP listener settings.
@@ -103,6 +111,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             web_dir: PathBuf::from("./web"),
             keys: BTreeMap::new(),
+            database_url: None,
+            admin_key: None,
         }
     }
 }
@@ -155,6 +165,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `"key: secret, key2: secret2"`, as LiveKit's `LIVEKIT_KEYS`.
     pub keys: Option<String>,
+    pub database_url: Option<String>,
+    pub admin_key: Option<String>,
 }
 
 impl Config {
@@ -184,6 +196,12 @@ impl Config {
         if let Some(keys) = o.keys {
             config.keys = parse_keys(&keys)?;
         }
+        if o.database_url.is_some() {
+            config.database_url = o.database_url;
+        }
+        if o.admin_key.is_some() {
+            config.admin_key = o.admin_key;
+        }
         Ok(config)
     }
 
@@ -197,6 +215,34 @@ impl Config {
         c.rtc.tcp_port = 0;
         c.rtc.node_ips = vec![IpAddr::from([127, 0, 0, 1])];
         c
+    }
+
+    /// The database to open: the configured URL, or SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("auralink.db").display()))
+    }
+
+    /// Checks the admin key, or in dev mode loads (first run: generates) one.
+    pub fn resolve_admin_key(&mut self) -> Result<(), ConfigError> {
+        if let Some(k) = &self.admin_key {
+            return if k.len() < MIN_SECRET_LEN { Err(ConfigError::ShortAdminKey(k.len())) } else { Ok(()) };
+        }
+        if !self.is_dev_mode() {
+            return Ok(());
+        }
+        let path = self.data_dir.join("dev-admin-key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(k) => k.trim().to_string(),
+            Err(_) => {
+                let k = format!("adm_{}", random_alnum(&mut rand::thread_rng(), 43));
+                std::fs::create_dir_all(&self.data_dir)
+                    .and_then(|()| std::fs::write(&path, &k))
+                    .map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
+                k
+            }
+        };
+        self.admin_key = Some(key);
+        Ok(())
     }
 
     /// True when no API keys were configured: the server generates its own.
@@ -283,6 +329,8 @@ mod tests {
     fn short_secrets_are_refused_outside_dev_mode() {
         let mut c = Config { keys: parse_keys("k1: short").unwrap(), ..Default::default() };
         assert!(matches!(c.resolve_keys(), Err(ConfigError::ShortSecret { len: 5, .. })));
+        c.admin_key = Some("too short".into());
+        assert!(matches!(c.resolve_admin_key(), Err(ConfigError::ShortAdminKey(9))));
         assert!(parse_keys("nocolon").is_err());
     }
 

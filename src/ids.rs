@@ -125,3 +125,44 @@ mod tests {
         assert!("TR_zz".parse::<TrackId>().is_err() && "PA_1".parse::<TrackId>().is_err());
     }
 }
+
+/// A new record id: `prefix_` then 26 Crockford base32 characters, 48 bits of milliseconds
+/// since the epoch and 80 random bits (the ULID layout). Ids sort by creation time, which
+/// keeps B-tree inserts local and lets `ORDER BY id` page newest-first; within one
+/// millisecond the process hands out increasing ids (ULID's monotonic mode), so that order
+/// is the order of creation.
+pub fn record_id(prefix: &str, now_ms: i64) -> String {
+    use rand::Rng;
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    // Leave headroom so many ids in one millisecond still increase without a carry.
+    let random: u128 = rand::thread_rng().r#gen::<u128>() & ((1 << 79) - 1);
+    let fresh = ((now_ms as u128 & ((1 << 48) - 1)) << 80) | random;
+    let value = {
+        let mut last = LAST.lock().expect("not poisoned");
+        *last = if fresh >> 80 == *last >> 80 && fresh <= *last { *last + 1 } else { fresh };
+        *last
+    };
+    let mut out = String::with_capacity(prefix.len() + 27);
+    out.push_str(prefix);
+    out.push('_');
+    for i in (0..26).rev() {
+        out.push(ALPHABET[((value >> (i * 5)) & 31) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod record_id_tests {
+    use super::record_id;
+
+    #[test]
+    fn ids_are_prefixed_unique_and_time_ordered() {
+        let a = record_id("org", 1_700_000_000_000);
+        let b = record_id("org", 1_700_000_000_001);
+        assert!(a.starts_with("org_") && a.len() == 30, "{a}");
+        assert!(a < b);
+        let (c, d) = (record_id("org", 5), record_id("org", 5));
+        assert!(c < d, "same millisecond, still in order: {c} {d}");
+    }
+}

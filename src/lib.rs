@@ -3,6 +3,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod ids;
 pub mod server;

@@ -29,6 +29,17 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a room join token (LiveKit format).
     Token(TokenArgs),
+    /// Apply pending database migrations and exit (`serve` applies them too).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// `sqlite:…` or `postgres://…`; default: the configured database.
+    #[arg(long, env = "AURALINK_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[arg(long, env = "AURALINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -48,6 +59,12 @@ struct ServeArgs {
     /// API keys, "key: secret[, key: secret]". Without any, the server runs in dev mode.
     #[arg(long, env = "AURALINK_KEYS", hide_env_values = true)]
     keys: Option<String>,
+    /// `sqlite:…` or `postgres://…`; default: SQLite in the data dir.
+    #[arg(long, env = "AURALINK_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Platform administrator's bearer key (at least 32 bytes).
+    #[arg(long, env = "AURALINK_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -101,10 +118,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 node_ips: a.node_ips,
                 data_dir: a.data_dir,
                 keys: a.keys,
+                database_url: a.database_url,
+                admin_key: a.admin_key,
             };
             let config = Config::load(cli.config.as_deref(), o)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(serve(config))
+        }
+        Command::Migrate(a) => {
+            let o = Overrides { data_dir: a.data_dir, database_url: a.database_url, ..Default::default() };
+            let config = Config::load(cli.config.as_deref(), o)?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let version = rt.block_on(auralink::db::Db::migrate(&config.database_url()))?;
+            println!("database schema at version {version}");
+            Ok(())
         }
         Command::Token(a) => {
             let o = Overrides { data_dir: a.data_dir.clone(), ..Default::default() };
@@ -130,6 +158,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let server = auralink::server::start(config).await?;
     if let Some((key, secret)) = &server.dev_keys {
         println!("dev mode: API key {key}  API secret {secret}");
+        if let Some(admin) = &server.admin_key {
+            println!("dev mode: admin key {admin} (Authorization: Bearer …, POST /v1/orgs)");
+        }
     }
     println!("demo page: http://{}/", display_addr(server.http_addr));
     tokio::select! {

@@ -11,8 +11,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
+use crate::db::{Db, DbError};
 use crate::sfu::driver::{self, SfuHandle};
 use crate::sfu::signal::livekit::LiveKitState;
 use crate::sfu::signal::token::TokenVerifier;
@@ -30,6 +31,8 @@ pub enum StartError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error("no usable ICE candidate for {0}")]
     Candidate(SocketAddr),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 /// A running server.
@@ -40,6 +43,10 @@ pub struct Server {
     pub sfu: SfuHandle,
     /// The generated key pair when running in dev mode.
     pub dev_keys: Option<(String, String)>,
+    /// The platform administrator's key (generated in dev mode).
+    pub admin_key: Option<String>,
+    pub db: Db,
+    state: AppState,
     draining: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     http: JoinHandle<()>,
@@ -53,6 +60,16 @@ impl Server {
             let _ = tx.send(());
         }
         let _ = (&mut self.http).await;
+    }
+
+    /// The HTTP application on the server's state, for driving it without a socket.
+    pub fn router(&self) -> axum::Router {
+        api::app(self.state.clone())
+    }
+
+    /// The state the routes share, for building the application with changes (a test clock).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
     }
 
     /// Waits until the HTTP server stops.
@@ -84,6 +101,9 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     let dev_keys = config.resolve_keys()?;
+    config.resolve_admin_key()?;
+    let db = Db::open(&config.database_url()).await?;
+    tracing::info!(backend = db.backend(), "database ready");
     let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
 
     let (mut udp, mut tcp, mut candidates) = (Vec::new(), Vec::new(), Vec::new());
@@ -139,13 +159,17 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         draining: Arc::clone(&draining),
         dev_keys: dev_keys.clone(),
         web_dir: config.web_dir.clone(),
+        db: db.clone(),
+        admin_key: config.admin_key.clone(),
+        clock: Clock::system(),
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;
     let http_addr = listener.local_addr().expect("bound listener has an address");
     let (tx, rx) = oneshot::channel::<()>();
-    let app = api::app(state);
+    let app = api::app(state.clone());
     let http = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async {
             let _ = rx.await;
         });
@@ -154,5 +178,17 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         }
     });
     tracing::info!(%http_addr, ?udp_addrs, ?tcp_addrs, "auralink serving");
-    Ok(Server { http_addr, udp_addrs, tcp_addrs, sfu: handle, dev_keys, draining, shutdown: Some(tx), http })
+    Ok(Server {
+        http_addr,
+        udp_addrs,
+        tcp_addrs,
+        sfu: handle,
+        dev_keys,
+        admin_key: config.admin_key,
+        db,
+        state,
+        draining,
+        shutdown: Some(tx),
+        http,
+    })
 }

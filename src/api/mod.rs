@@ -1,8 +1,15 @@
-//! HTTP surface: `app(state) -> Router`. This issue carries health, the demo pages (LiveKit
-//! room app at `/`, WHIP/WHEP at `/whip`) and the WHIP/WHEP signaling; the control API grows
-//! here.
+//! HTTP surface: `app(state) -> Router`: health, metrics, the demo pages (LiveKit room app
+//! at `/`, WHIP/WHEP at `/whip`), WHIP/WHEP and LiveKit signaling, and the control API
+//! under `/v1` (JSON, authenticated, idempotent POSTs, audited mutations).
 
+pub mod audit;
+pub mod auth;
+mod body;
+mod idempotency;
 mod metrics;
+mod v1;
+
+pub use self::body::Body;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::db::Db;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName};
 use crate::sfu::driver::SfuHandle;
@@ -35,6 +43,32 @@ pub struct AppState {
     pub dev_keys: Option<(String, String)>,
     /// See [`crate::config::Config::web_dir`].
     pub web_dir: PathBuf,
+    pub db: Db,
+    /// See [`crate::config::Config::admin_key`].
+    pub admin_key: Option<String>,
+    pub clock: Clock,
+}
+
+/// Largest JSON body the control API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Wall-clock milliseconds for records and expiry checks; tests put in their own.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)))
+    }
+
+    /// A clock that reads `ms`, for tests that move time.
+    pub fn manual(ms: Arc<std::sync::atomic::AtomicI64>) -> Clock {
+        Clock(Arc::new(move || ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
 }
 
 /// The whole HTTP application.
@@ -50,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/dev/token", get(dev_token))
         .with_state(state.clone())
+        .merge(v1::router(state.clone()))
         .merge(whip::router(state.whip))
         .merge(livekit::router(state.livekit))
 }
@@ -102,9 +137,16 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "draining" }))).into_response();
     }
-    match s.sfu.call(|_, _| ()).await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(_) => ApiError::unavailable().into_response(),
+    if s.sfu.call(|_, _| ()).await.is_err() {
+        return ApiError::unavailable().into_response();
+    }
+    match s.db.check().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready", "database": s.db.backend() })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: database");
+            let body = serde_json::json!({ "status": "unavailable", "database": e.to_string() });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 

@@ -125,7 +125,7 @@ enum End {
     /// The client left.
     Left,
     /// A resume brought a new signal connection while this one still looked alive.
-    Resumed(WebSocket),
+    Resumed(Box<WebSocket>),
 }
 
 /// What a session listens to besides its WebSocket; they outlive any one connection.
@@ -140,7 +140,7 @@ enum Input {
     Client(Option<Result<Message, axum::Error>>),
     Event(SfuEvent),
     Described(ParticipantId),
-    Resume(WebSocket),
+    Resume(Box<WebSocket>),
     Deadline,
 }
 
@@ -156,7 +156,7 @@ impl Feeds {
                 }
             };
             return Ok(tokio::select! {
-                Some(socket) = self.resumes.recv() => Input::Resume(socket),
+                Some(socket) = self.resumes.recv() => Input::Resume(Box::new(socket)),
                 // Lagging behind only delays one description: the next update carries it.
                 Ok(p) = self.described.recv() => Input::Described(p),
                 m = client => Input::Client(m),
@@ -382,7 +382,7 @@ impl Session {
                 Ok(End::Resumed(socket)) => {
                     let bye = CloseFrame { code: 1000, reason: "resumed on another connection".into() };
                     let _ = tx.send(Message::Close(Some(bye))).await;
-                    socket
+                    *socket
                 }
                 Err(e) if e.resumable() => {
                     tracing::info!(participant = %self.participant, error = %e, "signal connection lost; waiting for a resume");
@@ -449,7 +449,7 @@ impl Session {
         let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
         loop {
             let out = match feeds.next(None, deadline).await.ok()? {
-                Input::Resume(socket) => return Some(socket),
+                Input::Resume(socket) => return Some(*socket),
                 Input::Deadline | Input::Client(_) => return None,
                 Input::Described(p) => self.update_for(p).await.ok()?,
                 Input::Event(e) => self.handle_event(e).await.ok()?,

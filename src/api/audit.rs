@@ -1,0 +1,96 @@
+//! The append-only audit log: one entry per mutation, written in the mutation's own
+//! transaction (no change without its entry, no entry without its change), readable by admins.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::AppState;
+use super::auth::{Caller, Perm};
+use crate::args;
+use crate::db::{DbError, Tx};
+use crate::error::ApiError;
+use crate::ids::record_id;
+
+/// What changed.
+pub struct Change<'a> {
+    /// `resource.verb`, e.g. `room.create`.
+    pub action: &'static str,
+    pub target_type: &'static str,
+    pub target_id: Option<&'a str>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+pub async fn record(tx: &mut Tx, caller: &Caller, org: &str, now: i64, c: Change<'_>) -> Result<(), DbError> {
+    let (actor_type, actor_id) = caller.actor();
+    let sql = "INSERT INTO audit_log (id, org_id, at, actor_type, actor_id, action, target_type, target_id, \
+               before, after, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    let json = |v: Option<Value>| v.map(|v| v.to_string());
+    tx.execute(
+        sql,
+        args![
+            record_id("aud", now),
+            org,
+            now,
+            actor_type,
+            actor_id,
+            c.action,
+            c.target_type,
+            c.target_id,
+            json(c.before),
+            json(c.after),
+            caller.ip.clone(),
+            caller.user_agent.clone()
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Entry {
+    id: String,
+    at: i64,
+    actor_type: String,
+    actor_id: String,
+    action: String,
+    target_type: String,
+    target_id: Option<String>,
+    #[serde(serialize_with = "super::v1::raw_json")]
+    before: Option<String>,
+    #[serde(serialize_with = "super::v1::raw_json")]
+    after: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Entries older than this id (the last id of the previous page).
+    before: Option<String>,
+    limit: Option<i64>,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/audit", get(list))
+}
+
+/// Newest first, paged by id.
+async fn list(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::AuditRead)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut tx = s.db.begin(org).await?;
+    let sql = "SELECT id, at, actor_type, actor_id, action, target_type, target_id, before, after, ip, user_agent \
+               FROM audit_log WHERE org_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3";
+    let entries: Vec<Entry> = tx.fetch_all(sql, args![org, q.before, limit]).await?;
+    tx.commit().await?;
+    Ok(Json(serde_json::json!({ "entries": entries })))
+}

@@ -1,0 +1,206 @@
+//! API keys: `alk_<prefix>_<secret>`, shown once at creation and stored as the SHA-256 of
+//! the secret, with a role, scopes, an optional expiry, and revocation.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{AppState, check_len, not_found};
+use crate::api::Body;
+use crate::api::audit::{self, Change};
+use crate::api::auth::{Caller, NewKey, Perm, Principal, Role, generate_key, parse_scopes};
+use crate::args;
+use crate::db::{DbError, Tx};
+use crate::error::ApiError;
+use crate::ids::record_id;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/api-keys", get(list).post(create)).route("/v1/api-keys/{id}", delete(revoke))
+}
+
+/// Stores a new key and its lookup entry.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert(
+    tx: &mut Tx,
+    org: &str,
+    id: &str,
+    user: Option<&str>,
+    name: &str,
+    key: &NewKey,
+    role: Role,
+    scopes: &[String],
+    expires_at: Option<i64>,
+    created_by: &str,
+    now: i64,
+) -> Result<(), DbError> {
+    let sql = "INSERT INTO api_keys (id, org_id, user_id, name, prefix, secret_hash, role, scopes, expires_at, \
+               created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    let scopes = serde_json::to_string(scopes).expect("strings serialize");
+    tx.execute(
+        sql,
+        args![
+            id,
+            org,
+            user,
+            name,
+            &key.prefix,
+            key.secret_hash.clone(),
+            role.as_str(),
+            scopes,
+            expires_at,
+            created_by,
+            now
+        ],
+    )
+    .await?;
+    let sql = "INSERT INTO key_lookup (kind, lookup, org_id) VALUES ('api_key', $1, $2)";
+    tx.execute(sql, args![&key.prefix, org]).await?;
+    Ok(())
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Key {
+    id: String,
+    name: String,
+    prefix: String,
+    user_id: Option<String>,
+    role: String,
+    #[serde(serialize_with = "super::raw_json")]
+    scopes: String,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    created_by: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+}
+
+macro_rules! select_keys {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, name, prefix, user_id, role, scopes, expires_at, last_used_at, created_by, created_at, ",
+            "revoked_at FROM api_keys WHERE org_id = $1",
+            $tail
+        )
+    };
+}
+
+async fn list(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::KeysRead)?;
+    let mut tx = s.db.begin(org).await?;
+    let keys: Vec<Key> = tx.fetch_all(select_keys!(" ORDER BY id"), args![org]).await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "api_keys": keys })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    /// Default: the caller's role.
+    role: Option<String>,
+    /// Default: every scope the caller holds.
+    scopes: Option<Vec<String>>,
+    expires_in_secs: Option<i64>,
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<CreateKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let org = caller.require(Perm::KeysWrite)?;
+    check_len("name", &req.name, 128)?;
+    let role = match req.role.as_deref() {
+        None => caller.role(),
+        Some(r) => Role::parse(r)
+            .ok_or_else(|| ApiError::unprocessable("invalid_field", "role must be owner, admin, member or viewer"))?,
+    };
+    if role > caller.role() {
+        return Err(ApiError::forbidden("insufficient_role", "a key cannot have a role above its creator's"));
+    }
+    let scopes = match req.scopes {
+        Some(s) => s,
+        None => match &caller.principal {
+            Principal::Key { scopes, .. } => scopes.clone(),
+            Principal::Admin => vec!["*".into()],
+        },
+    };
+    parse_scopes(&scopes)?;
+    if scopes.is_empty() || scopes.len() > Perm::ALL.len() {
+        return Err(ApiError::unprocessable("invalid_field", "scopes must list 1 to 14 scopes"));
+    }
+    if !caller.holds_scopes(&scopes) {
+        return Err(ApiError::forbidden("missing_scope", "a key cannot have scopes its creator lacks"));
+    }
+    let now = s.clock.now_ms();
+    let expires_at = match req.expires_in_secs {
+        Some(secs) if !(60..=10 * 365 * 86_400).contains(&secs) => {
+            return Err(ApiError::unprocessable("invalid_field", "expires_in_secs must be 60 s to 10 years"));
+        }
+        Some(secs) => Some(now + secs * 1000),
+        None => None,
+    };
+    let id = record_id("key", now);
+    let key = generate_key();
+    let (actor_type, actor_id) = caller.actor();
+    let created_by = format!("{actor_type}:{actor_id}");
+    let mut tx = s.db.begin(org).await?;
+    insert(&mut tx, org, &id, None, req.name.trim(), &key, role, &scopes, expires_at, &created_by, now).await?;
+    let stored: Key = tx.fetch_one(select_keys!(" AND id = $2"), args![org, &id]).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "api_key.create",
+            target_type: "api_key",
+            target_id: Some(&id),
+            before: None,
+            after: Some(json!(stored)),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let mut out = json!(stored);
+    out["key"] = json!(key.plaintext);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn revoke(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = caller.require(Perm::KeysWrite)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let before: Key =
+        tx.fetch_optional(select_keys!(" AND id = $2"), args![org, &id]).await?.ok_or_else(|| not_found("API key"))?;
+    if Role::parse(&before.role).is_some_and(|r| r > caller.role()) {
+        return Err(ApiError::forbidden("insufficient_role", "cannot revoke a key above your own role"));
+    }
+    let (actor_type, actor_id) = caller.actor();
+    let sql =
+        "UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE org_id = $3 AND id = $4 AND revoked_at IS NULL";
+    tx.execute(sql, args![now, format!("{actor_type}:{actor_id}"), org, &id]).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "api_key.revoke",
+            target_type: "api_key",
+            target_id: Some(&id),
+            before: Some(json!(before)),
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,171 @@
+//! Orgs. The admin key creates one together with its first owner and that owner's API key;
+//! from then on the org manages itself with its keys.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{AppState, check_len, not_found};
+use crate::api::Body;
+use crate::api::audit::{self, Change};
+use crate::api::auth::{Caller, Perm, Principal, Role, generate_key};
+use crate::args;
+use crate::error::ApiError;
+use crate::ids::record_id;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/orgs", post(create)).route("/v1/orgs/{id}", get(read).patch(update))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    #[serde(serialize_with = "super::raw_json")]
+    pub metadata: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrg {
+    name: String,
+    owner_email: String,
+    #[serde(default)]
+    owner_name: String,
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<CreateOrg>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !matches!(caller.principal, Principal::Admin) {
+        return Err(ApiError::forbidden("admin_only", "only the admin key creates orgs"));
+    }
+    check_len("name", &req.name, 128)?;
+    super::check_email(&req.owner_email)?;
+    let now = s.clock.now_ms();
+    let org = record_id("org", now);
+    let user = record_id("usr", now);
+    let key_id = record_id("key", now);
+    let key = generate_key();
+    let mut tx = s.db.begin(&org).await?;
+    tx.execute(
+        "INSERT INTO orgs (id, name, metadata, created_at, updated_at) VALUES ($1, $2, '{}', $3, $3)",
+        args![&org, req.name.trim(), now],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO users (id, org_id, email, display_name, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)",
+        args![&user, &org, req.owner_email.trim(), req.owner_name.trim(), now],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO memberships (org_id, user_id, role, created_at, updated_at) VALUES ($1, $2, 'owner', $3, $3)",
+        args![&org, &user, now],
+    )
+    .await?;
+    super::keys::insert(
+        &mut tx,
+        &org,
+        &key_id,
+        Some(&user),
+        "owner key",
+        &key,
+        Role::Owner,
+        &["*".into()],
+        None,
+        "admin",
+        now,
+    )
+    .await?;
+    let after = json!({ "name": req.name.trim(), "owner": user, "key": key_id });
+    audit::record(
+        &mut tx,
+        &caller,
+        &org,
+        now,
+        Change { action: "org.create", target_type: "org", target_id: Some(&org), before: None, after: Some(after) },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "org": { "id": org, "name": req.name.trim(), "metadata": {}, "created_at": now, "updated_at": now },
+            "owner": { "id": user, "email": req.owner_email.trim(), "role": "owner" },
+            "api_key": { "id": key_id, "prefix": key.prefix, "key": key.plaintext },
+        })),
+    ))
+}
+
+async fn load(tx: &mut crate::db::Tx, org: &str) -> Result<Org, ApiError> {
+    let sql = "SELECT id, name, metadata, created_at, updated_at FROM orgs WHERE id = $1 AND deleted_at IS NULL";
+    tx.fetch_optional(sql, args![org]).await?.ok_or_else(|| not_found("org"))
+}
+
+async fn read(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Org>, ApiError> {
+    let org = caller.require(Perm::OrgRead)?;
+    if id != org {
+        return Err(not_found("org"));
+    }
+    let mut tx = s.db.begin(org).await?;
+    let o = load(&mut tx, org).await?;
+    tx.commit().await?;
+    Ok(Json(o))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateOrg {
+    name: Option<String>,
+    metadata: Option<Value>,
+}
+
+async fn update(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateOrg>,
+) -> Result<Json<Org>, ApiError> {
+    let org = caller.require(Perm::OrgWrite)?;
+    if id != org {
+        return Err(not_found("org"));
+    }
+    if let Some(n) = &req.name {
+        check_len("name", n, 128)?;
+    }
+    let metadata = super::metadata_text(req.metadata.as_ref())?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let before = load(&mut tx, org).await?;
+    let sql = "UPDATE orgs SET name = COALESCE($1, name), metadata = COALESCE($2, metadata), updated_at = $3 \
+               WHERE id = $4";
+    tx.execute(sql, args![req.name.as_deref().map(str::trim), metadata, now, org]).await?;
+    let after = load(&mut tx, org).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "org.update",
+            target_type: "org",
+            target_id: Some(org),
+            before: Some(json!({ "name": before.name, "metadata": before.metadata })),
+            after: Some(json!({ "name": after.name, "metadata": after.metadata })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(after))
+}

@@ -1,0 +1,360 @@
+//! Rooms (records in the org) and their live participants (in the media router).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{AppState, not_found};
+use crate::api::Body;
+use crate::api::audit::{self, Change};
+use crate::api::auth::{Caller, Perm};
+use crate::args;
+use crate::db::Tx;
+use crate::error::ApiError;
+use crate::ids::{Identity, RoomName, TrackId, record_id};
+use crate::sfu::core::{LeaveReason, ParticipantInfo};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/rooms", get(list).post(create))
+        .route("/v1/rooms/{name}", get(read).patch(update).delete(remove))
+        .route("/v1/rooms/{name}/participants", get(participants))
+        .route("/v1/rooms/{name}/participants/{identity}", get(participant).delete(remove_participant))
+        .route("/v1/rooms/{name}/participants/{identity}/mute", post(mute))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Room {
+    id: String,
+    name: String,
+    metadata: String,
+    empty_timeout_secs: Option<i64>,
+    max_participants: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+macro_rules! select_rooms {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, name, metadata, empty_timeout_secs, max_participants, created_at, updated_at ",
+            "FROM rooms WHERE org_id = $1 AND deleted_at IS NULL",
+            $tail
+        )
+    };
+}
+
+fn room_name(name: &str) -> Result<RoomName, ApiError> {
+    RoomName::new(name.to_string()).map_err(|e| ApiError::unprocessable("invalid_field", format!("room name {e}")))
+}
+
+async fn load(tx: &mut Tx, org: &str, name: &str) -> Result<Room, ApiError> {
+    tx.fetch_optional(select_rooms!(" AND name = $2"), args![org, name]).await?.ok_or_else(|| not_found("room"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    /// Rooms after this name (the last of the previous page).
+    after: Option<String>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsRead)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut tx = s.db.begin(org).await?;
+    let rooms: Vec<Room> = tx
+        .fetch_all(select_rooms!(" AND ($2 IS NULL OR name > $2) ORDER BY name LIMIT $3"), args![org, q.after, limit])
+        .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    name: String,
+    #[serde(default)]
+    metadata: String,
+    empty_timeout_secs: Option<i64>,
+    max_participants: Option<i64>,
+}
+
+fn check_room_fields(metadata: Option<&str>, timeout: Option<i64>, max: Option<i64>) -> Result<(), ApiError> {
+    if metadata.is_some_and(|m| m.len() > 64 * 1024) {
+        return Err(ApiError::unprocessable("invalid_field", "metadata must be at most 64 KiB"));
+    }
+    if timeout.is_some_and(|t| !(0..=86_400).contains(&t)) {
+        return Err(ApiError::unprocessable("invalid_field", "empty_timeout_secs must be 0 to 86400"));
+    }
+    if max.is_some_and(|m| !(0..=100_000).contains(&m)) {
+        return Err(ApiError::unprocessable("invalid_field", "max_participants must be 0 to 100000"));
+    }
+    Ok(())
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<CreateRoom>,
+) -> Result<(StatusCode, Json<Room>), ApiError> {
+    let org = caller.require(Perm::RoomsWrite)?;
+    room_name(&req.name)?;
+    check_room_fields(Some(&req.metadata), req.empty_timeout_secs, req.max_participants)?;
+    let now = s.clock.now_ms();
+    let id = record_id("room", now);
+    let mut tx = s.db.begin(org).await?;
+    let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
+               updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
+    tx.execute(sql, args![&id, org, &req.name, &req.metadata, req.empty_timeout_secs, req.max_participants, now])
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::Conflict => ApiError::conflict("already_exists", format!("room {} exists", req.name)),
+            e => e.into(),
+        })?;
+    let room = load(&mut tx, org, &req.name).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "room.create",
+            target_type: "room",
+            target_id: Some(&id),
+            before: None,
+            after: Some(json!(room)),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(room)))
+}
+
+async fn read(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsRead)?;
+    let mut tx = s.db.begin(org).await?;
+    let room = load(&mut tx, org, &name).await?;
+    tx.commit().await?;
+    let live = live_participants(&s, &name).await?;
+    let mut out = json!(room);
+    out["num_participants"] = json!(live.len());
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRoom {
+    metadata: Option<String>,
+    empty_timeout_secs: Option<i64>,
+    max_participants: Option<i64>,
+}
+
+async fn update(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Body(req): Body<UpdateRoom>,
+) -> Result<Json<Room>, ApiError> {
+    let org = caller.require(Perm::RoomsWrite)?;
+    check_room_fields(req.metadata.as_deref(), req.empty_timeout_secs, req.max_participants)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let before = load(&mut tx, org, &name).await?;
+    let sql = "UPDATE rooms SET metadata = COALESCE($1, metadata), \
+               empty_timeout_secs = COALESCE($2, empty_timeout_secs), \
+               max_participants = COALESCE($3, max_participants), updated_at = $4 WHERE org_id = $5 AND id = $6";
+    tx.execute(sql, args![req.metadata, req.empty_timeout_secs, req.max_participants, now, org, &before.id]).await?;
+    let after = load(&mut tx, org, &name).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "room.update",
+            target_type: "room",
+            target_id: Some(&before.id),
+            before: Some(json!(before)),
+            after: Some(json!(after)),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(after))
+}
+
+/// Deletes the room and disconnects everyone in it.
+async fn remove(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = caller.require(Perm::RoomsWrite)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let before = load(&mut tx, org, &name).await?;
+    let sql = "UPDATE rooms SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND id = $3";
+    tx.execute(sql, args![now, org, &before.id]).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "room.delete",
+            target_type: "room",
+            target_id: Some(&before.id),
+            before: Some(json!(before)),
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let room = room_name(&name)?;
+    s.sfu
+        .call(move |sfu, now| {
+            for p in sfu.participants(&room) {
+                sfu.remove_participant(now, p.id, LeaveReason::Removed);
+            }
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn live_participants(s: &AppState, name: &str) -> Result<Vec<ParticipantInfo>, ApiError> {
+    let room = room_name(name)?;
+    s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())
+}
+
+/// The room must be the caller's before anything about its participants is told or done.
+async fn own_room(s: &AppState, org: &str, name: &str) -> Result<(), ApiError> {
+    let mut tx = s.db.begin(org).await?;
+    load(&mut tx, org, name).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn participants(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::ParticipantsRead)?;
+    own_room(&s, org, &name).await?;
+    Ok(Json(json!({ "participants": live_participants(&s, &name).await? })))
+}
+
+async fn find(s: &AppState, name: &str, identity: &str) -> Result<Vec<ParticipantInfo>, ApiError> {
+    let identity = Identity::new(identity.to_string()).map_err(|_| not_found("participant"))?;
+    let found: Vec<ParticipantInfo> =
+        live_participants(s, name).await?.into_iter().filter(|p| p.identity == identity).collect();
+    if found.is_empty() { Err(not_found("participant")) } else { Ok(found) }
+}
+
+async fn participant(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, identity)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::ParticipantsRead)?;
+    own_room(&s, org, &name).await?;
+    let sessions = find(&s, &name, &identity).await?;
+    let tracks: Vec<_> = sessions.iter().flat_map(|p| p.tracks.clone()).collect();
+    Ok(Json(json!({ "identity": identity, "sid": sessions[0].id.to_string(), "tracks": tracks })))
+}
+
+async fn remove_participant(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, identity)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let org = caller.require(Perm::ParticipantsWrite)?;
+    own_room(&s, org, &name).await?;
+    let sessions = find(&s, &name, &identity).await?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "participant.remove",
+            target_type: "participant",
+            target_id: Some(&identity),
+            before: Some(json!({ "room": name, "sessions": sessions.len() })),
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let ids: Vec<_> = sessions.iter().map(|p| p.id).collect();
+    s.sfu
+        .call(move |sfu, now| {
+            for id in ids {
+                sfu.remove_participant(now, id, LeaveReason::Removed);
+            }
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mute {
+    track_sid: String,
+    muted: bool,
+}
+
+async fn mute(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, identity)): Path<(String, String)>,
+    Body(req): Body<Mute>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::ParticipantsWrite)?;
+    own_room(&s, org, &name).await?;
+    let sessions = find(&s, &name, &identity).await?;
+    let track: TrackId = req.track_sid.parse().map_err(|_| not_found("track"))?;
+    if !sessions.iter().any(|p| p.tracks.iter().any(|t| t.id == track)) {
+        return Err(not_found("track"));
+    }
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "track.mute",
+            target_type: "track",
+            target_id: Some(&req.track_sid),
+            before: None,
+            after: Some(json!({ "room": name, "identity": identity, "muted": req.muted })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    s.sfu
+        .call(move |sfu, now| sfu.set_track_muted(now, track, req.muted))
+        .await
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(|_| not_found("track"))?;
+    Ok(Json(json!({ "track_sid": req.track_sid, "muted": req.muted })))
+}
