@@ -128,9 +128,9 @@ mod tests {
 
 /// A new record id: `prefix_` then 26 Crockford base32 characters, 48 bits of milliseconds
 /// since the epoch and 80 random bits (the ULID layout). Ids sort by creation time, which
-/// keeps B-tree inserts local and lets `ORDER BY id` page newest-first; within one
-/// millisecond the process hands out increasing ids (ULID's monotonic mode), so that order
-/// is the order of creation.
+/// keeps B-tree inserts local and lets `ORDER BY id` page newest-first. One process hands
+/// out strictly increasing ids (ULID's monotonic mode, extended to a clock that steps back),
+/// so that order is the order of creation.
 pub fn record_id(prefix: &str, now_ms: i64) -> String {
     use rand::Rng;
     static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
@@ -140,7 +140,7 @@ pub fn record_id(prefix: &str, now_ms: i64) -> String {
     let fresh = ((now_ms as u128 & ((1 << 48) - 1)) << 80) | random;
     let value = {
         let mut last = LAST.lock().expect("not poisoned");
-        *last = if fresh >> 80 == *last >> 80 && fresh <= *last { *last + 1 } else { fresh };
+        *last = fresh.max(*last + 1);
         *last
     };
     let mut out = String::with_capacity(prefix.len() + 27);
@@ -164,5 +164,6 @@ mod record_id_tests {
         assert!(a < b);
         let (c, d) = (record_id("org", 5), record_id("org", 5));
         assert!(c < d, "same millisecond, still in order: {c} {d}");
+        assert!(record_id("org", 4) > d, "a clock stepping back does not reorder");
     }
 }

@@ -103,6 +103,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let dev_keys = config.resolve_keys()?;
     config.resolve_admin_key()?;
     let db = Db::open(&config.database_url()).await?;
+    api::twirp::ensure_node_org(&db, crate::api::Clock::system().now_ms()).await?;
     tracing::info!(backend = db.backend(), "database ready");
     let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
 

@@ -7,6 +7,7 @@ pub mod auth;
 mod body;
 mod idempotency;
 mod metrics;
+pub mod twirp;
 mod v1;
 
 pub use self::body::Body;
@@ -85,6 +86,7 @@ pub fn app(state: AppState) -> Router {
         .route("/dev/token", get(dev_token))
         .with_state(state.clone())
         .merge(v1::router(state.clone()))
+        .merge(twirp::router(state.clone()))
         .merge(whip::router(state.whip))
         .merge(livekit::router(state.livekit))
 }

@@ -2,7 +2,7 @@
 // Usage: node rooms.mjs <http-url> <api-key> <api-secret>
 // Exits 0 when every check passed; prints what failed otherwise.
 import { chromium } from 'playwright-core';
-import { AccessToken } from 'livekit-server-sdk';
+import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -352,6 +352,47 @@ try {
   );
   log('bad token ->', err);
   if (err === 'connected' || !/403|401|not ?allowed/i.test(err)) throw new Error(`bad token was not refused properly: ${err}`);
+
+  // LiveKit's server SDK manages rooms through the Twirp RoomService.
+  const svc = new RoomServiceClient(url, apiKey, apiSecret);
+  const created = await svc.createRoom({ name: 'svc-room', emptyTimeout: 60, metadata: 'hello' });
+  if (created.name !== 'svc-room' || created.metadata !== 'hello' || created.emptyTimeout !== 60) {
+    throw new Error(`createRoom: ${JSON.stringify(created)}`);
+  }
+  const again = await svc.createRoom({ name: 'svc-room' });
+  if (again.metadata !== 'hello') throw new Error('createRoom is get-or-create');
+  const listed = await svc.listRooms();
+  const live = listed.find((r) => r.name === room);
+  if (!listed.some((r) => r.name === 'svc-room') || !live || live.numParticipants < 2) {
+    throw new Error(`listRooms: ${JSON.stringify(listed)}`);
+  }
+  const people = (await svc.listParticipants(room)).map((p) => p.identity).sort();
+  if (!people.includes('alice') || !people.includes('bob')) throw new Error(`listParticipants: ${people}`);
+  const bobInfo = await svc.getParticipant(room, 'bob');
+  const bobAudio = bobInfo.tracks.find((t) => t.type === 0 || t.type === 'AUDIO');
+  if (!bobAudio || bobInfo.sid !== bobSid) throw new Error(`getParticipant: ${JSON.stringify(bobInfo)}`);
+  await svc.updateParticipant(room, 'bob', { metadata: 'set-by-server', attributes: { desk: '7' } });
+  await until(alice, 'alice to see the server-set metadata', () => {
+    const b = [...window.room.remoteParticipants.values()].find((p) => p.identity === 'bob');
+    return { ok: b?.metadata === 'set-by-server' && b?.attributes?.desk === '7', m: b?.metadata };
+  });
+  await svc.mutePublishedTrack(room, 'bob', bobAudio.sid, true);
+  await until(alice, 'alice to see bob muted by the server', () => window.events.includes('muted:bob:audio'));
+  const refusals = [];
+  for (const attempt of [() => svc.getParticipant(room, 'nobody'), () => svc.deleteRoom('no-such-room')]) {
+    try {
+      await attempt();
+      refusals.push('accepted');
+    } catch (e) {
+      refusals.push(`${e.status} ${e.code}`);
+    }
+  }
+  if (refusals.join() !== '404 not_found,404 not_found') throw new Error(`refusals: ${refusals}`);
+  await svc.deleteRoom('svc-room');
+  if ((await svc.listRooms(['svc-room'])).length !== 0) throw new Error('deleteRoom left the room listed');
+  await svc.removeParticipant(room, 'bob');
+  await until(alice, 'alice to see bob removed', () => window.events.includes('left:bob'));
+  log('RoomService over Twirp: create/list/delete rooms, list/get/update/mute/remove participants');
 } catch (e) {
   failed = true;
   console.error('FAILED:', e.message);

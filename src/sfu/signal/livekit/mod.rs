@@ -48,6 +48,44 @@ pub struct LiveKitState {
     pub described: tokio::sync::broadcast::Sender<crate::ids::ParticipantId>,
 }
 
+impl LiveKitState {
+    /// A participant as LiveKit clients and server SDKs see it.
+    pub fn describe(&self, p: &crate::sfu::core::ParticipantInfo) -> livekit_protocol::ParticipantInfo {
+        convert::participant_info(p, &self.registry, livekit_protocol::participant_info::State::Active)
+    }
+
+    pub fn describe_track(&self, t: &crate::sfu::core::TrackInfo) -> livekit_protocol::TrackInfo {
+        convert::track_info(t, self.registry.track(t.id).as_ref())
+    }
+
+    /// Changes a participant's self-description (`None` keeps a field; an empty attribute
+    /// value removes the attribute, as in LiveKit) and has every session of its room send it.
+    pub fn update_description(
+        &self,
+        id: crate::ids::ParticipantId,
+        name: Option<&str>,
+        metadata: Option<&str>,
+        attributes: &std::collections::HashMap<String, String>,
+    ) {
+        self.registry.update_participant(id, |m| {
+            if let Some(n) = name {
+                m.name = n.to_string();
+            }
+            if let Some(md) = metadata {
+                m.metadata = md.to_string();
+            }
+            for (k, v) in attributes {
+                if v.is_empty() {
+                    m.attributes.remove(k);
+                } else {
+                    m.attributes.insert(k.clone(), v.clone());
+                }
+            }
+        });
+        let _ = self.described.send(id);
+    }
+}
+
 /// Query parameters of `/rtc` as `livekit-client` sends them.
 #[derive(Debug, Deserialize)]
 struct RtcQuery {

@@ -594,19 +594,7 @@ impl Session {
                 } else if u.name.len() > 256 || u.metadata.len() > 64 * 1024 || u.attributes.len() > 64 {
                     Reason::LimitExceeded
                 } else {
-                    self.state.registry.update_participant(self.participant, |m| {
-                        m.name = u.name.clone();
-                        m.metadata = u.metadata.clone();
-                        // An empty value removes the attribute, as in LiveKit.
-                        for (k, v) in &u.attributes {
-                            if v.is_empty() {
-                                m.attributes.remove(k);
-                            } else {
-                                m.attributes.insert(k.clone(), v.clone());
-                            }
-                        }
-                    });
-                    let _ = self.state.described.send(self.participant);
+                    self.state.update_description(self.participant, Some(&u.name), Some(&u.metadata), &u.attributes);
                     Reason::Ok
                 };
                 Ok(vec![Resp::RequestResponse(proto::RequestResponse {

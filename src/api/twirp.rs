@@ -1,0 +1,388 @@
+//! LiveKit's RoomService over Twirp (`POST /twirp/livekit.RoomService/<Method>`), so
+//! `livekit-server-sdk`'s `RoomServiceClient` works against AuraLink unchanged. Bodies are
+//! JSON (protobuf's JSON mapping, which is what the SDK sends) or binary protobuf; auth is a
+//! LiveKit JWT with `roomCreate`, `roomList` or `roomAdmin` grants. The node's configured
+//! LiveKit keys act for the node org ([`NODE_ORG`]); docs/livekit-compat.md lists the subset.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use livekit_protocol as proto;
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::args;
+use crate::db::{Db, DbError};
+use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
+use crate::sfu::core::{LeaveReason, ParticipantInfo};
+use crate::sfu::signal::token::Claims;
+
+/// The org that owns rooms reached with the node's configured LiveKit keys.
+pub const NODE_ORG: &str = "org_node";
+
+/// Creates the node org on first start.
+pub async fn ensure_node_org(db: &Db, now: i64) -> Result<(), DbError> {
+    let mut tx = db.begin(NODE_ORG).await?;
+    let sql = "INSERT INTO orgs (id, name, metadata, created_at, updated_at) VALUES ($1, 'node', '{}', $2, $2) \
+               ON CONFLICT (id) DO NOTHING";
+    tx.execute(sql, args![NODE_ORG, now]).await?;
+    tx.commit().await
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new().route("/twirp/livekit.RoomService/{method}", post(call)).with_state(state)
+}
+
+/// A Twirp error: `{"code","msg"}` with exactly `application/json`, which the SDK checks.
+struct TwirpError {
+    status: StatusCode,
+    code: &'static str,
+    msg: String,
+}
+
+fn err(status: StatusCode, code: &'static str, msg: impl Into<String>) -> TwirpError {
+    TwirpError { status, code, msg: msg.into() }
+}
+
+impl IntoResponse for TwirpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "msg": self.msg }).to_string();
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+impl From<DbError> for TwirpError {
+    fn from(e: DbError) -> Self {
+        let api = crate::error::ApiError::from(e);
+        let code = if api.status == StatusCode::SERVICE_UNAVAILABLE { "unavailable" } else { "internal" };
+        err(api.status, code, api.message)
+    }
+}
+
+fn gone() -> TwirpError {
+    err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the media router is not running")
+}
+
+fn not_found(what: &str) -> TwirpError {
+    err(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+}
+
+/// How the request was encoded; the response uses the same.
+#[derive(Clone, Copy)]
+enum Codec {
+    Json,
+    Protobuf,
+}
+
+fn decode<T: Message + Default + DeserializeOwned>(codec: Codec, body: &[u8]) -> Result<T, TwirpError> {
+    match codec {
+        Codec::Protobuf => T::decode(body).map_err(|e| err(StatusCode::BAD_REQUEST, "malformed", e.to_string())),
+        Codec::Json => {
+            serde_json::from_slice(body).map_err(|e| err(StatusCode::BAD_REQUEST, "malformed", e.to_string()))
+        }
+    }
+}
+
+fn encode<T: Message + Serialize>(codec: Codec, v: &T) -> Response {
+    match codec {
+        Codec::Protobuf => ([(header::CONTENT_TYPE, "application/protobuf")], v.encode_to_vec()).into_response(),
+        Codec::Json => {
+            let body = serde_json::to_vec(v).expect("protocol messages serialize");
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    }
+}
+
+fn now_secs(s: &AppState) -> u64 {
+    (s.clock.now_ms() / 1000) as u64
+}
+
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<Claims, TwirpError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "unauthenticated", "missing Bearer token"))?;
+    s.livekit
+        .tokens
+        .verify(token, now_secs(s))
+        .map_err(|e| err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+}
+
+/// LiveKit answers a missing grant with 401 "permissions denied"; so does this.
+fn need(granted: bool) -> Result<(), TwirpError> {
+    if granted { Ok(()) } else { Err(err(StatusCode::UNAUTHORIZED, "unauthenticated", "permissions denied")) }
+}
+
+/// `roomAdmin` for exactly this room.
+fn need_admin(claims: &Claims, room: &str) -> Result<RoomName, TwirpError> {
+    need(claims.video.room_admin && claims.video.room == room)?;
+    room_name(room)
+}
+
+fn room_name(room: &str) -> Result<RoomName, TwirpError> {
+    RoomName::new(room.to_string()).map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_argument", format!("room {e}")))
+}
+
+async fn call(
+    State(s): State<AppState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, TwirpError> {
+    let codec = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(ct) if ct.starts_with("application/protobuf") => Codec::Protobuf,
+        _ => Codec::Json,
+    };
+    let claims = authorize(&s, &headers)?;
+    match method.as_str() {
+        "CreateRoom" => {
+            need(claims.video.room_create)?;
+            let req: proto::CreateRoomRequest = decode(codec, &body)?;
+            Ok(encode(codec, &create_room(&s, req).await?))
+        }
+        "ListRooms" => {
+            need(claims.video.room_list)?;
+            let req: proto::ListRoomsRequest = decode(codec, &body)?;
+            let rooms =
+                list_rooms(&s).await?.into_iter().filter(|r| req.names.is_empty() || req.names.contains(&r.name));
+            Ok(encode(codec, &proto::ListRoomsResponse { rooms: rooms.collect() }))
+        }
+        "DeleteRoom" => {
+            need(claims.video.room_create)?;
+            let req: proto::DeleteRoomRequest = decode(codec, &body)?;
+            delete_room(&s, &req.room).await?;
+            Ok(encode(codec, &proto::DeleteRoomResponse {}))
+        }
+        "UpdateRoomMetadata" => {
+            let req: proto::UpdateRoomMetadataRequest = decode(codec, &body)?;
+            need_admin(&claims, &req.room)?;
+            let mut tx = s.db.begin(NODE_ORG).await?;
+            let sql = "UPDATE rooms SET metadata = $1, updated_at = $2 WHERE org_id = $3 AND name = $4 \
+                       AND deleted_at IS NULL";
+            let n = tx.execute(sql, args![&req.metadata, s.clock.now_ms(), NODE_ORG, &req.room]).await?;
+            tx.commit().await?;
+            if n == 0 {
+                return Err(not_found("room"));
+            }
+            let room =
+                list_rooms(&s).await?.into_iter().find(|r| r.name == req.room).ok_or_else(|| not_found("room"))?;
+            Ok(encode(codec, &room))
+        }
+        "ListParticipants" => {
+            let req: proto::ListParticipantsRequest = decode(codec, &body)?;
+            let room = need_admin(&claims, &req.room)?;
+            let all = participants(&s, room).await?;
+            let participants = all.iter().map(|p| s.livekit.describe(p)).collect();
+            Ok(encode(codec, &proto::ListParticipantsResponse { participants }))
+        }
+        "GetParticipant" => {
+            let req: proto::RoomParticipantIdentity = decode(codec, &body)?;
+            let room = need_admin(&claims, &req.room)?;
+            let p = find(&s, room, &req.identity).await?;
+            Ok(encode(codec, &s.livekit.describe(&p)))
+        }
+        "RemoveParticipant" => {
+            let req: proto::RoomParticipantIdentity = decode(codec, &body)?;
+            let room = need_admin(&claims, &req.room)?;
+            let p = find(&s, room.clone(), &req.identity).await?;
+            let identity = p.identity.clone();
+            s.sfu
+                .call(move |sfu, now| {
+                    for id in sfu.find_identity(&room, &identity) {
+                        sfu.remove_participant(now, id, LeaveReason::Removed);
+                    }
+                })
+                .await
+                .map_err(|_| gone())?;
+            Ok(encode(codec, &proto::RemoveParticipantResponse {}))
+        }
+        "MutePublishedTrack" => {
+            let req: proto::MuteRoomTrackRequest = decode(codec, &body)?;
+            let room = need_admin(&claims, &req.room)?;
+            if !req.muted {
+                // LiveKit unmutes remotely only when the operator enabled it; AuraLink does not.
+                return Err(err(
+                    StatusCode::PRECONDITION_FAILED,
+                    "failed_precondition",
+                    "remote unmute is not enabled",
+                ));
+            }
+            let p = find(&s, room, &req.identity).await?;
+            let track: TrackId = req.track_sid.parse().map_err(|_| not_found("track"))?;
+            let info = p.tracks.iter().find(|t| t.id == track).cloned().ok_or_else(|| not_found("track"))?;
+            s.sfu
+                .call(move |sfu, now| sfu.set_track_muted(now, track, true))
+                .await
+                .map_err(|_| gone())?
+                .map_err(|_| not_found("track"))?;
+            let mut described = s.livekit.describe_track(&info);
+            described.muted = true;
+            Ok(encode(codec, &proto::MuteRoomTrackResponse { track: Some(described) }))
+        }
+        "UpdateParticipant" => {
+            let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
+            let room = need_admin(&claims, &req.room)?;
+            if req.permission.is_some() {
+                return Err(err(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "unimplemented",
+                    "changing permissions is not supported yet",
+                ));
+            }
+            let p = find(&s, room.clone(), &req.identity).await?;
+            // Empty means unchanged here, as in LiveKit's RoomService.
+            let keep = |v: &str| (!v.is_empty()).then_some(v.to_string());
+            let (name, metadata) = (keep(&req.name), keep(&req.metadata));
+            s.livekit.update_description(p.id, name.as_deref(), metadata.as_deref(), &req.attributes);
+            let p = find(&s, room, &req.identity).await?;
+            Ok(encode(codec, &s.livekit.describe(&p)))
+        }
+        "UpdateSubscriptions" => {
+            let req: proto::UpdateSubscriptionsRequest = decode(codec, &body)?;
+            let room = need_admin(&claims, &req.room)?;
+            let p = find(&s, room, &req.identity).await?;
+            let sids = req.track_sids.iter().chain(req.participant_tracks.iter().flat_map(|t| t.track_sids.iter()));
+            let tracks: Vec<TrackId> = sids.filter_map(|t| t.parse().ok()).collect();
+            let (id, on) = (p.id, req.subscribe);
+            s.sfu
+                .call(move |sfu, now| {
+                    for t in tracks {
+                        let _ = sfu.set_subscribed(now, id, t, on);
+                    }
+                })
+                .await
+                .map_err(|_| gone())?;
+            Ok(encode(codec, &proto::UpdateSubscriptionsResponse {}))
+        }
+        "SendData" => Err(err(StatusCode::NOT_IMPLEMENTED, "unimplemented", "SendData is not supported yet")),
+        _ => Err(err(StatusCode::NOT_FOUND, "bad_route", format!("no method {method}"))),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RoomRow {
+    name: String,
+    metadata: String,
+    empty_timeout_secs: Option<i64>,
+    max_participants: Option<i64>,
+    created_at: i64,
+}
+
+fn room_info(r: &RoomRow, live: usize) -> proto::Room {
+    proto::Room {
+        sid: format!("RM_{}", r.name),
+        name: r.name.clone(),
+        empty_timeout: r.empty_timeout_secs.unwrap_or(300) as u32,
+        departure_timeout: 20,
+        max_participants: r.max_participants.unwrap_or(0) as u32,
+        creation_time: r.created_at / 1000,
+        creation_time_ms: r.created_at,
+        metadata: r.metadata.clone(),
+        num_participants: live as u32,
+        ..Default::default()
+    }
+}
+
+/// Get-or-create, as LiveKit: an existing room keeps its settings except those given.
+async fn create_room(s: &AppState, req: proto::CreateRoomRequest) -> Result<proto::Room, TwirpError> {
+    room_name(&req.name)?;
+    let now = s.clock.now_ms();
+    let nonzero = |v: u32| (v > 0).then_some(v as i64);
+    let metadata = (!req.metadata.is_empty()).then_some(req.metadata.clone());
+    let mut tx = s.db.begin(NODE_ORG).await?;
+    let sql = "UPDATE rooms SET metadata = COALESCE($1, metadata), empty_timeout_secs = COALESCE($2, empty_timeout_secs), \
+               max_participants = COALESCE($3, max_participants), updated_at = $4 \
+               WHERE org_id = $5 AND name = $6 AND deleted_at IS NULL";
+    let args =
+        args![metadata.clone(), nonzero(req.empty_timeout), nonzero(req.max_participants), now, NODE_ORG, &req.name];
+    if tx.execute(sql, args).await? == 0 {
+        let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
+                   updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
+        let args = args![
+            record_id("room", now),
+            NODE_ORG,
+            &req.name,
+            metadata.unwrap_or_default(),
+            nonzero(req.empty_timeout),
+            nonzero(req.max_participants),
+            now
+        ];
+        tx.execute(sql, args).await?;
+    }
+    tx.commit().await?;
+    list_rooms(s).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))
+}
+
+/// The node org's rooms, and rooms that exist only because somebody joined them.
+async fn list_rooms(s: &AppState) -> Result<Vec<proto::Room>, TwirpError> {
+    let mut tx = s.db.begin(NODE_ORG).await?;
+    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at FROM rooms \
+               WHERE org_id = $1 AND deleted_at IS NULL ORDER BY name";
+    let rows: Vec<RoomRow> = tx.fetch_all(sql, args![NODE_ORG]).await?;
+    tx.commit().await?;
+    let live: Vec<(String, usize)> = s
+        .sfu
+        .call(|sfu, _| {
+            let names: Vec<RoomName> = sfu.rooms().cloned().collect();
+            names.iter().map(|r| (r.to_string(), sfu.participants(r).len())).collect()
+        })
+        .await
+        .map_err(|_| gone())?;
+    let count = |name: &str| live.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    let mut rooms: Vec<proto::Room> = rows.iter().map(|r| room_info(r, count(&r.name))).collect();
+    for (name, n) in &live {
+        if !rows.iter().any(|r| &r.name == name) {
+            let row = RoomRow {
+                name: name.clone(),
+                metadata: String::new(),
+                empty_timeout_secs: None,
+                max_participants: None,
+                created_at: 0,
+            };
+            rooms.push(room_info(&row, *n));
+        }
+    }
+    Ok(rooms)
+}
+
+async fn delete_room(s: &AppState, room: &str) -> Result<(), TwirpError> {
+    let name = room_name(room)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(NODE_ORG).await?;
+    let sql =
+        "UPDATE rooms SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND name = $3 AND deleted_at IS NULL";
+    let recorded = tx.execute(sql, args![now, NODE_ORG, room]).await? > 0;
+    tx.commit().await?;
+    let live = s
+        .sfu
+        .call(move |sfu, now| {
+            let ps = sfu.participants(&name);
+            for p in &ps {
+                sfu.remove_participant(now, p.id, LeaveReason::Removed);
+            }
+            !ps.is_empty()
+        })
+        .await
+        .map_err(|_| gone())?;
+    if recorded || live { Ok(()) } else { Err(not_found("room")) }
+}
+
+async fn participants(s: &AppState, room: RoomName) -> Result<Vec<ParticipantInfo>, TwirpError> {
+    s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| gone())
+}
+
+/// A LiveKit participant: its main session, with the tracks of all its sessions.
+async fn find(s: &AppState, room: RoomName, identity: &str) -> Result<ParticipantInfo, TwirpError> {
+    let identity = Identity::new(identity.to_string()).map_err(|_| not_found("participant"))?;
+    let sessions: Vec<ParticipantInfo> =
+        participants(s, room).await?.into_iter().filter(|p| p.identity == identity).collect();
+    let main: ParticipantId = sessions.iter().map(|p| p.id).min().ok_or_else(|| not_found("participant"))?;
+    let tracks = sessions.iter().flat_map(|p| p.tracks.clone()).collect();
+    Ok(ParticipantInfo { id: main, identity, tracks })
+}
