@@ -51,6 +51,8 @@ pub struct Config {
     /// mode generates one into the data dir; otherwise it must have at least
     /// [`MIN_SECRET_LEN`] bytes, and without one no org can be created over HTTP.
     pub admin_key: Option<String>,
+    /// LiveKit-format webhook endpoints, signed with the first of `keys`.
+    pub webhook_urls: Vec<String>,
 }
 
 /// HTTP listener settings.
@@ -113,6 +115,7 @@ impl Default for Config {
             keys: BTreeMap::new(),
             database_url: None,
             admin_key: None,
+            webhook_urls: Vec::new(),
         }
     }
 }
@@ -167,6 +170,7 @@ pub struct Overrides {
     pub keys: Option<String>,
     pub database_url: Option<String>,
     pub admin_key: Option<String>,
+    pub webhook_urls: Option<Vec<String>>,
 }
 
 impl Config {
@@ -201,6 +205,9 @@ impl Config {
         }
         if o.admin_key.is_some() {
             config.admin_key = o.admin_key;
+        }
+        if let Some(urls) = o.webhook_urls {
+            config.webhook_urls = urls;
         }
         Ok(config)
     }

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api::webhook::{self, WebhookConfig};
 use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
 use crate::db::{Db, DbError};
@@ -152,6 +153,14 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         sessions: Default::default(),
         described: tokio::sync::broadcast::channel(256).0,
     };
+    let webhooks = match config.keys.iter().next() {
+        Some((key, secret)) if !config.webhook_urls.is_empty() => {
+            let hooks =
+                WebhookConfig { urls: config.webhook_urls.clone(), api_key: key.clone(), api_secret: secret.clone() };
+            webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system())
+        }
+        _ => Default::default(),
+    };
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),
@@ -163,6 +172,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         db: db.clone(),
         admin_key: config.admin_key.clone(),
         clock: Clock::system(),
+        webhooks,
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;

@@ -17,14 +17,17 @@ async fn livekit_client_sdk_rooms() {
     );
     // Dev mode, so the WHIP/WHEP demo page (mixed-room check) mints its own tokens; the SDK
     // side signs with the same generated pair through livekit-server-sdk.
-    let config = Config::loopback(std::env::temp_dir().join(format!("auralink-lk-{}", std::process::id())));
+    let mut config = Config::loopback(std::env::temp_dir().join(format!("auralink-lk-{}", std::process::id())));
+    // rooms.mjs listens here and checks every webhook with livekit-server-sdk's WebhookReceiver.
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.webhook_urls = vec![format!("http://127.0.0.1:{hook_port}/hooks")];
     let server = auralink::server::start(config).await.unwrap();
     let url = format!("http://{}", server.http_addr);
     let (key, secret) = server.dev_keys.clone().expect("dev mode");
 
     let mut child = tokio::process::Command::new("node")
         .arg(dir.join("rooms.mjs"))
-        .args([&url, &key, &secret])
+        .args([&url, &key, &secret, &hook_port.to_string()])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

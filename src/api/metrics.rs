@@ -2,6 +2,7 @@
 //! labels (their cardinality would grow with traffic).
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::State;
 use axum::http::header;
@@ -15,6 +16,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     else {
         return ApiError::unavailable().into_response();
     };
+    let hooks = &s.webhooks;
     let series = [
         ("auralink_sfu_frames_in_total", "counter", "Media frames received from publishers.", stats.frames_in),
         (
@@ -62,6 +64,24 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         ("auralink_rooms", "gauge", "Open rooms.", rooms as u64),
         ("auralink_participants", "gauge", "Connected participant sessions.", participants as u64),
         ("auralink_tracks", "gauge", "Published tracks.", tracks as u64),
+        (
+            "auralink_webhooks_delivered_total",
+            "counter",
+            "Webhook deliveries acknowledged.",
+            hooks.delivered.load(Relaxed),
+        ),
+        (
+            "auralink_webhooks_failed_total",
+            "counter",
+            "Webhook deliveries given up after retries.",
+            hooks.failed.load(Relaxed),
+        ),
+        (
+            "auralink_webhooks_dropped_total",
+            "counter",
+            "Webhooks dropped from a full queue.",
+            hooks.dropped.load(Relaxed),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, v) in series {

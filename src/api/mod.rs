@@ -9,6 +9,7 @@ mod idempotency;
 mod metrics;
 pub mod twirp;
 mod v1;
+pub mod webhook;
 
 pub use self::body::Body;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     /// See [`crate::config::Config::admin_key`].
     pub admin_key: Option<String>,
     pub clock: Clock,
+    /// Webhook delivery counters (all zero without webhook URLs).
+    pub webhooks: Arc<webhook::WebhookStats>,
 }
 
 /// Largest JSON body the control API reads.

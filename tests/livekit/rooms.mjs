@@ -2,13 +2,14 @@
 // Usage: node rooms.mjs <http-url> <api-key> <api-secret>
 // Exits 0 when every check passed; prints what failed otherwise.
 import { chromium } from 'playwright-core';
-import { AccessToken, RoomServiceClient } from 'livekit-server-sdk';
+import { AccessToken, RoomServiceClient, WebhookReceiver } from 'livekit-server-sdk';
+import { createServer } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const [url, apiKey, apiSecret] = process.argv.slice(2);
+const [url, apiKey, apiSecret, hookPort] = process.argv.slice(2);
 const here = dirname(fileURLToPath(import.meta.url));
 const umd = join(here, 'node_modules/livekit-client/dist/livekit-client.umd.js');
 const wsUrl = url.replace(/^http/, 'ws');
@@ -16,6 +17,25 @@ const wsUrl = url.replace(/^http/, 'ws');
 function log(...a) {
   console.log(new Date().toISOString().slice(11, 23), ...a);
 }
+
+// Webhooks from the server, each checked by the SDK's WebhookReceiver (signature, body hash).
+const hooks = [];
+const receiver = new WebhookReceiver(apiKey, apiSecret);
+const hookServer = createServer((req, res) => {
+  let body = '';
+  req.on('data', (c) => (body += c));
+  req.on('end', async () => {
+    try {
+      const e = await receiver.receive(body, req.headers.authorization);
+      hooks.push(`${e.event}:${e.room?.name}:${e.participant?.identity || e.participant?.sid || ''}`);
+      res.writeHead(200).end();
+    } catch (err) {
+      hooks.push(`invalid:${err.message}`);
+      res.writeHead(401).end();
+    }
+  });
+});
+await new Promise((r) => hookServer.listen(Number(hookPort), '127.0.0.1', r));
 
 async function token(identity, room, grant = {}) {
   const at = new AccessToken(apiKey, apiSecret, { identity, name: identity.toUpperCase(), ttl: '10m' });
@@ -393,10 +413,21 @@ try {
   await svc.removeParticipant(room, 'bob');
   await until(alice, 'alice to see bob removed', () => window.events.includes('left:bob'));
   log('RoomService over Twirp: create/list/delete rooms, list/get/update/mute/remove participants');
+
+  // Every webhook verified; the room's life is in them.
+  await new Promise((r) => setTimeout(r, 1000));
+  const wanted = ['room_started:lk-room:', 'participant_joined:lk-room:alice', 'participant_joined:lk-room:bob', 'participant_left:lk-room:bob'];
+  const missing = wanted.filter((w) => !hooks.includes(w));
+  const invalid = hooks.filter((h) => h.startsWith('invalid'));
+  if (missing.length || invalid.length || !hooks.some((h) => h.startsWith('track_published:lk-room:PA_')) || !hooks.some((h) => h.startsWith('track_unpublished:lk-room:'))) {
+    throw new Error(`webhooks: missing ${missing}, invalid ${invalid}, got ${hooks}`);
+  }
+  log(`webhooks: ${hooks.length} received, all verified by WebhookReceiver`);
 } catch (e) {
   failed = true;
   console.error('FAILED:', e.message);
 } finally {
+  hookServer.close();
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
 }

@@ -63,6 +63,9 @@ pub struct Claims {
     pub metadata: String,
     #[serde(default)]
     pub video: VideoGrant,
+    /// Webhooks: base64 SHA-256 of the body the token signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// What a participant may do once joined.

@@ -1,0 +1,220 @@
+//! LiveKit-format webhooks, so LiveKit's `WebhookReceiver` accepts them: a `WebhookEvent`
+//! as protobuf JSON, `Content-Type: application/webhook+json`, and an `Authorization`
+//! header holding a bare HS256 JWT (no `Bearer`) whose `sha256` claim is the base64 SHA-256
+//! of the body. Router events are queued (bounded: a backlog beyond it is dropped and
+//! counted) and each endpoint gets them in order, retried with exponential backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use livekit_protocol as proto;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, mpsc};
+
+use super::Clock;
+use crate::ids::record_id;
+use crate::sfu::core::{ParticipantInfo, SfuEvent};
+use crate::sfu::signal::livekit::LiveKitState;
+use crate::sfu::signal::token::{self, Claims};
+
+/// Events waiting for delivery; beyond this the newest are dropped.
+const QUEUE: usize = 1024;
+/// Attempts per event and endpoint, waiting 250 ms, 500 ms, 1 s, … between them.
+const ATTEMPTS: u32 = 6;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where to send and how to sign.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    pub urls: Vec<String>,
+    pub api_key: String,
+    pub api_secret: String,
+}
+
+/// Delivery counters for `/metrics`.
+#[derive(Default)]
+pub struct WebhookStats {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// Turns router events into webhooks until the router stops.
+pub fn spawn(
+    config: WebhookConfig,
+    mut events: broadcast::Receiver<SfuEvent>,
+    livekit: LiveKitState,
+    clock: Clock,
+) -> Arc<WebhookStats> {
+    let stats = Arc::new(WebhookStats::default());
+    let (tx, mut rx) = mpsc::channel::<proto::WebhookEvent>(QUEUE);
+    tokio::spawn({
+        let stats = Arc::clone(&stats);
+        let clock = clock.clone();
+        async move {
+            loop {
+                let e = match events.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        stats.dropped.fetch_add(n, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if let Some(hook) = to_webhook(&e, &livekit, clock.now_ms())
+                    && tx.try_send(hook).is_err()
+                {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    tokio::spawn({
+        let stats = Arc::clone(&stats);
+        async move {
+            let http = reqwest::Client::builder().timeout(TIMEOUT).build().expect("http client builds");
+            while let Some(hook) = rx.recv().await {
+                let body = serde_json::to_vec(&hook).expect("protocol messages serialize");
+                for url in &config.urls {
+                    if deliver(&http, &config, url, &body, &clock).await {
+                        stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(url, event = hook.event, "webhook not delivered");
+                    }
+                }
+            }
+        }
+    });
+    stats
+}
+
+/// The `Authorization` value for `body`.
+pub fn sign(config: &WebhookConfig, body: &[u8], now_secs: u64) -> String {
+    let claims = Claims {
+        iss: config.api_key.clone(),
+        nbf: Some(now_secs),
+        exp: now_secs + 600,
+        sha256: Some(base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))),
+        ..Default::default()
+    };
+    token::mint(&claims, &config.api_secret)
+}
+
+async fn deliver(http: &reqwest::Client, config: &WebhookConfig, url: &str, body: &[u8], clock: &Clock) -> bool {
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(250 << (attempt - 1))).await;
+        }
+        let auth = sign(config, body, (clock.now_ms() / 1000) as u64);
+        let sent = http
+            .post(url)
+            .header("content-type", "application/webhook+json")
+            .header("authorization", auth)
+            .body(body.to_vec())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return true,
+            // The receiver refused this body; sending it again will not change its mind.
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => return false,
+            Ok(r) => tracing::debug!(url, status = %r.status(), attempt, "webhook retry"),
+            Err(e) => tracing::debug!(url, error = %e, attempt, "webhook retry"),
+        }
+    }
+    false
+}
+
+fn room(name: &str) -> proto::Room {
+    proto::Room { sid: format!("RM_{name}"), name: name.to_string(), ..Default::default() }
+}
+
+/// The webhook for a router event, if LiveKit sends one for it.
+fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<proto::WebhookEvent> {
+    let described = |participant, identity: &crate::ids::Identity| {
+        let p = ParticipantInfo { id: participant, identity: identity.clone(), tracks: Vec::new() };
+        livekit.describe(&p)
+    };
+    let (event, r, participant, track) = match e {
+        SfuEvent::RoomStarted { room: r } => ("room_started", r, None, None),
+        SfuEvent::RoomClosed { room: r } => ("room_finished", r, None, None),
+        SfuEvent::ParticipantJoined { room: r, participant, identity } => {
+            ("participant_joined", r, Some(described(*participant, identity)), None)
+        }
+        SfuEvent::ParticipantLeft { room: r, participant, identity, .. } => {
+            ("participant_left", r, Some(described(*participant, identity)), None)
+        }
+        SfuEvent::TrackPublished { room: r, track } | SfuEvent::TrackUnpublished { room: r, track } => {
+            let event =
+                if matches!(e, SfuEvent::TrackPublished { .. }) { "track_published" } else { "track_unpublished" };
+            // LiveKit's track events carry only the owner's sid and identity.
+            let owner = proto::ParticipantInfo { sid: track.owner.to_string(), ..Default::default() };
+            (event, r, Some(owner), Some(livekit.describe_track(track)))
+        }
+        _ => return None,
+    };
+    Some(proto::WebhookEvent {
+        event: event.to_string(),
+        room: Some(room(r.as_str())),
+        participant,
+        track,
+        id: record_id("EV", now_ms),
+        created_at: now_ms / 1000,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+
+    use super::*;
+    use crate::sfu::signal::token::TokenVerifier;
+
+    /// A receiver that refuses `failures` times with 503, then checks the signature the way
+    /// LiveKit's WebhookReceiver does.
+    async fn receiver(failures: u32) -> (String, Arc<AtomicU32>) {
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = Arc::clone(&hits);
+        let app = axum::Router::new().route(
+            "/",
+            post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) < failures {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let verifier = TokenVerifier::new([("k".to_string(), "s".repeat(32))].into_iter().collect());
+                    let token = headers["authorization"].to_str().unwrap();
+                    let Ok(claims) = verifier.verify(token, 1_800_000_000) else { return StatusCode::UNAUTHORIZED };
+                    let want = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
+                    if claims.sha256 == Some(want) { StatusCode::OK } else { StatusCode::UNAUTHORIZED }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn retries_until_accepted_and_stops_on_a_refusal() {
+        let config = WebhookConfig { urls: vec![], api_key: "k".into(), api_secret: "s".repeat(32) };
+        let clock = Clock::manual(Arc::new(std::sync::atomic::AtomicI64::new(1_800_000_000_000)));
+        let http = reqwest::Client::new();
+        let (url, hits) = receiver(2).await;
+        assert!(deliver(&http, &config, &url, br#"{"event":"room_started"}"#, &clock).await);
+        assert_eq!(hits.load(Ordering::SeqCst), 3, "two 503s, then accepted");
+        // A body signed with another secret is refused (401): no retry.
+        let wrong = WebhookConfig { api_secret: "t".repeat(32), ..config };
+        let (url, hits) = receiver(0).await;
+        assert!(!deliver(&http, &wrong, &url, b"{}", &clock).await);
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+}
