@@ -103,6 +103,27 @@ name_type!(
     RoomName,
     128
 );
+impl RoomName {
+    /// The router's name for `org`'s room `room`: rooms of different orgs never meet, even
+    /// when their names are the same.
+    pub fn in_org(org: &str, room: &RoomName) -> RoomName {
+        RoomName(format!("{org}:{}", room.0))
+    }
+
+    /// The org of a router room name.
+    pub fn org(&self) -> Option<&str> {
+        self.0.split_once(':').map(|(org, _)| org).filter(|org| org.starts_with("org_"))
+    }
+
+    /// The name the room's org knows it by.
+    pub fn local(&self) -> &str {
+        match self.org() {
+            Some(org) => &self.0[org.len() + 1..],
+            None => &self.0,
+        }
+    }
+}
+
 name_type!(
     /// A participant identity, unique within a room (the token's `sub`).
     Identity,
@@ -118,6 +139,11 @@ mod tests {
         assert!(RoomName::new("demo-1").is_ok());
         assert_eq!(RoomName::new(""), Err(NameError::Length { max: 128 }));
         assert_eq!(RoomName::new("a/b"), Err(NameError::Charset));
+        // A room called like another org's scoped name stays in its own org.
+        let tricky = RoomName::new("org_b:x").unwrap();
+        let scoped = RoomName::in_org("org_a", &tricky);
+        assert_eq!((scoped.org(), scoped.local()), (Some("org_a"), "org_b:x"));
+        assert_ne!(scoped, RoomName::in_org("org_b", &RoomName::new("x").unwrap()));
         assert_eq!(Identity::new("x".repeat(129)), Err(NameError::Length { max: 128 }));
         assert!(serde_json::from_str::<RoomName>("\"../etc\"").is_err());
         assert_eq!("TR_1f".parse::<TrackId>(), Ok(TrackId(31)));

@@ -1,8 +1,9 @@
 //! LiveKit's RoomService over Twirp (`POST /twirp/livekit.RoomService/<Method>`), so
 //! `livekit-server-sdk`'s `RoomServiceClient` works against AuraLink unchanged. Bodies are
 //! JSON (protobuf's JSON mapping, which is what the SDK sends) or binary protobuf; auth is a
-//! LiveKit JWT with `roomCreate`, `roomList` or `roomAdmin` grants. The node's configured
-//! LiveKit keys act for the node org ([`NODE_ORG`]); docs/livekit-compat.md lists the subset.
+//! LiveKit JWT with `roomCreate`, `roomList` or `roomAdmin` grants, acting for the org whose
+//! key signed it (the node's configured keys: [`NODE_ORG`]); docs/livekit-compat.md lists
+//! the subset.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,8 +23,7 @@ use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
 use crate::sfu::signal::token::Claims;
 
-/// The org that owns rooms reached with the node's configured LiveKit keys.
-pub const NODE_ORG: &str = "org_node";
+pub use crate::sfu::signal::token::NODE_ORG;
 
 /// Creates the node org on first start.
 pub async fn ensure_node_org(db: &Db, now: i64) -> Result<(), DbError> {
@@ -102,16 +102,20 @@ fn now_secs(s: &AppState) -> u64 {
     (s.clock.now_ms() / 1000) as u64
 }
 
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<Claims, TwirpError> {
+/// The token's claims and the org its key belongs to.
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(Claims, String), TwirpError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "unauthenticated", "missing Bearer token"))?;
-    s.livekit
-        .tokens
+    let tokens = &s.livekit.tokens;
+    let claims = tokens
         .verify(token, now_secs(s))
-        .map_err(|e| err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+        .map_err(|e| err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
+    let org =
+        tokens.org_of(&claims.iss).ok_or_else(|| err(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown key"))?;
+    Ok((claims, org))
 }
 
 /// LiveKit answers a missing grant with 401 "permissions denied"; so does this.
@@ -119,10 +123,10 @@ fn need(granted: bool) -> Result<(), TwirpError> {
     if granted { Ok(()) } else { Err(err(StatusCode::UNAUTHORIZED, "unauthenticated", "permissions denied")) }
 }
 
-/// `roomAdmin` for exactly this room.
-fn need_admin(claims: &Claims, room: &str) -> Result<RoomName, TwirpError> {
+/// `roomAdmin` for exactly this room; returns the router's name for it.
+fn need_admin(claims: &Claims, org: &str, room: &str) -> Result<RoomName, TwirpError> {
     need(claims.video.room_admin && claims.video.room == room)?;
-    room_name(room)
+    Ok(RoomName::in_org(org, &room_name(room)?))
 }
 
 fn room_name(room: &str) -> Result<RoomName, TwirpError> {
@@ -139,57 +143,58 @@ async fn call(
         Some(ct) if ct.starts_with("application/protobuf") => Codec::Protobuf,
         _ => Codec::Json,
     };
-    let claims = authorize(&s, &headers)?;
+    let (claims, org) = authorize(&s, &headers)?;
+    let org = org.as_str();
     match method.as_str() {
         "CreateRoom" => {
             need(claims.video.room_create)?;
             let req: proto::CreateRoomRequest = decode(codec, &body)?;
-            Ok(encode(codec, &create_room(&s, req).await?))
+            Ok(encode(codec, &create_room(&s, org, req).await?))
         }
         "ListRooms" => {
             need(claims.video.room_list)?;
             let req: proto::ListRoomsRequest = decode(codec, &body)?;
             let rooms =
-                list_rooms(&s).await?.into_iter().filter(|r| req.names.is_empty() || req.names.contains(&r.name));
+                list_rooms(&s, org).await?.into_iter().filter(|r| req.names.is_empty() || req.names.contains(&r.name));
             Ok(encode(codec, &proto::ListRoomsResponse { rooms: rooms.collect() }))
         }
         "DeleteRoom" => {
             need(claims.video.room_create)?;
             let req: proto::DeleteRoomRequest = decode(codec, &body)?;
-            delete_room(&s, &req.room).await?;
+            delete_room(&s, org, &req.room).await?;
             Ok(encode(codec, &proto::DeleteRoomResponse {}))
         }
         "UpdateRoomMetadata" => {
             let req: proto::UpdateRoomMetadataRequest = decode(codec, &body)?;
-            need_admin(&claims, &req.room)?;
-            let mut tx = s.db.begin(NODE_ORG).await?;
+            need_admin(&claims, org, &req.room)?;
+            let mut tx = s.db.begin(org).await?;
             let sql = "UPDATE rooms SET metadata = $1, updated_at = $2 WHERE org_id = $3 AND name = $4 \
                        AND deleted_at IS NULL";
-            let n = tx.execute(sql, args![&req.metadata, s.clock.now_ms(), NODE_ORG, &req.room]).await?;
+            let n = tx.execute(sql, args![&req.metadata, s.clock.now_ms(), org, &req.room]).await?;
             tx.commit().await?;
             if n == 0 {
                 return Err(not_found("room"));
             }
             let room =
-                list_rooms(&s).await?.into_iter().find(|r| r.name == req.room).ok_or_else(|| not_found("room"))?;
+                list_rooms(&s, org).await?.into_iter().find(|r| r.name == req.room).ok_or_else(|| not_found("room"))?;
             Ok(encode(codec, &room))
         }
         "ListParticipants" => {
             let req: proto::ListParticipantsRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, &req.room)?;
+            let room = need_admin(&claims, org, &req.room)?;
             let all = participants(&s, room).await?;
             let participants = all.iter().map(|p| s.livekit.describe(p)).collect();
             Ok(encode(codec, &proto::ListParticipantsResponse { participants }))
         }
         "GetParticipant" => {
             let req: proto::RoomParticipantIdentity = decode(codec, &body)?;
-            let room = need_admin(&claims, &req.room)?;
+            let room = need_admin(&claims, org, &req.room)?;
             let p = find(&s, room, &req.identity).await?;
             Ok(encode(codec, &s.livekit.describe(&p)))
         }
         "RemoveParticipant" => {
             let req: proto::RoomParticipantIdentity = decode(codec, &body)?;
-            let room = need_admin(&claims, &req.room)?;
+            let room = need_admin(&claims, org, &req.room)?;
             let p = find(&s, room.clone(), &req.identity).await?;
             let identity = p.identity.clone();
             s.sfu
@@ -204,7 +209,7 @@ async fn call(
         }
         "MutePublishedTrack" => {
             let req: proto::MuteRoomTrackRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, &req.room)?;
+            let room = need_admin(&claims, org, &req.room)?;
             if !req.muted {
                 // LiveKit unmutes remotely only when the operator enabled it; AuraLink does not.
                 return Err(err(
@@ -227,7 +232,7 @@ async fn call(
         }
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, &req.room)?;
+            let room = need_admin(&claims, org, &req.room)?;
             if req.permission.is_some() {
                 return Err(err(
                     StatusCode::NOT_IMPLEMENTED,
@@ -245,7 +250,7 @@ async fn call(
         }
         "UpdateSubscriptions" => {
             let req: proto::UpdateSubscriptionsRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, &req.room)?;
+            let room = need_admin(&claims, org, &req.room)?;
             let p = find(&s, room, &req.identity).await?;
             let sids = req.track_sids.iter().chain(req.participant_tracks.iter().flat_map(|t| t.track_sids.iter()));
             let tracks: Vec<TrackId> = sids.filter_map(|t| t.parse().ok()).collect();
@@ -290,23 +295,22 @@ fn room_info(r: &RoomRow, live: usize) -> proto::Room {
 }
 
 /// Get-or-create, as LiveKit: an existing room keeps its settings except those given.
-async fn create_room(s: &AppState, req: proto::CreateRoomRequest) -> Result<proto::Room, TwirpError> {
+async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> Result<proto::Room, TwirpError> {
     room_name(&req.name)?;
     let now = s.clock.now_ms();
     let nonzero = |v: u32| (v > 0).then_some(v as i64);
     let metadata = (!req.metadata.is_empty()).then_some(req.metadata.clone());
-    let mut tx = s.db.begin(NODE_ORG).await?;
+    let mut tx = s.db.begin(org).await?;
     let sql = "UPDATE rooms SET metadata = COALESCE($1, metadata), empty_timeout_secs = COALESCE($2, empty_timeout_secs), \
                max_participants = COALESCE($3, max_participants), updated_at = $4 \
                WHERE org_id = $5 AND name = $6 AND deleted_at IS NULL";
-    let args =
-        args![metadata.clone(), nonzero(req.empty_timeout), nonzero(req.max_participants), now, NODE_ORG, &req.name];
+    let args = args![metadata.clone(), nonzero(req.empty_timeout), nonzero(req.max_participants), now, org, &req.name];
     if tx.execute(sql, args).await? == 0 {
         let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
                    updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
         let args = args![
             record_id("room", now),
-            NODE_ORG,
+            org,
             &req.name,
             metadata.unwrap_or_default(),
             nonzero(req.empty_timeout),
@@ -316,21 +320,22 @@ async fn create_room(s: &AppState, req: proto::CreateRoomRequest) -> Result<prot
         tx.execute(sql, args).await?;
     }
     tx.commit().await?;
-    list_rooms(s).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))
+    list_rooms(s, org).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))
 }
 
-/// The node org's rooms, and rooms that exist only because somebody joined them.
-async fn list_rooms(s: &AppState) -> Result<Vec<proto::Room>, TwirpError> {
-    let mut tx = s.db.begin(NODE_ORG).await?;
+/// The org's rooms, and its rooms that exist only because somebody joined them.
+async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpError> {
+    let mut tx = s.db.begin(org).await?;
     let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at FROM rooms \
                WHERE org_id = $1 AND deleted_at IS NULL ORDER BY name";
-    let rows: Vec<RoomRow> = tx.fetch_all(sql, args![NODE_ORG]).await?;
+    let rows: Vec<RoomRow> = tx.fetch_all(sql, args![org]).await?;
     tx.commit().await?;
+    let owner = org.to_string();
     let live: Vec<(String, usize)> = s
         .sfu
-        .call(|sfu, _| {
-            let names: Vec<RoomName> = sfu.rooms().cloned().collect();
-            names.iter().map(|r| (r.to_string(), sfu.participants(r).len())).collect()
+        .call(move |sfu, _| {
+            let names: Vec<RoomName> = sfu.rooms().filter(|r| r.org() == Some(owner.as_str())).cloned().collect();
+            names.iter().map(|r| (r.local().to_string(), sfu.participants(r).len())).collect()
         })
         .await
         .map_err(|_| gone())?;
@@ -351,13 +356,13 @@ async fn list_rooms(s: &AppState) -> Result<Vec<proto::Room>, TwirpError> {
     Ok(rooms)
 }
 
-async fn delete_room(s: &AppState, room: &str) -> Result<(), TwirpError> {
-    let name = room_name(room)?;
+async fn delete_room(s: &AppState, org: &str, room: &str) -> Result<(), TwirpError> {
+    let name = RoomName::in_org(org, &room_name(room)?);
     let now = s.clock.now_ms();
-    let mut tx = s.db.begin(NODE_ORG).await?;
+    let mut tx = s.db.begin(org).await?;
     let sql =
         "UPDATE rooms SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND name = $3 AND deleted_at IS NULL";
-    let recorded = tx.execute(sql, args![now, NODE_ORG, room]).await? > 0;
+    let recorded = tx.execute(sql, args![now, org, room]).await? > 0;
     tx.commit().await?;
     let live = s
         .sfu

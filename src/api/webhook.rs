@@ -17,7 +17,7 @@ use super::Clock;
 use crate::ids::record_id;
 use crate::sfu::core::{ParticipantInfo, SfuEvent};
 use crate::sfu::signal::livekit::LiveKitState;
-use crate::sfu::signal::token::{self, Claims};
+use crate::sfu::signal::token::{self, Claims, NODE_ORG};
 
 /// Events waiting for delivery; beyond this the newest are dropped.
 const QUEUE: usize = 1024;
@@ -155,9 +155,13 @@ fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<proto
         }
         _ => return None,
     };
+    // These endpoints are the node's: other orgs' rooms are theirs to hear about.
+    if r.org() != Some(NODE_ORG) {
+        return None;
+    }
     Some(proto::WebhookEvent {
         event: event.to_string(),
-        room: Some(room(r.as_str())),
+        room: Some(room(r.local())),
         participant,
         track,
         id: record_id("EV", now_ms),

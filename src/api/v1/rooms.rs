@@ -148,7 +148,7 @@ async fn read(
     let mut tx = s.db.begin(org).await?;
     let room = load(&mut tx, org, &name).await?;
     tx.commit().await?;
-    let live = live_participants(&s, &name).await?;
+    let live = live_participants(&s, org, &name).await?;
     let mut out = json!(room);
     out["num_participants"] = json!(live.len());
     Ok(Json(out))
@@ -223,7 +223,7 @@ async fn remove(
     )
     .await?;
     tx.commit().await?;
-    let room = room_name(&name)?;
+    let room = RoomName::in_org(org, &room_name(&name)?);
     s.sfu
         .call(move |sfu, now| {
             for p in sfu.participants(&room) {
@@ -235,8 +235,8 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn live_participants(s: &AppState, name: &str) -> Result<Vec<ParticipantInfo>, ApiError> {
-    let room = room_name(name)?;
+async fn live_participants(s: &AppState, org: &str, name: &str) -> Result<Vec<ParticipantInfo>, ApiError> {
+    let room = RoomName::in_org(org, &room_name(name)?);
     s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())
 }
 
@@ -255,13 +255,13 @@ async fn participants(
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::ParticipantsRead)?;
     own_room(&s, org, &name).await?;
-    Ok(Json(json!({ "participants": live_participants(&s, &name).await? })))
+    Ok(Json(json!({ "participants": live_participants(&s, org, &name).await? })))
 }
 
-async fn find(s: &AppState, name: &str, identity: &str) -> Result<Vec<ParticipantInfo>, ApiError> {
+async fn find(s: &AppState, org: &str, name: &str, identity: &str) -> Result<Vec<ParticipantInfo>, ApiError> {
     let identity = Identity::new(identity.to_string()).map_err(|_| not_found("participant"))?;
     let found: Vec<ParticipantInfo> =
-        live_participants(s, name).await?.into_iter().filter(|p| p.identity == identity).collect();
+        live_participants(s, org, name).await?.into_iter().filter(|p| p.identity == identity).collect();
     if found.is_empty() { Err(not_found("participant")) } else { Ok(found) }
 }
 
@@ -272,7 +272,7 @@ async fn participant(
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::ParticipantsRead)?;
     own_room(&s, org, &name).await?;
-    let sessions = find(&s, &name, &identity).await?;
+    let sessions = find(&s, org, &name, &identity).await?;
     let tracks: Vec<_> = sessions.iter().flat_map(|p| p.tracks.clone()).collect();
     Ok(Json(json!({ "identity": identity, "sid": sessions[0].id.to_string(), "tracks": tracks })))
 }
@@ -284,7 +284,7 @@ async fn remove_participant(
 ) -> Result<StatusCode, ApiError> {
     let org = caller.require(Perm::ParticipantsWrite)?;
     own_room(&s, org, &name).await?;
-    let sessions = find(&s, &name, &identity).await?;
+    let sessions = find(&s, org, &name, &identity).await?;
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
     audit::record(
@@ -329,7 +329,7 @@ async fn mute(
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::ParticipantsWrite)?;
     own_room(&s, org, &name).await?;
-    let sessions = find(&s, &name, &identity).await?;
+    let sessions = find(&s, org, &name, &identity).await?;
     let track: TrackId = req.track_sid.parse().map_err(|_| not_found("track"))?;
     if !sessions.iter().any(|p| p.tracks.iter().any(|t| t.id == track)) {
         return Err(not_found("track"));

@@ -2,6 +2,7 @@
 //! and `video` the grants. Parsing and verification are ours, so they are fuzzed.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -131,18 +132,35 @@ struct Header {
     alg: String,
 }
 
-/// Verifies tokens against the configured API key → secret map.
+/// Verifies tokens against the node's configured keys and the orgs' keys, shared by every
+/// clone (an org created later is known to all signaling paths at once).
 #[derive(Clone)]
 pub struct TokenVerifier {
-    keys: BTreeMap<String, String>,
+    /// API key → (secret, org that owns it).
+    keys: Arc<RwLock<BTreeMap<String, (String, String)>>>,
 }
+
+/// The org that owns rooms reached with the node's configured keys.
+pub const NODE_ORG: &str = "org_node";
 
 /// Leeway for clocks that disagree a little, as LiveKit allows.
 const LEEWAY_SECS: u64 = 10;
 
 impl TokenVerifier {
+    /// A verifier for the node's configured keys, which belong to [`NODE_ORG`].
     pub fn new(keys: BTreeMap<String, String>) -> Self {
-        TokenVerifier { keys }
+        let keys = keys.into_iter().map(|(k, s)| (k, (s, NODE_ORG.to_string()))).collect();
+        TokenVerifier { keys: Arc::new(RwLock::new(keys)) }
+    }
+
+    /// Accepts tokens signed with an org's key from now on.
+    pub fn add(&self, key: String, secret: String, org: String) {
+        self.keys.write().expect("not poisoned").insert(key, (secret, org));
+    }
+
+    /// The org whose key signed tokens with this `iss`.
+    pub fn org_of(&self, key: &str) -> Option<String> {
+        self.keys.read().expect("not poisoned").get(key).map(|(_, org)| org.clone())
     }
 
     /// Checks signature and time window; `now` is seconds since the Unix epoch.
@@ -159,9 +177,10 @@ impl TokenVerifier {
             return Err(TokenError::Algorithm);
         }
         let claims: Claims = decode_json(p)?;
-        let secret = self.keys.get(&claims.iss).ok_or(TokenError::UnknownKey)?;
+        let secret = self.keys.read().expect("not poisoned").get(&claims.iss).map(|(s, _)| s.clone());
+        let secret = secret.ok_or(TokenError::UnknownKey)?;
         let sig = B64.decode(s).map_err(|_| TokenError::Malformed)?;
-        let mut mac = mac(secret);
+        let mut mac = mac(&secret);
         mac.update(&token.as_bytes()[..h.len() + 1 + p.len()]);
         mac.verify_slice(&sig).map_err(|_| TokenError::Signature)?;
         if claims.exp.saturating_add(LEEWAY_SECS) < now {

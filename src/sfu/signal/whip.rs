@@ -118,7 +118,7 @@ async fn create(
         .map(Identity::new)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
-    let claims = authorize(&s.tokens, &headers, &room)?;
+    let (claims, room) = authorize(&s.tokens, &headers, &room)?;
     let perms = claims.video.permissions();
     if role == Role::Publish && !perms.publish {
         return Err(ApiError::forbidden("publish_not_allowed", "token does not grant canPublish"));
@@ -153,7 +153,7 @@ async fn create(
         .expect("not poisoned")
         .insert(resource.clone(), Session { participant, room: room.clone(), offer });
     let base = if role == Role::Publish { "whip" } else { "whep" };
-    let location = format!("/{base}/{room}/{resource}");
+    let location = format!("/{base}/{}/{resource}", room.local());
     let mut resp = (StatusCode::CREATED, answer.to_sdp_string()).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
@@ -169,7 +169,7 @@ async fn create(
 
 async fn delete(State(s): State<WhipState>, Path((room, resource)): Path<(String, String)>) -> Response {
     let session = s.sessions.lock().expect("not poisoned").remove(&resource);
-    let Some(session) = session.filter(|x| x.room.as_str() == room) else {
+    let Some(session) = session.filter(|x| x.room.local() == room) else {
         return ApiError::not_found("session_not_found", "no such WHIP/WHEP session").into_response();
     };
     let id = session.participant;
@@ -188,7 +188,7 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     let session = s.sessions.lock().expect("not poisoned").get(&resource).cloned();
     let session = session
-        .filter(|x| x.room.as_str() == room)
+        .filter(|x| x.room.local() == room)
         .ok_or_else(|| ApiError::not_found("session_not_found", "no such WHIP/WHEP session"))?;
     require_content_type(&headers, "application/trickle-ice-sdpfrag")?;
     let text = read_text(body, s.max_body).await?;
@@ -232,12 +232,14 @@ async fn list_participants(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = RoomName::new(room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
-    authorize(&s.tokens, &headers, &room)?;
+    let (_, room) = authorize(&s.tokens, &headers, &room)?;
     let list = s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())?;
     Ok(axum::Json(serde_json::json!({ "participants": list })).into_response())
 }
 
-fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Result<Claims, ApiError> {
+/// Checks the token for `room` and returns its claims with the router's name for the room
+/// (scoped to the org whose key signed the token).
+fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Result<(Claims, RoomName), ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -246,7 +248,9 @@ fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Re
             ApiError::new(StatusCode::UNAUTHORIZED, "token_missing", "Authorization: Bearer <token> is required")
         })?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    tokens.verify_join(token.trim(), room.as_str(), now).map_err(token_error)
+    let claims = tokens.verify_join(token.trim(), room.as_str(), now).map_err(token_error)?;
+    let org = tokens.org_of(&claims.iss).ok_or_else(|| token_error(TokenError::UnknownKey))?;
+    Ok((claims, RoomName::in_org(&org, room)))
 }
 
 /// Maps a token failure to what the client sees.

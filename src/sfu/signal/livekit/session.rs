@@ -180,7 +180,10 @@ impl Feeds {
 pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: WebSocket) {
     if opts.resume {
         let sid = opts.sid.as_deref().unwrap_or_default();
-        match state.sessions.hand_over(sid, &claims.video.room, &claims.sub, socket) {
+        // The session's room is the router's name, scoped to the org of the token's key.
+        let org = state.tokens.org_of(&claims.iss).unwrap_or_default();
+        let room = RoomName::new(claims.video.room.clone()).map(|r| RoomName::in_org(&org, &r).to_string());
+        match state.sessions.hand_over(sid, &room.unwrap_or_default(), &claims.sub, socket) {
             Ok(()) => return,
             Err((e, socket)) => {
                 tracing::info!(sid, error = %e, "livekit resume refused");
@@ -253,6 +256,8 @@ fn server_info() -> proto::ServerInfo {
 impl Session {
     async fn join(state: LiveKitState, claims: &Claims, opts: &Options) -> Result<Session, SessionError> {
         let room = RoomName::new(claims.video.room.clone()).map_err(|e| SessionError::Invalid(format!("room: {e}")))?;
+        let org = state.tokens.org_of(&claims.iss).ok_or_else(|| SessionError::Invalid("token key".into()))?;
+        let room = RoomName::in_org(&org, &room);
         let identity =
             Identity::new(claims.sub.clone()).map_err(|e| SessionError::Invalid(format!("identity: {e}")))?;
         let perms = claims.video.permissions();
@@ -332,8 +337,8 @@ impl Session {
             .collect();
         Resp::Join(proto::JoinResponse {
             room: Some(proto::Room {
-                sid: format!("RM_{}", self.room),
-                name: self.room.to_string(),
+                sid: format!("RM_{}", self.room.local()),
+                name: self.room.local().to_string(),
                 num_participants: all.len() as u32,
                 ..Default::default()
             }),
