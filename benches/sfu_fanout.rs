@@ -134,6 +134,7 @@ fn start_server() -> ServerThread {
             rt.block_on(async move {
                 let mut config = Config::loopback(dir);
                 config.keys = [(API_KEY.to_string(), API_SECRET.to_string())].into();
+                config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
                 if let Some(kbps) = std::env::var("SFU_FANOUT_INITIAL_BWE_KBPS").ok().and_then(|v| v.parse().ok()) {
                     config.rtc.initial_bwe_kbps = kbps;
                 }

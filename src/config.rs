@@ -26,6 +26,10 @@ pub enum ConfigError {
     KeysSyntax(String),
     #[error("admin_key is {0} bytes; at least {MIN_SECRET_LEN} are required")]
     ShortAdminKey(usize),
+    #[error(
+        "secret_key (AURALINK_SECRET_KEY) is required outside dev mode: base64 of 32 random bytes, e.g. `openssl rand -base64 32`"
+    )]
+    MissingSecretKey,
 }
 
 /// Everything `auralink serve` needs.
@@ -53,6 +57,9 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// LiveKit-format webhook endpoints, signed with the first of `keys`.
     pub webhook_urls: Vec<String>,
+    /// Base64 of 32 random bytes: seals secrets stored in the database (orgs' LiveKit API
+    /// secrets). Required outside dev mode; dev mode generates one into the data dir.
+    pub secret_key: Option<String>,
 }
 
 /// HTTP listener settings.
@@ -116,6 +123,7 @@ impl Default for Config {
             database_url: None,
             admin_key: None,
             webhook_urls: Vec::new(),
+            secret_key: None,
         }
     }
 }
@@ -171,6 +179,7 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub admin_key: Option<String>,
     pub webhook_urls: Option<Vec<String>>,
+    pub secret_key: Option<String>,
 }
 
 impl Config {
@@ -209,6 +218,9 @@ impl Config {
         if let Some(urls) = o.webhook_urls {
             config.webhook_urls = urls;
         }
+        if o.secret_key.is_some() {
+            config.secret_key = o.secret_key;
+        }
         Ok(config)
     }
 
@@ -227,6 +239,30 @@ impl Config {
     /// The database to open: the configured URL, or SQLite in the data dir.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("auralink.db").display()))
+    }
+
+    /// The key that seals stored secrets: configured, or in dev mode loaded (first run:
+    /// generated) from the data dir.
+    pub fn resolve_secret_key(&mut self) -> Result<String, ConfigError> {
+        if let Some(k) = &self.secret_key {
+            return Ok(k.clone());
+        }
+        if !self.is_dev_mode() {
+            return Err(ConfigError::MissingSecretKey);
+        }
+        let path = self.data_dir.join("dev-secret-key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(k) => k.trim().to_string(),
+            Err(_) => {
+                let k = crate::api::secrets::SecretBox::generate_key();
+                std::fs::create_dir_all(&self.data_dir)
+                    .and_then(|()| std::fs::write(&path, &k))
+                    .map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
+                k
+            }
+        };
+        self.secret_key = Some(key.clone());
+        Ok(key)
     }
 
     /// Checks the admin key, or in dev mode loads (first run: generates) one.

@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Platform administrator's bearer key (at least 32 bytes).
     #[arg(long, env = "AURALINK_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    /// Base64 of 32 random bytes sealing secrets stored in the database.
+    #[arg(long, env = "AURALINK_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
     /// LiveKit-format webhook endpoints (comma-separated).
     #[arg(long, env = "AURALINK_WEBHOOK_URLS", value_delimiter = ',')]
     webhook_urls: Option<Vec<String>>,
@@ -124,6 +127,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 database_url: a.database_url,
                 admin_key: a.admin_key,
                 webhook_urls: a.webhook_urls,
+                secret_key: a.secret_key,
             };
             let config = Config::load(cli.config.as_deref(), o)?;
             let rt = tokio::runtime::Runtime::new()?;

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api::secrets::{SecretBox, SecretError};
 use crate::api::webhook::{self, WebhookConfig};
 use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
@@ -34,6 +35,8 @@ pub enum StartError {
     Candidate(SocketAddr),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    SecretKey(#[from] SecretError),
 }
 
 /// A running server.
@@ -101,8 +104,11 @@ fn default_node_ips() -> Vec<IpAddr> {
 pub async fn start(mut config: Config) -> Result<Server, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
-    let dev_keys = config.resolve_keys()?;
+    // Before the dev key pair fills `keys`: dev mode is decided by what was configured.
     config.resolve_admin_key()?;
+    let secret_key = config.resolve_secret_key()?;
+    let dev_keys = config.resolve_keys()?;
+    let secrets = SecretBox::from_base64(&secret_key)?;
     let db = Db::open(&config.database_url()).await?;
     api::twirp::ensure_node_org(&db, crate::api::Clock::system().now_ms()).await?;
     tracing::info!(backend = db.backend(), "database ready");
@@ -143,6 +149,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let handle = driver::spawn(sfu, udp, tcp);
 
     let tokens = TokenVerifier::new(config.keys.clone());
+    let org_keys = api::v1::livekit_keys::load_all(&db, &secrets, &tokens).await?;
+    tracing::info!(org_keys, "org LiveKit keys loaded");
     let whip =
         WhipState::new(handle.clone(), tokens.clone(), config.rtc.ice_servers.clone(), config.http.max_signal_body);
     let livekit = LiveKitState {
@@ -172,6 +180,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         db: db.clone(),
         admin_key: config.admin_key.clone(),
         clock: Clock::system(),
+        secrets,
         webhooks,
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);

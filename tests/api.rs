@@ -28,6 +28,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    tokens_and_livekit_keys_stay_in_their_org,
     org_users_keys_and_rooms,
     tenants_see_only_their_own,
     idempotent_posts,
@@ -365,5 +366,56 @@ async fn postgres_outage_is_reported_and_recovered() {
     let names: Vec<&str> = r.body["rooms"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["after", "before"]);
     admin.close().await.unwrap();
+    api.finish().await;
+}
+
+async fn tokens_and_livekit_keys_stay_in_their_org(api: Api) {
+    use auralink::sfu::signal::token;
+    let a = api.org_created("tok-a").await;
+    let b = api.org_created("tok-b").await;
+    let (org_a, key_a) = (a["org"]["id"].as_str().unwrap(), a["api_key"]["key"].as_str().unwrap());
+    let key_b = b["api_key"]["key"].as_str().unwrap();
+    for key in [key_a, key_b] {
+        api.send("POST", "/v1/rooms", key, Some(json!({ "name": "standup" }))).await;
+    }
+    let r = api
+        .send("POST", "/v1/tokens", key_a, Some(json!({ "room": "standup", "identity": "ann", "can_publish": false })))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let jwt = r.body["token"].as_str().unwrap();
+    assert_eq!(r.body["api_key"], a["livekit_key"]["api_key"]);
+    // The SFU's verifier knows the org's key and which org it is.
+    let tokens = &api.server.state().livekit.tokens;
+    let claims = tokens.verify_join(jwt, "standup", api.now_secs()).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.video.can_publish), ("ann", Some(false)));
+    assert_eq!(tokens.org_of(&claims.iss).as_deref(), Some(org_a));
+    let r = api.send("GET", &format!("/rtc/validate?access_token={jwt}"), "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Only the org's own rooms get tokens.
+    let r = api.send("POST", "/v1/tokens", key_a, Some(json!({ "room": "elsewhere", "identity": "ann" }))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
+    let r = api
+        .send("POST", "/v1/tokens", key_a, Some(json!({ "room": "standup", "identity": "ann", "ttl_secs": 999999 })))
+        .await;
+    assert_eq!(r.code(), "invalid_field");
+    // The org's LiveKit key drives RoomService for its rooms only.
+    let mut svc = token::join_claims(a["livekit_key"]["api_key"].as_str().unwrap(), "", "", api.now_secs(), 600);
+    svc.video.room_join = false;
+    svc.video.room_list = true;
+    let svc = token::mint(&svc, a["livekit_key"]["api_secret"].as_str().unwrap());
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/twirp/livekit.RoomService/ListRooms")
+        .header("authorization", format!("Bearer {svc}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from("{}"))
+        .unwrap();
+    let r = api.raw(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["rooms"].as_array().map(|r| r.len()), Some(1), "{:?}", r.body);
+    // The secret is stored sealed, not as text.
+    let listed = api.send("GET", "/v1/livekit-keys", key_a, None).await;
+    assert_eq!(listed.body["livekit_keys"][0]["api_key"], a["livekit_key"]["api_key"]);
+    assert!(!listed.body.to_string().contains(a["livekit_key"]["api_secret"].as_str().unwrap()));
     api.finish().await;
 }

@@ -5,6 +5,9 @@ use auralink::config::Config;
 fn config(dir: &str, keys: &[(&str, &str)]) -> Config {
     let mut c = Config::loopback(std::env::temp_dir().join(format!("auralink-{dir}-{}", std::process::id())));
     c.keys = keys.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
+    if !keys.is_empty() {
+        c.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+    }
     c
 }
 
@@ -48,6 +51,10 @@ async fn configured_keys_disable_dev_routes_and_short_secrets_refuse_to_start() 
 
     let err = auralink::server::start(config("short", &[("APIk", "short")])).await.err().expect("refused");
     assert!(err.to_string().contains("at least 32"), "{err}");
+    let mut no_secret_key = config("nosk", &[("APIk", "0123456789abcdef0123456789abcdef")]);
+    no_secret_key.secret_key = None;
+    let err = auralink::server::start(no_secret_key).await.err().expect("refused");
+    assert!(err.to_string().contains("secret_key"), "{err}");
 }
 
 fn now() -> u64 {

@@ -31,6 +31,7 @@ fn token(identity: &str) -> String {
 async fn publisher_over_ice_tcp_reaches_udp_subscriber() {
     let mut config = Config::loopback(std::env::temp_dir().join(format!("auralink-icetcp-{}", std::process::id())));
     config.keys = [("APItcp".to_string(), SECRET.to_string())].into_iter().collect();
+    config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
     let server = auralink::server::start(config).await.unwrap();
     let base = format!("http://{}", server.http_addr);
     let http = reqwest::Client::new();

@@ -90,6 +90,7 @@ async fn start_server(tag: &str) -> TestServer {
     config.rtc.node_ips = vec![[127, 0, 0, 1].into()];
     config.data_dir = dir.clone();
     config.keys = BTreeMap::from([(API_KEY.to_string(), SECRET.to_string())]);
+    config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
     let server = within("server start", server::start(config)).await.expect("server starts");
     assert!(server.dev_keys.is_none(), "configured keys must not fall back to dev mode");
     let base = format!("http://{}", server.http_addr);

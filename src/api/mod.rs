@@ -7,8 +7,9 @@ pub mod auth;
 mod body;
 mod idempotency;
 mod metrics;
+pub mod secrets;
 pub mod twirp;
-mod v1;
+pub mod v1;
 pub mod webhook;
 
 pub use self::body::Body;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// See [`crate::config::Config::admin_key`].
     pub admin_key: Option<String>,
     pub clock: Clock,
+    /// Seals secrets stored in the database.
+    pub secrets: secrets::SecretBox,
     /// Webhook delivery counters (all zero without webhook URLs).
     pub webhooks: Arc<webhook::WebhookStats>,
 }

@@ -185,6 +185,15 @@ impl Db {
         })
     }
 
+    /// Every `(lookup, org)` of one kind: the orgs that hold keys of that kind.
+    pub async fn lookups(&self, kind: &str) -> Result<Vec<(String, String)>, DbError> {
+        const SQL: &str = "SELECT lookup, org_id FROM key_lookup WHERE kind = $1";
+        Ok(match self {
+            Db::Sqlite(p) => sqlx::query_as(SQL).bind(kind).fetch_all(p).await?,
+            Db::Postgres(p) => sqlx::query_as(SQL).bind(kind).fetch_all(p).await?,
+        })
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Db::Sqlite(_) => "sqlite",

@@ -84,11 +84,17 @@ impl Api {
         }
         config.admin_key = Some("admin-key-for-tests-0123456789abcdef".into());
         let server = auralink::server::start(config).await.expect("server starts");
-        let clock = Arc::new(AtomicI64::new(1_800_000_000_000));
+        // Starts at the real time: tokens minted here are also checked by routes that read
+        // the system clock (the LiveKit signal paths).
+        let clock = Arc::new(AtomicI64::new(Clock::system().now_ms()));
         let mut state = server.state();
         state.clock = Clock::manual(Arc::clone(&clock));
         let router = auralink::api::app(state);
         Some(Api { server, router, admin: "admin-key-for-tests-0123456789abcdef".into(), clock, pg_db })
+    }
+
+    pub fn now_secs(&self) -> u64 {
+        (self.clock.load(Ordering::Relaxed) / 1000) as u64
     }
 
     pub fn advance_ms(&self, ms: i64) {
@@ -118,6 +124,12 @@ impl Api {
 
     /// A new org through the admin key; returns `(org id, owner key)`.
     pub async fn org(&self, name: &str) -> (String, String) {
+        let r = self.org_created(name).await;
+        (r["org"]["id"].as_str().unwrap().into(), r["api_key"]["key"].as_str().unwrap().into())
+    }
+
+    /// The whole creation response (org, owner, API key, LiveKit key pair).
+    pub async fn org_created(&self, name: &str) -> Value {
         let r = self
             .send(
                 "POST",
@@ -127,7 +139,7 @@ impl Api {
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-        (r.body["org"]["id"].as_str().unwrap().into(), r.body["api_key"]["key"].as_str().unwrap().into())
+        r.body
     }
 
     pub async fn finish(self) {

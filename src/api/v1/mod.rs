@@ -3,8 +3,10 @@
 //! its own transaction ([`super::audit`]).
 
 mod keys;
+pub mod livekit_keys;
 mod orgs;
 mod rooms;
+mod tokens;
 mod users;
 
 use axum::Router;
@@ -20,6 +22,8 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(keys::router())
         .merge(rooms::router())
+        .merge(tokens::router())
+        .merge(livekit_keys::router())
         .merge(audit::router())
         .layer(from_fn_with_state(state.clone(), idempotency::idempotent))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))

@@ -84,7 +84,8 @@ async fn create(
         now,
     )
     .await?;
-    let after = json!({ "name": req.name.trim(), "owner": user, "key": key_id });
+    let (lk_key, lk_secret) = super::livekit_keys::create(&mut tx, &s.secrets, &org, "default", now).await?;
+    let after = json!({ "name": req.name.trim(), "owner": user, "key": key_id, "livekit_key": lk_key });
     audit::record(
         &mut tx,
         &caller,
@@ -94,12 +95,14 @@ async fn create(
     )
     .await?;
     tx.commit().await?;
+    s.livekit.tokens.add(lk_key.clone(), lk_secret.clone(), org.clone());
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "org": { "id": org, "name": req.name.trim(), "metadata": {}, "created_at": now, "updated_at": now },
             "owner": { "id": user, "email": req.owner_email.trim(), "role": "owner" },
             "api_key": { "id": key_id, "prefix": key.prefix, "key": key.plaintext },
+            "livekit_key": { "api_key": lk_key, "api_secret": lk_secret },
         })),
     ))
 }

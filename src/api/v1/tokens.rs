@@ -1,0 +1,110 @@
+//! `POST /v1/tokens`: a room join token (LiveKit format) for one of the org's rooms, signed
+//! with the org's LiveKit key, so it joins the org's room and no other org's.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, not_found};
+use crate::api::Body;
+use crate::api::audit::{self, Change};
+use crate::api::auth::{Caller, Perm};
+use crate::args;
+use crate::error::ApiError;
+use crate::ids::{Identity, RoomName, record_id};
+use crate::sfu::signal::token;
+
+/// Longest validity a token may ask for.
+const MAX_TTL_SECS: u64 = 24 * 3600;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/tokens", post(create))
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    room: String,
+    identity: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    metadata: String,
+    ttl_secs: Option<u64>,
+    #[serde(default = "yes")]
+    can_publish: bool,
+    #[serde(default = "yes")]
+    can_subscribe: bool,
+    #[serde(default = "yes")]
+    can_publish_data: bool,
+    #[serde(default)]
+    can_update_own_metadata: bool,
+    #[serde(default)]
+    hidden: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct Exists {
+    id: String,
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<CreateToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let org = caller.require(Perm::TokensCreate)?;
+    let room =
+        RoomName::new(req.room.clone()).map_err(|e| ApiError::unprocessable("invalid_field", format!("room {e}")))?;
+    let identity = Identity::new(req.identity.clone())
+        .map_err(|e| ApiError::unprocessable("invalid_field", format!("identity {e}")))?;
+    let ttl = req.ttl_secs.unwrap_or(6 * 3600);
+    if !(60..=MAX_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::unprocessable("invalid_field", "ttl_secs must be 60 to 86400"));
+    }
+    if req.name.len() > 256 || req.metadata.len() > 16 * 1024 {
+        return Err(ApiError::unprocessable("invalid_field", "name ≤ 256 bytes, metadata ≤ 16 KiB"));
+    }
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let sql = "SELECT id FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
+    let room_row: Exists = tx.fetch_optional(sql, args![org, room.as_str()]).await?.ok_or_else(|| not_found("room"))?;
+    let (key, secret) = super::livekit_keys::signing_key(&mut tx, &s.secrets, org)
+        .await?
+        .ok_or_else(|| ApiError::conflict("no_signing_key", "the org has no LiveKit key to sign with"))?;
+    let jti = record_id("tok", now);
+    let mut claims = token::join_claims(&key, room.as_str(), identity.as_str(), (now / 1000) as u64, ttl);
+    claims.jti = Some(jti.clone());
+    claims.name = req.name;
+    claims.metadata = req.metadata;
+    claims.video.can_publish = Some(req.can_publish);
+    claims.video.can_subscribe = Some(req.can_subscribe);
+    claims.video.can_publish_data = Some(req.can_publish_data);
+    claims.video.can_update_own_metadata = req.can_update_own_metadata;
+    claims.video.hidden = req.hidden;
+    let expires_at = claims.exp * 1000;
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "token.create",
+            target_type: "room",
+            target_id: Some(&room_row.id),
+            before: None,
+            after: Some(json!({ "jti": jti, "identity": identity, "expires_at": expires_at, "video": claims.video })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let jwt = token::mint(&claims, &secret);
+    Ok((StatusCode::CREATED, Json(json!({ "token": jwt, "jti": jti, "expires_at": expires_at, "api_key": key }))))
+}
