@@ -60,6 +60,12 @@ pub struct Config {
     /// Base64 of 32 random bytes: seals secrets stored in the database (orgs' LiveKit API
     /// secrets). Required outside dev mode; dev mode generates one into the data dir.
     pub secret_key: Option<String>,
+    /// `redis://…`: rate-limit budgets (and later more) shared across nodes.
+    pub redis_url: Option<String>,
+    /// Control API requests per caller (API key) and minute, on average.
+    pub rate_limit_per_minute: u32,
+    /// Requests a caller may make at once before the average applies.
+    pub rate_limit_burst: u32,
 }
 
 /// HTTP listener settings.
@@ -124,6 +130,9 @@ impl Default for Config {
             admin_key: None,
             webhook_urls: Vec::new(),
             secret_key: None,
+            redis_url: None,
+            rate_limit_per_minute: 1200,
+            rate_limit_burst: 100,
         }
     }
 }
@@ -180,6 +189,7 @@ pub struct Overrides {
     pub admin_key: Option<String>,
     pub webhook_urls: Option<Vec<String>>,
     pub secret_key: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Config {
@@ -220,6 +230,9 @@ impl Config {
         }
         if o.secret_key.is_some() {
             config.secret_key = o.secret_key;
+        }
+        if o.redis_url.is_some() {
+            config.redis_url = o.redis_url;
         }
         Ok(config)
     }

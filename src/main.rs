@@ -68,6 +68,9 @@ struct ServeArgs {
     /// Base64 of 32 random bytes sealing secrets stored in the database.
     #[arg(long, env = "AURALINK_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// `redis://…`, shared by every node (rate limits).
+    #[arg(long, env = "AURALINK_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     /// LiveKit-format webhook endpoints (comma-separated).
     #[arg(long, env = "AURALINK_WEBHOOK_URLS", value_delimiter = ',')]
     webhook_urls: Option<Vec<String>>,
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 admin_key: a.admin_key,
                 webhook_urls: a.webhook_urls,
                 secret_key: a.secret_key,
+                redis_url: a.redis_url,
             };
             let config = Config::load(cli.config.as_deref(), o)?;
             let rt = tokio::runtime::Runtime::new()?;

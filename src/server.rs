@@ -11,10 +11,12 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::api::ratelimit::RateLimiter;
 use crate::api::secrets::{SecretBox, SecretError};
 use crate::api::webhook::{self, WebhookConfig};
 use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
+use crate::db::redis::{Redis, RedisError};
 use crate::db::{Db, DbError};
 use crate::sfu::driver::{self, SfuHandle};
 use crate::sfu::signal::livekit::LiveKitState;
@@ -37,6 +39,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error(transparent)]
     SecretKey(#[from] SecretError),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
 }
 
 /// A running server.
@@ -110,6 +114,11 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let dev_keys = config.resolve_keys()?;
     let secrets = SecretBox::from_base64(&secret_key)?;
     let db = Db::open(&config.database_url()).await?;
+    let redis = match &config.redis_url {
+        Some(url) => Some(Redis::connect(url).await?),
+        None => None,
+    };
+    let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, redis.clone()));
     api::twirp::ensure_node_org(&db, crate::api::Clock::system().now_ms()).await?;
     tracing::info!(backend = db.backend(), "database ready");
     let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
@@ -181,6 +190,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         admin_key: config.admin_key.clone(),
         clock: Clock::system(),
         secrets,
+        redis,
+        limiter,
         webhooks,
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);

@@ -419,3 +419,28 @@ async fn tokens_and_livekit_keys_stay_in_their_org(api: Api) {
     assert!(!listed.body.to_string().contains(a["livekit_key"]["api_secret"].as_str().unwrap()));
     api.finish().await;
 }
+
+/// Past its burst a caller gets 429 with Retry-After; its budget refills with time, and other
+/// callers are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let tweak = |c: &mut auralink::config::Config| {
+        c.rate_limit_per_minute = 60;
+        c.rate_limit_burst = 3;
+    };
+    let api = Api::start_with(Backend::Sqlite, "ratelimit", tweak).await.unwrap();
+    let (_, key) = api.org("limited").await;
+    let (_, other) = api.org("other").await;
+    for _ in 0..3 {
+        assert_eq!(api.send("GET", "/v1/rooms", &key, None).await.status, StatusCode::OK);
+    }
+    let r = api.send("GET", "/v1/rooms", &key, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(api.send("GET", "/v1/rooms", &other, None).await.status, StatusCode::OK);
+    api.advance_ms(1000);
+    assert_eq!(api.send("GET", "/v1/rooms", &key, None).await.status, StatusCode::OK);
+    let metrics = api.send("GET", "/metrics", "", None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    api.finish().await;
+}

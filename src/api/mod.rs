@@ -7,6 +7,7 @@ pub mod auth;
 mod body;
 mod idempotency;
 mod metrics;
+pub mod ratelimit;
 pub mod secrets;
 pub mod twirp;
 pub mod v1;
@@ -52,6 +53,9 @@ pub struct AppState {
     pub clock: Clock,
     /// Seals secrets stored in the database.
     pub secrets: secrets::SecretBox,
+    /// Redis, when configured.
+    pub redis: Option<crate::db::redis::Redis>,
+    pub limiter: Arc<ratelimit::RateLimiter>,
     /// Webhook delivery counters (all zero without webhook URLs).
     pub webhooks: Arc<webhook::WebhookStats>,
 }
@@ -148,13 +152,23 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if s.sfu.call(|_, _| ()).await.is_err() {
         return ApiError::unavailable().into_response();
     }
-    match s.db.check().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready", "database": s.db.backend() })).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: database");
-            let body = serde_json::json!({ "status": "unavailable", "database": e.to_string() });
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
+    let database = s.db.check().await.map(|()| s.db.backend().to_string()).map_err(|e| e.to_string());
+    let redis = match &s.redis {
+        None => Ok("not configured".to_string()),
+        Some(r) => r.ping().await.map(|()| "ok".to_string()).map_err(|e| e.to_string()),
+    };
+    let ready = database.is_ok() && redis.is_ok();
+    let show = |r: Result<String, String>| r.unwrap_or_else(|e| format!("unavailable: {e}"));
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "database": show(database),
+        "redis": show(redis),
+    });
+    if ready {
+        Json(body).into_response()
+    } else {
+        tracing::warn!(%body, "not ready");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 

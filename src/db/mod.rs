@@ -9,6 +9,7 @@
 //! the caller's rows.
 
 mod record;
+pub mod redis;
 
 use std::str::FromStr;
 use std::time::Duration;

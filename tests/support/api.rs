@@ -1,3 +1,6 @@
+// Shared by several test crates; each uses its own part of it.
+#![allow(dead_code)]
+
 //! A server on a fresh database (SQLite in a temp dir, or a new PostgreSQL database when
 //! `AURALINK_TEST_PG` is set) driven through `oneshot`, with a clock the test moves.
 
@@ -70,6 +73,11 @@ pub async fn drop_pg_database(name: &str) {
 
 impl Api {
     pub async fn start(backend: Backend, tag: &str) -> Option<Api> {
+        Api::start_with(backend, tag, |_| {}).await
+    }
+
+    /// As [`Api::start`], with changes to the configuration.
+    pub async fn start_with(backend: Backend, tag: &str, tweak: impl FnOnce(&mut Config)) -> Option<Api> {
         let dir = std::env::temp_dir().join(format!("auralink-api-{tag}-{}-{}", std::process::id(), rand_suffix()));
         let mut config = Config::loopback(&dir);
         let mut pg_db = None;
@@ -83,6 +91,7 @@ impl Api {
             }
         }
         config.admin_key = Some("admin-key-for-tests-0123456789abcdef".into());
+        tweak(&mut config);
         let server = auralink::server::start(config).await.expect("server starts");
         // Starts at the real time: tokens minted here are also checked by routes that read
         // the system clock (the LiveKit signal paths).

@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 
-use super::{AppState, MAX_BODY, audit, auth, idempotency};
+use super::{AppState, MAX_BODY, audit, auth, idempotency, ratelimit};
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(livekit_keys::router())
         .merge(audit::router())
         .layer(from_fn_with_state(state.clone(), idempotency::idempotent))
+        .layer(from_fn_with_state(state.clone(), ratelimit::limit))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -1,0 +1,68 @@
+//! Redis, when configured: state shared by every node (rate-limit budgets, revoked tokens).
+//! Every call is bounded by a short timeout so a slow or absent Redis costs a request at
+//! most that long; callers decide what a failure means (see docs/api.md).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+/// How long one Redis call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {CALL_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// A self-reconnecting connection.
+#[derive(Clone)]
+pub struct Redis {
+    conn: ConnectionManager,
+}
+
+/// GCRA in one atomic step (see `crate::api::ratelimit::gcra` for the same rule in Rust):
+/// KEYS[1] holds the theoretical arrival time; ARGV: now, interval, burst (all ms / counts).
+/// Returns 0 when allowed, else the milliseconds until the next request would be.
+const GCRA: &str = r#"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local over = new_tat - now - burst * interval
+if over > 0 then return over end
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + 1000)
+return 0
+"#;
+
+impl Redis {
+    pub async fn connect(url: &str) -> Result<Redis, RedisError> {
+        let client = redis::Client::open(url)?;
+        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(client))
+            .await
+            .map_err(|_| RedisError::Timeout)??;
+        Ok(Redis { conn })
+    }
+
+    async fn bounded<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, RedisError> {
+        Ok(tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| RedisError::Timeout)??)
+    }
+
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut c = self.conn.clone();
+        Self::bounded(redis::cmd("PING").query_async::<String>(&mut c)).await.map(|_| ())
+    }
+
+    /// One GCRA step for `key`; `Ok(0)` allows, `Ok(ms)` refuses for that long.
+    pub async fn gcra(&self, key: &str, now_ms: i64, interval_ms: i64, burst: i64) -> Result<i64, RedisError> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(GCRA);
+        let mut call = script.key(key);
+        call.arg(now_ms).arg(interval_ms).arg(burst);
+        Self::bounded(call.invoke_async::<i64>(&mut c)).await
+    }
+}
