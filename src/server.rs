@@ -158,6 +158,9 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let handle = driver::spawn(sfu, udp, tcp);
 
     let tokens = TokenVerifier::new(config.keys.clone());
+    if let Some(r) = &redis {
+        tokens.revocations.use_redis(r.clone());
+    }
     let org_keys = api::v1::livekit_keys::load_all(&db, &secrets, &tokens).await?;
     tracing::info!(org_keys, "org LiveKit keys loaded");
     let whip =

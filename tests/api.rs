@@ -29,6 +29,7 @@ macro_rules! on_both {
 
 on_both!(
     tokens_and_livekit_keys_stay_in_their_org,
+    revoked_tokens_are_refused_and_disconnect,
     org_users_keys_and_rooms,
     tenants_see_only_their_own,
     idempotent_posts,
@@ -442,5 +443,42 @@ async fn rate_limit_answers_429_with_retry_after() {
     assert_eq!(api.send("GET", "/v1/rooms", &key, None).await.status, StatusCode::OK);
     let metrics = api.send("GET", "/metrics", "", None).await;
     assert_eq!(metrics.status, StatusCode::OK);
+    api.finish().await;
+}
+
+async fn revoked_tokens_are_refused_and_disconnect(api: Api) {
+    use auralink::client::{Client, MediaSpec};
+    let (_, key) = api.org("revoke").await;
+    let (_, other) = api.org("revoke-other").await;
+    api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "stage" }))).await;
+    let r = api.send("POST", "/v1/tokens", &key, Some(json!({ "room": "stage", "identity": "pat" }))).await;
+    let (jwt, jti) = (r.body["token"].as_str().unwrap().to_string(), r.body["jti"].as_str().unwrap().to_string());
+    // Pat joins over WHIP with the token: a session in the org's room.
+    let whip = |token: &str| {
+        let mut client = Client::new(std::time::Instant::now(), "127.0.0.1:9".parse().unwrap());
+        let offer = client.offer(&[MediaSpec::send(str0m::media::MediaKind::Audio)], None);
+        axum::http::Request::builder()
+            .method("POST")
+            .uri("/whip/stage")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/sdp")
+            .body(axum::body::Body::from(offer))
+            .unwrap()
+    };
+    assert_eq!(api.raw(whip(&jwt)).await.status, StatusCode::CREATED);
+    let live = api.send("GET", "/v1/rooms/stage/participants", &key, None).await;
+    assert_eq!(live.body["participants"].as_array().unwrap().len(), 1, "{:?}", live.body);
+    // Another org cannot revoke it; the minting org can, and pat is disconnected.
+    let r = api.send("POST", &format!("/v1/tokens/{jti}/revoke"), &other, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api.send("POST", &format!("/v1/tokens/{jti}/revoke"), &key, None).await;
+    assert_eq!((r.status, r.body["disconnected"].as_u64()), (StatusCode::OK, Some(1)), "{:?}", r.body);
+    let live = api.send("GET", "/v1/rooms/stage/participants", &key, None).await;
+    assert_eq!(live.body["participants"], json!([]));
+    // The token no longer joins, by WHIP or by the LiveKit signal path.
+    let r = api.raw(whip(&jwt)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "token_revoked"));
+    let r = api.send("GET", &format!("/rtc/validate?access_token={jwt}"), "", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     api.finish().await;
 }

@@ -45,3 +45,20 @@ async fn readiness_reports_redis() {
     assert_eq!((r.status, r.body["redis"].as_str()), (StatusCode::OK, Some("ok")), "{:?}", r.body);
     api.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_node_is_refused_on_another() {
+    use auralink::sfu::signal::revocation::Revocations;
+    let Some(url) = redis_url() else {
+        eprintln!("AURALINK_TEST_REDIS not set: skipped");
+        return;
+    };
+    let (node_a, node_b) = (Revocations::default(), Revocations::default());
+    node_a.use_redis(Redis::connect(&url).await.expect("AURALINK_TEST_REDIS is set but Redis is unreachable"));
+    node_b.use_redis(Redis::connect(&url).await.unwrap());
+    let jti = auralink::ids::record_id("tok", 0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(!node_b.is_revoked(&jti, now).await.unwrap());
+    node_a.revoke(&jti, now + 60_000, now).await.unwrap();
+    assert!(node_b.is_revoked(&jti, now).await.unwrap());
+}

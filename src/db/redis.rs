@@ -57,6 +57,18 @@ impl Redis {
         Self::bounded(redis::cmd("PING").query_async::<String>(&mut c)).await.map(|_| ())
     }
 
+    /// Sets `key` for `ttl_ms` (at least 1 ms).
+    pub async fn set_until(&self, key: &str, ttl_ms: i64) -> Result<(), RedisError> {
+        let mut c = self.conn.clone();
+        let cmd = redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ttl_ms.max(1)).to_owned();
+        Self::bounded(cmd.query_async::<()>(&mut c)).await
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, RedisError> {
+        let mut c = self.conn.clone();
+        Self::bounded(redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut c)).await.map(|n| n > 0)
+    }
+
     /// One GCRA step for `key`; `Ok(0)` allows, `Ok(ms)` refuses for that long.
     pub async fn gcra(&self, key: &str, now_ms: i64, interval_ms: i64, burst: i64) -> Result<i64, RedisError> {
         let mut c = self.conn.clone();

@@ -21,7 +21,7 @@ use crate::sfu::signal::token;
 const MAX_TTL_SECS: u64 = 24 * 3600;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/tokens", post(create))
+    Router::new().route("/v1/tokens", post(create)).route("/v1/tokens/{jti}/revoke", post(revoke))
 }
 
 fn yes() -> bool {
@@ -97,14 +97,76 @@ async fn create(
         now,
         Change {
             action: "token.create",
-            target_type: "room",
-            target_id: Some(&room_row.id),
+            target_type: "token",
+            target_id: Some(&jti),
             before: None,
-            after: Some(json!({ "jti": jti, "identity": identity, "expires_at": expires_at, "video": claims.video })),
+            after: Some(
+                json!({ "room": room_row.id, "identity": identity, "expires_at": expires_at, "video": claims.video }),
+            ),
         },
     )
     .await?;
     tx.commit().await?;
     let jwt = token::mint(&claims, &secret);
     Ok((StatusCode::CREATED, Json(json!({ "token": jwt, "jti": jti, "expires_at": expires_at, "api_key": key }))))
+}
+
+#[derive(sqlx::FromRow)]
+struct Minted {
+    after: Option<String>,
+}
+
+/// Revokes a token the org minted: refused at every later join, and whoever joined with it
+/// on this node is disconnected.
+async fn revoke(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Path(jti): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::TokensCreate)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let sql = "SELECT after FROM audit_log WHERE org_id = $1 AND action = 'token.create' AND target_type = 'token' \
+               AND target_id = $2";
+    let minted: Minted = tx.fetch_optional(sql, args![org, &jti]).await?.ok_or_else(|| not_found("token"))?;
+    let expires_at = minted
+        .after
+        .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+        .and_then(|a| a["expires_at"].as_i64())
+        .unwrap_or(now + MAX_TTL_SECS as i64 * 1000);
+    let tokens = &s.livekit.tokens;
+    tokens.revocations.revoke(&jti, expires_at, now).await.map_err(|e| {
+        tracing::warn!(error = %e, "revocation not shared");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable", "Redis is unavailable; retry")
+    })?;
+    let joined = tokens.revocations.take_joined(&jti);
+    let disconnected = joined.len();
+    audit::record(
+        &mut tx,
+        &caller,
+        org,
+        now,
+        Change {
+            action: "token.revoke",
+            target_type: "token",
+            target_id: Some(&jti),
+            before: None,
+            after: Some(json!({ "disconnected": disconnected })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    s.sfu
+        .call(move |sfu, now| {
+            use crate::sfu::core::LeaveReason::Removed;
+            for p in joined {
+                // A participant, or one connection of somebody else's (a WHEP player beside a
+                // publisher of the same identity): either way the token's sessions end.
+                sfu.remove_participant(now, p, Removed);
+                let _ = sfu.leave(now, p, Removed);
+            }
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    Ok(Json(json!({ "jti": jti, "revoked": true, "disconnected": disconnected })))
 }

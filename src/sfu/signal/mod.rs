@@ -2,6 +2,7 @@
 //! [`crate::sfu::driver::SfuHandle`]; the router itself knows none of them.
 
 pub mod livekit;
+pub mod revocation;
 pub mod sdpfrag;
 pub mod token;
 pub mod whip;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -109,6 +110,10 @@ pub enum TokenError {
     WrongRoom(String),
     #[error("token has no identity")]
     NoIdentity,
+    #[error("token was revoked")]
+    Revoked,
+    #[error("the revocation list cannot be consulted; retry")]
+    RevocationUnavailable,
 }
 
 impl TokenError {
@@ -123,6 +128,8 @@ impl TokenError {
             TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::WrongRoom(_) => "token_wrong_room",
             TokenError::NoIdentity => "token_no_identity",
+            TokenError::Revoked => "token_revoked",
+            TokenError::RevocationUnavailable => "revocation_unavailable",
         }
     }
 }
@@ -138,6 +145,7 @@ struct Header {
 pub struct TokenVerifier {
     /// API key → (secret, org that owns it).
     keys: Arc<RwLock<BTreeMap<String, (String, String)>>>,
+    pub revocations: Arc<super::revocation::Revocations>,
 }
 
 /// The org that owns rooms reached with the node's configured keys.
@@ -150,12 +158,34 @@ impl TokenVerifier {
     /// A verifier for the node's configured keys, which belong to [`NODE_ORG`].
     pub fn new(keys: BTreeMap<String, String>) -> Self {
         let keys = keys.into_iter().map(|(k, s)| (k, (s, NODE_ORG.to_string()))).collect();
-        TokenVerifier { keys: Arc::new(RwLock::new(keys)) }
+        TokenVerifier { keys: Arc::new(RwLock::new(keys)), revocations: Default::default() }
     }
 
     /// Accepts tokens signed with an org's key from now on.
     pub fn add(&self, key: String, secret: String, org: String) {
         self.keys.write().expect("not poisoned").insert(key, (secret, org));
+    }
+
+    /// Refuses a revoked token. Tokens without a `jti` cannot be revoked.
+    pub async fn check_revoked(&self, claims: &Claims) -> Result<(), TokenError> {
+        let Some(jti) = &claims.jti else { return Ok(()) };
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        match self.revocations.is_revoked(jti, now_ms).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(TokenError::Revoked),
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation list unavailable; join refused");
+                Err(TokenError::RevocationUnavailable)
+            }
+        }
+    }
+
+    /// Notes that `participant` joined with this token, so revoking it disconnects them.
+    pub fn note_join(&self, claims: &Claims, participant: crate::ids::ParticipantId) {
+        if let Some(jti) = &claims.jti {
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+            self.revocations.joined(jti, claims.exp as i64 * 1000, participant, now_ms);
+        }
     }
 
     /// The org whose key signed tokens with this `iss`.

@@ -119,6 +119,7 @@ async fn create(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
     let (claims, room) = authorize(&s.tokens, &headers, &room)?;
+    s.tokens.check_revoked(&claims).await.map_err(token_error)?;
     let perms = claims.video.permissions();
     if role == Role::Publish && !perms.publish {
         return Err(ApiError::forbidden("publish_not_allowed", "token does not grant canPublish"));
@@ -147,6 +148,7 @@ async fn create(
         .await
         .map_err(|_| ApiError::unavailable())?
         .map_err(sfu_error)?;
+    s.tokens.note_join(&claims, participant);
     let resource = random_resource_id();
     s.sessions
         .lock()
@@ -257,6 +259,7 @@ fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Re
 pub fn token_error(e: TokenError) -> ApiError {
     let status = match e {
         TokenError::WrongRoom(_) => StatusCode::FORBIDDEN,
+        TokenError::RevocationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     };
     ApiError::new(status, e.code(), e.to_string())

@@ -137,14 +137,28 @@ fn authorize(tokens: &TokenVerifier, token: Option<&str>) -> Result<Claims, (Sta
 }
 
 async fn validate(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>) -> Response {
-    match authorize(&s.tokens, q.access_token.as_deref()) {
+    match authorize_now(&s.tokens, q.access_token.as_deref()).await {
         Ok(_) => (StatusCode::OK, "success").into_response(),
         Err((status, msg)) => (status, msg).into_response(),
     }
 }
 
+/// [`authorize`], then the revocation list.
+async fn authorize_now(tokens: &TokenVerifier, token: Option<&str>) -> Result<Claims, (StatusCode, String)> {
+    let claims = authorize(tokens, token)?;
+    tokens.check_revoked(&claims).await.map_err(|e| {
+        let status = if e == TokenError::RevocationUnavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        (status, e.to_string())
+    })?;
+    Ok(claims)
+}
+
 async fn rtc(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>, ws: WebSocketUpgrade) -> Response {
-    let claims = match authorize(&s.tokens, q.access_token.as_deref()) {
+    let claims = match authorize_now(&s.tokens, q.access_token.as_deref()).await {
         Ok(c) => c,
         Err((status, msg)) => return (status, msg).into_response(),
     };

@@ -207,6 +207,7 @@ pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: Web
             return;
         }
     };
+    state.tokens.note_join(&claims, session.participant);
     let resumes = state.sessions.register(session.participant, session.room.clone(), session.identity.clone());
     let mut feeds = Feeds { events, described, resumes };
     session.serve_all(tx, rx, &mut feeds).await;
