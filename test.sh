@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-apt_install build-essential pkg-config chromium chromium-driver
+apt_install build-essential pkg-config chromium chromium-driver python3 python3-venv
 # Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
 command -v node >/dev/null || apt_install nodejs
 command -v npm >/dev/null || apt_install npm
@@ -14,6 +14,12 @@ for dir in tests/browser tests/livekit; do
   [ -f "$dir/package.json" ] || continue
   (cd "$dir" && { [ -d node_modules ] && npm ls --silent >/dev/null 2>&1 || npm ci --no-audit --no-fund; })
 done
+# schemathesis (PyPI, pinned) fuzzes the control API from its OpenAPI document.
+venv=tests/schemathesis/.venv
+want=$(sed -n 's/^schemathesis==//p' tests/schemathesis/requirements.txt)
+if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "$want"; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet -r tests/schemathesis/requirements.txt
+fi
 # The room page at / loads livekit-client from web/vendor/; the browser test opens it.
 scripts/web-vendor.sh
 cargo test --all-targets -- --test-threads=2

@@ -11,7 +11,10 @@ mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::header;
 use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::get;
 
 use super::{AppState, MAX_BODY, audit, auth, idempotency, ratelimit};
 use crate::error::ApiError;
@@ -29,7 +32,13 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), ratelimit::limit))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/v1/openapi.json", get(openapi))
         .with_state(state)
+}
+
+/// The API's OpenAPI document; public, as API documents are.
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json"))
 }
 
 /// A name or text field: trimmed length within bounds.
