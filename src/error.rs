@@ -55,6 +55,13 @@ impl From<crate::db::DbError> for ApiError {
         use crate::db::DbError;
         match e {
             DbError::Conflict => ApiError::conflict("already_exists", "a resource with that name already exists"),
+            DbError::Invalid(why) => {
+                tracing::debug!(why, "database refused a value");
+                ApiError::unprocessable(
+                    "invalid_field",
+                    "a value contains characters or a length the server cannot store",
+                )
+            }
             DbError::Unavailable(_) | DbError::NotMigrated { .. } => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "db_unavailable", "the database is unavailable; retry")

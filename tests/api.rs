@@ -146,7 +146,7 @@ async fn tenants_see_only_their_own(api: Api) {
 }
 
 async fn idempotent_posts(api: Api) {
-    let (_, key) = api.org("idem").await;
+    let (org, key) = api.org("idem").await;
     let post = |body: serde_json::Value, idem: &str| {
         axum::http::Request::builder()
             .method("POST")
@@ -162,6 +162,16 @@ async fn idempotent_posts(api: Api) {
     let again = api.raw(post(json!({ "name": "once" }), "k-1")).await;
     assert_eq!((again.status, &again.body), (StatusCode::CREATED, &first.body), "replayed, not re-run");
     assert_eq!(again.headers["idempotent-replayed"], "true");
+    // The stored response is sealed: what it shows once (keys, tokens) is not kept readable.
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        response_body: Option<Vec<u8>>,
+    }
+    let mut tx = api.server.db.begin(&org).await.unwrap();
+    let sql = "SELECT response_body FROM idempotency_keys WHERE org_id = $1";
+    let stored: Stored = tx.fetch_one(sql, auralink::args![&org]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(!String::from_utf8_lossy(&stored.response_body.unwrap()).contains("once"));
     let other = api.raw(post(json!({ "name": "twice" }), "k-1")).await;
     assert_eq!((other.status, other.code()), (StatusCode::CONFLICT, "idempotency_key_reused"));
     let rooms = api.send("GET", "/v1/rooms", &key, None).await;
@@ -282,6 +292,14 @@ async fn bad_input_gets_clear_errors(api: Api) {
         let r = api.send("POST", "/v1/rooms", &key, Some(json!({ "name": name }))).await;
         assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"), "{name:?}");
     }
+    let r = api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "ok", "metadata": "a\u{0}b" }))).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+        "NUL is refused on both databases"
+    );
+    let r = api.send("GET", "/v1/rooms?after=a%00b", &key, None).await;
+    assert!(r.status == StatusCode::OK || r.status == StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.status);
     let r = api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "ok", "empty_timeout_secs": -1 }))).await;
     assert_eq!(r.code(), "invalid_field");
     let r = api.send("POST", "/v1/users", &key, Some(json!({ "email": "not-an-email", "role": "member" }))).await;

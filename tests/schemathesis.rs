@@ -10,11 +10,31 @@ use auralink::config::Config;
 
 const ADMIN: &str = "schemathesis-admin-key-0123456789abcdef";
 
+#[path = "support/api.rs"]
+mod support;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_fuzzing_finds_no_server_errors() {
+async fn openapi_fuzzing_finds_no_server_errors_on_sqlite() {
+    fuzz(None, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_fuzzing_finds_no_server_errors_on_postgres() {
+    let Some(base) = support::pg_url() else {
+        eprintln!("AURALINK_TEST_PG not set: skipped");
+        return;
+    };
+    let (name, url) = support::fresh_pg_database(&base).await;
+    fuzz(Some(url), "postgres").await;
+    support::drop_pg_database(&name).await;
+}
+
+async fn fuzz(database_url: Option<String>, tag: &str) {
     let st = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis/.venv/bin/st");
     assert!(st.exists(), "schemathesis is missing: run ./test.sh, which installs it");
-    let mut config = Config::loopback(std::env::temp_dir().join(format!("auralink-st-{}", std::process::id())));
+    let dir = std::env::temp_dir().join(format!("auralink-st-{tag}-{}", std::process::id()));
+    let mut config = Config::loopback(dir);
+    config.database_url = database_url;
     config.admin_key = Some(ADMIN.into());
     // The fuzzer is one caller sending many requests: rate limiting is tested elsewhere.
     config.rate_limit_per_minute = 1_000_000;
@@ -58,5 +78,6 @@ async fn openapi_fuzzing_finds_no_server_errors() {
         .expect("schemathesis finishes within 300 s")
         .unwrap();
     assert!(status.success(), "schemathesis found failures (its report is above)");
+    server.db.close().await;
     server.shutdown().await;
 }

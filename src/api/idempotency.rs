@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::{Caller, Principal};
+use super::secrets::SecretBox;
 use crate::args;
 use crate::error::ApiError;
 
@@ -78,7 +79,7 @@ pub async fn idempotent(State(s): State<AppState>, req: Request, next: Next) -> 
             if row.state != "done" {
                 return Err(ApiError::conflict("idempotency_in_progress", "a request with this key is in progress"));
             }
-            return Ok(replay(row));
+            return replay(row, &s.secrets, &key_context(org, principal, &key));
         }
         Some(_) => {
             let sql = "DELETE FROM idempotency_keys WHERE org_id = $1 AND principal_id = $2 AND key = $3";
@@ -113,7 +114,9 @@ pub async fn idempotent(State(s): State<AppState>, req: Request, next: Next) -> 
         let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let sql = "UPDATE idempotency_keys SET state = 'done', status = $1, response_body = $2, content_type = $3 \
                    WHERE org_id = $4 AND principal_id = $5 AND key = $6";
-        let args = args![parts.status.as_u16() as i64, bytes.to_vec(), content_type, org, principal, &key];
+        // Responses may carry secrets shown once (new API keys, join tokens): stored sealed.
+        let sealed = s.secrets.seal(&bytes, &key_context(org, principal, &key));
+        let args = args![parts.status.as_u16() as i64, sealed, content_type, org, principal, &key];
         // The request itself is done and committed: its answer goes out even if it cannot be
         // stored; a retry with the key then reads "in progress" until the key expires.
         if let Err(e) = run_one(&s, org, sql, args).await {
@@ -141,12 +144,21 @@ async fn release(s: &AppState, org: &str, principal: &str, key: &str) {
     }
 }
 
-fn replay(row: Stored) -> Response {
+/// What a stored response is sealed to: this caller's key, nobody else's.
+fn key_context(org: &str, principal: &str, key: &str) -> String {
+    format!("idempotency/{org}/{principal}/{key}")
+}
+
+fn replay(row: Stored, secrets: &SecretBox, context: &str) -> Result<Response, ApiError> {
+    let body = secrets.open(row.response_body.as_deref().unwrap_or_default(), context).map_err(|e| {
+        tracing::error!(error = %e, "stored idempotent response does not open; was secret_key changed?");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the stored response cannot be replayed")
+    })?;
     let status = row.status.and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
-    let mut r = (status, row.response_body.unwrap_or_default()).into_response();
+    let mut r = (status, body).into_response();
     if let Some(ct) = row.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    r
+    Ok(r)
 }

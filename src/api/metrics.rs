@@ -65,6 +65,18 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         ("auralink_participants", "gauge", "Connected participant sessions.", participants as u64),
         ("auralink_tracks", "gauge", "Published tracks.", tracks as u64),
         (
+            "auralink_api_rate_limited_total",
+            "counter",
+            "Control API requests refused with 429.",
+            s.limiter.limited.load(Relaxed),
+        ),
+        (
+            "auralink_redis_errors_total",
+            "counter",
+            "Redis calls that failed or timed out (the node's own budget applied).",
+            s.limiter.redis_errors.load(Relaxed),
+        ),
+        (
             "auralink_webhooks_delivered_total",
             "counter",
             "Webhook deliveries acknowledged.",

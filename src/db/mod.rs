@@ -33,8 +33,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What went wrong with the database, in the terms the API answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("unsupported database url {0:?}: expected sqlite:… or postgres://…")]
-    Url(String),
+    /// The URL itself is not repeated: it may carry a password.
+    #[error("unsupported or malformed database url: expected sqlite:… or postgres://…")]
+    Url,
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
     #[error("applying migrations: {0}")]
@@ -44,6 +45,9 @@ pub enum DbError {
     /// A unique constraint refused the row: the resource exists.
     #[error("already exists")]
     Conflict,
+    /// The database refused a value the API let through (a NUL character, a CHECK).
+    #[error("value refused by the database: {0}")]
+    Invalid(String),
     #[error("database error: {0}")]
     Query(sqlx::Error),
 }
@@ -52,6 +56,12 @@ impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => DbError::Conflict,
+            // 22021/22P05: text PostgreSQL cannot store (NUL); 23514: a CHECK constraint.
+            sqlx::Error::Database(d)
+                if d.is_check_violation() || d.code().is_some_and(|c| c == "22021" || c == "22P05") =>
+            {
+                DbError::Invalid(d.message().to_string())
+            }
             sqlx::Error::Database(d) if d.code().is_some_and(|c| connection_lost(&c)) => DbError::Unavailable(e),
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 DbError::Unavailable(e)
@@ -83,7 +93,7 @@ enum Backend {
 fn parse_url(url: &str) -> Result<Backend, DbError> {
     if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|_| DbError::Url(url.into()))?
+            .map_err(|_| DbError::Url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // An acknowledged write survives power loss, not only a crash.
@@ -92,9 +102,9 @@ fn parse_url(url: &str) -> Result<Backend, DbError> {
             .busy_timeout(Duration::from_secs(5));
         Ok(Backend::Sqlite(opts))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Backend::Postgres(PgConnectOptions::from_str(url).map_err(|_| DbError::Url(url.into()))?))
+        Ok(Backend::Postgres(PgConnectOptions::from_str(url).map_err(|_| DbError::Url)?))
     } else {
-        Err(DbError::Url(url.into()))
+        Err(DbError::Url)
     }
 }
 
@@ -167,7 +177,11 @@ impl Db {
     /// Opens a transaction scoped to `org`: every row it reads or writes must carry that org.
     pub async fn begin(&self, org: &str) -> Result<Tx, DbError> {
         match self {
-            Db::Sqlite(p) => Ok(Tx::Sqlite(p.begin().await?)),
+            // SQLite has one writer: a deferred transaction that reads and then writes fails
+            // with SQLITE_BUSY when another got the write lock first (the busy timeout does
+            // not apply to that upgrade). Taking the lock at BEGIN makes concurrent requests
+            // wait their turn instead.
+            Db::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
             Db::Postgres(p) => {
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(org).execute(&mut *tx).await?;

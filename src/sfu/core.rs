@@ -549,8 +549,14 @@ impl Sfu {
         track: TrackId,
         on: bool,
     ) -> Result<(), SfuError> {
-        let kind = self.tracks.get(&track).ok_or(SfuError::NoTrack)?.info.kind;
+        let t = self.tracks.get(&track).ok_or(SfuError::NoTrack)?;
+        let kind = t.info.kind;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        // Track ids are node-wide: one from another room (another org's) is not there to take,
+        // and neither is anything for a session without the subscribe permission.
+        if t.room != peer.room || (on && !peer.permissions.subscribe) {
+            return Err(SfuError::NoTrack);
+        }
         if on {
             if peer.has(track) {
                 return Ok(());

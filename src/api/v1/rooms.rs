@@ -203,6 +203,8 @@ async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let org = caller.require(Perm::RoomsWrite)?;
+    // A name no room can have names no room: 404, as for any other missing room.
+    let room = RoomName::in_org(org, &room_name(&name).map_err(|_| not_found("room"))?);
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
     let before = load(&mut tx, org, &name).await?;
@@ -223,7 +225,6 @@ async fn remove(
     )
     .await?;
     tx.commit().await?;
-    let room = RoomName::in_org(org, &room_name(&name)?);
     s.sfu
         .call(move |sfu, now| {
             for p in sfu.participants(&room) {

@@ -135,27 +135,24 @@ async fn revoke(
         .and_then(|a| a["expires_at"].as_i64())
         .unwrap_or(now + MAX_TTL_SECS as i64 * 1000);
     let tokens = &s.livekit.tokens;
-    tokens.revocations.revoke(&jti, expires_at, now).await.map_err(|e| {
+    // Verification accepts a token a little past its expiry; so long it stays revoked.
+    let until = expires_at + token::LEEWAY_SECS as i64 * 1000;
+    tokens.revocations.revoke(&jti, until, now).await.map_err(|e| {
         tracing::warn!(error = %e, "revocation not shared");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable", "Redis is unavailable; retry")
     })?;
+    let change = Change {
+        action: "token.revoke",
+        target_type: "token",
+        target_id: Some(&jti),
+        before: None,
+        after: Some(json!({ "until": until })),
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    // Only once the revocation is recorded: a failure before leaves the sessions to a retry.
     let joined = tokens.revocations.take_joined(&jti);
     let disconnected = joined.len();
-    audit::record(
-        &mut tx,
-        &caller,
-        org,
-        now,
-        Change {
-            action: "token.revoke",
-            target_type: "token",
-            target_id: Some(&jti),
-            before: None,
-            after: Some(json!({ "disconnected": disconnected })),
-        },
-    )
-    .await?;
-    tx.commit().await?;
     s.sfu
         .call(move |sfu, now| {
             use crate::sfu::core::LeaveReason::Removed;

@@ -152,7 +152,7 @@ pub struct TokenVerifier {
 pub const NODE_ORG: &str = "org_node";
 
 /// Leeway for clocks that disagree a little, as LiveKit allows.
-const LEEWAY_SECS: u64 = 10;
+pub const LEEWAY_SECS: u64 = 10;
 
 impl TokenVerifier {
     /// A verifier for the node's configured keys, which belong to [`NODE_ORG`].
