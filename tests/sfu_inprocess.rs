@@ -602,6 +602,21 @@ fn server_ice_restart_reconnects_a_subscriber_connection() {
     assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after a server ICE restart");
 }
 
+#[test]
+fn tracks_of_another_room_cannot_be_subscribed() {
+    let mut w = World::new(19);
+    w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let room = RoomName::new("room").unwrap();
+    let track = w.sfu.participants(&room)[0].tracks[0].id;
+    // Track ids are node-wide and guessable; rooms (and so orgs) still do not share them.
+    let now = w.now;
+    let other = JoinRequest::new(RoomName::new("org_b:room").unwrap(), Identity::new("mallory").unwrap(), perms());
+    let mallory = w.sfu.join_server_offered(now, other);
+    assert!(matches!(w.sfu.set_subscribed(now, mallory, track, true), Err(auralink::sfu::core::SfuError::NoTrack)));
+    assert!(w.sfu.subscriptions(mallory).is_empty());
+}
+
 fn publish_audio(w: &mut World, who: usize, first: u32, frames: u32) -> Vec<Vec<u8>> {
     let mid = w.sending_mids(who)[0];
     let mut sent = Vec::new();
