@@ -8,3 +8,4 @@ pub mod error;
 pub mod ids;
 pub mod server;
 pub mod sfu;
+pub mod wall;

@@ -18,7 +18,6 @@ pub use self::body::Body;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -69,7 +68,7 @@ pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock(Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)))
+        Clock(Arc::new(crate::wall::unix_ms))
     }
 
     /// A clock that reads `ms`, for tests that move time.
@@ -189,7 +188,7 @@ async fn dev_token(
     let room = RoomName::new(q.room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
     let identity =
         Identity::new(q.identity).map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = crate::wall::unix_secs();
     let claims = token::join_claims(key, room.as_str(), identity.as_str(), now, 6 * 3600);
     Ok(Json(serde_json::json!({ "token": token::mint(&claims, secret) })))
 }

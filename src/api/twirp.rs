@@ -364,17 +364,7 @@ async fn delete_room(s: &AppState, org: &str, room: &str) -> Result<(), TwirpErr
         "UPDATE rooms SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND name = $3 AND deleted_at IS NULL";
     let recorded = tx.execute(sql, args![now, org, room]).await? > 0;
     tx.commit().await?;
-    let live = s
-        .sfu
-        .call(move |sfu, now| {
-            let ps = sfu.participants(&name);
-            for p in &ps {
-                sfu.remove_participant(now, p.id, LeaveReason::Removed);
-            }
-            !ps.is_empty()
-        })
-        .await
-        .map_err(|_| gone())?;
+    let live = s.sfu.call(move |sfu, now| sfu.close_room(now, &name) > 0).await.map_err(|_| gone())?;
     if recorded || live { Ok(()) } else { Err(not_found("room")) }
 }
 

@@ -502,6 +502,15 @@ impl Sfu {
         self.drive(now);
     }
 
+    /// Removes everyone in `room` (it was deleted); returns how many participants left.
+    pub fn close_room(&mut self, now: Instant, room: &RoomName) -> usize {
+        let everyone = self.participants(room);
+        for p in &everyone {
+            self.remove_participant(now, p.id, LeaveReason::Removed);
+        }
+        everyone.len()
+    }
+
     /// Participants in `room` with this identity.
     pub fn find_identity(&self, room: &RoomName, identity: &Identity) -> Vec<ParticipantId> {
         let mut out: Vec<ParticipantId> =

@@ -225,14 +225,7 @@ async fn remove(
     )
     .await?;
     tx.commit().await?;
-    s.sfu
-        .call(move |sfu, now| {
-            for p in sfu.participants(&room) {
-                sfu.remove_participant(now, p.id, LeaveReason::Removed);
-            }
-        })
-        .await
-        .map_err(|_| ApiError::unavailable())?;
+    s.sfu.call(move |sfu, now| sfu.close_room(now, &room)).await.map_err(|_| ApiError::unavailable())?;
     Ok(StatusCode::NO_CONTENT)
 }
 

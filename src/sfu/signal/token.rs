@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -169,8 +168,7 @@ impl TokenVerifier {
     /// Refuses a revoked token. Tokens without a `jti` cannot be revoked.
     pub async fn check_revoked(&self, claims: &Claims) -> Result<(), TokenError> {
         let Some(jti) = &claims.jti else { return Ok(()) };
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        match self.revocations.is_revoked(jti, now_ms).await {
+        match self.revocations.is_revoked(jti, crate::wall::unix_ms()).await {
             Ok(false) => Ok(()),
             Ok(true) => Err(TokenError::Revoked),
             Err(e) => {
@@ -183,8 +181,7 @@ impl TokenVerifier {
     /// Notes that `participant` joined with this token, so revoking it disconnects them.
     pub fn note_join(&self, claims: &Claims, participant: crate::ids::ParticipantId) {
         if let Some(jti) = &claims.jti {
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-            self.revocations.joined(jti, claims.exp as i64 * 1000, participant, now_ms);
+            self.revocations.joined(jti, claims.exp as i64 * 1000, participant, crate::wall::unix_ms());
         }
     }
 

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -249,7 +248,7 @@ fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Re
         .ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "token_missing", "Authorization: Bearer <token> is required")
         })?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = crate::wall::unix_secs();
     let claims = tokens.verify_join(token.trim(), room.as_str(), now).map_err(token_error)?;
     let org = tokens.org_of(&claims.iss).ok_or_else(|| token_error(TokenError::UnknownKey))?;
     Ok((claims, RoomName::in_org(&org, room)))

@@ -14,7 +14,6 @@ mod resume;
 mod session;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
@@ -119,14 +118,11 @@ pub fn decode_request(bytes: &[u8]) -> Option<livekit_protocol::signal_request::
     livekit_protocol::SignalRequest::decode(bytes).ok()?.message
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// Checks the token the way the SDK's `/validate` probe and the WebSocket both need.
 fn authorize(tokens: &TokenVerifier, token: Option<&str>) -> Result<Claims, (StatusCode, String)> {
     let token = token.ok_or((StatusCode::UNAUTHORIZED, "missing access_token".to_string()))?;
-    let claims = tokens.verify(token, now_secs()).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let claims =
+        tokens.verify(token, crate::wall::unix_secs()).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
     if !claims.video.room_join || claims.video.room.is_empty() {
         return Err((StatusCode::FORBIDDEN, TokenError::WrongRoom(claims.video.room.clone()).to_string()));
     }

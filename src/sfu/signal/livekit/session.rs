@@ -3,7 +3,7 @@
 //! publisher connection offers, the server offers on the subscriber connection.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -114,10 +114,6 @@ struct Session {
     can_update_metadata: bool,
     /// What the client missed while its signal connection was down.
     backlog: Vec<Resp>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// What ends one signal connection of a session.
@@ -297,7 +293,7 @@ impl Session {
                 name: claims.name.clone(),
                 metadata: claims.metadata.clone(),
                 attributes: Default::default(),
-                joined_at_ms: now_ms(),
+                joined_at_ms: crate::wall::unix_ms(),
                 permission: proto::ParticipantPermission {
                     can_update_metadata: claims.video.can_update_own_metadata,
                     ..convert::permission(perms)
@@ -590,9 +586,10 @@ impl Session {
                 Ok(vec![])
             }
             Req::Ping(ts) => Ok(vec![Resp::Pong(ts)]),
-            Req::PingReq(p) => {
-                Ok(vec![Resp::PongResp(proto::Pong { last_ping_timestamp: p.timestamp, timestamp: now_ms() })])
-            }
+            Req::PingReq(p) => Ok(vec![Resp::PongResp(proto::Pong {
+                last_ping_timestamp: p.timestamp,
+                timestamp: crate::wall::unix_ms(),
+            })]),
             Req::UpdateMetadata(u) => {
                 use proto::request_response::Reason;
                 let reason = if !self.can_update_metadata {
