@@ -172,6 +172,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         registry: Default::default(),
         sessions: Default::default(),
         described: tokio::sync::broadcast::channel(256).0,
+        room_updates: tokio::sync::broadcast::channel(64).0,
+        db: db.clone(),
     };
     let webhooks = match config.keys.iter().next() {
         Some((key, secret)) if !config.webhook_urls.is_empty() => {

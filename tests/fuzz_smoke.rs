@@ -370,3 +370,35 @@ fn livekit_signal_entry_survives_mutated_frames() {
     assert!(auralink::sfu::signal::livekit::decode_request(&frames[0]).is_some());
     assert!(auralink::sfu::signal::livekit::decode_request(b"\xff\x00garbage").is_none());
 }
+
+#[test]
+fn join_request_entry_survives_mutated_wrappers() {
+    use livekit_protocol as proto;
+    use prost::Message;
+    use std::io::Write;
+    let join = proto::JoinRequest {
+        publisher_offer: Some(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: entries::valid_offer(),
+            id: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&join).unwrap();
+    let wrappers = [
+        proto::WrappedJoinRequest { compression: 1, join_request: gz.finish().unwrap() }.encode_to_vec(),
+        proto::WrappedJoinRequest { compression: 0, join_request: join }.encode_to_vec(),
+    ];
+    let mut rng = StdRng::seed_from_u64(0x701e);
+    for i in 0..CASES {
+        let input = if i % 4 == 3 {
+            random_bytes(&mut rng, 300)
+        } else {
+            mutate(&mut rng, &wrappers[i % 2], &[b"\x08\x01", b"\x1f\x8b\x08", b"\xff\xff\xff\xff\x0f"])
+        };
+        entries::livekit_join(&input);
+    }
+}

@@ -9,7 +9,10 @@ use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, RoomName};
 use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
-use auralink::sfu::{JoinRequest, LeaveReason, Quality as LayerQuality, Sfu, SfuConfig, SfuEvent, SubscribeFilter};
+use auralink::sfu::{
+    ClientAnswer, JoinRequest, LeaveReason, Negotiation, Quality as LayerQuality, Sfu, SfuConfig, SfuEvent,
+    SubscribeFilter,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::Candidate;
@@ -47,6 +50,8 @@ struct World {
     ids: Vec<auralink::ids::ParticipantId>,
     /// Server offers answered by clients.
     offers_answered: usize,
+    /// Answers to client-offering sessions, by client, latest last.
+    answers: Vec<(usize, ClientAnswer)>,
 }
 
 fn perms() -> Permissions {
@@ -80,29 +85,30 @@ impl World {
             events: Vec::new(),
             ids: Vec::new(),
             offers_answered: 0,
+            answers: Vec::new(),
         }
     }
 
     /// Joins a client offering `media` (and a "chat" channel); returns its index.
     fn join(&mut self, identity: &str, media: &[MediaSpec], subscribe: SubscribeFilter) -> usize {
-        self.join_with(identity, media, subscribe, false)
+        self.join_with(identity, media, subscribe, Negotiation::Fixed)
     }
 
-    /// As `join`; with `renegotiate` the server offers m-lines for what it subscribes the
+    /// As `join`; with `ServerOffers` the server offers m-lines for what it subscribes the
     /// client to, and the client answers at once.
     fn join_with(
         &mut self,
         identity: &str,
         media: &[MediaSpec],
         subscribe: SubscribeFilter,
-        renegotiate: bool,
+        negotiation: Negotiation,
     ) -> usize {
         let addr: SocketAddr = format!("10.0.1.{}:6000", self.clients.len() + 1).parse().unwrap();
         let mut c = Client::new(self.now, addr);
         let offer = c.offer(media, Some("chat"));
         let req = JoinRequest {
             subscribe,
-            renegotiate,
+            negotiation,
             ..JoinRequest::new(RoomName::new("room").unwrap(), Identity::new(identity).unwrap(), perms())
         };
         let (id, answer) = self.sfu.join(self.now, req, &offer).expect("offer accepted");
@@ -110,6 +116,26 @@ impl World {
         c.accept_answer(&answer.to_sdp_string()).expect("answer accepted");
         self.clients.push((addr, c));
         self.clients.len() - 1
+    }
+
+    /// Joins a client that does all the offering (LiveKit's single peer connection), first
+    /// with `media`; it offers again whenever the router asks, as the SDK does.
+    fn join_client_offers(&mut self, identity: &str, media: &[MediaSpec]) -> usize {
+        let addr: SocketAddr = format!("10.0.1.{}:6000", self.clients.len() + 1).parse().unwrap();
+        let req = JoinRequest::new(RoomName::new("room").unwrap(), Identity::new(identity).unwrap(), perms());
+        let id = self.sfu.join_client_offers(self.now, req);
+        self.ids.push(id);
+        self.clients.push((addr, Client::new(self.now, addr)));
+        let i = self.clients.len() - 1;
+        let offer = self.client(i).offer(media, Some("chat"));
+        self.answer_client(i, &offer);
+        i
+    }
+
+    fn answer_client(&mut self, i: usize, offer: &str) {
+        let answer = self.sfu.answer_offer(self.now, self.ids[i], offer).expect("offer accepted");
+        self.client(i).accept_answer(&answer.sdp).expect("answer accepted");
+        self.answers.push((i, answer));
     }
 
     fn client(&mut self, i: usize) -> &mut Client {
@@ -131,6 +157,16 @@ impl World {
                 let answer = self.clients[i].1.accept_offer(sdp).expect("client accepts the server's offer");
                 self.sfu.handle_answer(self.now, *participant, &answer).expect("router accepts the answer");
                 self.offers_answered += 1;
+            }
+            if let SfuEvent::SectionsNeeded { participant, audio, video } = &e {
+                let i = self.ids.iter().position(|x| x == participant).expect("request to a known client");
+                let more: Vec<MediaSpec> = std::iter::repeat_n(MediaSpec::recv(MediaKind::Audio), *audio as usize)
+                    .chain(std::iter::repeat_n(MediaSpec::recv(MediaKind::Video), *video as usize))
+                    .collect();
+                // Nothing to add: str0m re-offers only with a change, and an ICE restart is one.
+                let offer =
+                    if more.is_empty() { self.client(i).restart_ice() } else { self.client(i).offer(&more, None) };
+                self.answer_client(i, &offer);
             }
             self.events.push(e);
         }
@@ -318,7 +354,7 @@ fn media_and_data_flow_between_participants() {
 fn server_offers_add_and_stop_tracks_for_renegotiating_sessions() {
     let mut w = World::new(23);
     // Bob offers nothing but a data channel; the server offers him what he subscribes to.
-    let bob = w.join_with("bob", &[], SubscribeFilter::All, true);
+    let bob = w.join_with("bob", &[], SubscribeFilter::All, Negotiation::ServerOffers);
     w.connect_all();
     let alice =
         w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
@@ -349,6 +385,60 @@ fn server_offers_add_and_stop_tracks_for_renegotiating_sessions() {
     w.advance_by(Duration::from_millis(200));
     assert_eq!(w.offers_answered, 2);
     assert!(w.sfu.subscriptions(w.ids[bob]).is_empty());
+}
+
+#[test]
+fn client_offering_sessions_are_asked_for_lines_and_told_what_each_carries() {
+    let mut w = World::new(29);
+    // Bob has one peer connection and only ever offers; one audio line to start with.
+    let bob = w.join_client_offers("bob", &[MediaSpec::recv(MediaKind::Audio)]);
+    w.connect_all();
+    let alice =
+        w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    let bob_id = w.ids[bob];
+    // Alice's audio fits the line bob has; for her video he is asked for one more.
+    assert!(w.events.contains(&SfuEvent::SectionsNeeded { participant: bob_id, audio: 0, video: 1 }));
+    let room = RoomName::new("room").unwrap();
+    let alice_info = w.sfu.participants(&room).into_iter().find(|p| p.identity.as_str() == "alice").unwrap();
+    let answer = w.answers.last().unwrap().1.clone();
+    let mut carried: Vec<_> = answer.tracks.iter().map(|t| t.1).collect();
+    carried.sort();
+    let mut published: Vec<_> = alice_info.tracks.iter().map(|t| t.id).collect();
+    published.sort();
+    assert_eq!(carried, published, "the answer maps a line to each of alice's tracks");
+    for (mid, track) in &answer.tracks {
+        let section = answer.sdp.split("m=").find(|s| s.contains(&format!("a=mid:{mid}\r\n"))).unwrap();
+        assert!(section.contains("a=sendonly\r\n"), "{section}");
+        assert!(section.contains(&format!("a=msid:{}|{track} {track}\r\n", alice_info.id)), "{section}");
+    }
+    let (audio, video) = publish(&mut w, alice, 100);
+    let b = &w.clients[bob].1;
+    assert_suffix_intact(&audio, &payloads(b, true), 0.9, "audio on the client's first line");
+    assert_suffix_intact(&video, &payloads(b, false), 0.8, "video on the line it added");
+
+    // Alice leaves: bob offers again and hears that both lines are idle.
+    let now = w.now;
+    w.sfu.leave(now, alice_info.id, LeaveReason::ClientRequest).unwrap();
+    w.advance_by(Duration::from_millis(200));
+    assert!(w.events.contains(&SfuEvent::SectionsNeeded { participant: bob_id, audio: 0, video: 0 }));
+    let answer = w.answers.last().unwrap().1.clone();
+    assert!(answer.tracks.is_empty());
+    let audio_mid = w.clients[bob].1.mids[0];
+    let section = answer.sdp.split("m=").find(|s| s.contains(&format!("a=mid:{audio_mid}\r\n"))).unwrap();
+    assert!(section.contains("a=inactive\r\n") && !section.contains("msid"), "{section}");
+
+    // Once the client knows a line is idle, it carries the next track without a new line.
+    let before = w.clients[bob].1.mids.len();
+    let carol = w.join("carol", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let answer = w.answers.last().unwrap().1.clone();
+    assert_eq!(answer.tracks.len(), 1);
+    assert_eq!(answer.tracks[0].0, audio_mid);
+    assert_eq!(w.clients[bob].1.mids.len(), before, "no new line was needed");
+    let sent = publish_audio(&mut w, carol, 1000, 50);
+    let got: Vec<_> = payloads(&w.clients[bob].1, true).into_iter().filter(|p| sent.contains(p)).collect();
+    assert_suffix_intact(&sent, &got, 0.8, "carol's audio on the reused line");
 }
 
 #[test]
@@ -572,7 +662,7 @@ fn server_ice_restart_reconnects_a_subscriber_connection() {
     let mut w = World::with_disconnect_timeout(17, Duration::from_secs(60));
     let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
     // Bob's connection is server-offered, like a LiveKit subscriber connection.
-    let bob = w.join_with("bob", &[], SubscribeFilter::All, true);
+    let bob = w.join_with("bob", &[], SubscribeFilter::All, Negotiation::ServerOffers);
     w.connect_all();
     publish_audio(&mut w, alice, 0, 20);
     let bob_id = w.sfu_participant("bob");

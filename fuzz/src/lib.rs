@@ -261,6 +261,17 @@ pub fn datagram(data: &[u8]) {
 /// A LiveKit client frame: `decode_request`, then what the server does with the parts it
 /// parses without a session: data packets through the LiveKit envelope (decode, then encode
 /// for another LiveKit client and for a raw one's message).
+/// `join_request::decode` on the bytes as the `/rtc/v1` query parameter, and on their URL-safe
+/// base64 (so the wrapper, gzip and JoinRequest layers see arbitrary bytes too).
+pub fn livekit_join(data: &[u8]) {
+    use auralink::sfu::signal::livekit::join_request::decode;
+    use base64::Engine;
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = decode(text);
+    }
+    let _ = decode(&base64::engine::general_purpose::URL_SAFE.encode(data));
+}
+
 pub fn livekit_signal(data: &[u8]) {
     use auralink::sfu::data::DataCodec;
     use auralink::sfu::signal::livekit::{LiveKitData, decode_request};

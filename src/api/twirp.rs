@@ -166,15 +166,25 @@ async fn call(
         }
         "UpdateRoomMetadata" => {
             let req: proto::UpdateRoomMetadataRequest = decode(codec, &body)?;
-            need_admin(&claims, org, &req.room)?;
+            let name = need_admin(&claims, org, &req.room)?;
             let mut tx = s.db.begin(org).await?;
             let sql = "UPDATE rooms SET metadata = $1, updated_at = $2 WHERE org_id = $3 AND name = $4 \
                        AND deleted_at IS NULL";
             let n = tx.execute(sql, args![&req.metadata, s.clock.now_ms(), org, &req.room]).await?;
             tx.commit().await?;
             if n == 0 {
-                return Err(not_found("room"));
+                // A room that exists only because somebody joined it gets its record now.
+                if participants(&s, name.clone()).await?.is_empty() {
+                    return Err(not_found("room"));
+                }
+                let create = proto::CreateRoomRequest {
+                    name: req.room.clone(),
+                    metadata: req.metadata.clone(),
+                    ..Default::default()
+                };
+                create_room(&s, org, create).await?;
             }
+            s.livekit.room_metadata_changed(name, req.metadata.clone());
             let room =
                 list_rooms(&s, org).await?.into_iter().find(|r| r.name == req.room).ok_or_else(|| not_found("room"))?;
             Ok(encode(codec, &room))
@@ -320,7 +330,11 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
         tx.execute(sql, args).await?;
     }
     tx.commit().await?;
-    list_rooms(s, org).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))
+    let room = list_rooms(s, org).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))?;
+    if !req.metadata.is_empty() {
+        s.livekit.room_metadata_changed(RoomName::in_org(org, &room_name(&req.name)?), room.metadata.clone());
+    }
+    Ok(room)
 }
 
 /// The org's rooms, and its rooms that exist only because somebody joined them.

@@ -16,6 +16,7 @@ use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
 use super::data::{self, DataCodec, DataMessage};
+use super::describe;
 use super::forward::{Decision, Forwarder, Layer};
 use super::layer_select::{self, LayerRate, Quality};
 use super::peer::{MAX_PENDING_MESSAGES, OutChannel, Peer, Slot, SubscribeFilter};
@@ -56,9 +57,7 @@ pub struct JoinRequest {
     pub identity: Identity,
     pub permissions: Permissions,
     pub subscribe: SubscribeFilter,
-    /// Whether the server may send offers to add tracks (LiveKit). WHEP sessions cannot take
-    /// offers, so they forward only on the m-lines they offered.
-    pub renegotiate: bool,
+    pub negotiation: Negotiation,
     /// Data channels the server's first offer opens (LiveKit's subscriber connection). They
     /// also keep the transport up when every media m-line is stopped: a bundle with nothing
     /// left in it is closed by the browser.
@@ -75,10 +74,37 @@ impl JoinRequest {
             identity,
             permissions,
             subscribe: SubscribeFilter::All,
-            renegotiate: false,
+            negotiation: Negotiation::Fixed,
             server_channels: Vec::new(),
         }
     }
+}
+
+/// How a session's m-lines change after the first offer and answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiation {
+    /// They don't: tracks are forwarded on the receiving m-lines of the client's offer (WHEP).
+    Fixed,
+    /// The server offers an m-line per track it adds (LiveKit's subscriber connection).
+    ServerOffers,
+    /// Only the client offers. Tracks go on its receiving m-lines; when it has too few, or an
+    /// m-line now carries something else, the router asks it to offer again with
+    /// [`SfuEvent::SectionsNeeded`], and [`Sfu::answer_offer`] describes each m-line in the
+    /// answer (LiveKit's single peer connection).
+    ClientOffers,
+}
+
+/// An answer to a client-offering session, with the track each sending m-line carries.
+#[derive(Debug, Clone)]
+pub struct ClientAnswer {
+    pub sdp: String,
+    pub tracks: Vec<(Mid, TrackId)>,
+}
+
+/// The msid stream id of a forwarded track, `<participant>|<track>`: how LiveKit clients map
+/// an incoming track to the participant and publication it belongs to.
+fn stream_id(owner: ParticipantId, track: TrackId) -> String {
+    format!("{owner}|{track}")
 }
 
 /// Why a session ended.
@@ -207,6 +233,13 @@ pub enum SfuEvent {
         participant: ParticipantId,
         sdp: String,
     },
+    /// A [`Negotiation::ClientOffers`] session should offer again, with `audio` and `video`
+    /// more receiving m-lines ((0, 0): so that the answer can describe changed ones).
+    SectionsNeeded {
+        participant: ParticipantId,
+        audio: u32,
+        video: u32,
+    },
 }
 
 /// Counters for metrics and benchmarks.
@@ -268,6 +301,7 @@ pub struct Sfu {
     dirty: VecDeque<ParticipantId>,
     dirty_set: HashSet<ParticipantId>,
     needs_offer: BTreeSet<ParticipantId>,
+    needs_sections: BTreeSet<ParticipantId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SfuEvent>,
     next_id: u64,
@@ -286,6 +320,7 @@ impl Sfu {
             dirty: VecDeque::new(),
             dirty_set: HashSet::new(),
             needs_offer: BTreeSet::new(),
+            needs_sections: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_id: 1,
@@ -310,7 +345,7 @@ impl Sfu {
     /// Adds a session whose first offer comes from the server, once there is something to
     /// send (a LiveKit subscriber connection). Renegotiation is implied.
     pub fn join_server_offered(&mut self, now: Instant, mut req: JoinRequest) -> ParticipantId {
-        req.renegotiate = true;
+        req.negotiation = Negotiation::ServerOffers;
         let room = req.room.clone();
         let rtc = self.new_rtc(now);
         let id = self.add_session(now, req, rtc);
@@ -319,6 +354,53 @@ impl Sfu {
         self.offer_later(id);
         self.drive(now);
         id
+    }
+
+    /// Adds a session whose m-lines come from the client's offers, all of them answered with
+    /// [`Sfu::answer_offer`] (a LiveKit single peer connection). Tracks it should receive wait
+    /// for its first offer.
+    pub fn join_client_offers(&mut self, now: Instant, mut req: JoinRequest) -> ParticipantId {
+        req.negotiation = Negotiation::ClientOffers;
+        let room = req.room.clone();
+        let rtc = self.new_rtc(now);
+        let id = self.add_session(now, req, rtc);
+        self.fill_slots(now, &room);
+        self.drive(now);
+        id
+    }
+
+    /// Answers an offer of a session: as [`Sfu::renegotiate`], and for a client-offering
+    /// session with every receiving m-line described: `sendonly` with the msid of the track it
+    /// now carries, or `inactive`. str0m answers those with a random msid, and a browser
+    /// announces a track (`ontrack`) only when a transceiver starts receiving, so a line that
+    /// has nothing yet must not look like it sends.
+    pub fn answer_offer(&mut self, now: Instant, id: ParticipantId, offer: &str) -> Result<ClientAnswer, SfuError> {
+        let answer = self.renegotiate(now, id, offer)?.to_sdp_string();
+        let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        if peer.negotiation != Negotiation::ClientOffers {
+            return Ok(ClientAnswer { sdp: answer, tracks: Vec::new() });
+        }
+        let mut lines = Vec::new();
+        let mut starting = Vec::new();
+        for slot in &mut peer.slots {
+            if slot.track.is_some() && slot.announced != slot.track {
+                starting.push(slot.mid);
+            }
+            slot.announced = slot.track;
+            let Some(track) = slot.track else { continue };
+            let owner = self.tracks.get(&track).map_or(peer.participant, |t| t.info.owner);
+            lines.push(describe::Sending { mid: slot.mid, stream: stream_id(owner, track), track });
+        }
+        peer.offered = true;
+        peer.sections_requested = false;
+        let sdp = describe::sending_lines(&answer, &lines);
+        // The client starts decoding once it has this answer: video needs a keyframe then.
+        for mid in starting {
+            self.resume_one(now, id, mid);
+        }
+        self.needs_sections.insert(id);
+        self.drive(now);
+        Ok(ClientAnswer { sdp, tracks: lines.into_iter().map(|l| (l.mid, l.track)).collect() })
     }
 
     fn new_rtc(&self, now: Instant) -> Rtc {
@@ -363,6 +445,9 @@ impl Sfu {
                 identity: req.identity.clone(),
                 permissions: req.permissions,
                 subscribe: req.subscribe,
+                negotiation: req.negotiation,
+                offered: false,
+                sections_requested: false,
                 rtc,
                 next_timeout: now,
                 disconnected_since: None,
@@ -371,7 +456,6 @@ impl Sfu {
                 published: Vec::new(),
                 channels_in: HashMap::new(),
                 channels_out: HashMap::new(),
-                renegotiate: req.renegotiate,
                 pending: None,
                 to_add: Vec::new(),
                 to_stop: Vec::new(),
@@ -443,7 +527,7 @@ impl Sfu {
                 continue;
             };
             if peer.slot_mut(mid).is_none() {
-                peer.slots.push(Slot { mid, kind, track: None, fwd: Forwarder::new(kind), max_quality: Quality::High });
+                peer.slots.push(Slot::new(mid, kind));
             }
             self.bind(now, id, mid, track);
         }
@@ -570,14 +654,8 @@ impl Sfu {
             if peer.has(track) {
                 return Ok(());
             }
-            if peer.renegotiate {
-                peer.to_add.push(track);
-                self.offer_later(id);
-            } else {
-                let Some(mid) = peer.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
-                    return Err(SfuError::NoTrack);
-                };
-                self.bind(now, id, mid, track);
+            if !self.place(now, id, track, kind) {
+                return Err(SfuError::NoTrack);
             }
         } else {
             peer.to_add.retain(|t| *t != track);
@@ -782,11 +860,14 @@ impl Sfu {
             self.poll_dirty(now);
             let offers: Vec<ParticipantId> = std::mem::take(&mut self.needs_offer).into_iter().collect();
             if offers.is_empty() {
-                return;
+                break;
             }
             for id in offers {
                 self.make_offer(id);
             }
+        }
+        for id in std::mem::take(&mut self.needs_sections) {
+            self.request_sections(id);
         }
     }
 
@@ -902,14 +983,9 @@ impl Sfu {
         let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
         let sends = matches!(m.direction, Direction::SendOnly | Direction::SendRecv);
         // m-lines we offered get their slot when the answer arrives (`handle_answer`).
-        if sends && p.permissions.subscribe && p.slot_mut(m.mid).is_none() && !p.renegotiate {
-            p.slots.push(Slot {
-                mid: m.mid,
-                kind: m.kind,
-                track: None,
-                fwd: Forwarder::new(m.kind),
-                max_quality: Quality::High,
-            });
+        if sends && p.permissions.subscribe && p.slot_mut(m.mid).is_none() && p.negotiation != Negotiation::ServerOffers
+        {
+            p.slots.push(Slot::new(m.mid, m.kind));
         }
         if receives && p.permissions.publish {
             let rids: Vec<Rid> = m
@@ -975,24 +1051,66 @@ impl Sfu {
         let tracks = r.tracks.clone();
         let participants = r.participants.clone();
         for id in participants {
-            for &track in &tracks {
+            // Tracks a client-offering session waits for go first, into the lines it added.
+            let waiting = match self.peers.get_mut(&id) {
+                Some(p) if p.negotiation == Negotiation::ClientOffers => std::mem::take(&mut p.to_add),
+                _ => Vec::new(),
+            };
+            for &track in waiting.iter().chain(&tracks) {
                 let Some(t) = self.tracks.get(&track) else { continue };
                 let (kind, owner_identity) = (t.info.kind, t.identity.clone());
                 let Some(p) = self.peers.get_mut(&id) else { break };
-                if !p.wants(&owner_identity) || p.has(track) {
+                let asked = waiting.contains(&track);
+                if !(asked || p.wants(&owner_identity)) || p.has(track) {
                     continue;
                 }
-                if p.renegotiate {
-                    p.to_add.push(track);
-                    continue;
-                }
-                let Some(mid) = p.slots.iter().find(|s| s.track.is_none() && s.kind == kind).map(|s| s.mid) else {
-                    continue;
-                };
-                self.bind(now, id, mid, track);
+                self.place(now, id, track, kind);
             }
             self.offer_later(id);
         }
+    }
+
+    /// Gives session `id` the track: an m-line in the next offer, a free slot, or (a
+    /// client-offering session) a wait for one. False when a fixed session has no free slot.
+    fn place(&mut self, now: Instant, id: ParticipantId, track: TrackId, kind: MediaKind) -> bool {
+        let Some(p) = self.peers.get_mut(&id) else { return false };
+        if p.negotiation == Negotiation::ServerOffers {
+            p.to_add.push(track);
+            self.offer_later(id);
+            return true;
+        }
+        if let Some(mid) = p.free_slot(kind) {
+            self.bind(now, id, mid, track);
+            return true;
+        }
+        if p.negotiation == Negotiation::ClientOffers {
+            p.to_add.push(track);
+            self.needs_sections.insert(id);
+            return true;
+        }
+        false
+    }
+
+    /// Asks a client-offering session to offer again if it lacks lines or has lines whose
+    /// description changed; once per answer.
+    fn request_sections(&mut self, id: ParticipantId) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.negotiation != Negotiation::ClientOffers || !p.offered || p.sections_requested {
+            return;
+        }
+        let (mut audio, mut video) = (0, 0);
+        for t in p.to_add.iter().filter_map(|t| self.tracks.get(t)) {
+            match t.info.kind {
+                MediaKind::Audio => audio += 1,
+                MediaKind::Video => video += 1,
+            }
+        }
+        let changed = p.slots.iter().any(|s| s.announced != s.track);
+        if audio + video == 0 && !changed {
+            return;
+        }
+        p.sections_requested = true;
+        self.events.push_back(SfuEvent::SectionsNeeded { participant: id, audio, video });
     }
 
     /// Batches a renegotiation: offers are made once the current input is fully handled, so
@@ -1004,6 +1122,9 @@ impl Sfu {
     /// Offers the m-lines a renegotiating session is waiting for, unless an offer is out.
     fn make_offer(&mut self, id: ParticipantId) {
         let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.negotiation != Negotiation::ServerOffers {
+            return;
+        }
         let nothing_to_do =
             p.to_add.is_empty() && p.to_stop.is_empty() && p.channels_to_open.is_empty() && !p.ice_restart;
         if p.pending.is_some() || nothing_to_do {
@@ -1020,9 +1141,7 @@ impl Sfu {
         let mut planned = Vec::new();
         for track in p.to_add.drain(..) {
             let Some(t) = self.tracks.get(&track) else { continue };
-            // msid "<participant>|<track>" and track id "<track>": how LiveKit clients map
-            // an incoming track to the participant and publication it belongs to.
-            let stream = format!("{}|{}", t.info.owner, track);
+            let stream = stream_id(t.info.owner, track);
             let mid = api.add_media(t.info.kind, Direction::SendOnly, Some(stream), Some(track.to_string()), None);
             planned.push((mid, track));
         }
@@ -1042,6 +1161,9 @@ impl Sfu {
         slot.track = Some(track);
         slot.fwd = Forwarder::new(t.info.kind);
         t.subscribers.push((id, mid));
+        if p.negotiation == Negotiation::ClientOffers {
+            self.needs_sections.insert(id);
+        }
         tracing::debug!(subscriber = %id, %track, %mid, "subscribed");
         self.reselect(now, id);
         self.resume_one(now, id, mid);
@@ -1058,14 +1180,21 @@ impl Sfu {
         self.update_bwe_targets(id);
     }
 
-    /// A slot that lost its track: WHEP slots wait for the next track; a renegotiating
-    /// session stops the m-line, since its msid named the old track.
+    /// A slot that lost its track: WHEP slots wait for the next track; a server-offering
+    /// session stops the m-line, since its msid named the old track; a client-offering one
+    /// needs an answer that says the line is inactive before it can carry another track.
     fn release_slot(&mut self, id: ParticipantId, mid: Mid) {
         let Some(p) = self.peers.get_mut(&id) else { return };
-        if p.renegotiate {
-            p.slots.retain(|s| s.mid != mid);
-            p.to_stop.push(mid);
-            self.offer_later(id);
+        match p.negotiation {
+            Negotiation::Fixed => {}
+            Negotiation::ServerOffers => {
+                p.slots.retain(|s| s.mid != mid);
+                p.to_stop.push(mid);
+                self.offer_later(id);
+            }
+            Negotiation::ClientOffers => {
+                self.needs_sections.insert(id);
+            }
         }
     }
 

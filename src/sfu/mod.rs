@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod data;
+mod describe;
 pub mod driver;
 pub mod forward;
 pub mod layer_select;
@@ -11,7 +12,8 @@ pub mod signal;
 pub mod speaker;
 
 pub use self::core::{
-    JoinRequest, LeaveReason, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats, TrackInfo,
+    ClientAnswer, JoinRequest, LeaveReason, Negotiation, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats,
+    TrackInfo,
 };
 pub use self::layer_select::Quality;
 pub use self::peer::SubscribeFilter;

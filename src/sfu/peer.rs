@@ -9,6 +9,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::media::{MediaKind, Mid};
 
+use super::core::Negotiation;
 use super::data::DataCodec;
 use super::forward::Forwarder;
 use super::layer_select::Quality;
@@ -35,6 +36,14 @@ pub(crate) struct Slot {
     pub track: Option<TrackId>,
     pub fwd: Forwarder,
     pub max_quality: Quality,
+    /// The track the client was last told this m-line carries (client-offering sessions).
+    pub announced: Option<TrackId>,
+}
+
+impl Slot {
+    pub fn new(mid: Mid, kind: MediaKind) -> Self {
+        Slot { mid, kind, track: None, fwd: Forwarder::new(kind), max_quality: Quality::High, announced: None }
+    }
 }
 
 /// A data channel the router opened towards this session for one sender and label.
@@ -58,6 +67,11 @@ pub(crate) struct Peer {
     pub identity: Identity,
     pub permissions: Permissions,
     pub subscribe: SubscribeFilter,
+    pub negotiation: Negotiation,
+    /// An offer of the client's has been answered (client-offering sessions).
+    pub offered: bool,
+    /// `SfuEvent::SectionsNeeded` went out since the last answer.
+    pub sections_requested: bool,
     pub rtc: Rtc,
     /// When the `Rtc` wants `Input::Timeout` next.
     pub next_timeout: Instant,
@@ -67,11 +81,9 @@ pub(crate) struct Peer {
     pub published: Vec<TrackId>,
     pub channels_in: HashMap<ChannelId, ChannelConfig>,
     pub channels_out: HashMap<(ParticipantId, String), OutChannel>,
-    /// The server may offer new m-lines (LiveKit); otherwise only the client's slots exist (WHEP).
-    pub renegotiate: bool,
     /// Our offer awaiting the client's answer, with the sending m-lines it adds per track.
     pub pending: Option<(SdpPendingOffer, Vec<(Mid, TrackId)>)>,
-    /// Tracks waiting for an m-line in the next offer.
+    /// Tracks waiting for an m-line: in the server's next offer, or in the client's.
     pub to_add: Vec<TrackId>,
     /// Sending m-lines to stop in the next offer (their track went away).
     pub to_stop: Vec<Mid>,
@@ -92,6 +104,11 @@ pub(crate) struct Peer {
 impl Peer {
     pub fn slot_mut(&mut self, mid: Mid) -> Option<&mut Slot> {
         self.slots.iter_mut().find(|s| s.mid == mid)
+    }
+
+    /// A slot that carries nothing and that the client knows carries nothing.
+    pub fn free_slot(&self, kind: MediaKind) -> Option<Mid> {
+        self.slots.iter().find(|s| s.track.is_none() && s.announced.is_none() && s.kind == kind).map(|s| s.mid)
     }
 
     /// The slot forwarding `track`, if any.

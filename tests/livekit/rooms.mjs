@@ -37,8 +37,8 @@ const hookServer = createServer((req, res) => {
 });
 await new Promise((r) => hookServer.listen(Number(hookPort), '127.0.0.1', r));
 
-async function token(identity, room, grant = {}) {
-  const at = new AccessToken(apiKey, apiSecret, { identity, name: identity.toUpperCase(), ttl: '10m' });
+async function token(identity, room, grant = {}, ttl = '10m') {
+  const at = new AccessToken(apiKey, apiSecret, { identity, name: identity.toUpperCase(), ttl });
   at.addGrant({ roomJoin: true, room, ...grant });
   return at.toJwt();
 }
@@ -55,10 +55,11 @@ async function until(page, what, fn, arg, ms = 30000) {
   throw new Error(`timed out waiting for ${what}: ${JSON.stringify(last)}`);
 }
 
-// Runs in the page: joins, publishes fake camera and mic, attaches what it receives.
-async function joinRoom({ wsUrl, token, publish }) {
+// Runs in the page: joins, publishes fake camera and mic, attaches what it receives. The SDK's
+// default is one peer connection (`/rtc/v1`); `singlePeerConnection: false` makes it use two.
+async function joinRoom({ wsUrl, token, publish, singlePeerConnection = true }) {
   const { Room, RoomEvent } = window.LivekitClient;
-  const room = new Room({ adaptiveStream: false, dynacast: false });
+  const room = new Room({ adaptiveStream: false, dynacast: false, singlePeerConnection });
   window.received = [];
   window.events = [];
   room.on(RoomEvent.TrackSubscribed, (track, pub, participant) => {
@@ -81,7 +82,7 @@ async function joinRoom({ wsUrl, token, publish }) {
     await room.localParticipant.enableCameraAndMicrophone();
   }
   window.room = room;
-  return room.localParticipant.sid;
+  return room.engine.pcManager.mode;
 }
 
 // Runs in the page: decode counters for every subscribed track of `identity`.
@@ -153,10 +154,12 @@ try {
   const room = 'lk-room';
   const alice = await newPage('alice');
   const bob = await newPage('bob');
-  await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room, { canUpdateOwnMetadata: true }), publish: true });
-  log('alice joined');
-  await bob.evaluate(joinRoom, { wsUrl, token: await token('bob', room), publish: true });
-  log('bob joined');
+  const aliceMode = await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room, { canUpdateOwnMetadata: true }), publish: true });
+  log('alice joined', aliceMode);
+  const bobMode = await bob.evaluate(joinRoom, { wsUrl, token: await token('bob', room), publish: true });
+  log('bob joined', bobMode);
+  // Both on one peer connection: the SDK took /rtc/v1 and did not fall back.
+  if (aliceMode !== 'publisher-only' || bobMode !== 'publisher-only') throw new Error(`peer connection modes: ${aliceMode}, ${bobMode}`);
 
   log('alice decodes bob', JSON.stringify(await until(alice, 'alice to decode bob', decoded, 'bob')));
   log('bob decodes alice', JSON.stringify(await until(bob, 'bob to decode alice', decoded, 'alice')));
@@ -198,9 +201,21 @@ try {
   await until(bob, 'bob to see alice unmuted', () => window.events.includes('unmuted:alice:audio'));
   log('mute/unmute seen');
 
-  // A third participant sees both and both see it.
+  // A third participant, on two peer connections (/rtc), sees both and both see it.
   const carol = await newPage('carol');
-  await carol.evaluate(joinRoom, { wsUrl, token: await token('carol', room), publish: true });
+  // Her token expires in four minutes, within the server's refresh margin: it sends her a
+  // fresh one (refresh_token) at once.
+  const carolToken = await token('carol', room, {}, '4m');
+  const carolMode = await carol.evaluate(joinRoom, { wsUrl, token: carolToken, publish: true, singlePeerConnection: false });
+  if (carolMode === 'publisher-only') throw new Error('carol was asked for two peer connections');
+  const refreshed = await until(carol, 'a refreshed token', (first) => {
+    const t = window.room.engine.token;
+    return { ok: !!t && t !== first, t };
+  }, carolToken);
+  const claims = JSON.parse(Buffer.from(refreshed.t.split('.')[1], 'base64url'));
+  const firstClaims = JSON.parse(Buffer.from(carolToken.split('.')[1], 'base64url'));
+  if (claims.exp - firstClaims.exp < 300 || claims.sub !== 'carol' || claims.video.room !== room) throw new Error(`refreshed token: ${JSON.stringify(claims)}`);
+  log('token refreshed:', claims.exp - firstClaims.exp, 's longer');
   await until(carol, 'carol to decode alice', decoded, 'alice');
   await until(carol, 'carol to decode bob', decoded, 'bob');
   await until(alice, 'alice to decode carol', decoded, 'carol');
@@ -258,6 +273,11 @@ try {
     ];
   }, { wsUrl, badToken });
   log('bad frames ->', JSON.stringify(closes));
+  // A join request that is not one is refused before the upgrade, with the reason.
+  const badJoin = await fetch(`${url}/rtc/v1/validate?access_token=${badToken}&join_request=bm90IGEgam9pbg==`);
+  const badJoinText = await badJoin.text();
+  log('malformed join_request ->', badJoin.status, badJoinText);
+  if (badJoin.status !== 400 || !/WrappedJoinRequest/.test(badJoinText)) throw new Error(`malformed join_request: ${badJoin.status} ${badJoinText}`);
   const expect = [/^1008 malformed/, /^1008 text frames/, /^1008 negotiation failed: malformed SDP/, /^1008 invalid value: TR_1 is not a track of this participant/, /^1009/];
   closes.forEach((c, i) => {
     if (!expect[i].test(c)) throw new Error(`bad frame ${i} closed with ${c}`);
@@ -396,6 +416,14 @@ try {
     const b = [...window.room.remoteParticipants.values()].find((p) => p.identity === 'bob');
     return { ok: b?.metadata === 'set-by-server' && b?.attributes?.desk === '7', m: b?.metadata };
   });
+  // Room metadata: pushed to those in the room (room_update), and in the join of later ones.
+  await svc.updateRoomMetadata(room, 'agenda: demo');
+  await until(alice, 'alice to see the room metadata', () => ({ ok: window.room.metadata === 'agenda: demo', m: window.room.metadata }));
+  const dave = await newPage('dave');
+  await dave.evaluate(joinRoom, { wsUrl, token: await token('dave', room), publish: false });
+  const daveSees = await dave.evaluate(() => window.room.metadata);
+  if (daveSees !== 'agenda: demo') throw new Error(`room metadata at join: ${daveSees}`);
+  await dave.evaluate(() => window.room.disconnect());
   await svc.mutePublishedTrack(room, 'bob', bobAudio.sid, true);
   await until(alice, 'alice to see bob muted by the server', () => window.events.includes('muted:bob:audio'));
   const refusals = [];
@@ -412,7 +440,7 @@ try {
   if ((await svc.listRooms(['svc-room'])).length !== 0) throw new Error('deleteRoom left the room listed');
   await svc.removeParticipant(room, 'bob');
   await until(alice, 'alice to see bob removed', () => window.events.includes('left:bob'));
-  log('RoomService over Twirp: create/list/delete rooms, list/get/update/mute/remove participants');
+  log('RoomService over Twirp: create/list/delete rooms, room metadata pushed and at join, list/get/update/mute/remove participants');
 
   // Every webhook verified; the room's life is in them.
   await new Promise((r) => setTimeout(r, 1000));

@@ -136,6 +136,10 @@ async fn create(
     )
     .await?;
     tx.commit().await?;
+    // The room may be live already: somebody joined it before it was recorded.
+    if !room.metadata.is_empty() {
+        s.livekit.room_metadata_changed(RoomName::in_org(org, &room_name(&req.name)?), room.metadata.clone());
+    }
     Ok((StatusCode::CREATED, Json(room)))
 }
 
@@ -176,7 +180,8 @@ async fn update(
     let sql = "UPDATE rooms SET metadata = COALESCE($1, metadata), \
                empty_timeout_secs = COALESCE($2, empty_timeout_secs), \
                max_participants = COALESCE($3, max_participants), updated_at = $4 WHERE org_id = $5 AND id = $6";
-    tx.execute(sql, args![req.metadata, req.empty_timeout_secs, req.max_participants, now, org, &before.id]).await?;
+    tx.execute(sql, args![req.metadata.clone(), req.empty_timeout_secs, req.max_participants, now, org, &before.id])
+        .await?;
     let after = load(&mut tx, org, &name).await?;
     audit::record(
         &mut tx,
@@ -193,6 +198,9 @@ async fn update(
     )
     .await?;
     tx.commit().await?;
+    if req.metadata.is_some() {
+        s.livekit.room_metadata_changed(RoomName::in_org(org, &room_name(&name)?), after.metadata.clone());
+    }
     Ok(Json(after))
 }
 

@@ -135,8 +135,10 @@ async fn revoke(
         .and_then(|a| a["expires_at"].as_i64())
         .unwrap_or(now + MAX_TTL_SECS as i64 * 1000);
     let tokens = &s.livekit.tokens;
-    // Verification accepts a token a little past its expiry; so long it stays revoked.
-    let until = expires_at + token::LEEWAY_SECS as i64 * 1000;
+    // Verification accepts a token a little past its expiry, and a session joined with it
+    // holds refreshed copies (same jti) that outlive it by up to one refresh: so long it
+    // stays revoked.
+    let until = expires_at.max(now) + (token::LEEWAY_SECS + token::REFRESHED_TTL_SECS) as i64 * 1000;
     tokens.revocations.revoke(&jti, until, now).await.map_err(|e| {
         tracing::warn!(error = %e, "revocation not shared");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable", "Redis is unavailable; retry")

@@ -153,6 +153,10 @@ pub const NODE_ORG: &str = "org_node";
 /// Leeway for clocks that disagree a little, as LiveKit allows.
 pub const LEEWAY_SECS: u64 = 10;
 
+/// Lifetime of the tokens a session is refreshed with (LiveKit's `refresh_token`): a client
+/// that reconnects after its first token expired still gets in while its session is live.
+pub const REFRESHED_TTL_SECS: u64 = 600;
+
 impl TokenVerifier {
     /// A verifier for the node's configured keys, which belong to [`NODE_ORG`].
     pub fn new(keys: BTreeMap<String, String>) -> Self {
@@ -183,6 +187,14 @@ impl TokenVerifier {
         if let Some(jti) = &claims.jti {
             self.revocations.joined(jti, claims.exp as i64 * 1000, participant, crate::wall::unix_ms());
         }
+    }
+
+    /// `claims` again, valid for `ttl_secs` from `now` and signed with the same key; `None`
+    /// if that key is gone. The jti stays, so revoking the first token revokes its refreshes.
+    pub fn refresh(&self, claims: &Claims, now: u64, ttl_secs: u64) -> Option<String> {
+        let keys = self.keys.read().expect("not poisoned");
+        let (secret, _) = keys.get(&claims.iss)?;
+        Some(mint(&Claims { nbf: Some(now), exp: now.saturating_add(ttl_secs), ..claims.clone() }, secret))
     }
 
     /// The org whose key signed tokens with this `iss`.
@@ -286,6 +298,16 @@ mod tests {
         assert_eq!(verifier().verify_join(&t, "room2", 1010), Err(TokenError::WrongRoom("room2".into())));
         assert_eq!(verifier().verify(&t, 2000), Err(TokenError::Expired));
         assert_eq!(verifier().verify(&t, 900), Err(TokenError::NotYetValid));
+    }
+
+    #[test]
+    fn a_refreshed_token_outlives_the_first_with_the_same_grants_and_jti() {
+        let first = Claims { jti: Some("tok_1".into()), ..join_claims("APIkey", "room1", "alice", 1000, 60) };
+        let v = verifier();
+        let refreshed = v.refresh(&first, 1050, REFRESHED_TTL_SECS).unwrap();
+        let c = v.verify_join(&refreshed, "room1", 1500).unwrap();
+        assert_eq!(c, Claims { nbf: Some(1050), exp: 1050 + REFRESHED_TTL_SECS, ..first.clone() });
+        assert_eq!(v.refresh(&Claims { iss: "gone".into(), ..first }, 1050, 60), None);
     }
 
     #[test]

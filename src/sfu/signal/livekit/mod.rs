@@ -1,7 +1,8 @@
 //! LiveKit's signal protocol over WebSocket, so LiveKit's client SDKs join AuraLink rooms
-//! unchanged. Each connection is a [`session::Session`] task; the router sees a LiveKit
-//! participant as two connections (publisher and subscriber peer connections) of one
-//! participant. See docs/livekit-compat.md for what is covered.
+//! unchanged. Each connection is a [`session::Session`] task. On `/rtc/v1` a participant has
+//! one peer connection that the client always offers on; on `/rtc` (older SDKs) it has two,
+//! which the router sees as two connections (publisher and subscriber) of one participant.
+//! See docs/livekit-compat.md for what is covered.
 
 // The protocol marks fields deprecated that SDKs in the field still send and read
 // (stereo, layers, UserPacket identities); compatibility means handling them.
@@ -9,6 +10,7 @@
 
 mod convert;
 mod data;
+pub mod join_request;
 mod registry;
 mod resume;
 mod session;
@@ -45,6 +47,11 @@ pub struct LiveKitState {
     /// Participants whose name, metadata or attributes changed: every session of the room
     /// sends the new description.
     pub described: tokio::sync::broadcast::Sender<crate::ids::ParticipantId>,
+    /// Rooms whose metadata changed (router name, new metadata): every session in the room
+    /// sends `room_update`.
+    pub room_updates: tokio::sync::broadcast::Sender<(crate::ids::RoomName, String)>,
+    /// Where room metadata lives; read when a participant joins.
+    pub db: crate::db::Db,
 }
 
 impl LiveKitState {
@@ -55,6 +62,11 @@ impl LiveKitState {
 
     pub fn describe_track(&self, t: &crate::sfu::core::TrackInfo) -> livekit_protocol::TrackInfo {
         convert::track_info(t, self.registry.track(t.id).as_ref())
+    }
+
+    /// Tells every session in `room` (the router's name) its new metadata.
+    pub fn room_metadata_changed(&self, room: crate::ids::RoomName, metadata: String) {
+        let _ = self.room_updates.send((room, metadata));
     }
 
     /// Changes a participant's self-description (`None` keeps a field; an empty attribute
@@ -95,21 +107,20 @@ struct RtcQuery {
     reconnect: Option<String>,
     #[serde(default)]
     sid: Option<String>,
+    /// `/rtc/v1` only: everything else about the join (see [`join_request`]).
+    #[serde(default)]
+    join_request: Option<String>,
 }
 
-/// `/rtc` (WebSocket) and `/rtc/validate`. The single-peer-connection path `/rtc/v1` answers
-/// 404, the signal the SDK takes to fall back to `/rtc` (see docs/livekit-compat.md).
+/// `/rtc/v1` (single peer connection, what current SDKs try first), `/rtc` (two peer
+/// connections) and the `validate` probe of each, which the SDK calls after a failed upgrade.
 pub fn router(state: LiveKitState) -> Router {
     Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
-        .route("/rtc/v1", get(v1_not_supported))
-        .route("/rtc/v1/validate", get(v1_not_supported))
+        .route("/rtc/v1", get(rtc_v1))
+        .route("/rtc/v1/validate", get(validate_v1))
         .with_state(state)
-}
-
-async fn v1_not_supported() -> Response {
-    (StatusCode::NOT_FOUND, "single peer connection signaling (/rtc/v1) is not supported; use /rtc").into_response()
 }
 
 /// Decodes one client frame; `None` for anything that is not a `SignalRequest` with a message.
@@ -162,8 +173,45 @@ async fn rtc(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>, ws: WebSo
         auto_subscribe: q.auto_subscribe.as_deref() != Some("0"),
         resume: q.reconnect.as_deref() == Some("1"),
         sid: q.sid,
+        single_pc: false,
+        offer: None,
     };
+    upgrade(s, claims, opts, ws)
+}
+
+fn upgrade(s: LiveKitState, claims: Claims, opts: session::Options, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(MAX_SIGNAL_MESSAGE)
         .on_upgrade(move |socket| session::run(s, claims, opts, socket))
         .into_response()
+}
+
+/// The token, then the join request; a malformed one is 400, which the SDK reports as it is
+/// rather than falling back to `/rtc`.
+async fn authorize_v1(s: &LiveKitState, q: &RtcQuery) -> Result<(Claims, session::Options), (StatusCode, String)> {
+    let claims = authorize_now(&s.tokens, q.access_token.as_deref()).await?;
+    let param = q.join_request.as_deref().ok_or((StatusCode::BAD_REQUEST, "missing join_request".to_string()))?;
+    let join = join_request::decode(param).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let settings = join.connection_settings.unwrap_or_default();
+    let opts = session::Options {
+        auto_subscribe: settings.auto_subscribe,
+        resume: join.reconnect,
+        sid: Some(join.participant_sid).filter(|s| !s.is_empty()),
+        single_pc: true,
+        offer: join.publisher_offer,
+    };
+    Ok((claims, opts))
+}
+
+async fn rtc_v1(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>, ws: WebSocketUpgrade) -> Response {
+    match authorize_v1(&s, &q).await {
+        Ok((claims, opts)) => upgrade(s, claims, opts, ws),
+        Err((status, msg)) => (status, msg).into_response(),
+    }
+}
+
+async fn validate_v1(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>) -> Response {
+    match authorize_v1(&s, &q).await {
+        Ok(_) => (StatusCode::OK, "success").into_response(),
+        Err((status, msg)) => (status, msg).into_response(),
+    }
 }

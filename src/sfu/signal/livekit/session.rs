@@ -1,6 +1,8 @@
 //! One LiveKit signal connection: protobuf `SignalRequest`s in, `SignalResponse`s out, and
-//! router events turned into participant updates. Dual peer connection mode: the client's
-//! publisher connection offers, the server offers on the subscriber connection.
+//! router events turned into participant updates. With one peer connection (`/rtc/v1`) only
+//! the client offers, and the server asks it for more receiving m-lines when it needs them;
+//! with two (`/rtc`) the client offers on its publisher connection and the server on the
+//! subscriber connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +28,9 @@ use super::registry::{ParticipantMeta, TrackMeta};
 use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
-use crate::sfu::core::{JoinRequest, LeaveReason, ParticipantInfo, SfuError, SfuEvent, TrackInfo};
+use crate::sfu::core::{ClientAnswer, JoinRequest, LeaveReason, ParticipantInfo, SfuError, SfuEvent, TrackInfo};
 use crate::sfu::driver::DriverGone;
-use crate::sfu::signal::token::{Claims, Permissions};
+use crate::sfu::signal::token::{self, Claims, Permissions};
 
 /// The protocol version we speak (LiveKit's `protocol` query parameter and ServerInfo).
 const PROTOCOL: i32 = 16;
@@ -39,6 +41,9 @@ const LIVEKIT_VERSION: &str = "1.9.0";
 /// Seconds: the SDK pings every `PING_INTERVAL` and gives up after `PING_TIMEOUT`; so do we.
 const PING_INTERVAL: i32 = 5;
 const PING_TIMEOUT: i32 = 15;
+/// A client gets a fresh token this long before the one it holds expires (LiveKit refreshes
+/// every five minutes, with ten-minute tokens).
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(token::REFRESHED_TTL_SECS / 2);
 /// Messages held for a client whose signal connection is down; a busier room than this
 /// while it is away makes it rejoin instead.
 const MAX_BACKLOG: usize = 1024;
@@ -49,6 +54,10 @@ pub struct Options {
     pub auto_subscribe: bool,
     pub resume: bool,
     pub sid: Option<String>,
+    /// One peer connection for both directions (`/rtc/v1`).
+    pub single_pc: bool,
+    /// The client's first offer, sent with the join (`/rtc/v1`).
+    pub offer: Option<proto::SessionDescription>,
 }
 
 /// Why a session ended, as the client is told.
@@ -104,9 +113,12 @@ struct Session {
     room: RoomName,
     identity: Identity,
     perms: Permissions,
-    /// The participant, which is also its subscriber connection.
+    /// The participant, which is also its subscriber connection (or its only connection).
     participant: ParticipantId,
     publisher: Option<ParticipantId>,
+    single_pc: bool,
+    /// The offer that came with the join, answered right after the join response.
+    first_offer: Option<proto::SessionDescription>,
     /// Publisher candidates trickled before the publisher's offer.
     early_candidates: Vec<Candidate>,
     offer_id: u32,
@@ -114,6 +126,10 @@ struct Session {
     can_update_metadata: bool,
     /// What the client missed while its signal connection was down.
     backlog: Vec<Resp>,
+    /// The token it joined with, or the last refresh of it.
+    claims: Claims,
+    room_metadata: String,
+    refresh_at: tokio::time::Instant,
 }
 
 /// What ends one signal connection of a session.
@@ -128,6 +144,7 @@ enum End {
 struct Feeds {
     events: broadcast::Receiver<SfuEvent>,
     described: broadcast::Receiver<ParticipantId>,
+    rooms: broadcast::Receiver<(RoomName, String)>,
     resumes: mpsc::Receiver<WebSocket>,
 }
 
@@ -136,6 +153,7 @@ enum Input {
     Client(Option<Result<Message, axum::Error>>),
     Event(SfuEvent),
     Described(ParticipantId),
+    RoomMetadata(RoomName, String),
     Resume(Box<WebSocket>),
     Deadline,
 }
@@ -155,6 +173,7 @@ impl Feeds {
                 Some(socket) = self.resumes.recv() => Input::Resume(Box::new(socket)),
                 // Lagging behind only delays one description: the next update carries it.
                 Ok(p) = self.described.recv() => Input::Described(p),
+                Ok((room, metadata)) = self.rooms.recv() => Input::RoomMetadata(room, metadata),
                 m = client => Input::Client(m),
                 e = self.events.recv() => match e {
                     Ok(e) => Input::Event(e),
@@ -193,7 +212,8 @@ pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: Web
         }
     }
     let (mut tx, rx) = socket.split();
-    let (events, described) = (state.sfu.subscribe(), state.described.subscribe());
+    let (events, described, rooms) =
+        (state.sfu.subscribe(), state.described.subscribe(), state.room_updates.subscribe());
     let mut session = match Session::join(state.clone(), &claims, &opts).await {
         Ok(s) => s,
         Err(e) => {
@@ -205,7 +225,7 @@ pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: Web
     };
     state.tokens.note_join(&claims, session.participant);
     let resumes = state.sessions.register(session.participant, session.room.clone(), session.identity.clone());
-    let mut feeds = Feeds { events, described, resumes };
+    let mut feeds = Feeds { events, described, rooms, resumes };
     session.serve_all(tx, rx, &mut feeds).await;
     state.sessions.remove(session.participant);
     session.finish().await;
@@ -257,21 +277,33 @@ impl Session {
         let room = RoomName::in_org(&org, &room);
         let identity =
             Identity::new(claims.sub.clone()).map_err(|e| SessionError::Invalid(format!("identity: {e}")))?;
+        let room_metadata = stored_metadata(&state.db, &org, room.local()).await;
         let perms = claims.video.permissions();
         let subscribe =
             if opts.auto_subscribe && perms.subscribe { SubscribeFilter::All } else { SubscribeFilter::None };
         // LiveKit's subscriber connection carries server-opened `_reliable` and `_lossy`
-        // channels; the SDK adopts them by label.
-        let server_channels = vec![
-            ChannelConfig { label: data::RELIABLE.into(), ..Default::default() },
-            ChannelConfig {
-                label: data::LOSSY.into(),
-                ordered: false,
-                reliability: Reliability::MaxRetransmits { retransmits: 0 },
-                ..Default::default()
-            },
-        ];
-        let req = JoinRequest { subscribe, server_channels, ..JoinRequest::new(room.clone(), identity.clone(), perms) };
+        // channels; the SDK adopts them by label. A single connection carries the client's.
+        let server_channels = if opts.single_pc {
+            Vec::new()
+        } else {
+            vec![
+                ChannelConfig { label: data::RELIABLE.into(), ..Default::default() },
+                ChannelConfig {
+                    label: data::LOSSY.into(),
+                    ordered: false,
+                    reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                    ..Default::default()
+                },
+            ]
+        };
+        let data_codec = opts.single_pc.then(|| Arc::new(LiveKitData) as Arc<dyn crate::sfu::data::DataCodec>);
+        let req = JoinRequest {
+            subscribe,
+            server_channels,
+            data_codec,
+            ..JoinRequest::new(room.clone(), identity.clone(), perms)
+        };
+        let single_pc = opts.single_pc;
         let registry = Arc::clone(&state.registry);
         let participant = state
             .sfu
@@ -284,7 +316,7 @@ impl Session {
                         sfu.remove_participant(now, old, LeaveReason::DuplicateIdentity);
                     }
                 }
-                sfu.join_server_offered(now, req)
+                if single_pc { sfu.join_client_offers(now, req) } else { sfu.join_server_offered(now, req) }
             })
             .await?;
         state.registry.set_participant(
@@ -306,13 +338,32 @@ impl Session {
             identity,
             perms,
             participant,
-            publisher: None,
+            publisher: single_pc.then_some(participant),
+            single_pc,
+            first_offer: opts.offer.clone(),
             early_candidates: Vec::new(),
             offer_id: 0,
             speakers: Vec::new(),
             can_update_metadata: claims.video.can_update_own_metadata,
             backlog: Vec::new(),
+            claims: claims.clone(),
+            refresh_at: refresh_time(claims.exp),
+            room_metadata,
         })
+    }
+
+    /// A token like the one the client holds, valid for longer (with its current name and
+    /// metadata), so that it can still reconnect after the first one expires.
+    fn refresh_token(&mut self) -> Vec<Resp> {
+        let now = crate::wall::unix_secs();
+        if let Some(meta) = self.state.registry.participant(self.participant) {
+            self.claims.name = meta.name;
+            self.claims.metadata = meta.metadata;
+        }
+        let refreshed = self.state.tokens.refresh(&self.claims, now, token::REFRESHED_TTL_SECS);
+        self.claims.exp = now + token::REFRESHED_TTL_SECS;
+        self.refresh_at = refresh_time(self.claims.exp);
+        refreshed.map(Resp::RefreshToken).into_iter().collect()
     }
 
     async fn participants(&self) -> Result<Vec<ParticipantInfo>, SessionError> {
@@ -333,12 +384,7 @@ impl Session {
             .map(|p| convert::participant_info(p, reg, PState::Active))
             .collect();
         Resp::Join(proto::JoinResponse {
-            room: Some(proto::Room {
-                sid: format!("RM_{}", self.room.local()),
-                name: self.room.local().to_string(),
-                num_participants: all.len() as u32,
-                ..Default::default()
-            }),
+            room: Some(self.room_info(all.len())),
             participant: Some(me),
             other_participants: others,
             server_version: LIVEKIT_VERSION.to_string(),
@@ -350,6 +396,25 @@ impl Session {
             server_info: Some(server_info()),
             ..Default::default()
         })
+    }
+
+    fn room_info(&self, participants: usize) -> proto::Room {
+        proto::Room {
+            sid: format!("RM_{}", self.room.local()),
+            name: self.room.local().to_string(),
+            num_participants: participants as u32,
+            metadata: self.room_metadata.clone(),
+            ..Default::default()
+        }
+    }
+
+    async fn room_update(&mut self, room: RoomName, metadata: String) -> Result<Vec<Resp>, SessionError> {
+        if room != self.room {
+            return Ok(vec![]);
+        }
+        self.room_metadata = metadata;
+        let n = self.participants().await?.len();
+        Ok(vec![Resp::RoomUpdate(proto::RoomUpdate { room: Some(self.room_info(n)) })])
     }
 
     fn ice_servers(&self) -> Vec<proto::IceServer> {
@@ -368,7 +433,13 @@ impl Session {
     async fn serve_all(&mut self, mut tx: Tx, mut rx: Rx, feeds: &mut Feeds) {
         let mut greeted = async {
             let all = self.participants().await?;
-            send(&mut tx, self.join_response(&all)).await
+            send(&mut tx, self.join_response(&all)).await?;
+            // The SDK takes the answer to the offer it sent with the join after the response.
+            if let Some(offer) = self.first_offer.take() {
+                let answer = self.handle_request(Req::Offer(offer)).await?;
+                send_all(&mut tx, answer).await?;
+            }
+            Ok(())
         }
         .await;
         loop {
@@ -418,8 +489,9 @@ impl Session {
         let timeout = Duration::from_secs(PING_TIMEOUT as u64);
         let mut deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let out = match feeds.next(Some(rx), deadline).await? {
+            let out = match feeds.next(Some(rx), deadline.min(self.refresh_at)).await? {
                 Input::Resume(socket) => return Ok(End::Resumed(socket)),
+                Input::Deadline if tokio::time::Instant::now() >= self.refresh_at => self.refresh_token(),
                 Input::Deadline => return Err(SessionError::PingTimeout),
                 Input::Client(m) => {
                     let bytes = match m {
@@ -439,6 +511,7 @@ impl Session {
                     self.handle_request(msg).await?
                 }
                 Input::Described(p) => self.update_for(p).await?,
+                Input::RoomMetadata(room, metadata) => self.room_update(room, metadata).await?,
                 Input::Event(e) => self.handle_event(e).await?,
             };
             send_all(tx, out).await?;
@@ -454,6 +527,7 @@ impl Session {
                 Input::Resume(socket) => return Some(*socket),
                 Input::Deadline | Input::Client(_) => return None,
                 Input::Described(p) => self.update_for(p).await.ok()?,
+                Input::RoomMetadata(room, metadata) => self.room_update(room, metadata).await.ok()?,
                 Input::Event(e) => self.handle_event(e).await.ok()?,
             };
             // Offers are not kept: the resume restarts ICE with an offer of everything.
@@ -467,7 +541,8 @@ impl Session {
 
     /// Takes up a resumed signal connection. The SDK wants `reconnect` first; then come what
     /// it missed, the room as it is now, and a subscriber offer with fresh ICE credentials
-    /// (the client may be on a new network; its publisher connection restarts ICE itself).
+    /// (the client may be on a new network; its publisher connection, the only one in single
+    /// peer connection mode, restarts ICE itself).
     async fn resume(&mut self, tx: &mut Tx) -> Result<(), SessionError> {
         let mut out = vec![Resp::Reconnect(proto::ReconnectResponse {
             ice_servers: self.ice_servers(),
@@ -485,8 +560,10 @@ impl Session {
             out.push(Resp::Update(proto::ParticipantUpdate { participants: others }));
         }
         send_all(tx, out).await?;
-        let id = self.participant;
-        self.state.sfu.call(move |sfu, now| sfu.restart_ice(now, id)).await??;
+        if !self.single_pc {
+            let id = self.participant;
+            self.state.sfu.call(move |sfu, now| sfu.restart_ice(now, id)).await??;
+        }
         Ok(())
     }
 
@@ -514,15 +591,19 @@ impl Session {
                             })
                             .await??;
                         self.publisher = Some(id);
-                        answer
+                        ClientAnswer { sdp: answer.to_sdp_string(), tracks: Vec::new() }
                     }
-                    Some(id) => sfu.call(move |sfu, now| sfu.renegotiate(now, id, &sdp)).await??,
+                    Some(id) => sfu.call(move |sfu, now| sfu.answer_offer(now, id, &sdp)).await??,
                 };
+                // Which track each receiving m-line carries: with one peer connection the
+                // browser's track ids are its own, and the SDK looks publications up by mid.
+                let mid_to_track_id =
+                    answer.tracks.iter().map(|(mid, track)| (mid.to_string(), track.to_string())).collect();
                 Ok(vec![Resp::Answer(proto::SessionDescription {
                     r#type: "answer".into(),
-                    sdp: answer.to_sdp_string(),
+                    sdp: answer.sdp,
                     id: sd.id,
-                    ..Default::default()
+                    mid_to_track_id,
                 })])
             }
             Req::Answer(sd) => {
@@ -689,6 +770,12 @@ impl Session {
                     ..Default::default()
                 })])
             }
+            SfuEvent::SectionsNeeded { participant, audio, video } if participant == self.participant => {
+                Ok(vec![Resp::MediaSectionsRequirement(proto::MediaSectionsRequirement {
+                    num_audios: audio,
+                    num_videos: video,
+                })])
+            }
             SfuEvent::ParticipantLeft { participant, reason, .. } if participant == self.participant => {
                 Err(SessionError::Removed(reason))
             }
@@ -775,6 +862,33 @@ impl Session {
             .unwrap_or_default();
         self.state.registry.remove_participant(participant, &tracks);
     }
+}
+
+/// The metadata the control API holds for the org's room; empty if there is no such row. A
+/// database that cannot answer does not keep anyone out of a room: media does not need it.
+async fn stored_metadata(db: &crate::db::Db, org: &str, room: &str) -> String {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        metadata: String,
+    }
+    let read = async {
+        let mut tx = db.begin(org).await?;
+        let sql = "SELECT metadata FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
+        let row: Option<Row> = tx.fetch_optional(sql, crate::args![org, room]).await?;
+        tx.commit().await?;
+        Ok::<_, crate::db::DbError>(row.map(|r| r.metadata).unwrap_or_default())
+    };
+    read.await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "room metadata unavailable; joining without it");
+        String::new()
+    })
+}
+
+/// When a token expiring at `exp` (Unix seconds) is refreshed: [`REFRESH_BEFORE_EXPIRY`]
+/// ahead, or now if it expires sooner.
+fn refresh_time(exp: u64) -> tokio::time::Instant {
+    let left = Duration::from_secs(exp.saturating_sub(crate::wall::unix_secs()));
+    tokio::time::Instant::now() + left.saturating_sub(REFRESH_BEFORE_EXPIRY)
 }
 
 fn parse_track(sid: &str) -> Result<TrackId, SessionError> {
