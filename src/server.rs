@@ -163,6 +163,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     }
     let org_keys = api::v1::livekit_keys::load_all(&db, &secrets, &tokens).await?;
     tracing::info!(org_keys, "org LiveKit keys loaded");
+    let stored = api::v1::livekit_keys::StoredKeys { db: db.clone(), secrets: secrets.clone() };
+    tokens.set_source(Arc::new(stored));
     let whip =
         WhipState::new(handle.clone(), tokens.clone(), config.rtc.ice_servers.clone(), config.http.max_signal_body);
     let livekit = LiveKitState {
@@ -183,6 +185,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         }
         _ => Default::default(),
     };
+    let history = api::history::spawn(db.clone(), handle.subscribe(), Arc::clone(&livekit.registry), Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),
@@ -198,6 +201,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         redis,
         limiter,
         webhooks,
+        history,
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;

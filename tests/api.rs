@@ -4,21 +4,26 @@
 #[path = "support/api.rs"]
 mod support;
 
+use auralink::sfu::signal::token;
 use axum::http::StatusCode;
 use serde_json::json;
 use support::{Api, Backend};
 
+/// `name` or `name => tweak` (a `fn(&mut Config)` applied before the server starts).
 macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
+    ($($name:ident $(=> $tweak:expr)?),* $(,)?) => {$(
         mod $name {
             use super::*;
+            fn tweak(_c: &mut auralink::config::Config) {
+                $($tweak(_c);)?
+            }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(Api::start(Backend::Sqlite, stringify!($name)).await.unwrap()).await;
+                super::$name(Api::start_with(Backend::Sqlite, stringify!($name), tweak).await.unwrap()).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                match Api::start(Backend::Postgres, stringify!($name)).await {
+                match Api::start_with(Backend::Postgres, stringify!($name), tweak).await {
                     Some(api) => super::$name(api).await,
                     None => eprintln!("AURALINK_TEST_PG not set: Postgres run skipped"),
                 }
@@ -30,6 +35,10 @@ macro_rules! on_both {
 on_both!(
     tokens_and_livekit_keys_stay_in_their_org,
     revoked_tokens_are_refused_and_disconnect,
+    calls_record_who_was_in_a_room => |c: &mut auralink::config::Config| c.room.empty_timeout_secs = 1,
+    data_is_sent_to_the_callers_rooms_only,
+    another_node_learns_an_orgs_key_on_first_use,
+    participant_permissions_change_live,
     org_users_keys_and_rooms,
     tenants_see_only_their_own,
     idempotent_posts,
@@ -260,11 +269,25 @@ async fn roles_and_scopes_gate(api: Api) {
     assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "admin_key"));
     let r = api.send("POST", "/v1/orgs", &owner, Some(json!({ "name": "n", "owner_email": "a@b.c" }))).await;
     assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "admin_only"));
-    // The last owner stays.
+    // The last owner stays, even when two owners are demoted at the same moment.
     let owner_id =
         api.send("GET", "/v1/users", &owner, None).await.body["users"][0]["id"].as_str().unwrap().to_string();
     let r = api.send("PATCH", &format!("/v1/users/{owner_id}"), &owner, Some(json!({ "role": "member" }))).await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "last_owner"));
+    let r = api.send("POST", "/v1/users", &owner, Some(json!({ "email": "co@x.test", "role": "owner" }))).await;
+    let co_id = r.body["id"].as_str().unwrap().to_string();
+    let (path_a, path_b) = (format!("/v1/users/{owner_id}"), format!("/v1/users/{co_id}"));
+    let demote = |path| api.send("PATCH", path, &owner, Some(json!({ "role": "member" })));
+    let (a, b) = tokio::join!(demote(&path_a), demote(&path_b));
+    // One goes through; the other finds the last owner (or, demoted first, the caller's own
+    // key no longer ranks as an owner). Either way one owner is left.
+    let mut outcomes = [(a.status, a.code().to_string()), (b.status, b.code().to_string())];
+    outcomes.sort();
+    assert_eq!(outcomes[0].0, StatusCode::OK, "{outcomes:?}");
+    assert!(matches!(outcomes[1].1.as_str(), "last_owner" | "insufficient_role"), "{outcomes:?}");
+    let users = api.send("GET", "/v1/users", &owner, None).await;
+    let owners = users.body["users"].as_array().unwrap().iter().filter(|u| u["role"] == "owner").count();
+    assert_eq!(owners, 1, "{:?}", users.body);
     api.finish().await;
 }
 
@@ -389,7 +412,6 @@ async fn postgres_outage_is_reported_and_recovered() {
 }
 
 async fn tokens_and_livekit_keys_stay_in_their_org(api: Api) {
-    use auralink::sfu::signal::token;
     let a = api.org_created("tok-a").await;
     let b = api.org_created("tok-b").await;
     let (org_a, key_a) = (a["org"]["id"].as_str().unwrap(), a["api_key"]["key"].as_str().unwrap());
@@ -464,26 +486,158 @@ async fn rate_limit_answers_429_with_retry_after() {
     api.finish().await;
 }
 
-async fn revoked_tokens_are_refused_and_disconnect(api: Api) {
+/// A WHIP publisher's join with `token`.
+async fn whip_join(api: &Api, room: &str, token: &str) -> support::Reply {
     use auralink::client::{Client, MediaSpec};
+    let mut client = Client::new(std::time::Instant::now(), "127.0.0.1:9".parse().unwrap());
+    let offer = client.offer(&[MediaSpec::send(str0m::media::MediaKind::Audio)], None);
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("/whip/{room}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/sdp")
+        .body(axum::body::Body::from(offer))
+        .unwrap();
+    api.raw(req).await
+}
+
+/// Polls `path` until `done` holds for its body; call history is written off the media path.
+async fn eventually(api: &Api, key: &str, path: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..250 {
+        let r = api.send("GET", path, key, None).await;
+        if r.status == StatusCode::OK && done(&r.body) {
+            return r.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{path} did not get there in 5 s: {:?}", api.send("GET", path, key, None).await.body);
+}
+
+async fn calls_record_who_was_in_a_room(api: Api) {
+    let created = api.org_created("history").await;
+    let key = created["api_key"]["key"].as_str().unwrap().to_string();
+    let (_, other) = api.org("history-other").await;
+    // Nobody created "huddle": the first join (a token from the org's LiveKit key, as a
+    // server SDK mints them) records it, as LiveKit auto-creates rooms.
+    let (lk_key, lk_secret) =
+        (created["livekit_key"]["api_key"].as_str().unwrap(), created["livekit_key"]["api_secret"].as_str().unwrap());
+    for who in ["pat", "quinn"] {
+        let jwt = token::mint(&token::join_claims(lk_key, "huddle", who, api.now_secs(), 600), lk_secret);
+        assert_eq!(whip_join(&api, "huddle", &jwt).await.status, StatusCode::CREATED);
+    }
+    let calls =
+        eventually(&api, &key, "/v1/calls?room=huddle", |b| b["calls"].as_array().is_some_and(|c| c.len() == 1)).await;
+    let id = calls["calls"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/calls/{id}");
+    let call = eventually(&api, &key, &path, |b| b["participants"].as_array().is_some_and(|p| p.len() == 2)).await;
+    assert_eq!(call["room"], "huddle");
+    assert_eq!(call["max_participants"], 2);
+    assert!(call["ended_at"].is_null());
+    assert!(api.send("GET", "/v1/rooms/huddle", &key, None).await.status == StatusCode::OK, "the room was recorded");
+    // Pat is removed, then the room is deleted: quinn goes too, and once it is empty the call ends.
+    let r = api.send("DELETE", "/v1/rooms/huddle/participants/pat", &key, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    assert_eq!(api.send("DELETE", "/v1/rooms/huddle", &key, None).await.status, StatusCode::NO_CONTENT);
+    let call = eventually(&api, &key, &path, |b| !b["ended_at"].is_null()).await;
+    assert_eq!(call["end_reason"], "closed");
+    let who: Vec<(String, String)> = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["identity"].as_str().unwrap().into(), p["leave_reason"].as_str().unwrap_or("").into()))
+        .collect();
+    assert_eq!(who, [("pat".into(), "removed".into()), ("quinn".into(), "removed".into())]);
+    assert!(call["participants"].as_array().unwrap().iter().all(|p| p["left_at"].as_i64() >= p["joined_at"].as_i64()));
+    // Another org sees none of it.
+    assert_eq!(api.send("GET", &path, &other, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.send("GET", "/v1/calls", &other, None).await.body["calls"], json!([]));
+    api.finish().await;
+}
+
+async fn data_is_sent_to_the_callers_rooms_only(api: Api) {
+    let (_, key) = api.org("data").await;
+    let (_, other) = api.org("data-other").await;
+    api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "stage" }))).await;
+    let send = |data: &str| Some(json!({ "data": data, "topic": "ops", "destination_identities": ["pat"] }));
+    // Nobody is connected: accepted, delivered to nobody, and audited.
+    let r = api.send("POST", "/v1/rooms/stage/data", &key, send("aGVsbG8=")).await;
+    assert_eq!((r.status, r.body["delivered"].as_u64()), (StatusCode::OK, Some(0)), "{:?}", r.body);
+    let audit = api.send("GET", "/v1/audit", &key, None).await;
+    assert!(audit.body.to_string().contains("room.send_data"), "{:?}", audit.body);
+    let r = api.send("POST", "/v1/rooms/stage/data", &key, send("not base64!")).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let big = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, vec![0u8; 16 * 1024]);
+    let r = api.send("POST", "/v1/rooms/stage/data", &key, send(&big)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let r = api.send("POST", "/v1/rooms/stage/data", &other, send("aGVsbG8=")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    api.finish().await;
+}
+
+async fn another_node_learns_an_orgs_key_on_first_use(api: Api) {
+    // Node B runs beside A on the same database; it started before the org existed.
+    let b = auralink::server::start(api.config.clone()).await.expect("second node starts");
+    let b_router = auralink::api::app(b.state());
+    let created = api.org_created("roaming").await;
+    let (lk_key, lk_secret) =
+        (created["livekit_key"]["api_key"].as_str().unwrap(), created["livekit_key"]["api_secret"].as_str().unwrap());
+    let validate = |jwt: String| {
+        let req = axum::http::Request::builder().uri(format!("/rtc/validate?access_token={jwt}"));
+        let router = b_router.clone();
+        async move {
+            use tower::ServiceExt;
+            router.oneshot(req.body(axum::body::Body::empty()).unwrap()).await.unwrap().status()
+        }
+    };
+    let jwt = token::mint(&token::join_claims(lk_key, "desk", "pat", api.now_secs(), 600), lk_secret);
+    assert_eq!(validate(jwt).await, StatusCode::OK, "node B looks the key up in the database");
+    // A key nobody has is still refused (and not looked up on every attempt).
+    let forged = token::mint(&token::join_claims("APInobody", "desk", "pat", api.now_secs(), 600), lk_secret);
+    assert_eq!(validate(forged.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(validate(forged).await, StatusCode::UNAUTHORIZED);
+    // The right key with the wrong secret is refused as forged.
+    let wrong = token::mint(
+        &token::join_claims(lk_key, "desk", "pat", api.now_secs(), 600),
+        "not-the-secret-not-the-secret-xx",
+    );
+    assert_eq!(validate(wrong).await, StatusCode::UNAUTHORIZED);
+    b.shutdown().await;
+    api.finish().await;
+}
+
+async fn participant_permissions_change_live(api: Api) {
+    let (_, key) = api.org("perms").await;
+    let (_, other) = api.org("perms-other").await;
+    api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "stage" }))).await;
+    let r = api.send("POST", "/v1/tokens", &key, Some(json!({ "room": "stage", "identity": "pat" }))).await;
+    assert_eq!(whip_join(&api, "stage", r.body["token"].as_str().unwrap()).await.status, StatusCode::CREATED);
+    let path = "/v1/rooms/stage/participants/pat";
+    let r = api.send("GET", path, &key, None).await;
+    assert_eq!(r.body["permissions"]["can_publish"], true, "{:?}", r.body);
+    // Publishing taken away, the rest as it was (the router's tests show the tracks go).
+    let r = api.send("PATCH", path, &key, Some(json!({ "can_publish": false }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        r.body["permissions"],
+        json!({ "can_publish": false, "can_subscribe": true, "can_publish_data": true, "can_update_metadata": false, "hidden": false })
+    );
+    let audit = api.send("GET", "/v1/audit", &key, None).await;
+    assert!(audit.body.to_string().contains("participant.update_permissions"));
+    let r = api.send("PATCH", path, &key, Some(json!({ "can_fly": true }))).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let r = api.send("PATCH", path, &other, Some(json!({ "can_publish": true }))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    api.finish().await;
+}
+
+async fn revoked_tokens_are_refused_and_disconnect(api: Api) {
     let (_, key) = api.org("revoke").await;
     let (_, other) = api.org("revoke-other").await;
     api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "stage" }))).await;
     let r = api.send("POST", "/v1/tokens", &key, Some(json!({ "room": "stage", "identity": "pat" }))).await;
     let (jwt, jti) = (r.body["token"].as_str().unwrap().to_string(), r.body["jti"].as_str().unwrap().to_string());
     // Pat joins over WHIP with the token: a session in the org's room.
-    let whip = |token: &str| {
-        let mut client = Client::new(std::time::Instant::now(), "127.0.0.1:9".parse().unwrap());
-        let offer = client.offer(&[MediaSpec::send(str0m::media::MediaKind::Audio)], None);
-        axum::http::Request::builder()
-            .method("POST")
-            .uri("/whip/stage")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/sdp")
-            .body(axum::body::Body::from(offer))
-            .unwrap()
-    };
-    assert_eq!(api.raw(whip(&jwt)).await.status, StatusCode::CREATED);
+    assert_eq!(whip_join(&api, "stage", &jwt).await.status, StatusCode::CREATED);
     let live = api.send("GET", "/v1/rooms/stage/participants", &key, None).await;
     assert_eq!(live.body["participants"].as_array().unwrap().len(), 1, "{:?}", live.body);
     // Another org cannot revoke it; the minting org can, and pat is disconnected.
@@ -494,7 +648,7 @@ async fn revoked_tokens_are_refused_and_disconnect(api: Api) {
     let live = api.send("GET", "/v1/rooms/stage/participants", &key, None).await;
     assert_eq!(live.body["participants"], json!([]));
     // The token no longer joins, by WHIP or by the LiveKit signal path.
-    let r = api.raw(whip(&jwt)).await;
+    let r = whip_join(&api, "stage", &jwt).await;
     assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "token_revoked"));
     let r = api.send("GET", &format!("/rtc/validate?access_token={jwt}"), "", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, RoomName};
+use auralink::sfu::data::DataMessage;
 use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
 use auralink::sfu::{
@@ -345,6 +346,18 @@ fn media_and_data_flow_between_participants() {
         a.channels.iter().find(|(_, l, p)| l == "chat" && p == "bob").expect("alice has a channel from bob").0;
     assert!(a.channel_data.iter().any(|d| d.id == from_bob && d.data == b"hi alice"));
     assert!(w.sfu.stats().data_messages_relayed >= 2);
+    // The server's own message (an API call) goes to whom it names, on a channel of no sender.
+    let room = RoomName::new("room").unwrap();
+    let msg =
+        DataMessage::from_server(b"from the server".to_vec(), "ops".into(), true, vec![Identity::new("bob").unwrap()]);
+    let now = w.now;
+    assert_eq!(w.sfu.send_data(now, &room, &msg), 1);
+    w.advance_by(Duration::from_millis(500));
+    let b = &w.clients[bob].1;
+    let from_server =
+        b.channels.iter().find(|(_, l, p)| l == "ops" && p.is_empty()).expect("bob has the server's channel").0;
+    assert!(b.channel_data.iter().any(|d| d.id == from_server && d.data == b"from the server"));
+    assert!(!w.clients[alice].1.channels.iter().any(|(_, l, _)| l == "ops"), "alice was not addressed");
     // A clean network rates excellent.
     let alice_id = w.ids[alice];
     assert!(w.events.iter().any(|e| matches!(e, SfuEvent::ConnectionQuality { participant, quality: Quality::Excellent, .. } if *participant == alice_id)));
@@ -439,6 +452,36 @@ fn client_offering_sessions_are_asked_for_lines_and_told_what_each_carries() {
     let sent = publish_audio(&mut w, carol, 1000, 50);
     let got: Vec<_> = payloads(&w.clients[bob].1, true).into_iter().filter(|p| sent.contains(p)).collect();
     assert_suffix_intact(&sent, &got, 0.8, "carol's audio on the reused line");
+}
+
+#[test]
+fn permissions_change_live() {
+    let mut w = World::new(31);
+    let alice =
+        w.join("alice", &[MediaSpec::send(MediaKind::Audio), MediaSpec::send(MediaKind::Video)], SubscribeFilter::All);
+    let bob =
+        w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    publish(&mut w, alice, 20);
+    let (alice_id, bob_id) = (w.ids[alice], w.ids[bob]);
+    let bound = |w: &World| w.sfu.subscriptions(bob_id).iter().filter(|s| s.1.is_some()).count();
+    assert_eq!(bound(&w), 2);
+    // Bob may no longer subscribe: his slots empty; allowed again, they fill again.
+    let now = w.now;
+    let no_subscribe = Permissions { subscribe: false, ..perms() };
+    w.sfu.set_permissions(now, bob_id, no_subscribe).unwrap();
+    assert_eq!(bound(&w), 0);
+    assert_eq!(w.sfu.permissions(bob_id), Some(no_subscribe));
+    w.sfu.set_permissions(now, bob_id, perms()).unwrap();
+    assert_eq!(bound(&w), 2);
+    // Alice may no longer publish: her tracks leave the room.
+    w.sfu.set_permissions(now, alice_id, Permissions { publish: false, ..perms() }).unwrap();
+    let unpublished =
+        std::iter::from_fn(|| w.sfu.poll_event()).filter(|e| matches!(e, SfuEvent::TrackUnpublished { .. })).count();
+    assert_eq!(unpublished, 2);
+    assert_eq!(bound(&w), 0);
+    let room = RoomName::new("room").unwrap();
+    assert!(w.sfu.participants(&room).iter().all(|p| p.tracks.is_empty()));
 }
 
 #[test]

@@ -280,7 +280,8 @@ pub fn livekit_signal(data: &[u8]) {
     let sender = Identity::new("fuzz").expect("a valid identity");
     for label in ["_reliable", "_lossy"] {
         if let Some(msg) = codec.decode(label, label == "_reliable", data) {
-            let (out_label, bytes) = codec.encode(&msg, &sender, auralink::ids::ParticipantId(1)).expect("re-encodes");
+            let (out_label, bytes) =
+                codec.encode(&msg, Some((&sender, auralink::ids::ParticipantId(1)))).expect("re-encodes");
             assert_eq!(out_label, label);
             // What the server sends must read back with the sender stamped on it.
             let again = codec.decode(&out_label, true, &bytes).expect("our own packet decodes");

@@ -94,6 +94,18 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             "Webhooks dropped from a full queue.",
             hooks.dropped.load(Relaxed),
         ),
+        (
+            "auralink_history_events_recorded_total",
+            "counter",
+            "Router events written to call history.",
+            s.history.recorded.load(Relaxed),
+        ),
+        (
+            "auralink_history_events_dropped_total",
+            "counter",
+            "Router events call history lost (database down or behind).",
+            s.history.dropped.load(Relaxed),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, v) in series {

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 mod body;
+pub mod history;
 mod idempotency;
 mod metrics;
 pub mod ratelimit;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub limiter: Arc<ratelimit::RateLimiter>,
     /// Webhook delivery counters (all zero without webhook URLs).
     pub webhooks: Arc<webhook::WebhookStats>,
+    /// Call history counters.
+    pub history: Arc<history::HistoryStats>,
 }
 
 /// Largest JSON body the control API reads.

@@ -21,7 +21,8 @@ use crate::args;
 use crate::db::{Db, DbError};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
-use crate::sfu::signal::token::Claims;
+use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
+use crate::sfu::signal::token::{Claims, Permissions};
 
 pub use crate::sfu::signal::token::NODE_ORG;
 
@@ -103,13 +104,14 @@ fn now_secs(s: &AppState) -> u64 {
 }
 
 /// The token's claims and the org its key belongs to.
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(Claims, String), TwirpError> {
+async fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(Claims, String), TwirpError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| err(StatusCode::UNAUTHORIZED, "unauthenticated", "missing Bearer token"))?;
     let tokens = &s.livekit.tokens;
+    tokens.learn_key(token).await;
     let claims = tokens
         .verify(token, now_secs(s))
         .map_err(|e| err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
@@ -143,7 +145,7 @@ async fn call(
         Some(ct) if ct.starts_with("application/protobuf") => Codec::Protobuf,
         _ => Codec::Json,
     };
-    let (claims, org) = authorize(&s, &headers)?;
+    let (claims, org) = authorize(&s, &headers).await?;
     let org = org.as_str();
     match method.as_str() {
         "CreateRoom" => {
@@ -243,14 +245,19 @@ async fn call(
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
             let room = need_admin(&claims, org, &req.room)?;
-            if req.permission.is_some() {
-                return Err(err(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "unimplemented",
-                    "changing permissions is not supported yet",
-                ));
-            }
             let p = find(&s, room.clone(), &req.identity).await?;
+            // The permission is replaced as a whole, as in LiveKit.
+            if let Some(perm) = &req.permission {
+                let perms = Permissions {
+                    publish: perm.can_publish,
+                    subscribe: perm.can_subscribe,
+                    publish_data: perm.can_publish_data,
+                    hidden: perm.hidden,
+                };
+                if !s.livekit.update_permission(p.id, perms, perm.can_update_metadata).await.map_err(|_| gone())? {
+                    return Err(not_found("participant"));
+                }
+            }
             // Empty means unchanged here, as in LiveKit's RoomService.
             let keep = |v: &str| (!v.is_empty()).then_some(v.to_string());
             let (name, metadata) = (keep(&req.name), keep(&req.metadata));
@@ -275,7 +282,32 @@ async fn call(
                 .map_err(|_| gone())?;
             Ok(encode(codec, &proto::UpdateSubscriptionsResponse {}))
         }
-        "SendData" => Err(err(StatusCode::NOT_IMPLEMENTED, "unimplemented", "SendData is not supported yet")),
+        // Older server SDKs address by participant sid (a deprecated field).
+        #[allow(deprecated)]
+        "SendData" => {
+            let req: proto::SendDataRequest = decode(codec, &body)?;
+            let room = need_admin(&claims, org, &req.room)?;
+            if req.data.len() > MAX_SERVER_MESSAGE {
+                let msg = format!("data is larger than {MAX_SERVER_MESSAGE} bytes");
+                return Err(err(StatusCode::BAD_REQUEST, "invalid_argument", msg));
+            }
+            let mut to: Vec<Identity> =
+                req.destination_identities.iter().filter_map(|i| Identity::new(i.clone()).ok()).collect();
+            if !req.destination_sids.is_empty() {
+                let all = participants(&s, room.clone()).await?;
+                to.extend(
+                    all.into_iter().filter(|p| req.destination_sids.contains(&p.id.to_string())).map(|p| p.identity),
+                );
+            }
+            // Destinations that name nobody here reach nobody (not everyone).
+            let addressed = !req.destination_identities.is_empty() || !req.destination_sids.is_empty();
+            if !addressed || !to.is_empty() {
+                let reliable = req.kind != proto::data_packet::Kind::Lossy as i32;
+                let msg = DataMessage::from_server(req.data, req.topic.unwrap_or_default(), reliable, to);
+                s.sfu.call(move |sfu, now| sfu.send_data(now, &room, &msg)).await.map_err(|_| gone())?;
+            }
+            Ok(encode(codec, &proto::SendDataResponse {}))
+        }
         _ => Err(err(StatusCode::NOT_FOUND, "bad_route", format!("no method {method}"))),
     }
 }

@@ -603,6 +603,68 @@ impl Sfu {
         out
     }
 
+    /// Changes what a participant (every connection of it) may do. Without `subscribe` it
+    /// loses its subscriptions; without `publish`, its tracks are unpublished (its client
+    /// keeps sending, to nobody); granted `subscribe` again, it gets what its filter wants.
+    pub fn set_permissions(
+        &mut self,
+        now: Instant,
+        participant: ParticipantId,
+        perms: Permissions,
+    ) -> Result<(), SfuError> {
+        let sessions: Vec<ParticipantId> =
+            self.peers.values().filter(|p| p.participant == participant).map(|p| p.id).collect();
+        let room = self.peers.get(sessions.first().ok_or(SfuError::NoParticipant)?).map(|p| p.room.clone());
+        for &id in &sessions {
+            let Some(p) = self.peers.get_mut(&id) else { continue };
+            p.permissions = perms;
+            if !perms.subscribe {
+                p.to_add.clear();
+                let bound: Vec<Mid> = p.slots.iter().filter(|s| s.track.is_some()).map(|s| s.mid).collect();
+                for mid in bound {
+                    self.unbind(id, mid);
+                }
+            }
+            if !perms.publish {
+                let published = self.peers.get_mut(&id).map(|p| std::mem::take(&mut p.published)).unwrap_or_default();
+                for track in published {
+                    self.unpublish(track);
+                }
+            }
+            self.mark(id);
+        }
+        if let Some(room) = room {
+            self.fill_slots(now, &room);
+        }
+        self.drive(now);
+        Ok(())
+    }
+
+    /// What a participant may do now.
+    pub fn permissions(&self, participant: ParticipantId) -> Option<Permissions> {
+        self.peers.values().find(|p| p.participant == participant).map(|p| p.permissions)
+    }
+
+    /// Takes a track out of the room: its subscribers' slots are released.
+    fn unpublish(&mut self, track: TrackId) {
+        let Some(t) = self.tracks.remove(&track) else { return };
+        self.by_mid.remove(&(t.session, t.mid));
+        for &(sub, mid) in &t.subscribers {
+            if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slot_mut(mid)) {
+                slot.track = None;
+                slot.fwd = Forwarder::new(slot.kind);
+            }
+            self.release_slot(sub, mid);
+        }
+        for p in self.peers.values_mut() {
+            p.to_add.retain(|x| *x != track);
+        }
+        if let Some(r) = self.rooms.get_mut(&t.room) {
+            r.tracks.retain(|x| *x != track);
+        }
+        self.events.push_back(SfuEvent::TrackUnpublished { room: t.room, track: t.info });
+    }
+
     /// Mutes or unmutes a published track for everyone.
     pub fn set_track_muted(&mut self, now: Instant, track: TrackId, muted: bool) -> Result<(), SfuError> {
         let t = self.tracks.get_mut(&track).ok_or(SfuError::NoTrack)?;
@@ -1388,7 +1450,26 @@ impl Sfu {
             return;
         };
         let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
-        let Some(r) = self.rooms.get(&room) else { return };
+        self.deliver(&room, Some((from, &sender, sender_id)), &msg);
+    }
+
+    /// Sends a message from the server (an API call) to the room's participants, or to those
+    /// among them `msg.destinations` names; returns how many it went to.
+    pub fn send_data(&mut self, now: Instant, room: &RoomName, msg: &DataMessage) -> usize {
+        let n = self.deliver(room, None, msg);
+        self.drive(now);
+        n
+    }
+
+    /// Delivers `msg` from `sender` (its session, identity and participant; `None`: the
+    /// server) to everyone else in the room it is meant for.
+    fn deliver(
+        &mut self,
+        room: &RoomName,
+        sender: Option<(ParticipantId, &Identity, ParticipantId)>,
+        msg: &DataMessage,
+    ) -> usize {
+        let Some(r) = self.rooms.get(room) else { return 0 };
         // One delivery per identity: a client may hold several connections (LiveKit's
         // publisher and subscriber, a WHIP publisher beside WHEP players). The connection
         // that speaks an envelope wins, then the oldest; only those whose client opened a
@@ -1397,17 +1478,18 @@ impl Sfu {
             .participants
             .iter()
             .filter_map(|id| self.peers.get(id))
-            .filter(|q| q.identity != sender && !q.channels_in.is_empty())
+            .filter(|q| sender.is_none_or(|s| &q.identity != s.1) && !q.channels_in.is_empty())
             .filter(|q| msg.destinations.is_empty() || msg.destinations.contains(&q.identity))
             .map(|q| (q.identity.clone(), q.data_codec.is_none(), q.id))
             .collect();
         recipients.sort();
         recipients.dedup_by(|a, b| a.0 == b.0);
+        let delivered = recipients.len();
         for (_, _, to) in recipients {
             let Some(q) = self.peers.get_mut(&to) else { continue };
             match q.data_codec.clone() {
                 Some(codec) => {
-                    let Some((label, bytes)) = codec.encode(&msg, &sender, sender_id) else { continue };
+                    let Some((label, bytes)) = codec.encode(msg, sender.map(|s| (s.1, s.2))) else { continue };
                     let Some(cid) = q.channels_in.iter().find(|(_, c)| c.label == label).map(|(id, _)| *id) else {
                         continue;
                     };
@@ -1416,8 +1498,9 @@ impl Sfu {
                     }
                 }
                 None => {
-                    let out = q.channels_out.entry((from, msg.topic.clone())).or_insert_with(|| {
-                        let id = q.rtc.direct_api().create_data_channel(data::per_sender_channel(&msg, &sender));
+                    let out = q.channels_out.entry((sender.map(|s| s.0), msg.topic.clone())).or_insert_with(|| {
+                        let id =
+                            q.rtc.direct_api().create_data_channel(data::per_sender_channel(msg, sender.map(|s| s.1)));
                         OutChannel { id, open: false, pending: VecDeque::new() }
                     });
                     if out.open {
@@ -1435,6 +1518,7 @@ impl Sfu {
             self.stats.data_messages_relayed += 1;
             self.mark(to);
         }
+        delivered
     }
 
     fn remove_peer(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {
@@ -1447,28 +1531,12 @@ impl Sfu {
                 t.subscribers.retain(|s| s.0 != id);
             }
         }
-        // Its publications.
-        for track in &peer.published {
-            let Some(t) = self.tracks.remove(track) else { continue };
-            self.by_mid.remove(&(id, t.mid));
-            for &(sub, mid) in &t.subscribers {
-                if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slot_mut(mid)) {
-                    slot.track = None;
-                    slot.fwd = Forwarder::new(slot.kind);
-                }
-                self.release_slot(sub, mid);
-            }
-            for p in self.peers.values_mut() {
-                p.to_add.retain(|x| x != track);
-            }
-            if let Some(r) = self.rooms.get_mut(&peer.room) {
-                r.tracks.retain(|x| x != track);
-            }
-            self.events.push_back(SfuEvent::TrackUnpublished { room: peer.room.clone(), track: t.info });
+        for &track in &peer.published {
+            self.unpublish(track);
         }
         // Channels others had for its messages.
         for other in self.peers.values_mut() {
-            let keys: Vec<_> = other.channels_out.keys().filter(|k| k.0 == id).cloned().collect();
+            let keys: Vec<_> = other.channels_out.keys().filter(|k| k.0 == Some(id)).cloned().collect();
             for k in keys {
                 if let Some(c) = other.channels_out.remove(&k) {
                     other.rtc.direct_api().close_data_channel(c.id);

@@ -25,14 +25,26 @@ pub struct DataMessage {
     pub native: Option<(&'static str, Vec<u8>)>,
 }
 
+/// The most a message sent through the API may carry: LiveKit's documented limit for one
+/// data packet, which every client's SCTP stack takes in one message.
+pub const MAX_SERVER_MESSAGE: usize = 15 * 1024;
+
+impl DataMessage {
+    /// A message the server sends (an API call), not relayed from a client.
+    pub fn from_server(payload: Vec<u8>, topic: String, reliable: bool, destinations: Vec<Identity>) -> Self {
+        DataMessage { reliable, binary: true, topic, payload, destinations, native: None }
+    }
+}
+
 /// A signaling protocol's framing of data messages.
 pub trait DataCodec: Send + Sync + Debug {
     /// Reads a message the client sent on its channel `label`; `None` drops it.
     fn decode(&self, label: &str, reliable: bool, data: &[u8]) -> Option<DataMessage>;
 
-    /// Frames `msg` from `sender` for this client: the label of the client's channel to send
-    /// it on, and the bytes. `None` when this client cannot take it.
-    fn encode(&self, msg: &DataMessage, sender: &Identity, sender_id: ParticipantId) -> Option<(String, Vec<u8>)>;
+    /// Frames `msg` from `sender` (identity and participant; `None`: the server) for this
+    /// client: the label of the client's channel to send it on, and the bytes. `None` when
+    /// this client cannot take it.
+    fn encode(&self, msg: &DataMessage, sender: Option<(&Identity, ParticipantId)>) -> Option<(String, Vec<u8>)>;
 }
 
 /// Whether a channel configuration retransmits until delivery.
@@ -41,13 +53,14 @@ pub fn is_reliable(config: &ChannelConfig) -> bool {
 }
 
 /// The configuration of a channel the router opens to carry `msg` from `sender` to a raw
-/// session: same label, same reliability, the sender's identity as the protocol.
-pub fn per_sender_channel(msg: &DataMessage, sender: &Identity) -> ChannelConfig {
+/// session: same label, same reliability, the sender's identity as the protocol (empty for
+/// the server).
+pub fn per_sender_channel(msg: &DataMessage, sender: Option<&Identity>) -> ChannelConfig {
     ChannelConfig {
         label: msg.topic.clone(),
         ordered: msg.reliable,
         reliability: if msg.reliable { Reliability::Reliable } else { Reliability::MaxRetransmits { retransmits: 0 } },
         negotiated: None,
-        protocol: sender.to_string(),
+        protocol: sender.map(|s| s.to_string()).unwrap_or_default(),
     }
 }

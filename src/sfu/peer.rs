@@ -80,7 +80,8 @@ pub(crate) struct Peer {
     pub slots: Vec<Slot>,
     pub published: Vec<TrackId>,
     pub channels_in: HashMap<ChannelId, ChannelConfig>,
-    pub channels_out: HashMap<(ParticipantId, String), OutChannel>,
+    /// By sending session (`None`: the server) and label.
+    pub channels_out: HashMap<(Option<ParticipantId>, String), OutChannel>,
     /// Our offer awaiting the client's answer, with the sending m-lines it adds per track.
     pub pending: Option<(SdpPendingOffer, Vec<(Mid, TrackId)>)>,
     /// Tracks waiting for an m-line: in the server's next offer, or in the client's.

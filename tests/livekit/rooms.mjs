@@ -2,7 +2,7 @@
 // Usage: node rooms.mjs <http-url> <api-key> <api-secret>
 // Exits 0 when every check passed; prints what failed otherwise.
 import { chromium } from 'playwright-core';
-import { AccessToken, RoomServiceClient, WebhookReceiver } from 'livekit-server-sdk';
+import { AccessToken, DataPacket_Kind, RoomServiceClient, WebhookReceiver } from 'livekit-server-sdk';
 import { createServer } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -72,6 +72,7 @@ async function joinRoom({ wsUrl, token, publish, singlePeerConnection = true }) 
   room.on(RoomEvent.TrackMuted, (pub, p) => window.events.push(`muted:${p.identity}:${pub.kind}`));
   room.on(RoomEvent.TrackUnmuted, (pub, p) => window.events.push(`unmuted:${p.identity}:${pub.kind}`));
   room.on(RoomEvent.ParticipantDisconnected, (p) => window.events.push(`left:${p.identity}`));
+  room.on(RoomEvent.TrackUnpublished, (pub, p) => window.events.push(`unpublished:${p.identity}:${pub.kind}`));
   room.on(RoomEvent.ActiveSpeakersChanged, (s) => window.events.push(`speakers:${s.map((p) => p.identity).join(',')}`));
   room.on(RoomEvent.DataReceived, (payload, p, kind, topic) =>
     window.received.push({ from: p?.identity, topic, text: new TextDecoder().decode(payload) }),
@@ -424,8 +425,19 @@ try {
   const daveSees = await dave.evaluate(() => window.room.metadata);
   if (daveSees !== 'agenda: demo') throw new Error(`room metadata at join: ${daveSees}`);
   await dave.evaluate(() => window.room.disconnect());
+  // Data from the server: only alice is addressed; it arrives with no sender, as LiveKit's.
+  await svc.sendData(room, new TextEncoder().encode('from the server'), DataPacket_Kind.RELIABLE, { topic: 'ops', destinationIdentities: ['alice'] });
+  await until(alice, 'alice to receive the server data', () => window.received.some((m) => m.from === undefined && m.topic === 'ops' && m.text === 'from the server'));
   await svc.mutePublishedTrack(room, 'bob', bobAudio.sid, true);
   await until(alice, 'alice to see bob muted by the server', () => window.events.includes('muted:bob:audio'));
+  // The server takes bob's publish permission: his tracks are unpublished for alice, and his
+  // own SDK learns the new permission.
+  await svc.updateParticipant(room, 'bob', { permission: { canPublish: false, canSubscribe: true, canPublishData: true } });
+  await until(alice, 'alice to see bob unpublished', () => ({
+    ok: window.events.includes('unpublished:bob:audio') && window.events.includes('unpublished:bob:video'),
+    e: window.events.slice(-6),
+  }));
+  await until(bob, 'bob to learn he may not publish', () => ({ ok: window.room.localParticipant.permissions?.canPublish === false }));
   const refusals = [];
   for (const attempt of [() => svc.getParticipant(room, 'nobody'), () => svc.deleteRoom('no-such-room')]) {
     try {
@@ -440,7 +452,7 @@ try {
   if ((await svc.listRooms(['svc-room'])).length !== 0) throw new Error('deleteRoom left the room listed');
   await svc.removeParticipant(room, 'bob');
   await until(alice, 'alice to see bob removed', () => window.events.includes('left:bob'));
-  log('RoomService over Twirp: create/list/delete rooms, room metadata pushed and at join, list/get/update/mute/remove participants');
+  log('RoomService over Twirp: create/list/delete rooms, room metadata pushed and at join, send data, list/get/update/mute/remove participants, permissions');
 
   // Every webhook verified; the room's life is in them.
   await new Promise((r) => setTimeout(r, 1000));

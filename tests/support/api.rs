@@ -28,6 +28,9 @@ pub struct Api {
     pub admin: String,
     pub clock: Arc<AtomicI64>,
     pub pg_db: Option<String>,
+    /// What this node was started with: another node sharing them shares its database and
+    /// keys (dev mode keeps them in the data dir).
+    pub config: Config,
 }
 
 pub struct Reply {
@@ -92,14 +95,14 @@ impl Api {
         }
         config.admin_key = Some("admin-key-for-tests-0123456789abcdef".into());
         tweak(&mut config);
-        let server = auralink::server::start(config).await.expect("server starts");
+        let server = auralink::server::start(config.clone()).await.expect("server starts");
         // Starts at the real time: tokens minted here are also checked by routes that read
         // the system clock (the LiveKit signal paths).
         let clock = Arc::new(AtomicI64::new(Clock::system().now_ms()));
         let mut state = server.state();
         state.clock = Clock::manual(Arc::clone(&clock));
         let router = auralink::api::app(state);
-        Some(Api { server, router, admin: "admin-key-for-tests-0123456789abcdef".into(), clock, pg_db })
+        Some(Api { server, router, admin: "admin-key-for-tests-0123456789abcdef".into(), clock, pg_db, config })
     }
 
     pub fn now_secs(&self) -> u64 {

@@ -16,7 +16,8 @@ use crate::config::generate_key_pair;
 use crate::db::{Db, DbError, Tx};
 use crate::error::ApiError;
 use crate::ids::record_id;
-use crate::sfu::signal::token::TokenVerifier;
+use crate::sfu::signal::token::{KeySource, TokenVerifier};
+use futures_util::future::BoxFuture;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/livekit-keys", get(list))
@@ -69,6 +70,31 @@ async fn opened(tx: &mut Tx, secrets: &SecretBox, org: &str) -> Result<Vec<(Stri
 /// The key `org`'s tokens are signed with: its oldest live one.
 pub async fn signing_key(tx: &mut Tx, secrets: &SecretBox, org: &str) -> Result<Option<(String, String)>, DbError> {
     Ok(opened(tx, secrets, org).await?.into_iter().next())
+}
+
+/// Finds keys created after this node started (an org created through another node) in the
+/// control database.
+pub struct StoredKeys {
+    pub db: Db,
+    pub secrets: SecretBox,
+}
+
+impl KeySource for StoredKeys {
+    fn find<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<(String, String)>> {
+        Box::pin(async move {
+            let found = async {
+                let Some(org) = self.db.org_of_key("livekit_key", key).await? else { return Ok(None) };
+                let mut tx = self.db.begin(&org).await?;
+                let secret = opened(&mut tx, &self.secrets, &org).await?.into_iter().find(|(k, _)| k == key);
+                tx.commit().await?;
+                Ok::<_, DbError>(secret.map(|(_, s)| (s, org)))
+            };
+            found.await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "LiveKit key lookup failed");
+                None
+            })
+        })
+    }
 }
 
 /// Teaches the verifier every org's keys (at start).

@@ -2,6 +2,7 @@
 //! `Idempotency-Key` ([`super::idempotency`]), and every mutation writes its audit entry in
 //! its own transaction ([`super::audit`]).
 
+mod calls;
 mod keys;
 pub mod livekit_keys;
 mod orgs;
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(keys::router())
         .merge(rooms::router())
+        .merge(calls::router())
         .merge(tokens::router())
         .merge(livekit_keys::router())
         .merge(audit::router())

@@ -16,14 +16,20 @@ use crate::db::Tx;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName, TrackId, record_id};
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
+use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
+use crate::sfu::signal::token::Permissions;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/rooms", get(list).post(create))
         .route("/v1/rooms/{name}", get(read).patch(update).delete(remove))
         .route("/v1/rooms/{name}/participants", get(participants))
-        .route("/v1/rooms/{name}/participants/{identity}", get(participant).delete(remove_participant))
+        .route(
+            "/v1/rooms/{name}/participants/{identity}",
+            get(participant).patch(update_participant).delete(remove_participant),
+        )
         .route("/v1/rooms/{name}/participants/{identity}/mute", post(mute))
+        .route("/v1/rooms/{name}/data", post(send_data))
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -275,8 +281,80 @@ async fn participant(
     let org = caller.require(Perm::ParticipantsRead)?;
     own_room(&s, org, &name).await?;
     let sessions = find(&s, org, &name, &identity).await?;
+    Ok(Json(detail(&s, &identity, &sessions).await?))
+}
+
+/// A participant as the API shows it: its sid, the tracks of all its connections, and what
+/// it may do.
+async fn detail(s: &AppState, identity: &str, sessions: &[ParticipantInfo]) -> Result<Value, ApiError> {
+    let id = sessions[0].id;
     let tracks: Vec<_> = sessions.iter().flat_map(|p| p.tracks.clone()).collect();
-    Ok(Json(json!({ "identity": identity, "sid": sessions[0].id.to_string(), "tracks": tracks })))
+    let perms = s.sfu.call(move |sfu, _| sfu.permissions(id)).await.map_err(|_| ApiError::unavailable())?;
+    let perms = perms.ok_or_else(|| not_found("participant"))?;
+    Ok(json!({
+        "identity": identity,
+        "sid": id.to_string(),
+        "tracks": tracks,
+        "permissions": {
+            "can_publish": perms.publish,
+            "can_subscribe": perms.subscribe,
+            "can_publish_data": perms.publish_data,
+            "can_update_metadata": s.livekit.can_update_metadata(id),
+            "hidden": perms.hidden,
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdatePermissions {
+    can_publish: Option<bool>,
+    can_subscribe: Option<bool>,
+    can_publish_data: Option<bool>,
+    can_update_metadata: Option<bool>,
+    hidden: Option<bool>,
+}
+
+/// Changes what a participant may do, live: without `can_publish` its tracks are
+/// unpublished, without `can_subscribe` it loses its subscriptions; LiveKit clients are told.
+async fn update_participant(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((name, identity)): Path<(String, String)>,
+    Body(req): Body<UpdatePermissions>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::ParticipantsWrite)?;
+    own_room(&s, org, &name).await?;
+    let sessions = find(&s, org, &name, &identity).await?;
+    let before = detail(&s, &identity, &sessions).await?;
+    let was = &before["permissions"];
+    let pick = |v: Option<bool>, field: &str| v.unwrap_or_else(|| was[field].as_bool().unwrap_or(false));
+    let perms = Permissions {
+        publish: pick(req.can_publish, "can_publish"),
+        subscribe: pick(req.can_subscribe, "can_subscribe"),
+        publish_data: pick(req.can_publish_data, "can_publish_data"),
+        hidden: pick(req.hidden, "hidden"),
+    };
+    let can_update_metadata = pick(req.can_update_metadata, "can_update_metadata");
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let after = json!({ "can_publish": perms.publish, "can_subscribe": perms.subscribe,
+        "can_publish_data": perms.publish_data, "can_update_metadata": can_update_metadata, "hidden": perms.hidden });
+    let change = Change {
+        action: "participant.update_permissions",
+        target_type: "participant",
+        target_id: Some(&identity),
+        before: Some(json!({ "room": name, "permissions": was })),
+        after: Some(json!({ "room": name, "permissions": after })),
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    let id = sessions[0].id;
+    if !s.livekit.update_permission(id, perms, can_update_metadata).await.map_err(|_| ApiError::unavailable())? {
+        return Err(not_found("participant"));
+    }
+    let sessions = find(&s, org, &name, &identity).await?;
+    Ok(Json(detail(&s, &identity, &sessions).await?))
 }
 
 async fn remove_participant(
@@ -359,4 +437,68 @@ async fn mute(
         .map_err(|_| ApiError::unavailable())?
         .map_err(|_| not_found("track"))?;
     Ok(Json(json!({ "track_sid": req.track_sid, "muted": req.muted })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendData {
+    /// Base64 (standard alphabet, padded), as LiveKit's JSON carries bytes.
+    data: String,
+    #[serde(default)]
+    topic: String,
+    #[serde(default = "yes")]
+    reliable: bool,
+    /// Only these participants; empty or absent: everyone in the room.
+    #[serde(default)]
+    destination_identities: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Sends a data message from the server to the room's participants (LiveKit clients get a
+/// user packet with no sender, WHIP/WHEP clients a message on a channel named after the topic).
+async fn send_data(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Body(req): Body<SendData>,
+) -> Result<Json<Value>, ApiError> {
+    use base64::Engine;
+    let org = caller.require(Perm::DataSend)?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&req.data)
+        .map_err(|_| ApiError::unprocessable("invalid_field", "data must be base64"))?;
+    if payload.len() > MAX_SERVER_MESSAGE {
+        let msg = format!("data must be at most {MAX_SERVER_MESSAGE} bytes");
+        return Err(ApiError::unprocessable("invalid_field", msg));
+    }
+    if req.topic.len() > 256 {
+        return Err(ApiError::unprocessable("invalid_field", "topic must be at most 256 characters"));
+    }
+    let to = req
+        .destination_identities
+        .iter()
+        .map(|i| Identity::new(i.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::unprocessable("invalid_field", format!("destination identity {e}")))?;
+    own_room(&s, org, &name).await?;
+    let room = RoomName::in_org(org, &room_name(&name)?);
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let after = json!({ "room": name, "topic": req.topic, "bytes": payload.len(), "reliable": req.reliable, "destination_identities": req.destination_identities });
+    let change = Change {
+        action: "room.send_data",
+        target_type: "room",
+        target_id: Some(&name),
+        before: None,
+        after: Some(after),
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    let msg = DataMessage::from_server(payload, req.topic, req.reliable, to);
+    let delivered =
+        s.sfu.call(move |sfu, now| sfu.send_data(now, &room, &msg)).await.map_err(|_| ApiError::unavailable())?;
+    Ok(Json(json!({ "delivered": delivered })))
 }

@@ -148,6 +148,11 @@ async fn keep_an_owner(tx: &mut Tx, org: &str, user: &User) -> Result<(), ApiErr
     if user.role != "owner" {
         return Ok(());
     }
+    // Two owners demoting each other at once must not both see the other one still there:
+    // touching the org row serializes them (a row lock until commit on PostgreSQL, where
+    // each statement then sees what the other committed; SQLite transactions are already
+    // one writer at a time).
+    tx.execute("UPDATE orgs SET updated_at = updated_at WHERE id = $1", args![org]).await?;
     let sql = "SELECT COUNT(*) AS n FROM memberships WHERE org_id = $1 AND role = 'owner'";
     let owners: Count = tx.fetch_one(sql, args![org]).await?;
     if owners.n <= 1 {

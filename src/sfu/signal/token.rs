@@ -1,7 +1,7 @@
 //! LiveKit-format access tokens: HS256 JWTs whose `iss` is the API key, `sub` the identity
 //! and `video` the grants. Parsing and verification are ours, so they are fuzzed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
@@ -145,7 +145,23 @@ pub struct TokenVerifier {
     /// API key → (secret, org that owns it).
     keys: Arc<RwLock<BTreeMap<String, (String, String)>>>,
     pub revocations: Arc<super::revocation::Revocations>,
+    /// Where keys this node has not seen are looked up.
+    source: Arc<std::sync::OnceLock<Arc<dyn KeySource>>>,
+    /// Keys the source did not know, and when it was asked: not asked again for a while, so
+    /// tokens with made-up keys cannot make every join a database query.
+    missed: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
 }
+
+/// Keys created after this node started (an org created through another node): `(secret,
+/// org)` for an API key, or `None`.
+pub trait KeySource: Send + Sync {
+    fn find<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, Option<(String, String)>>;
+}
+
+/// How long a key the source did not know stays unknown before it is asked again.
+const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Misses remembered at most; beyond, the oldest go first.
+const MAX_MISSES: usize = 4096;
 
 /// The org that owns rooms reached with the node's configured keys.
 pub const NODE_ORG: &str = "org_node";
@@ -161,7 +177,44 @@ impl TokenVerifier {
     /// A verifier for the node's configured keys, which belong to [`NODE_ORG`].
     pub fn new(keys: BTreeMap<String, String>) -> Self {
         let keys = keys.into_iter().map(|(k, s)| (k, (s, NODE_ORG.to_string()))).collect();
-        TokenVerifier { keys: Arc::new(RwLock::new(keys)), revocations: Default::default() }
+        TokenVerifier {
+            keys: Arc::new(RwLock::new(keys)),
+            revocations: Default::default(),
+            source: Default::default(),
+            missed: Default::default(),
+        }
+    }
+
+    /// Looks keys this node does not know up in `source` from now on (set once).
+    pub fn set_source(&self, source: Arc<dyn KeySource>) {
+        let _ = self.source.set(source);
+    }
+
+    /// Makes sure the key that claims to have signed `token` is known here, if it exists at
+    /// all: call before verifying. Nothing is trusted from the token but the key's name.
+    pub async fn learn_key(&self, token: &str) {
+        let Some(iss) = unverified_issuer(token) else { return };
+        if self.keys.read().expect("not poisoned").contains_key(&iss) {
+            return;
+        }
+        let Some(source) = self.source.get() else { return };
+        let now = std::time::Instant::now();
+        if self.missed.lock().expect("not poisoned").get(&iss).is_some_and(|at| now.duration_since(*at) < MISS_TTL) {
+            return;
+        }
+        match source.find(&iss).await {
+            Some((secret, org)) => self.add(iss, secret, org),
+            None => {
+                let mut missed = self.missed.lock().expect("not poisoned");
+                if missed.len() >= MAX_MISSES {
+                    missed.retain(|_, at| now.duration_since(*at) < MISS_TTL);
+                    if missed.len() >= MAX_MISSES {
+                        missed.clear();
+                    }
+                }
+                missed.insert(iss, now);
+            }
+        }
     }
 
     /// Accepts tokens signed with an org's key from now on.
@@ -251,6 +304,19 @@ fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError
 
 fn mac(secret: &str) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length")
+}
+
+/// The `iss` a token claims, unverified.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: String,
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    decode_json::<Issuer>(payload).ok().map(|i| i.iss).filter(|iss| !iss.is_empty() && iss.len() <= 256)
 }
 
 /// Signs claims with `secret` (HS256).

@@ -117,7 +117,7 @@ async fn create(
         .map(Identity::new)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
-    let (claims, room) = authorize(&s.tokens, &headers, &room)?;
+    let (claims, room) = authorize(&s.tokens, &headers, &room).await?;
     s.tokens.check_revoked(&claims).await.map_err(token_error)?;
     let perms = claims.video.permissions();
     if role == Role::Publish && !perms.publish {
@@ -233,14 +233,18 @@ async fn list_participants(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let room = RoomName::new(room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
-    let (_, room) = authorize(&s.tokens, &headers, &room)?;
+    let (_, room) = authorize(&s.tokens, &headers, &room).await?;
     let list = s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())?;
     Ok(axum::Json(serde_json::json!({ "participants": list })).into_response())
 }
 
 /// Checks the token for `room` and returns its claims with the router's name for the room
 /// (scoped to the org whose key signed the token).
-fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Result<(Claims, RoomName), ApiError> {
+async fn authorize(
+    tokens: &TokenVerifier,
+    headers: &HeaderMap,
+    room: &RoomName,
+) -> Result<(Claims, RoomName), ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -249,6 +253,7 @@ fn authorize(tokens: &TokenVerifier, headers: &HeaderMap, room: &RoomName) -> Re
             ApiError::new(StatusCode::UNAUTHORIZED, "token_missing", "Authorization: Bearer <token> is required")
         })?;
     let now = crate::wall::unix_secs();
+    tokens.learn_key(token.trim()).await;
     let claims = tokens.verify_join(token.trim(), room.as_str(), now).map_err(token_error)?;
     let org = tokens.org_of(&claims.iss).ok_or_else(|| token_error(TokenError::UnknownKey))?;
     Ok((claims, RoomName::in_org(&org, room)))

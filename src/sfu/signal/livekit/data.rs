@@ -40,7 +40,7 @@ impl DataCodec for LiveKitData {
         })
     }
 
-    fn encode(&self, msg: &DataMessage, sender: &Identity, sender_id: ParticipantId) -> Option<(String, Vec<u8>)> {
+    fn encode(&self, msg: &DataMessage, sender: Option<(&Identity, ParticipantId)>) -> Option<(String, Vec<u8>)> {
         let label = if msg.reliable { RELIABLE } else { LOSSY };
         let kind = if msg.reliable { proto::data_packet::Kind::Reliable } else { proto::data_packet::Kind::Lossy };
         let mut dp = match &msg.native {
@@ -56,13 +56,15 @@ impl DataCodec for LiveKitData {
                 ..Default::default()
             },
         };
-        // Whatever the sender claimed, receivers learn who really sent it.
-        dp.participant_identity = sender.to_string();
-        dp.participant_sid = sender_id.to_string();
+        // Whatever the sender claimed, receivers learn who really sent it; the server is
+        // nobody, as in LiveKit.
+        let (identity, sid) = sender.map(|(i, p)| (i.to_string(), p.to_string())).unwrap_or_default();
+        dp.participant_identity = identity.clone();
+        dp.participant_sid = sid.clone();
         dp.destination_identities.clear();
         if let Some(proto::data_packet::Value::User(u)) = &mut dp.value {
-            u.participant_identity = sender.to_string();
-            u.participant_sid = sender_id.to_string();
+            u.participant_identity = identity;
+            u.participant_sid = sid;
             u.destination_identities.clear();
             u.destination_sids.clear();
         }
@@ -90,7 +92,8 @@ mod tests {
         let msg = LiveKitData.decode(RELIABLE, true, &sent.encode_to_vec()).unwrap();
         assert_eq!(msg.destinations, [Identity::new("bob").unwrap()]);
         assert_eq!((msg.topic.as_str(), msg.payload.as_slice()), ("chat", &b"hi"[..]));
-        let (label, bytes) = LiveKitData.encode(&msg, &Identity::new("alice").unwrap(), ParticipantId(7)).unwrap();
+        let (label, bytes) =
+            LiveKitData.encode(&msg, Some((&Identity::new("alice").unwrap(), ParticipantId(7)))).unwrap();
         assert_eq!(label, RELIABLE);
         let got = proto::DataPacket::decode(bytes.as_slice()).unwrap();
         assert_eq!((got.participant_identity.as_str(), got.participant_sid.as_str()), ("alice", "PA_7"));
@@ -108,7 +111,8 @@ mod tests {
             destinations: vec![],
             native: None,
         };
-        let (label, bytes) = LiveKitData.encode(&msg, &Identity::new("whip").unwrap(), ParticipantId(3)).unwrap();
+        let (label, bytes) =
+            LiveKitData.encode(&msg, Some((&Identity::new("whip").unwrap(), ParticipantId(3)))).unwrap();
         assert_eq!(label, LOSSY);
         let got = proto::DataPacket::decode(bytes.as_slice()).unwrap();
         let Some(proto::data_packet::Value::User(u)) = got.value else { panic!("user packet") };

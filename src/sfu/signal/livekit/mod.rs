@@ -69,6 +69,31 @@ impl LiveKitState {
         let _ = self.room_updates.send((room, metadata));
     }
 
+    /// Changes what a participant may do (RoomService `UpdateParticipant` permission, or the
+    /// control API): the router applies it, and every session of its room, its own included,
+    /// sends the new permission. False if the participant is gone.
+    pub async fn update_permission(
+        &self,
+        id: crate::ids::ParticipantId,
+        perms: super::token::Permissions,
+        can_update_metadata: bool,
+    ) -> Result<bool, crate::sfu::driver::DriverGone> {
+        if self.sfu.call(move |sfu, now| sfu.set_permissions(now, id, perms)).await?.is_err() {
+            return Ok(false);
+        }
+        self.registry.update_participant(id, |m| {
+            m.permission = livekit_protocol::ParticipantPermission { can_update_metadata, ..convert::permission(perms) }
+        });
+        let _ = self.described.send(id);
+        Ok(true)
+    }
+
+    /// What a participant may update about itself (`canUpdateOwnMetadata`); false for those
+    /// that did not join through LiveKit's protocol.
+    pub fn can_update_metadata(&self, id: crate::ids::ParticipantId) -> bool {
+        self.registry.participant(id).is_some_and(|m| m.permission.can_update_metadata)
+    }
+
     /// Changes a participant's self-description (`None` keeps a field; an empty attribute
     /// value removes the attribute, as in LiveKit) and has every session of its room send it.
     pub fn update_description(
@@ -150,8 +175,12 @@ async fn validate(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>) -> R
     }
 }
 
-/// [`authorize`], then the revocation list.
+/// [`authorize`] (with a key created on another node looked up first), then the revocation
+/// list.
 async fn authorize_now(tokens: &TokenVerifier, token: Option<&str>) -> Result<Claims, (StatusCode, String)> {
+    if let Some(t) = token {
+        tokens.learn_key(t).await;
+    }
     let claims = authorize(tokens, token)?;
     tokens.check_revoked(&claims).await.map_err(|e| {
         let status = if e == TokenError::RevocationUnavailable {

@@ -510,7 +510,7 @@ impl Session {
                     }
                     self.handle_request(msg).await?
                 }
-                Input::Described(p) => self.update_for(p).await?,
+                Input::Described(p) => self.described(p).await?,
                 Input::RoomMetadata(room, metadata) => self.room_update(room, metadata).await?,
                 Input::Event(e) => self.handle_event(e).await?,
             };
@@ -526,7 +526,7 @@ impl Session {
             let out = match feeds.next(None, deadline).await.ok()? {
                 Input::Resume(socket) => return Some(*socket),
                 Input::Deadline | Input::Client(_) => return None,
-                Input::Described(p) => self.update_for(p).await.ok()?,
+                Input::Described(p) => self.described(p).await.ok()?,
                 Input::RoomMetadata(room, metadata) => self.room_update(room, metadata).await.ok()?,
                 Input::Event(e) => self.handle_event(e).await.ok()?,
             };
@@ -750,6 +750,23 @@ impl Session {
         } else {
             Err(SessionError::Invalid(format!("{sid} is not a track of this participant")))
         }
+    }
+
+    /// A participant's description changed; if it is this one, its permission may have too.
+    async fn described(&mut self, participant: ParticipantId) -> Result<Vec<Resp>, SessionError> {
+        if participant == self.participant
+            && let Some(meta) = self.state.registry.participant(participant)
+        {
+            let p = &meta.permission;
+            self.perms = Permissions {
+                publish: p.can_publish,
+                subscribe: p.can_subscribe,
+                publish_data: p.can_publish_data,
+                hidden: p.hidden,
+            };
+            self.can_update_metadata = p.can_update_metadata;
+        }
+        self.update_for(participant).await
     }
 
     async fn update_for(&self, participant: ParticipantId) -> Result<Vec<Resp>, SessionError> {
