@@ -55,8 +55,12 @@ pub struct Config {
     /// mode generates one into the data dir; otherwise it must have at least
     /// [`MIN_SECRET_LEN`] bytes, and without one no org can be created over HTTP.
     pub admin_key: Option<String>,
-    /// LiveKit-format webhook endpoints, signed with the first of `keys`.
+    /// LiveKit-format webhook endpoints for the node's rooms (those of tokens signed with
+    /// `keys`), signed with the first of `keys`. Orgs set their own (`PATCH /v1/orgs/{id}`).
     pub webhook_urls: Vec<String>,
+    /// Whether orgs' webhook URLs may point at loopback, private or link-local addresses.
+    /// Off: a tenant cannot make the server call into its own network.
+    pub webhook_allow_private_networks: bool,
     /// Base64 of 32 random bytes: seals secrets stored in the database (orgs' LiveKit API
     /// secrets). Required outside dev mode; dev mode generates one into the data dir.
     pub secret_key: Option<String>,
@@ -129,6 +133,7 @@ impl Default for Config {
             database_url: None,
             admin_key: None,
             webhook_urls: Vec::new(),
+            webhook_allow_private_networks: false,
             secret_key: None,
             redis_url: None,
             rate_limit_per_minute: 1200,

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::ratelimit::RateLimiter;
 use crate::api::secrets::{SecretBox, SecretError};
-use crate::api::webhook::{self, WebhookConfig};
+use crate::api::webhook::{self, WebhookConfig, Webhooks};
 use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
 use crate::db::redis::{Redis, RedisError};
@@ -164,7 +164,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let org_keys = api::v1::livekit_keys::load_all(&db, &secrets, &tokens).await?;
     tracing::info!(org_keys, "org LiveKit keys loaded");
     let stored = api::v1::livekit_keys::StoredKeys { db: db.clone(), secrets: secrets.clone() };
-    tokens.set_source(Arc::new(stored));
+    // An org key revoked through another node stops working here within this.
+    tokens.set_source(Arc::new(stored), std::time::Duration::from_secs(60));
     let whip =
         WhipState::new(handle.clone(), tokens.clone(), config.rtc.ice_servers.clone(), config.http.max_signal_body);
     let livekit = LiveKitState {
@@ -177,14 +178,19 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         room_updates: tokio::sync::broadcast::channel(64).0,
         db: db.clone(),
     };
-    let webhooks = match config.keys.iter().next() {
+    let node_hooks = match config.keys.iter().next() {
         Some((key, secret)) if !config.webhook_urls.is_empty() => {
-            let hooks =
-                WebhookConfig { urls: config.webhook_urls.clone(), api_key: key.clone(), api_secret: secret.clone() };
-            webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system())
+            Some(WebhookConfig { urls: config.webhook_urls.clone(), api_key: key.clone(), api_secret: secret.clone() })
         }
-        _ => Default::default(),
+        _ => None,
     };
+    let hooks = Webhooks {
+        node: node_hooks,
+        db: db.clone(),
+        secrets: secrets.clone(),
+        allow_private_networks: config.webhook_allow_private_networks,
+    };
+    let webhooks = webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system());
     let history = api::history::spawn(db.clone(), handle.subscribe(), Arc::clone(&livekit.registry), Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -39,6 +39,8 @@ on_both!(
     data_is_sent_to_the_callers_rooms_only,
     another_node_learns_an_orgs_key_on_first_use,
     participant_permissions_change_live,
+    org_webhooks_are_signed_with_the_orgs_key => |c: &mut auralink::config::Config| c.webhook_allow_private_networks = true,
+    org_webhooks_stay_out_of_private_networks,
     org_users_keys_and_rooms,
     tenants_see_only_their_own,
     idempotent_posts,
@@ -574,6 +576,10 @@ async fn data_is_sent_to_the_callers_rooms_only(api: Api) {
     api.finish().await;
 }
 
+fn key_of(created: &serde_json::Value) -> String {
+    created["api_key"]["key"].as_str().unwrap().to_string()
+}
+
 async fn another_node_learns_an_orgs_key_on_first_use(api: Api) {
     // Node B runs beside A on the same database; it started before the org existed.
     let b = auralink::server::start(api.config.clone()).await.expect("second node starts");
@@ -595,6 +601,28 @@ async fn another_node_learns_an_orgs_key_on_first_use(api: Api) {
     let forged = token::mint(&token::join_claims("APInobody", "desk", "pat", api.now_secs(), 600), lk_secret);
     assert_eq!(validate(forged.clone()).await, StatusCode::UNAUTHORIZED);
     assert_eq!(validate(forged).await, StatusCode::UNAUTHORIZED);
+    // A second pair for the org, then the first revoked: its tokens stop working here at
+    // once (node B rechecks within a minute), the new pair's work.
+    let r = api.send("POST", "/v1/livekit-keys", &key_of(&created), Some(json!({ "name": "rotated" }))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let (new_key, new_secret) = (r.body["api_key"].as_str().unwrap(), r.body["api_secret"].as_str().unwrap());
+    let listed = api.send("GET", "/v1/livekit-keys", &key_of(&created), None).await;
+    let first_id = listed.body["livekit_keys"][0]["id"].as_str().unwrap().to_string();
+    let (_, other) = api.org("roaming-other").await;
+    let r = api.send("DELETE", &format!("/v1/livekit-keys/{first_id}"), &other, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api.send("DELETE", &format!("/v1/livekit-keys/{first_id}"), &key_of(&created), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let old = token::mint(&token::join_claims(lk_key, "desk", "pat", api.now_secs(), 600), lk_secret);
+    let r = api.send("GET", &format!("/rtc/validate?access_token={old}"), "", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let fresh = token::mint(&token::join_claims(new_key, "desk", "pat", api.now_secs(), 600), new_secret);
+    let r = api.send("GET", &format!("/rtc/validate?access_token={fresh}"), "", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(validate(fresh).await, StatusCode::OK, "node B learns the new pair too");
+    api.send("POST", "/v1/rooms", &key_of(&created), Some(json!({ "name": "desk" }))).await;
+    let r = api.send("POST", "/v1/tokens", &key_of(&created), Some(json!({ "room": "desk", "identity": "pat" }))).await;
+    assert_eq!((r.status, r.body["api_key"].as_str()), (StatusCode::CREATED, Some(new_key)), "signed with a live pair");
     // The right key with the wrong secret is refused as forged.
     let wrong = token::mint(
         &token::join_claims(lk_key, "desk", "pat", api.now_secs(), 600),
@@ -627,6 +655,95 @@ async fn participant_permissions_change_live(api: Api) {
     assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
     let r = api.send("PATCH", path, &other, Some(json!({ "can_publish": true }))).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    api.finish().await;
+}
+
+/// A webhook receiver on loopback: what it got, as (Authorization, body).
+async fn hook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&got);
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = std::sync::Arc::clone(&seen);
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                seen.lock().unwrap().push((auth, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+/// An org with webhook endpoint `url` in which pat joins room "stage"; returns the org's
+/// creation response.
+async fn org_with_hooks_and_a_join(api: &Api, name: &str, url: &str) -> serde_json::Value {
+    let created = api.org_created(name).await;
+    let (org, key) = (created["org"]["id"].as_str().unwrap(), key_of(&created));
+    let r = api.send("PATCH", &format!("/v1/orgs/{org}"), &key, Some(json!({ "webhook_urls": [url] }))).await;
+    assert_eq!((r.status, &r.body["webhook_urls"]), (StatusCode::OK, &json!([url])), "{:?}", r.body);
+    api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "stage" }))).await;
+    let r = api.send("POST", "/v1/tokens", &key, Some(json!({ "room": "stage", "identity": "pat" }))).await;
+    assert_eq!(whip_join(api, "stage", r.body["token"].as_str().unwrap()).await.status, StatusCode::CREATED);
+    created
+}
+
+async fn org_webhooks_are_signed_with_the_orgs_key(api: Api) {
+    let (url, got) = hook_receiver().await;
+    let created = org_with_hooks_and_a_join(&api, "hooked", &url).await;
+    let key = key_of(&created);
+    let r = api
+        .send(
+            "PATCH",
+            &format!("/v1/orgs/{}", created["org"]["id"].as_str().unwrap()),
+            &key,
+            Some(json!({ "webhook_urls": ["ftp://x"] })),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"));
+    let verifier = token::TokenVerifier::new(
+        [(
+            created["livekit_key"]["api_key"].as_str().unwrap().to_string(),
+            created["livekit_key"]["api_secret"].as_str().unwrap().to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    for _ in 0..250 {
+        if got.lock().unwrap().iter().any(|(_, b)| b.contains("participant_joined")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let hooks = got.lock().unwrap().clone();
+    let (auth, body) =
+        hooks.iter().find(|(_, b)| b.contains("participant_joined")).expect("participant_joined arrived");
+    let claims = verifier.verify(auth, api.now_secs()).expect("signed with the org's LiveKit key");
+    let digest = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        <sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()),
+    );
+    assert_eq!(claims.sha256, Some(digest));
+    assert!(body.contains("\"identity\":\"pat\"") && body.contains("\"name\":\"stage\""), "{body}");
+    api.finish().await;
+}
+
+async fn org_webhooks_stay_out_of_private_networks(api: Api) {
+    let (url, got) = hook_receiver().await;
+    org_with_hooks_and_a_join(&api, "sneaky", &url).await;
+    let failed = || api.server.state().webhooks.failed.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..250 {
+        if failed() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(failed() > 0, "the loopback endpoint was refused");
+    assert!(got.lock().unwrap().is_empty(), "nothing reached the private network");
     api.finish().await;
 }
 

@@ -2,7 +2,10 @@
 //! as protobuf JSON, `Content-Type: application/webhook+json`, and an `Authorization`
 //! header holding a bare HS256 JWT (no `Bearer`) whose `sha256` claim is the base64 SHA-256
 //! of the body. Router events are queued (bounded: a backlog beyond it is dropped and
-//! counted) and each endpoint gets them in order, retried with exponential backoff.
+//! counted) and each endpoint gets them in order, retried with exponential backoff. The
+//! node's rooms go to the configured endpoints, signed with the node's key; an org's rooms
+//! to the org's endpoints, signed with the org's signing key, and never into private
+//! networks unless the operator allows it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Clock;
+use super::secrets::SecretBox;
+use crate::args;
+use crate::db::{Db, DbError};
 use crate::ids::record_id;
 use crate::sfu::core::{ParticipantInfo, SfuEvent};
 use crate::sfu::signal::livekit::LiveKitState;
@@ -33,6 +39,16 @@ pub struct WebhookConfig {
     pub api_secret: String,
 }
 
+/// Everything delivery needs.
+pub struct Webhooks {
+    /// The node's own endpoints and key, if configured.
+    pub node: Option<WebhookConfig>,
+    /// Where orgs' endpoints and keys are.
+    pub db: Db,
+    pub secrets: SecretBox,
+    pub allow_private_networks: bool,
+}
+
 /// Delivery counters for `/metrics`.
 #[derive(Default)]
 pub struct WebhookStats {
@@ -43,13 +59,13 @@ pub struct WebhookStats {
 
 /// Turns router events into webhooks until the router stops.
 pub fn spawn(
-    config: WebhookConfig,
+    hooks: Webhooks,
     mut events: broadcast::Receiver<SfuEvent>,
     livekit: LiveKitState,
     clock: Clock,
 ) -> Arc<WebhookStats> {
     let stats = Arc::new(WebhookStats::default());
-    let (tx, mut rx) = mpsc::channel::<proto::WebhookEvent>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<(String, proto::WebhookEvent)>(QUEUE);
     tokio::spawn({
         let stats = Arc::clone(&stats);
         let clock = clock.clone();
@@ -74,10 +90,33 @@ pub fn spawn(
     tokio::spawn({
         let stats = Arc::clone(&stats);
         async move {
-            let http = reqwest::Client::builder().timeout(TIMEOUT).build().expect("http client builds");
-            while let Some(hook) = rx.recv().await {
+            let http = reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                // A redirect could lead anywhere, a private network included.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client builds");
+            while let Some((org, hook)) = rx.recv().await {
+                let config = if org == NODE_ORG {
+                    hooks.node.clone()
+                } else {
+                    match org_config(&hooks.db, &hooks.secrets, &org).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(org, error = %e, "org webhook settings unavailable");
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    }
+                };
+                let Some(config) = config else { continue };
                 let body = serde_json::to_vec(&hook).expect("protocol messages serialize");
                 for url in &config.urls {
+                    if org != NODE_ORG && !hooks.allow_private_networks && !public_destination(url).await {
+                        tracing::warn!(org, url, "webhook URL leads to a private network; not sent");
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     if deliver(&http, &config, url, &body, &clock).await {
                         stats.delivered.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -89,6 +128,69 @@ pub fn spawn(
         }
     });
     stats
+}
+
+/// An org's endpoints and signing key; `None` when it has no endpoints (or no live key).
+async fn org_config(db: &Db, secrets: &SecretBox, org: &str) -> Result<Option<WebhookConfig>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        webhook_urls: String,
+    }
+    let mut tx = db.begin(org).await?;
+    let row: Option<Row> =
+        tx.fetch_optional("SELECT webhook_urls FROM orgs WHERE id = $1 AND deleted_at IS NULL", args![org]).await?;
+    let urls: Vec<String> = row.and_then(|r| serde_json::from_str(&r.webhook_urls).ok()).unwrap_or_default();
+    if urls.is_empty() {
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let key = super::v1::livekit_keys::signing_key(&mut tx, secrets, org).await?;
+    tx.commit().await?;
+    Ok(key.map(|(api_key, api_secret)| WebhookConfig { urls, api_key, api_secret }))
+}
+
+/// Whether every address `url`'s host resolves to is on the public internet (not loopback,
+/// private, link-local such as cloud metadata, or otherwise special). A name that does not
+/// resolve is not.
+async fn public_destination(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| is_public(a.ip()))
+        }
+        Err(_) => false,
+    }
+}
+
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            let shared = first == 100 && (second & 0xc0) == 64; // 100.64.0.0/10, carrier NAT
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_multicast()
+                || shared
+                || first == 0)
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = a.segments()[0];
+            let unique_local = (first & 0xfe00) == 0xfc00;
+            let link_local = (first & 0xffc0) == 0xfe80;
+            !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || unique_local || link_local)
+        }
+    }
 }
 
 /// The `Authorization` value for `body`.
@@ -131,8 +233,8 @@ fn room(name: &str) -> proto::Room {
     proto::Room { sid: format!("RM_{name}"), name: name.to_string(), ..Default::default() }
 }
 
-/// The webhook for a router event, if LiveKit sends one for it.
-fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<proto::WebhookEvent> {
+/// The webhook for a router event, if LiveKit sends one for it, with the org whose room it is.
+fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<(String, proto::WebhookEvent)> {
     let described = |participant, identity: &crate::ids::Identity| {
         let p = ParticipantInfo { id: participant, identity: identity.clone(), tracks: Vec::new() };
         livekit.describe(&p)
@@ -155,11 +257,8 @@ fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<proto
         }
         _ => return None,
     };
-    // These endpoints are the node's: other orgs' rooms are theirs to hear about.
-    if r.org() != Some(NODE_ORG) {
-        return None;
-    }
-    Some(proto::WebhookEvent {
+    let org = r.org()?.to_string();
+    let hook = proto::WebhookEvent {
         event: event.to_string(),
         room: Some(room(r.local())),
         participant,
@@ -167,7 +266,8 @@ fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<proto
         id: record_id("EV", now_ms),
         created_at: now_ms / 1000,
         ..Default::default()
-    })
+    };
+    Some((org, hook))
 }
 
 #[cfg(test)]
@@ -205,6 +305,26 @@ mod tests {
         let url = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (url, hits)
+    }
+
+    #[tokio::test]
+    async fn private_destinations_are_recognised() {
+        for private in [
+            "http://127.0.0.1:8080/",
+            "http://10.1.2.3/",
+            "http://169.254.169.254/latest",
+            "http://[::1]/",
+            "http://[fd00::1]/",
+            "http://[::ffff:192.168.1.1]/",
+            "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            "http://localhost/",
+        ] {
+            assert!(!public_destination(private).await, "{private}");
+        }
+        assert!(public_destination("http://93.184.215.14/hooks").await);
+        assert!(public_destination("https://[2606:4700::1111]/").await);
+        assert!(!public_destination("not a url").await);
     }
 
     #[tokio::test]

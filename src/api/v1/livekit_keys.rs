@@ -2,13 +2,16 @@
 //! what its server SDKs (RoomService, Twirp) authenticate with. Secrets are sealed at rest
 //! ([`crate::api::secrets`]); the token verifier holds them opened in memory.
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{AppState, check_len, not_found};
+use crate::api::Body;
+use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
 use crate::api::secrets::{KEY_ID, SecretBox};
 use crate::args;
@@ -20,7 +23,7 @@ use crate::sfu::signal::token::{KeySource, TokenVerifier};
 use futures_util::future::BoxFuture;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/livekit-keys", get(list))
+    Router::new().route("/v1/livekit-keys", get(list).post(add)).route("/v1/livekit-keys/{id}", delete(revoke))
 }
 
 /// What a sealed secret is bound to.
@@ -80,7 +83,7 @@ pub struct StoredKeys {
 }
 
 impl KeySource for StoredKeys {
-    fn find<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<(String, String)>> {
+    fn find<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<(String, String)>, String>> {
         Box::pin(async move {
             let found = async {
                 let Some(org) = self.db.org_of_key("livekit_key", key).await? else { return Ok(None) };
@@ -89,10 +92,7 @@ impl KeySource for StoredKeys {
                 tx.commit().await?;
                 Ok::<_, DbError>(secret.map(|(_, s)| (s, org)))
             };
-            found.await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "LiveKit key lookup failed");
-                None
-            })
+            found.await.map_err(|e| e.to_string())
         })
     }
 }
@@ -130,4 +130,70 @@ async fn list(State(s): State<AppState>, Extension(caller): Extension<Caller>) -
     let keys: Vec<Listed> = tx.fetch_all(sql, args![org]).await?;
     tx.commit().await?;
     Ok(Json(json!({ "livekit_keys": keys })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+}
+
+/// Another key pair for the org (rotation: add the new one, move clients, revoke the old).
+/// The secret is shown once.
+async fn add(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<NewKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let org = caller.require(Perm::KeysWrite)?;
+    check_len("name", &req.name, 128)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let (api_key, secret) = create(&mut tx, &s.secrets, org, req.name.trim(), now).await?;
+    let sql = "SELECT id, api_key, name, created_at, revoked_at FROM livekit_keys WHERE org_id = $1 AND api_key = $2";
+    let key: Listed = tx.fetch_one(sql, args![org, &api_key]).await?;
+    let change = Change {
+        action: "livekit_key.create",
+        target_type: "livekit_key",
+        target_id: Some(&key.id),
+        before: None,
+        after: Some(json!(key)),
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    s.livekit.tokens.add(api_key, secret.clone(), org.to_string());
+    let mut body = json!(key);
+    body["api_secret"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Revokes a key pair: tokens it signed are refused from then on (on other nodes within a
+/// minute), and it signs no new ones; participants already in rooms stay.
+async fn revoke(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = caller.require(Perm::KeysWrite)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let sql = "SELECT id, api_key, name, created_at, revoked_at FROM livekit_keys WHERE org_id = $1 AND id = $2";
+    let key: Listed = tx.fetch_optional(sql, args![org, &id]).await?.ok_or_else(|| not_found("LiveKit key"))?;
+    if key.revoked_at.is_none() {
+        let sql = "UPDATE livekit_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3";
+        tx.execute(sql, args![now, org, &id]).await?;
+        let sql = "DELETE FROM key_lookup WHERE kind = 'livekit_key' AND lookup = $1 AND org_id = $2";
+        tx.execute(sql, args![&key.api_key, org]).await?;
+        let change = Change {
+            action: "livekit_key.revoke",
+            target_type: "livekit_key",
+            target_id: Some(&id),
+            before: Some(json!(key)),
+            after: None,
+        };
+        audit::record(&mut tx, &caller, org, now, change).await?;
+    }
+    tx.commit().await?;
+    s.livekit.tokens.remove(&key.api_key);
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -26,6 +26,9 @@ pub struct Org {
     pub name: String,
     #[serde(serialize_with = "super::raw_json")]
     pub metadata: String,
+    /// Where the org's webhooks go (JSON array text).
+    #[serde(serialize_with = "super::raw_json")]
+    pub webhook_urls: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -108,7 +111,8 @@ async fn create(
 }
 
 async fn load(tx: &mut crate::db::Tx, org: &str) -> Result<Org, ApiError> {
-    let sql = "SELECT id, name, metadata, created_at, updated_at FROM orgs WHERE id = $1 AND deleted_at IS NULL";
+    let sql = "SELECT id, name, metadata, webhook_urls, created_at, updated_at FROM orgs \
+               WHERE id = $1 AND deleted_at IS NULL";
     tx.fetch_optional(sql, args![org]).await?.ok_or_else(|| not_found("org"))
 }
 
@@ -132,6 +136,27 @@ async fn read(
 struct UpdateOrg {
     name: Option<String>,
     metadata: Option<Value>,
+    webhook_urls: Option<Vec<String>>,
+}
+
+/// The most webhook endpoints an org may have.
+const MAX_WEBHOOK_URLS: usize = 5;
+
+/// `http(s)://host…` URLs, at most [`MAX_WEBHOOK_URLS`], as JSON text.
+fn webhook_urls_text(urls: Option<&Vec<String>>) -> Result<Option<String>, ApiError> {
+    let Some(urls) = urls else { return Ok(None) };
+    if urls.len() > MAX_WEBHOOK_URLS {
+        let msg = format!("at most {MAX_WEBHOOK_URLS} webhook URLs");
+        return Err(ApiError::unprocessable("invalid_field", msg));
+    }
+    for u in urls {
+        let ok = u.len() <= 2048
+            && reqwest::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some());
+        if !ok {
+            return Err(ApiError::unprocessable("invalid_field", "webhook URLs must be http(s) URLs with a host"));
+        }
+    }
+    Ok(Some(serde_json::to_string(urls).expect("strings serialize")))
 }
 
 async fn update(
@@ -148,12 +173,13 @@ async fn update(
         check_len("name", n, 128)?;
     }
     let metadata = super::metadata_text(req.metadata.as_ref())?;
+    let webhook_urls = webhook_urls_text(req.webhook_urls.as_ref())?;
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
     let before = load(&mut tx, org).await?;
-    let sql = "UPDATE orgs SET name = COALESCE($1, name), metadata = COALESCE($2, metadata), updated_at = $3 \
-               WHERE id = $4";
-    tx.execute(sql, args![req.name.as_deref().map(str::trim), metadata, now, org]).await?;
+    let sql = "UPDATE orgs SET name = COALESCE($1, name), metadata = COALESCE($2, metadata), \
+               webhook_urls = COALESCE($3, webhook_urls), updated_at = $4 WHERE id = $5";
+    tx.execute(sql, args![req.name.as_deref().map(str::trim), metadata, webhook_urls, now, org]).await?;
     let after = load(&mut tx, org).await?;
     audit::record(
         &mut tx,
@@ -164,8 +190,10 @@ async fn update(
             action: "org.update",
             target_type: "org",
             target_id: Some(org),
-            before: Some(json!({ "name": before.name, "metadata": before.metadata })),
-            after: Some(json!({ "name": after.name, "metadata": after.metadata })),
+            before: Some(
+                json!({ "name": before.name, "metadata": before.metadata, "webhook_urls": before.webhook_urls }),
+            ),
+            after: Some(json!({ "name": after.name, "metadata": after.metadata, "webhook_urls": after.webhook_urls })),
         },
     )
     .await?;

@@ -143,19 +143,36 @@ struct Header {
 #[derive(Clone)]
 pub struct TokenVerifier {
     /// API key → (secret, org that owns it).
-    keys: Arc<RwLock<BTreeMap<String, (String, String)>>>,
+    keys: Arc<RwLock<BTreeMap<String, Key>>>,
     pub revocations: Arc<super::revocation::Revocations>,
     /// Where keys this node has not seen are looked up.
     source: Arc<std::sync::OnceLock<Arc<dyn KeySource>>>,
     /// Keys the source did not know, and when it was asked: not asked again for a while, so
     /// tokens with made-up keys cannot make every join a database query.
     missed: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
+    /// How long an org's key is trusted before the source is asked whether it still exists
+    /// (revoked through another node).
+    recheck: Arc<std::sync::OnceLock<std::time::Duration>>,
+}
+
+/// A key this node accepts tokens from.
+#[derive(Debug, Clone)]
+struct Key {
+    secret: String,
+    org: String,
+    /// When the source last vouched for it; `None` for the node's configured keys, which
+    /// are not the source's to revoke.
+    checked: Option<std::time::Instant>,
 }
 
 /// Keys created after this node started (an org created through another node): `(secret,
-/// org)` for an API key, or `None`.
+/// org)` for a live API key, `None` for one that does not exist (or was revoked), or why the
+/// source could not answer.
 pub trait KeySource: Send + Sync {
-    fn find<'a>(&'a self, key: &'a str) -> futures_util::future::BoxFuture<'a, Option<(String, String)>>;
+    fn find<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<Option<(String, String)>, String>>;
 }
 
 /// How long a key the source did not know stays unknown before it is asked again.
@@ -176,35 +193,49 @@ pub const REFRESHED_TTL_SECS: u64 = 600;
 impl TokenVerifier {
     /// A verifier for the node's configured keys, which belong to [`NODE_ORG`].
     pub fn new(keys: BTreeMap<String, String>) -> Self {
-        let keys = keys.into_iter().map(|(k, s)| (k, (s, NODE_ORG.to_string()))).collect();
+        let keys =
+            keys.into_iter().map(|(k, secret)| (k, Key { secret, org: NODE_ORG.to_string(), checked: None })).collect();
         TokenVerifier {
             keys: Arc::new(RwLock::new(keys)),
             revocations: Default::default(),
             source: Default::default(),
             missed: Default::default(),
+            recheck: Default::default(),
         }
     }
 
-    /// Looks keys this node does not know up in `source` from now on (set once).
-    pub fn set_source(&self, source: Arc<dyn KeySource>) {
+    /// Looks keys this node does not know up in `source` from now on, and asks it again
+    /// about an org's key once `recheck` has passed since it last did (set once).
+    pub fn set_source(&self, source: Arc<dyn KeySource>, recheck: std::time::Duration) {
         let _ = self.source.set(source);
+        let _ = self.recheck.set(recheck);
     }
 
     /// Makes sure the key that claims to have signed `token` is known here, if it exists at
     /// all: call before verifying. Nothing is trusted from the token but the key's name.
     pub async fn learn_key(&self, token: &str) {
         let Some(iss) = unverified_issuer(token) else { return };
-        if self.keys.read().expect("not poisoned").contains_key(&iss) {
-            return;
-        }
         let Some(source) = self.source.get() else { return };
         let now = std::time::Instant::now();
-        if self.missed.lock().expect("not poisoned").get(&iss).is_some_and(|at| now.duration_since(*at) < MISS_TTL) {
-            return;
+        let recheck = self.recheck.get().copied().unwrap_or(std::time::Duration::MAX);
+        let known = self.keys.read().expect("not poisoned").get(&iss).map(|k| k.checked);
+        match known {
+            Some(None) => return,
+            Some(Some(at)) if now.duration_since(at) < recheck => return,
+            Some(Some(_)) => {}
+            None => {
+                let missed = self.missed.lock().expect("not poisoned");
+                if missed.get(&iss).is_some_and(|at| now.duration_since(*at) < MISS_TTL) {
+                    return;
+                }
+            }
         }
         match source.find(&iss).await {
-            Some((secret, org)) => self.add(iss, secret, org),
-            None => {
+            Ok(Some((secret, org))) => self.add(iss, secret, org),
+            // A source that cannot answer revokes nothing; the next token asks again.
+            Err(e) => tracing::warn!(key = iss, error = e, "API key lookup failed"),
+            Ok(None) => {
+                self.remove(&iss);
                 let mut missed = self.missed.lock().expect("not poisoned");
                 if missed.len() >= MAX_MISSES {
                     missed.retain(|_, at| now.duration_since(*at) < MISS_TTL);
@@ -219,7 +250,17 @@ impl TokenVerifier {
 
     /// Accepts tokens signed with an org's key from now on.
     pub fn add(&self, key: String, secret: String, org: String) {
-        self.keys.write().expect("not poisoned").insert(key, (secret, org));
+        let checked = Some(std::time::Instant::now());
+        self.keys.write().expect("not poisoned").insert(key, Key { secret, org, checked });
+    }
+
+    /// Stops accepting tokens signed with an org's `key` (revoked). The node's configured
+    /// keys stay.
+    pub fn remove(&self, key: &str) {
+        let mut keys = self.keys.write().expect("not poisoned");
+        if keys.get(key).is_some_and(|k| k.checked.is_some()) {
+            keys.remove(key);
+        }
     }
 
     /// Refuses a revoked token. Tokens without a `jti` cannot be revoked.
@@ -246,13 +287,13 @@ impl TokenVerifier {
     /// if that key is gone. The jti stays, so revoking the first token revokes its refreshes.
     pub fn refresh(&self, claims: &Claims, now: u64, ttl_secs: u64) -> Option<String> {
         let keys = self.keys.read().expect("not poisoned");
-        let (secret, _) = keys.get(&claims.iss)?;
-        Some(mint(&Claims { nbf: Some(now), exp: now.saturating_add(ttl_secs), ..claims.clone() }, secret))
+        let key = keys.get(&claims.iss)?;
+        Some(mint(&Claims { nbf: Some(now), exp: now.saturating_add(ttl_secs), ..claims.clone() }, &key.secret))
     }
 
     /// The org whose key signed tokens with this `iss`.
     pub fn org_of(&self, key: &str) -> Option<String> {
-        self.keys.read().expect("not poisoned").get(key).map(|(_, org)| org.clone())
+        self.keys.read().expect("not poisoned").get(key).map(|k| k.org.clone())
     }
 
     /// Checks signature and time window; `now` is seconds since the Unix epoch.
@@ -269,7 +310,7 @@ impl TokenVerifier {
             return Err(TokenError::Algorithm);
         }
         let claims: Claims = decode_json(p)?;
-        let secret = self.keys.read().expect("not poisoned").get(&claims.iss).map(|(s, _)| s.clone());
+        let secret = self.keys.read().expect("not poisoned").get(&claims.iss).map(|k| k.secret.clone());
         let secret = secret.ok_or(TokenError::UnknownKey)?;
         let sig = B64.decode(s).map_err(|_| TokenError::Malformed)?;
         let mut mac = mac(&secret);
@@ -374,6 +415,44 @@ mod tests {
         let c = v.verify_join(&refreshed, "room1", 1500).unwrap();
         assert_eq!(c, Claims { nbf: Some(1050), exp: 1050 + REFRESHED_TTL_SECS, ..first.clone() });
         assert_eq!(v.refresh(&Claims { iss: "gone".into(), ..first }, 1050, 60), None);
+    }
+
+    /// A source holding at most one key, whose answer the test changes.
+    struct OneKey(std::sync::Mutex<Result<Option<(String, String)>, String>>);
+
+    impl KeySource for OneKey {
+        fn find<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> futures_util::future::BoxFuture<'a, Result<Option<(String, String)>, String>> {
+            let answer = self.0.lock().unwrap().clone();
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn org_keys_are_learned_rechecked_and_dropped_when_revoked() {
+        let v = verifier();
+        let source = Arc::new(OneKey(std::sync::Mutex::new(Ok(Some((SECRET.into(), "org_a".into()))))));
+        // Recheck on every use, so the test needs no clock.
+        v.set_source(source.clone(), std::time::Duration::ZERO);
+        let t = mint(&join_claims("APIorg", "room1", "alice", 1000, 60), SECRET);
+        assert_eq!(v.verify(&t, 1010), Err(TokenError::UnknownKey));
+        v.learn_key(&t).await;
+        assert!(v.verify(&t, 1010).is_ok());
+        assert_eq!(v.org_of("APIorg").as_deref(), Some("org_a"));
+        // A source that cannot answer revokes nothing.
+        *source.0.lock().unwrap() = Err("database down".into());
+        v.learn_key(&t).await;
+        assert!(v.verify(&t, 1010).is_ok());
+        // Revoked at the source: gone here at the next check; the node's own key stays.
+        *source.0.lock().unwrap() = Ok(None);
+        v.learn_key(&t).await;
+        assert_eq!(v.verify(&t, 1010), Err(TokenError::UnknownKey));
+        let own = mint(&join_claims("APIkey", "room1", "alice", 1000, 60), SECRET);
+        v.learn_key(&own).await;
+        v.remove("APIkey");
+        assert!(v.verify(&own, 1010).is_ok());
     }
 
     #[test]
