@@ -456,6 +456,31 @@ async fn tokens_and_livekit_keys_stay_in_their_org(api: Api) {
     let r = api.raw(req).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["rooms"].as_array().map(|r| r.len()), Some(1), "{:?}", r.body);
+    // A RoomService change is audited, by the LiveKit key that made it.
+    let mut create = token::join_claims(a["livekit_key"]["api_key"].as_str().unwrap(), "", "", api.now_secs(), 600);
+    create.video.room_join = false;
+    create.video.room_create = true;
+    let create = token::mint(&create, a["livekit_key"]["api_secret"].as_str().unwrap());
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/twirp/livekit.RoomService/CreateRoom")
+        .header("authorization", format!("Bearer {create}"))
+        .header("content-type", "application/json")
+        .header("user-agent", "livekit-server-sdk-test")
+        .body(axum::body::Body::from(r#"{"name":"retro","metadata":"m"}"#))
+        .unwrap();
+    assert_eq!(api.raw(req).await.status, StatusCode::OK);
+    let audit = api.send("GET", "/v1/audit", key_a, None).await;
+    let entry = audit.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "room.create" && e["target_id"] == "retro");
+    let entry = entry.unwrap_or_else(|| panic!("no audit entry: {:?}", audit.body));
+    assert_eq!(entry["actor_type"], "livekit_key");
+    assert_eq!(entry["actor_id"], a["livekit_key"]["api_key"]);
+    assert_eq!(entry["user_agent"], "livekit-server-sdk-test");
+    assert_eq!(entry["after"]["metadata"], "m");
     // The secret is stored sealed, not as text.
     let listed = api.send("GET", "/v1/livekit-keys", key_a, None).await;
     assert_eq!(listed.body["livekit_keys"][0]["api_key"], a["livekit_key"]["api_key"]);

@@ -25,7 +25,22 @@ pub struct Change<'a> {
 }
 
 pub async fn record(tx: &mut Tx, caller: &Caller, org: &str, now: i64, c: Change<'_>) -> Result<(), DbError> {
-    let (actor_type, actor_id) = caller.actor();
+    let (kind, id) = caller.actor();
+    let actor = Actor { kind, id, ip: caller.ip.as_deref(), user_agent: caller.user_agent.as_deref() };
+    record_by(tx, &actor, org, now, c).await
+}
+
+/// Who made a change and from where, for changes made without an API key (LiveKit's
+/// RoomService, authenticated by a LiveKit token).
+pub struct Actor<'a> {
+    pub kind: &'static str,
+    pub id: &'a str,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+pub async fn record_by(tx: &mut Tx, actor: &Actor<'_>, org: &str, now: i64, c: Change<'_>) -> Result<(), DbError> {
+    let (actor_type, actor_id) = (actor.kind, actor.id);
     let sql = "INSERT INTO audit_log (id, org_id, at, actor_type, actor_id, action, target_type, target_id, \
                before, after, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
     let json = |v: Option<Value>| v.map(|v| v.to_string());
@@ -42,8 +57,8 @@ pub async fn record(tx: &mut Tx, caller: &Caller, org: &str, now: i64, c: Change
             c.target_id,
             json(c.before),
             json(c.after),
-            caller.ip.clone(),
-            caller.user_agent.clone()
+            actor.ip,
+            actor.user_agent
         ],
     )
     .await?;

@@ -5,9 +5,12 @@
 //! key signed it (the node's configured keys: [`NODE_ORG`]); docs/livekit-compat.md lists
 //! the subset.
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -17,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::audit::{self, Actor, Change};
 use crate::args;
 use crate::db::{Db, DbError};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
@@ -138,6 +142,7 @@ fn room_name(room: &str) -> Result<RoomName, TwirpError> {
 async fn call(
     State(s): State<AppState>,
     Path(method): Path<String>,
+    connected: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, TwirpError> {
@@ -146,8 +151,67 @@ async fn call(
         _ => Codec::Json,
     };
     let (claims, org) = authorize(&s, &headers).await?;
-    let org = org.as_str();
-    match method.as_str() {
+    let response = dispatch(s.clone(), &claims, &org, &method, codec, body.clone()).await?;
+    // Changes are audited as the API's are, by the LiveKit key that made them.
+    if let Some((action, target_type, target, request)) = audit_entry(&method, codec, &body) {
+        let ip = connected.map(|c| c.0.0.ip().to_string());
+        let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+        let actor = Actor { kind: "livekit_key", id: &claims.iss, ip: ip.as_deref(), user_agent };
+        let now = s.clock.now_ms();
+        let change = Change { action, target_type, target_id: Some(&target), before: None, after: Some(request) };
+        let mut tx = s.db.begin(&org).await?;
+        audit::record_by(&mut tx, &actor, &org, now, change).await?;
+        tx.commit().await?;
+    }
+    Ok(response)
+}
+
+/// The audit entry for a RoomService mutation: action, target type, target (the room),
+/// and the request as JSON, without data payloads. `None` for reads.
+fn audit_entry(
+    method: &str,
+    codec: Codec,
+    body: &[u8],
+) -> Option<(&'static str, &'static str, String, serde_json::Value)> {
+    fn json<T: Message + Default + DeserializeOwned + Serialize>(
+        codec: Codec,
+        body: &[u8],
+    ) -> Option<serde_json::Value> {
+        serde_json::to_value(decode::<T>(codec, body).ok()?).ok()
+    }
+    let (action, target_type, mut request) = match method {
+        "CreateRoom" => ("room.create", "room", json::<proto::CreateRoomRequest>(codec, body)?),
+        "DeleteRoom" => ("room.delete", "room", json::<proto::DeleteRoomRequest>(codec, body)?),
+        "UpdateRoomMetadata" => ("room.update", "room", json::<proto::UpdateRoomMetadataRequest>(codec, body)?),
+        "RemoveParticipant" => {
+            ("participant.remove", "participant", json::<proto::RoomParticipantIdentity>(codec, body)?)
+        }
+        "MutePublishedTrack" => ("track.mute", "track", json::<proto::MuteRoomTrackRequest>(codec, body)?),
+        "UpdateParticipant" => {
+            ("participant.update", "participant", json::<proto::UpdateParticipantRequest>(codec, body)?)
+        }
+        "UpdateSubscriptions" => {
+            ("participant.update_subscriptions", "participant", json::<proto::UpdateSubscriptionsRequest>(codec, body)?)
+        }
+        "SendData" => ("room.send_data", "room", json::<proto::SendDataRequest>(codec, body)?),
+        _ => return None,
+    };
+    if let Some(fields) = request.as_object_mut() {
+        fields.remove("data");
+    }
+    let room = request.get("room").or_else(|| request.get("name")).and_then(|v| v.as_str()).unwrap_or_default();
+    Some((action, target_type, room.to_string(), request))
+}
+
+async fn dispatch(
+    s: AppState,
+    claims: &Claims,
+    org: &str,
+    method: &str,
+    codec: Codec,
+    body: Bytes,
+) -> Result<Response, TwirpError> {
+    match method {
         "CreateRoom" => {
             need(claims.video.room_create)?;
             let req: proto::CreateRoomRequest = decode(codec, &body)?;
@@ -168,7 +232,7 @@ async fn call(
         }
         "UpdateRoomMetadata" => {
             let req: proto::UpdateRoomMetadataRequest = decode(codec, &body)?;
-            let name = need_admin(&claims, org, &req.room)?;
+            let name = need_admin(claims, org, &req.room)?;
             let mut tx = s.db.begin(org).await?;
             let sql = "UPDATE rooms SET metadata = $1, updated_at = $2 WHERE org_id = $3 AND name = $4 \
                        AND deleted_at IS NULL";
@@ -193,20 +257,20 @@ async fn call(
         }
         "ListParticipants" => {
             let req: proto::ListParticipantsRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             let all = participants(&s, room).await?;
             let participants = all.iter().map(|p| s.livekit.describe(p)).collect();
             Ok(encode(codec, &proto::ListParticipantsResponse { participants }))
         }
         "GetParticipant" => {
             let req: proto::RoomParticipantIdentity = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             let p = find(&s, room, &req.identity).await?;
             Ok(encode(codec, &s.livekit.describe(&p)))
         }
         "RemoveParticipant" => {
             let req: proto::RoomParticipantIdentity = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             let p = find(&s, room.clone(), &req.identity).await?;
             let identity = p.identity.clone();
             s.sfu
@@ -221,7 +285,7 @@ async fn call(
         }
         "MutePublishedTrack" => {
             let req: proto::MuteRoomTrackRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             if !req.muted {
                 // LiveKit unmutes remotely only when the operator enabled it; AuraLink does not.
                 return Err(err(
@@ -244,7 +308,7 @@ async fn call(
         }
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             let p = find(&s, room.clone(), &req.identity).await?;
             // The permission is replaced as a whole, as in LiveKit.
             if let Some(perm) = &req.permission {
@@ -267,7 +331,7 @@ async fn call(
         }
         "UpdateSubscriptions" => {
             let req: proto::UpdateSubscriptionsRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             let p = find(&s, room, &req.identity).await?;
             let sids = req.track_sids.iter().chain(req.participant_tracks.iter().flat_map(|t| t.track_sids.iter()));
             let tracks: Vec<TrackId> = sids.filter_map(|t| t.parse().ok()).collect();
@@ -286,7 +350,7 @@ async fn call(
         #[allow(deprecated)]
         "SendData" => {
             let req: proto::SendDataRequest = decode(codec, &body)?;
-            let room = need_admin(&claims, org, &req.room)?;
+            let room = need_admin(claims, org, &req.room)?;
             if req.data.len() > MAX_SERVER_MESSAGE {
                 let msg = format!("data is larger than {MAX_SERVER_MESSAGE} bytes");
                 return Err(err(StatusCode::BAD_REQUEST, "invalid_argument", msg));
