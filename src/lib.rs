@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -41,6 +41,7 @@ on_both!(
     participant_permissions_change_live,
     org_webhooks_are_signed_with_the_orgs_key => |c: &mut auralink::config::Config| c.webhook_allow_private_networks = true,
     org_webhooks_stay_out_of_private_networks,
+    aic_settings_per_org_and_room,
     org_users_keys_and_rooms,
     tenants_see_only_their_own,
     idempotent_posts,
@@ -769,6 +770,50 @@ async fn org_webhooks_stay_out_of_private_networks(api: Api) {
     }
     assert!(failed() > 0, "the loopback endpoint was refused");
     assert!(got.lock().unwrap().is_empty(), "nothing reached the private network");
+    api.finish().await;
+}
+
+async fn aic_settings_per_org_and_room(api: Api) {
+    let (_, key) = api.org("aic").await;
+    let (_, other) = api.org("aic-other").await;
+    api.send("POST", "/v1/rooms", &key, Some(json!({ "name": "stage" }))).await;
+    let r = api.send("GET", "/v1/aic/config", &key, None).await;
+    assert_eq!((r.body["source"].as_str(), r.body["config"]["mode"].as_str()), (Some("default"), Some("ADAPTIVE")));
+    assert_eq!(r.body["config"]["target_ratio"], 0.2);
+    // The org's default: a new mode brings its own size target.
+    let r = api.send("PUT", "/v1/aic/config", &key, Some(json!({ "mode": "CONSERVATIVE" }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!((r.body["source"].as_str(), r.body["config"]["target_ratio"].as_f64()), (Some("org"), Some(0.5)));
+    for bad in [
+        json!({ "mode": "turbo" }),
+        json!({ "max_latency_ms": 0 }),
+        json!({ "min_quality": 9 }),
+        json!({ "model_type": "gpt" }),
+        json!({ "colour": "red" }),
+    ] {
+        let r = api.send("PUT", "/v1/aic/config", &key, Some(bad.clone())).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"), "{bad}");
+    }
+    // A room runs with the org's default until it has its own.
+    let r = api.send("GET", "/v1/rooms/stage/aic", &key, None).await;
+    assert_eq!((r.body["source"].as_str(), r.body["config"]["mode"].as_str()), (Some("org"), Some("CONSERVATIVE")));
+    let r =
+        api.send("PUT", "/v1/rooms/stage/aic", &key, Some(json!({ "mode": "aggressive", "max_latency_ms": 15 }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let want = json!({ "mode": "AGGRESSIVE", "target_ratio": 0.1, "max_latency_ms": 15, "model_type": "aic-v1", "use_gpu": false, "min_quality": 2.0, "enabled": true });
+    assert_eq!(r.body["config"], want);
+    let r = api.send("GET", "/v1/rooms/stage/aic", &key, None).await;
+    assert_eq!((r.body["source"].as_str(), &r.body["config"]), (Some("room"), &want));
+    // Other orgs see neither the room nor the settings.
+    assert_eq!(api.send("GET", "/v1/rooms/stage/aic", &other, None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.send("PUT", "/v1/rooms/stage/aic", &other, Some(json!({}))).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.send("GET", "/v1/aic/config", &other, None).await.body["source"], "default");
+    // Without its override the room is back on the org's default.
+    assert_eq!(api.send("DELETE", "/v1/rooms/stage/aic", &key, None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api.send("GET", "/v1/rooms/stage/aic", &key, None).await.body["source"], "org");
+    assert_eq!(api.send("DELETE", "/v1/rooms/stage/aic", &key, None).await.status, StatusCode::NOT_FOUND);
+    let audit = api.send("GET", "/v1/audit", &key, None).await.body.to_string();
+    assert!(audit.contains("aic.update") && audit.contains("aic.delete"));
     api.finish().await;
 }
 

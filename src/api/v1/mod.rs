@@ -2,6 +2,7 @@
 //! `Idempotency-Key` ([`super::idempotency`]), and every mutation writes its audit entry in
 //! its own transaction ([`super::audit`]).
 
+mod aic;
 mod calls;
 mod keys;
 pub mod livekit_keys;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(keys::router())
         .merge(rooms::router())
         .merge(calls::router())
+        .merge(aic::router())
         .merge(tokens::router())
         .merge(livekit_keys::router())
         .merge(audit::router())

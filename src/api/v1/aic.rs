@@ -1,0 +1,290 @@
+//! AIC settings: the org's default and per-room overrides. A room without an override runs
+//! with the org's default, an org without one with the built-in default (ADAPTIVE).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppState, not_found};
+use crate::api::Body;
+use crate::api::audit::{self, Change};
+use crate::api::auth::{Caller, Perm};
+use crate::args;
+use crate::codec::modes::{AicConfig, MODEL_TYPES, Mode};
+use crate::db::Tx;
+use crate::error::ApiError;
+use crate::ids::record_id;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/aic/config", get(read_org).put(update_org))
+        .route("/v1/rooms/{name}/aic", get(read_room).put(update_room).delete(remove_room))
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    mode: String,
+    target_ratio_pct: i64,
+    max_latency_ms: i64,
+    model_type: String,
+    use_gpu: i64,
+    min_quality_centi: i64,
+    enabled: i64,
+}
+
+impl Row {
+    fn config(&self) -> AicConfig {
+        AicConfig {
+            mode: Mode::parse(&self.mode).unwrap_or(Mode::Adaptive),
+            target_ratio: self.target_ratio_pct as f64 / 100.0,
+            max_latency_ms: self.max_latency_ms as u32,
+            model_type: self.model_type.clone(),
+            use_gpu: self.use_gpu != 0,
+            min_quality: self.min_quality_centi as f64 / 100.0,
+            enabled: self.enabled != 0,
+        }
+    }
+}
+
+macro_rules! select {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, mode, target_ratio_pct, max_latency_ms, model_type, use_gpu, min_quality_centi, enabled ",
+            "FROM aic_configs WHERE org_id = $1 AND ",
+            $tail
+        )
+    };
+}
+
+async fn org_row(tx: &mut Tx, org: &str) -> Result<Option<Row>, ApiError> {
+    Ok(tx.fetch_optional(select!("room_id IS NULL"), args![org]).await?)
+}
+
+async fn room_row(tx: &mut Tx, org: &str, room_id: &str) -> Result<Option<Row>, ApiError> {
+    Ok(tx.fetch_optional(select!("room_id = $2"), args![org, room_id]).await?)
+}
+
+async fn room_id(tx: &mut Tx, org: &str, name: &str) -> Result<String, ApiError> {
+    #[derive(sqlx::FromRow)]
+    struct Id {
+        id: String,
+    }
+    let sql = "SELECT id FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
+    let row: Option<Id> = tx.fetch_optional(sql, args![org, name]).await?;
+    row.map(|r| r.id).ok_or_else(|| not_found("room"))
+}
+
+/// The settings a room runs with, and where they come from.
+async fn effective(tx: &mut Tx, org: &str, room_id: Option<&str>) -> Result<(AicConfig, &'static str), ApiError> {
+    if let Some(id) = room_id
+        && let Some(row) = room_row(tx, org, id).await?
+    {
+        return Ok((row.config(), "room"));
+    }
+    Ok(match org_row(tx, org).await? {
+        Some(row) => (row.config(), "org"),
+        None => (AicConfig::default(), "default"),
+    })
+}
+
+fn reply(config: &AicConfig, source: &str) -> Json<Value> {
+    Json(json!({ "config": config, "source": source }))
+}
+
+/// A change: fields left out keep the value they have now.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Update {
+    mode: Option<String>,
+    target_ratio: Option<f64>,
+    max_latency_ms: Option<i64>,
+    model_type: Option<String>,
+    use_gpu: Option<bool>,
+    min_quality: Option<f64>,
+    enabled: Option<bool>,
+}
+
+impl Update {
+    /// `base` with this change, validated.
+    fn apply(self, base: AicConfig) -> Result<AicConfig, ApiError> {
+        let invalid = |msg: &str| ApiError::unprocessable("invalid_field", msg.to_string());
+        let mut c = base;
+        if let Some(m) = self.mode {
+            let mode = Mode::parse(&m).ok_or_else(|| invalid("mode must be CONSERVATIVE, ADAPTIVE or AGGRESSIVE"))?;
+            // A new mode brings its own size target unless one is given with it.
+            if mode != c.mode && self.target_ratio.is_none() {
+                c.target_ratio = mode.target_ratio();
+            }
+            c.mode = mode;
+        }
+        if let Some(r) = self.target_ratio {
+            if !(0.01..=1.0).contains(&r) {
+                return Err(invalid("target_ratio must be between 0.01 and 1"));
+            }
+            c.target_ratio = r;
+        }
+        if let Some(ms) = self.max_latency_ms {
+            if !(1..=1000).contains(&ms) {
+                return Err(invalid("max_latency_ms must be between 1 and 1000"));
+            }
+            c.max_latency_ms = ms as u32;
+        }
+        if let Some(t) = self.model_type {
+            if !MODEL_TYPES.contains(&t.as_str()) {
+                return Err(invalid(&format!("model_type must be one of {MODEL_TYPES:?}")));
+            }
+            c.model_type = t;
+        }
+        if let Some(q) = self.min_quality {
+            if !(1.0..=5.0).contains(&q) {
+                return Err(invalid("min_quality must be between 1 and 5"));
+            }
+            c.min_quality = q;
+        }
+        c.use_gpu = self.use_gpu.unwrap_or(c.use_gpu);
+        c.enabled = self.enabled.unwrap_or(c.enabled);
+        Ok(c)
+    }
+}
+
+/// Writes `c` as the row `existing` (or a new one) for the org (`room_id` `None`) or a room.
+async fn store(
+    tx: &mut Tx,
+    org: &str,
+    room_id: Option<&str>,
+    existing: Option<&Row>,
+    c: &AicConfig,
+    now: i64,
+) -> Result<String, ApiError> {
+    let values = args![
+        c.mode.as_str(),
+        (c.target_ratio * 100.0).round() as i64,
+        i64::from(c.max_latency_ms),
+        &c.model_type,
+        i64::from(c.use_gpu),
+        (c.min_quality * 100.0).round() as i64,
+        i64::from(c.enabled),
+        now
+    ];
+    let id = match existing {
+        Some(row) => {
+            let sql = "UPDATE aic_configs SET mode = $1, target_ratio_pct = $2, max_latency_ms = $3, model_type = $4, \
+                       use_gpu = $5, min_quality_centi = $6, enabled = $7, updated_at = $8 WHERE org_id = $9 AND id = $10";
+            let mut a = values;
+            a.extend(args![org, &row.id]);
+            tx.execute(sql, a).await?;
+            row.id.clone()
+        }
+        None => {
+            let id = record_id("aic", now);
+            let sql = "INSERT INTO aic_configs (mode, target_ratio_pct, max_latency_ms, model_type, use_gpu, \
+                       min_quality_centi, enabled, created_at, updated_at, id, org_id, room_id) \
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)";
+            let mut a = values;
+            a.extend(args![&id, org, room_id]);
+            tx.execute(sql, a).await?;
+            id
+        }
+    };
+    Ok(id)
+}
+
+async fn read_org(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsRead)?;
+    let mut tx = s.db.begin(org).await?;
+    let (config, source) = effective(&mut tx, org, None).await?;
+    tx.commit().await?;
+    Ok(reply(&config, source))
+}
+
+async fn update_org(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<Update>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsWrite)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let existing = org_row(&mut tx, org).await?;
+    let before = existing.as_ref().map(Row::config);
+    let after = req.apply(before.clone().unwrap_or_default())?;
+    let id = store(&mut tx, org, None, existing.as_ref(), &after, now).await?;
+    let change = Change {
+        action: "aic.update",
+        target_type: "aic_config",
+        target_id: Some(&id),
+        before: before.map(|b| json!(b)),
+        after: Some(json!(after)),
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    Ok(reply(&after, "org"))
+}
+
+async fn read_room(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsRead)?;
+    let mut tx = s.db.begin(org).await?;
+    let room = room_id(&mut tx, org, &name).await?;
+    let (config, source) = effective(&mut tx, org, Some(&room)).await?;
+    tx.commit().await?;
+    Ok(reply(&config, source))
+}
+
+/// Sets the room's override; a room without one starts from what it runs with now.
+async fn update_room(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Body(req): Body<Update>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsWrite)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let room = room_id(&mut tx, org, &name).await?;
+    let existing = room_row(&mut tx, org, &room).await?;
+    let (current, _) = effective(&mut tx, org, Some(&room)).await?;
+    let after = req.apply(current.clone())?;
+    let id = store(&mut tx, org, Some(&room), existing.as_ref(), &after, now).await?;
+    let change = Change {
+        action: "aic.update",
+        target_type: "aic_config",
+        target_id: Some(&id),
+        before: existing.map(|r| json!({ "room": name, "config": r.config() })),
+        after: Some(json!({ "room": name, "config": after })),
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    Ok(reply(&after, "room"))
+}
+
+/// Drops the room's override: it runs with the org's settings again.
+async fn remove_room(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = caller.require(Perm::RoomsWrite)?;
+    let now = s.clock.now_ms();
+    let mut tx = s.db.begin(org).await?;
+    let room = room_id(&mut tx, org, &name).await?;
+    let existing = room_row(&mut tx, org, &room).await?.ok_or_else(|| not_found("AIC override"))?;
+    tx.execute("DELETE FROM aic_configs WHERE org_id = $1 AND id = $2", args![org, &existing.id]).await?;
+    let change = Change {
+        action: "aic.delete",
+        target_type: "aic_config",
+        target_id: Some(&existing.id),
+        before: Some(json!({ "room": name, "config": existing.config() })),
+        after: None,
+    };
+    audit::record(&mut tx, &caller, org, now, change).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

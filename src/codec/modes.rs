@@ -1,0 +1,99 @@
+//! The three AIC modes operators choose between, and the settings that go with them
+//! (DESIGN.md "AIC modes"): how small the stream should be, how long a frame may take, and
+//! the quality below which a track falls back to Opus.
+
+use serde::{Deserialize, Serialize};
+
+/// How hard AIC compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Mode {
+    /// 12 kbit/s: half of Opus at 24 kbit/s, better than Opus at 12.
+    Conservative,
+    /// 4.8 kbit/s (the default): a fifth of Opus at 24, better than Opus at 6.
+    Adaptive,
+    /// 2.4 kbit/s: a tenth, still intelligible.
+    Aggressive,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Conservative, Mode::Adaptive, Mode::Aggressive];
+
+    /// The bitstream's rate.
+    pub fn bitrate_bps(self) -> u32 {
+        match self {
+            Mode::Conservative => 12_000,
+            Mode::Adaptive => 4_800,
+            Mode::Aggressive => 2_400,
+        }
+    }
+
+    /// Size relative to Opus at 24 kbit/s.
+    pub fn target_ratio(self) -> f64 {
+        f64::from(self.bitrate_bps()) / 24_000.0
+    }
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Conservative => "conservative",
+            Mode::Adaptive => "adaptive",
+            Mode::Aggressive => "aggressive",
+        }
+    }
+
+    /// Either spelling (`ADAPTIVE`, `adaptive`).
+    pub fn parse(s: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// The models AIC can run; the bitstream names the one that made it.
+pub const MODEL_TYPES: [&str; 1] = ["aic-v1"];
+
+/// What a track's AIC stage runs with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AicConfig {
+    pub mode: Mode,
+    /// Target size relative to Opus at 24 kbit/s, 0.01..=1.
+    pub target_ratio: f64,
+    /// A frame that takes longer to encode and decode sends the track back to Opus.
+    pub max_latency_ms: u32,
+    pub model_type: String,
+    /// Run on the GPU when the server has one (CUDA builds).
+    pub use_gpu: bool,
+    /// Estimated quality (PESQ-like, 1..5) below which the track falls back to Opus.
+    pub min_quality: f64,
+    pub enabled: bool,
+}
+
+impl Default for AicConfig {
+    fn default() -> Self {
+        let mode = Mode::Adaptive;
+        AicConfig {
+            mode,
+            target_ratio: mode.target_ratio(),
+            max_latency_ms: 20,
+            model_type: MODEL_TYPES[0].to_string(),
+            use_gpu: false,
+            min_quality: 2.0,
+            enabled: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_either_case_and_match_the_design_rates() {
+        assert_eq!(Mode::parse("ADAPTIVE"), Some(Mode::Adaptive));
+        assert_eq!(Mode::parse("aggressive"), Some(Mode::Aggressive));
+        assert_eq!(Mode::parse("turbo"), None);
+        assert_eq!(Mode::Conservative.target_ratio(), 0.5);
+        assert_eq!(Mode::Adaptive.target_ratio(), 0.2);
+        assert_eq!(Mode::Aggressive.target_ratio(), 0.1);
+        assert_eq!(serde_json::to_value(Mode::Adaptive).unwrap(), "ADAPTIVE");
+    }
+}
