@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-apt_install build-essential pkg-config
+apt_install build-essential pkg-config cmake
 # Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
 command -v npm >/dev/null || apt_install npm
 need_cargo

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-apt_install build-essential pkg-config chromium chromium-driver python3 python3-venv
+apt_install build-essential pkg-config cmake chromium chromium-driver python3 python3-venv
 # Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
 command -v node >/dev/null || apt_install nodejs
 command -v npm >/dev/null || apt_install npm

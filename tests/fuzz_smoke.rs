@@ -402,3 +402,22 @@ fn join_request_entry_survives_mutated_wrappers() {
         entries::livekit_join(&input);
     }
 }
+
+#[test]
+fn aic_packet_entry_survives_mutated_packets() {
+    use auralink::codec::aic::bitstream::{AIC_V1, Packet};
+    use auralink::codec::modes::Mode;
+    let mut rng = StdRng::seed_from_u64(0xa1c);
+    let seeds: Vec<Vec<u8>> = Mode::ALL
+        .into_iter()
+        .map(|mode| {
+            let frames = vec![vec![7u16; AIC_V1.levels(mode)]; 2];
+            Packet { mode, model_id: AIC_V1.model_id, sequence: 9, frames }.encode().unwrap()
+        })
+        .collect();
+    for i in 0..CASES {
+        let input =
+            if i % 4 == 3 { random_bytes(&mut rng, 80) } else { mutate(&mut rng, &seeds[i % 3], &[b"\x41", b"\x01"]) };
+        entries::aic_packet(&input);
+    }
+}

@@ -272,6 +272,16 @@ pub fn livekit_join(data: &[u8]) {
     let _ = decode(&base64::engine::general_purpose::URL_SAFE.encode(data));
 }
 
+/// `aic::bitstream::Packet::decode` on arbitrary bytes; what decodes re-encodes to a packet
+/// that decodes to the same thing.
+pub fn aic_packet(data: &[u8]) {
+    use auralink::codec::aic::bitstream::Packet;
+    if let Ok(p) = Packet::decode(data) {
+        let again = p.encode().expect("a decoded packet encodes");
+        assert_eq!(Packet::decode(&again).expect("our own packet decodes"), p);
+    }
+}
+
 pub fn livekit_signal(data: &[u8]) {
     use auralink::sfu::data::DataCodec;
     use auralink::sfu::signal::livekit::{LiveKitData, decode_request};
