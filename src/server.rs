@@ -208,6 +208,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         limiter,
         webhooks,
         history,
+        devices: Arc::new(crate::codec::device::Devices::detect()),
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;

@@ -22,6 +22,11 @@ async fn health_ready_metrics_and_dev_tokens() {
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("# TYPE auralink_sfu_frames_forwarded_total counter"));
     assert!(metrics.contains("\nauralink_rooms 0\n"));
+    // The default build runs neural stages on the CPU, and says so.
+    assert!(
+        metrics.contains("\nauralink_compute_cuda_build 0\n")
+            && metrics.contains("\nauralink_compute_gpu_available 0\n")
+    );
 
     // Dev mode: a key pair was generated and /dev/token mints tokens it verifies.
     let (key, secret) = server.dev_keys.clone().expect("dev mode without keys");

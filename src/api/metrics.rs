@@ -106,6 +106,18 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             "Router events call history lost (database down or behind).",
             s.history.dropped.load(Relaxed),
         ),
+        (
+            "auralink_compute_cuda_build",
+            "gauge",
+            "1 when this binary was built with CUDA support.",
+            u64::from(crate::codec::device::Devices::cuda_build()),
+        ),
+        (
+            "auralink_compute_gpu_available",
+            "gauge",
+            "1 when neural stages can run on a GPU.",
+            u64::from(s.devices.gpu_available()),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, v) in series {

@@ -60,6 +60,8 @@ pub struct AppState {
     pub webhooks: Arc<webhook::WebhookStats>,
     /// Call history counters.
     pub history: Arc<history::HistoryStats>,
+    /// Where neural stages run.
+    pub devices: Arc<crate::codec::device::Devices>,
 }
 
 /// Largest JSON body the control API reads.

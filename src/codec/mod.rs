@@ -2,6 +2,7 @@
 //! neural compression stage's settings (see docs/aic.md).
 
 pub mod aic;
+pub mod device;
 pub mod modes;
 pub mod opus;
 pub mod resample;
