@@ -159,9 +159,16 @@ async fn call(
         let actor = Actor { kind: "livekit_key", id: &claims.iss, ip: ip.as_deref(), user_agent };
         let now = s.clock.now_ms();
         let change = Change { action, target_type, target_id: Some(&target), before: None, after: Some(request) };
-        let mut tx = s.db.begin(&org).await?;
-        audit::record_by(&mut tx, &actor, &org, now, change).await?;
-        tx.commit().await?;
+        // The change is made (the router's part cannot be rolled back): a caller told it failed
+        // would retry it. A missing entry is logged instead.
+        let written = async {
+            let mut tx = s.db.begin(&org).await?;
+            audit::record_by(&mut tx, &actor, &org, now, change).await?;
+            tx.commit().await
+        };
+        if let Err(e) = written.await {
+            tracing::error!(org, action, target, error = %e, "RoomService change made but not audited");
+        }
     }
     Ok(response)
 }
@@ -196,8 +203,12 @@ fn audit_entry(
         "SendData" => ("room.send_data", "room", json::<proto::SendDataRequest>(codec, body)?),
         _ => return None,
     };
+    // Payloads, and settings that can hold credentials (egress storage keys, agent metadata),
+    // stay out of the log.
     if let Some(fields) = request.as_object_mut() {
-        fields.remove("data");
+        for secretive in ["data", "egress", "agents"] {
+            fields.remove(secretive);
+        }
     }
     let room = request.get("room").or_else(|| request.get("name")).and_then(|v| v.as_str()).unwrap_or_default();
     Some((action, target_type, room.to_string(), request))

@@ -7,6 +7,7 @@
 //! to the org's endpoints, signed with the org's signing key, and never into private
 //! networks unless the operator allows it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,7 +58,9 @@ pub struct WebhookStats {
     pub dropped: AtomicU64,
 }
 
-/// Turns router events into webhooks until the router stops.
+/// Turns router events into webhooks until the router stops. Each org (the node's rooms
+/// are one more) has its own queue and delivery task, so an org whose endpoints hang delays
+/// only its own events.
 pub fn spawn(
     hooks: Webhooks,
     mut events: broadcast::Receiver<SfuEvent>,
@@ -65,11 +68,11 @@ pub fn spawn(
     clock: Clock,
 ) -> Arc<WebhookStats> {
     let stats = Arc::new(WebhookStats::default());
-    let (tx, mut rx) = mpsc::channel::<(String, proto::WebhookEvent)>(QUEUE);
+    let hooks = Arc::new(hooks);
     tokio::spawn({
         let stats = Arc::clone(&stats);
-        let clock = clock.clone();
         async move {
+            let mut queues: HashMap<String, mpsc::Sender<proto::WebhookEvent>> = HashMap::new();
             loop {
                 let e = match events.recv().await {
                     Ok(e) => e,
@@ -79,55 +82,76 @@ pub fn spawn(
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if let Some(hook) = to_webhook(&e, &livekit, clock.now_ms())
-                    && tx.try_send(hook).is_err()
-                {
+                let Some((org, hook)) = to_webhook(&e, &livekit, clock.now_ms()) else { continue };
+                let queue = queues.entry(org.clone()).or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(deliver_org(org, rx, Arc::clone(&hooks), Arc::clone(&stats), clock.clone()));
+                    tx
+                });
+                if queue.try_send(hook).is_err() {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
     });
-    tokio::spawn({
-        let stats = Arc::clone(&stats);
-        async move {
-            let http = reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                // A redirect could lead anywhere, a private network included.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("http client builds");
-            while let Some((org, hook)) = rx.recv().await {
-                let config = if org == NODE_ORG {
-                    hooks.node.clone()
-                } else {
-                    match org_config(&hooks.db, &hooks.secrets, &org).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(org, error = %e, "org webhook settings unavailable");
-                            stats.failed.fetch_add(1, Ordering::Relaxed);
-                            None
-                        }
-                    }
-                };
-                let Some(config) = config else { continue };
-                let body = serde_json::to_vec(&hook).expect("protocol messages serialize");
-                for url in &config.urls {
-                    if org != NODE_ORG && !hooks.allow_private_networks && !public_destination(url).await {
-                        tracing::warn!(org, url, "webhook URL leads to a private network; not sent");
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if deliver(&http, &config, url, &body, &clock).await {
-                        stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(url, event = hook.event, "webhook not delivered");
-                    }
-                }
+    stats
+}
+
+/// Delivers one org's events, in order, to its endpoints.
+async fn deliver_org(
+    org: String,
+    mut rx: mpsc::Receiver<proto::WebhookEvent>,
+    hooks: Arc<Webhooks>,
+    stats: Arc<WebhookStats>,
+    clock: Clock,
+) {
+    while let Some(hook) = rx.recv().await {
+        let config = if org == NODE_ORG {
+            hooks.node.clone()
+        } else {
+            org_config(&hooks.db, &hooks.secrets, &org).await.unwrap_or_else(|e| {
+                tracing::warn!(org, error = %e, "org webhook settings unavailable");
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            })
+        };
+        let Some(config) = config else { continue };
+        let body = serde_json::to_vec(&hook).expect("protocol messages serialize");
+        for url in &config.urls {
+            // The operator's own endpoints may be anywhere; an org's only on the internet,
+            // at the address checked here (a second lookup could answer differently).
+            let pinned = if org == NODE_ORG || hooks.allow_private_networks { None } else { public_address(url).await };
+            if org != NODE_ORG && !hooks.allow_private_networks && pinned.is_none() {
+                tracing::warn!(org, host = host_of(url), "webhook URL leads to a private network; not sent");
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let http = client(pinned.as_ref().map(|(host, addr)| (host.as_str(), *addr)));
+            if deliver(&http, &config, url, &body, &clock).await {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(org, host = host_of(url), event = hook.event, "webhook not delivered");
             }
         }
-    });
-    stats
+    }
+}
+
+/// An HTTP client for one delivery: no redirects (they could lead anywhere), no proxy from
+/// the environment, and the host bound to `pinned` when given.
+fn client(pinned: Option<(&str, std::net::SocketAddr)>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().timeout(TIMEOUT).redirect(reqwest::redirect::Policy::none()).no_proxy();
+    if let Some((host, addr)) = pinned {
+        b = b.resolve(host, addr);
+    }
+    b.build().expect("http client builds")
+}
+
+/// The host of a URL, for logs (the rest may hold credentials).
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    host.rsplit_once('@').map_or(host, |(_, h)| h)
 }
 
 /// An org's endpoints and signing key; `None` when it has no endpoints (or no live key).
@@ -149,20 +173,19 @@ async fn org_config(db: &Db, secrets: &SecretBox, org: &str) -> Result<Option<We
     Ok(key.map(|(api_key, api_secret)| WebhookConfig { urls, api_key, api_secret }))
 }
 
-/// Whether every address `url`'s host resolves to is on the public internet (not loopback,
-/// private, link-local such as cloud metadata, or otherwise special). A name that does not
-/// resolve is not.
-async fn public_destination(url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else { return false };
-    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else { return false };
+/// The host and address to send to if every address `url`'s host resolves to is on the public
+/// internet (not loopback, private, link-local such as cloud metadata, or otherwise special);
+/// `None` otherwise, or when the name does not resolve within two seconds.
+async fn public_address(url: &str) -> Option<(String, std::net::SocketAddr)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    let (host, port) = (u.host_str()?, u.port_or_known_default()?);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
-            !addrs.is_empty() && addrs.iter().all(|a| is_public(a.ip()))
-        }
-        Err(_) => false,
+    let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
+    let addrs: Vec<_> = lookup.ok()?.ok()?.collect();
+    if addrs.is_empty() || !addrs.iter().all(|a| is_public(a.ip())) {
+        return None;
     }
+    addrs.first().map(|a| (host.to_string(), *a))
 }
 
 fn is_public(ip: std::net::IpAddr) -> bool {
@@ -171,6 +194,7 @@ fn is_public(ip: std::net::IpAddr) -> bool {
         IpAddr::V4(a) => {
             let [first, second, ..] = a.octets();
             let shared = first == 100 && (second & 0xc0) == 64; // 100.64.0.0/10, carrier NAT
+            let benchmarking = first == 198 && (second & 0xfe) == 18; // 198.18.0.0/15
             !(a.is_loopback()
                 || a.is_private()
                 || a.is_link_local()
@@ -179,16 +203,21 @@ fn is_public(ip: std::net::IpAddr) -> bool {
                 || a.is_documentation()
                 || a.is_multicast()
                 || shared
-                || first == 0)
+                || benchmarking
+                || first == 0
+                || first >= 240)
         }
         IpAddr::V6(a) => {
             if let Some(v4) = a.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = a.segments()[0];
-            let unique_local = (first & 0xfe00) == 0xfc00;
-            let link_local = (first & 0xffc0) == 0xfe80;
-            !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || unique_local || link_local)
+            let s = a.segments();
+            let unique_local = (s[0] & 0xfe00) == 0xfc00;
+            let link_local = (s[0] & 0xffc0) == 0xfe80;
+            // Addresses that carry an IPv4 address somewhere (IPv4-compatible, NAT64, 6to4)
+            // could reach a private one: not public.
+            let embeds_v4 = s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[0] == 0x2002;
+            !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || unique_local || link_local || embeds_v4)
         }
     }
 }
@@ -320,11 +349,18 @@ mod tests {
             "http://0.0.0.0/",
             "http://localhost/",
         ] {
-            assert!(!public_destination(private).await, "{private}");
+            assert!(public_address(private).await.is_none(), "{private}");
         }
-        assert!(public_destination("http://93.184.215.14/hooks").await);
-        assert!(public_destination("https://[2606:4700::1111]/").await);
-        assert!(!public_destination("not a url").await);
+        for private in
+            ["http://198.18.0.1/", "http://[64:ff9b::a00:1]/", "http://[2002:a00:1::]/", "http://[::10.0.0.1]/"]
+        {
+            assert!(public_address(private).await.is_none(), "{private}");
+        }
+        let pinned = public_address("http://93.184.215.14/hooks").await;
+        assert_eq!(pinned, Some(("93.184.215.14".to_string(), "93.184.215.14:80".parse().unwrap())));
+        assert!(public_address("https://[2606:4700::1111]/").await.is_some());
+        assert!(public_address("not a url").await.is_none());
+        assert_eq!(host_of("https://user:pw@hooks.example:8443/x?token=t"), "hooks.example:8443");
     }
 
     #[tokio::test]

@@ -35,6 +35,11 @@ const STATS_INTERVAL: Duration = Duration::from_secs(2);
 const AUDIO_BPS: u64 = 48_000;
 /// What a video track without measured layers is assumed to need.
 const VIDEO_BPS: u64 = 2_000_000;
+/// Receiving m-lines a client-offering session is asked to hold at most.
+const MAX_CLIENT_LINES: usize = 64;
+/// Channels the router opens towards one raw (WHIP/WHEP) session at most; messages that
+/// would need another are dropped and counted.
+const MAX_OUT_CHANNELS: usize = 64;
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -380,11 +385,14 @@ impl Sfu {
         if peer.negotiation != Negotiation::ClientOffers {
             return Ok(ClientAnswer { sdp: answer, tracks: Vec::new() });
         }
+        let lines_before = peer.lines_offered;
+        peer.lines_offered = peer.slots.len();
+        let grew = peer.lines_offered > lines_before;
         let mut lines = Vec::new();
         let mut starting = Vec::new();
         for slot in &mut peer.slots {
-            if slot.track.is_some() && slot.announced != slot.track {
-                starting.push(slot.mid);
+            if let Some(track) = slot.track.filter(|_| slot.announced != slot.track) {
+                starting.push((slot.mid, track));
             }
             slot.announced = slot.track;
             let Some(track) = slot.track else { continue };
@@ -392,12 +400,22 @@ impl Sfu {
             lines.push(describe::Sending { mid: slot.mid, stream: stream_id(owner, track), track });
         }
         peer.offered = true;
-        peer.sections_requested = false;
+        // A client that offered again without more lines while tracks wait has not yet acted
+        // on the last request (or cannot: a codec it lacks); it is not asked again until it
+        // offers more.
+        peer.sections_requested = !grew && lines_before > 0 && !peer.to_add.is_empty();
+        let room = peer.room.clone();
         let sdp = describe::sending_lines(&answer, &lines);
-        // The client starts decoding once it has this answer: video needs a keyframe then.
-        for mid in starting {
+        // The client starts decoding once it has this answer: video needs a keyframe then,
+        // even if one was asked for a moment ago when the line was bound.
+        for (mid, track) in starting {
+            if let Some(t) = self.tracks.get_mut(&track) {
+                t.last_keyframe_request.clear();
+            }
             self.resume_one(now, id, mid);
         }
+        // Lines this answer described as idle can take waiting tracks at once.
+        self.fill_slots(now, &room);
         self.needs_sections.insert(id);
         self.drive(now);
         Ok(ClientAnswer { sdp, tracks: lines.into_iter().map(|l| (l.mid, l.track)).collect() })
@@ -448,6 +466,7 @@ impl Sfu {
                 negotiation: req.negotiation,
                 offered: false,
                 sections_requested: false,
+                lines_offered: 0,
                 rtc,
                 next_timeout: now,
                 disconnected_since: None,
@@ -521,8 +540,9 @@ impl Sfu {
         }
         for (mid, track) in planned {
             let peer = self.peers.get_mut(&id).expect("checked above");
-            let Some(kind) = self.tracks.get(&track).map(|t| t.info.kind) else {
-                // Unpublished while the offer was out.
+            let kind = self.tracks.get(&track).map(|t| t.info.kind);
+            // Unpublished while the offer was out, or the session may no longer subscribe.
+            let Some(kind) = kind.filter(|_| peer.permissions.subscribe) else {
                 peer.to_stop.push(mid);
                 continue;
             };
@@ -1167,6 +1187,10 @@ impl Sfu {
                 MediaKind::Video => video += 1,
             }
         }
+        // However many tracks wait, a client is not asked to grow past this many lines.
+        let room_for = MAX_CLIENT_LINES.saturating_sub(p.slots.len()) as u32;
+        let audio = audio.min(room_for);
+        let video = video.min(room_for - audio);
         let changed = p.slots.iter().any(|s| s.announced != s.track);
         if audio + video == 0 && !changed {
             return;
@@ -1186,6 +1210,10 @@ impl Sfu {
         let Some(p) = self.peers.get_mut(&id) else { return };
         if p.negotiation != Negotiation::ServerOffers {
             return;
+        }
+        if !p.permissions.subscribe {
+            // Tracks of an offer dropped after the permission went (glare, ICE restart).
+            p.to_add.clear();
         }
         let nothing_to_do =
             p.to_add.is_empty() && p.to_stop.is_empty() && p.channels_to_open.is_empty() && !p.ice_restart;
@@ -1498,7 +1526,12 @@ impl Sfu {
                     }
                 }
                 None => {
-                    let out = q.channels_out.entry((sender.map(|s| s.0), msg.topic.clone())).or_insert_with(|| {
+                    let key = (sender.map(|s| s.0), msg.topic.clone());
+                    if !q.channels_out.contains_key(&key) && q.channels_out.len() >= MAX_OUT_CHANNELS {
+                        self.stats.data_messages_dropped += 1;
+                        continue;
+                    }
+                    let out = q.channels_out.entry(key).or_insert_with(|| {
                         let id =
                             q.rtc.direct_api().create_data_channel(data::per_sender_channel(msg, sender.map(|s| s.1)));
                         OutChannel { id, open: false, pending: VecDeque::new() }

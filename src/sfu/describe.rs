@@ -14,9 +14,12 @@ pub struct Sending {
     pub track: TrackId,
 }
 
-/// Every audio and video m-section of `sdp` that is listed in `sending` becomes `sendonly`
-/// with that msid; every other one that str0m answered `sendonly` becomes `inactive`, without
-/// an msid. Everything else is kept as it is.
+/// Every audio and video m-section of `sdp` listed in `sending` gets that msid and `sendonly`
+/// (`sendrecv` stays: the client sends on it too; a line str0m answered `recvonly` carries
+/// only what the client sends and is left alone). A client that took an earlier `inactive`
+/// as its own direction offers the line `inactive` again, and str0m answers it so: it is
+/// made `sendonly` too. Every other line str0m answered `sendonly` becomes `inactive`,
+/// without an msid. Everything else is kept as it is.
 pub fn sending_lines(sdp: &str, sending: &[Sending]) -> String {
     let mut out = String::with_capacity(sdp.len() + 64 * sending.len());
     let mut sections = split_sections(sdp);
@@ -26,7 +29,8 @@ pub fn sending_lines(sdp: &str, sending: &[Sending]) -> String {
         let media = section.first().is_some_and(|l| l.starts_with("m=audio") || l.starts_with("m=video"));
         let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:"));
         let assigned = mid.and_then(|m| sending.iter().find(|s| s.mid.to_string() == m));
-        match (media, assigned) {
+        let ours = !section.contains(&"a=recvonly");
+        match (media && ours, assigned) {
             (true, Some(s)) => push_lines(&mut out, &announce(&section, &format!("{} {}", s.stream, s.track))),
             (true, None) if section.contains(&"a=sendonly") => push_lines(&mut out, &silence(&section)),
             _ => push_lines(&mut out, &section),
@@ -67,7 +71,7 @@ fn announce<'a>(section: &[&'a str], msid: &str) -> Vec<std::borrow::Cow<'a, str
     let mut lines = Vec::with_capacity(section.len() + 1);
     for &l in section {
         if is_direction(l) {
-            lines.push("a=sendonly".into());
+            lines.push(if l == "a=sendrecv" { l.into() } else { "a=sendonly".into() });
             lines.push(format!("a=msid:{msid}").into());
         } else if l.starts_with("a=msid:") {
             continue;
@@ -144,6 +148,21 @@ mod tests {
         assert_eq!(section(&out, "0"), section(ANSWER, "0"));
         assert!(out.starts_with("v=0\r\no=str0m-1 1 2 IN IP4 0.0.0.0\r\n"));
         assert!(out.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn a_line_the_client_also_sends_on_keeps_sendrecv_and_one_that_does_not_send_is_left_alone() {
+        let sdp = ANSWER.replace("a=mid:1\r\na=sendonly", "a=mid:1\r\na=sendrecv");
+        let (one, three): (Mid, Mid) = ("1".into(), "3".into());
+        let sending = [
+            Sending { mid: one, stream: "PA_1|TR_2".into(), track: TrackId(2) },
+            Sending { mid: three, stream: "PA_1|TR_4".into(), track: TrackId(4) },
+        ];
+        let out = sending_lines(&sdp, &sending);
+        let audio = section(&out, "1");
+        assert!(audio.contains(&"a=sendrecv") && audio.contains(&"a=msid:PA_1|TR_2 TR_2"), "{audio:?}");
+        // Mid 3 was answered recvonly: nothing of ours is sent there, whatever the list says.
+        assert_eq!(section(&out, "3"), section(&sdp, "3"));
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) struct Peer {
     pub offered: bool,
     /// `SfuEvent::SectionsNeeded` went out since the last answer.
     pub sections_requested: bool,
+    /// Receiving lines after the last answer (client-offering sessions).
+    pub lines_offered: usize,
     pub rtc: Rtc,
     /// When the `Rtc` wants `Input::Timeout` next.
     pub next_timeout: Instant,

@@ -150,6 +150,8 @@ pub struct TokenVerifier {
     /// Keys the source did not know, and when it was asked: not asked again for a while, so
     /// tokens with made-up keys cannot make every join a database query.
     missed: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
+    /// Lookups in the current second: (its start, how many).
+    lookups: Arc<std::sync::Mutex<(std::time::Instant, u32)>>,
     /// How long an org's key is trusted before the source is asked whether it still exists
     /// (revoked through another node).
     recheck: Arc<std::sync::OnceLock<std::time::Duration>>,
@@ -179,6 +181,9 @@ pub trait KeySource: Send + Sync {
 const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Misses remembered at most; beyond, the oldest go first.
 const MAX_MISSES: usize = 4096;
+/// Source lookups per second at most, whatever names tokens make up; beyond, a token with a
+/// key this node has not seen is refused as unknown (its client's retry asks again).
+const LOOKUPS_PER_SECOND: u32 = 20;
 
 /// The org that owns rooms reached with the node's configured keys.
 pub const NODE_ORG: &str = "org_node";
@@ -200,6 +205,7 @@ impl TokenVerifier {
             revocations: Default::default(),
             source: Default::default(),
             missed: Default::default(),
+            lookups: Arc::new(std::sync::Mutex::new((std::time::Instant::now(), 0))),
             recheck: Default::default(),
         }
     }
@@ -229,6 +235,16 @@ impl TokenVerifier {
                     return;
                 }
             }
+        }
+        {
+            let mut budget = self.lookups.lock().expect("not poisoned");
+            if now.duration_since(budget.0) >= std::time::Duration::from_secs(1) {
+                *budget = (now, 0);
+            }
+            if budget.1 >= LOOKUPS_PER_SECOND {
+                return;
+            }
+            budget.1 += 1;
         }
         match source.find(&iss).await {
             Ok(Some((secret, org))) => self.add(iss, secret, org),
@@ -357,7 +373,9 @@ fn unverified_issuer(token: &str) -> Option<String> {
         return None;
     }
     let payload = token.split('.').nth(1)?;
-    decode_json::<Issuer>(payload).ok().map(|i| i.iss).filter(|iss| !iss.is_empty() && iss.len() <= 256)
+    // Key names are short and plain (`API` and twelve letters or digits when generated here).
+    let plain = |iss: &String| !iss.is_empty() && iss.len() <= 64 && iss.bytes().all(|b| b.is_ascii_alphanumeric());
+    decode_json::<Issuer>(payload).ok().map(|i| i.iss).filter(plain)
 }
 
 /// Signs claims with `secret` (HS256).

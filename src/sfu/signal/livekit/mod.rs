@@ -220,9 +220,9 @@ async fn authorize_v1(s: &LiveKitState, q: &RtcQuery) -> Result<(Claims, session
     let claims = authorize_now(&s.tokens, q.access_token.as_deref()).await?;
     let param = q.join_request.as_deref().ok_or((StatusCode::BAD_REQUEST, "missing join_request".to_string()))?;
     let join = join_request::decode(param).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    let settings = join.connection_settings.unwrap_or_default();
     let opts = session::Options {
-        auto_subscribe: settings.auto_subscribe,
+        // Absent settings mean LiveKit's defaults, which subscribe.
+        auto_subscribe: join.connection_settings.as_ref().is_none_or(|s| s.auto_subscribe),
         resume: join.reconnect,
         sid: Some(join.participant_sid).filter(|s| !s.is_empty()),
         single_pc: true,

@@ -765,6 +765,13 @@ impl Session {
                 hidden: p.hidden,
             };
             self.can_update_metadata = p.can_update_metadata;
+            // Refreshed tokens carry what the participant may do now, not what it joined with.
+            let grant = &mut self.claims.video;
+            grant.can_publish = Some(p.can_publish);
+            grant.can_subscribe = Some(p.can_subscribe);
+            grant.can_publish_data = Some(p.can_publish_data);
+            grant.can_update_own_metadata = p.can_update_metadata;
+            grant.hidden = p.hidden;
         }
         self.update_for(participant).await
     }
@@ -904,7 +911,8 @@ async fn stored_metadata(db: &crate::db::Db, org: &str, room: &str) -> String {
 /// When a token expiring at `exp` (Unix seconds) is refreshed: [`REFRESH_BEFORE_EXPIRY`]
 /// ahead, or now if it expires sooner.
 fn refresh_time(exp: u64) -> tokio::time::Instant {
-    let left = Duration::from_secs(exp.saturating_sub(crate::wall::unix_secs()));
+    // Tokens live at most a day or so; a signed one claiming centuries is not worth an overflow.
+    let left = Duration::from_secs(exp.saturating_sub(crate::wall::unix_secs()).min(365 * 86_400));
     tokio::time::Instant::now() + left.saturating_sub(REFRESH_BEFORE_EXPIRY)
 }
 
