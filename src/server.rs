@@ -160,6 +160,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let tokens = TokenVerifier::new(config.keys.clone());
     if let Some(r) = &redis {
         tokens.revocations.use_redis(r.clone());
+        api::v1::follow_revocations(r.clone(), handle.clone(), Arc::clone(&tokens.revocations));
     }
     let org_keys = api::v1::livekit_keys::load_all(&db, &secrets, &tokens).await?;
     tracing::info!(org_keys, "org LiveKit keys loaded");

@@ -17,9 +17,10 @@ pub enum RedisError {
     Timeout,
 }
 
-/// A self-reconnecting connection.
+/// A self-reconnecting connection (and the client, for subscriptions, which need their own).
 #[derive(Clone)]
 pub struct Redis {
+    client: redis::Client,
     conn: ConnectionManager,
 }
 
@@ -42,10 +43,31 @@ return 0
 impl Redis {
     pub async fn connect(url: &str) -> Result<Redis, RedisError> {
         let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(client))
+        let conn = tokio::time::timeout(Duration::from_secs(3), ConnectionManager::new(client.clone()))
             .await
             .map_err(|_| RedisError::Timeout)??;
-        Ok(Redis { conn })
+        Ok(Redis { client, conn })
+    }
+
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), RedisError> {
+        let mut c = self.conn.clone();
+        Self::bounded(redis::cmd("PUBLISH").arg(channel).arg(message).query_async::<i64>(&mut c)).await.map(|_| ())
+    }
+
+    /// Messages published on `channel` from now on, until the connection breaks (then the
+    /// stream ends; subscribe again).
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Result<impl futures_util::Stream<Item = String> + use<>, RedisError> {
+        use futures_util::StreamExt;
+        let mut pubsub = tokio::time::timeout(Duration::from_secs(3), self.client.get_async_pubsub())
+            .await
+            .map_err(|_| RedisError::Timeout)??;
+        tokio::time::timeout(Duration::from_secs(3), pubsub.subscribe(channel))
+            .await
+            .map_err(|_| RedisError::Timeout)??;
+        Ok(pubsub.into_on_message().filter_map(|m| futures_util::future::ready(m.get_payload::<String>().ok())))
     }
 
     async fn bounded<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, RedisError> {

@@ -9,6 +9,8 @@ pub mod livekit_keys;
 mod orgs;
 mod rooms;
 mod tokens;
+
+pub use self::tokens::follow_revocations;
 mod users;
 
 use axum::Router;

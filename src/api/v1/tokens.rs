@@ -15,6 +15,11 @@ use crate::api::auth::{Caller, Perm};
 use crate::args;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName, record_id};
+use std::sync::Arc;
+
+use crate::db::redis::Redis;
+use crate::sfu::driver::{DriverGone, SfuHandle};
+use crate::sfu::signal::revocation::{self, Revocations};
 use crate::sfu::signal::token;
 
 /// Longest validity a token may ask for.
@@ -153,19 +158,54 @@ async fn revoke(
     audit::record(&mut tx, &caller, org, now, change).await?;
     tx.commit().await?;
     // Only once the revocation is recorded: a failure before leaves the sessions to a retry.
-    let joined = tokens.revocations.take_joined(&jti);
-    let disconnected = joined.len();
-    s.sfu
-        .call(move |sfu, now| {
-            use crate::sfu::core::LeaveReason::Removed;
-            for p in joined {
-                // A participant, or one connection of somebody else's (a WHEP player beside a
-                // publisher of the same identity): either way the token's sessions end.
-                sfu.remove_participant(now, p, Removed);
-                let _ = sfu.leave(now, p, Removed);
-            }
-        })
-        .await
-        .map_err(|_| ApiError::unavailable())?;
+    let disconnected = end_sessions(&s.sfu, &tokens.revocations, &jti).await.map_err(|_| ApiError::unavailable())?;
+    // Other nodes end theirs when they hear of it; one that does not hear still refuses the
+    // token at its next join.
+    if let Err(e) = tokens.revocations.announce(&jti).await {
+        tracing::warn!(error = %e, "revocation not announced to other nodes");
+    }
     Ok(Json(json!({ "jti": jti, "revoked": true, "disconnected": disconnected })))
+}
+
+/// Ends the sessions that joined with `jti` on this node; how many.
+pub async fn end_sessions(sfu: &SfuHandle, revocations: &Revocations, jti: &str) -> Result<usize, DriverGone> {
+    let joined = revocations.take_joined(jti);
+    let n = joined.len();
+    sfu.call(move |sfu, now| {
+        use crate::sfu::core::LeaveReason::Removed;
+        for p in joined {
+            // A participant, or one connection of somebody else's (a WHEP player beside a
+            // publisher of the same identity): either way the token's sessions end.
+            sfu.remove_participant(now, p, Removed);
+            let _ = sfu.leave(now, p, Removed);
+        }
+    })
+    .await?;
+    Ok(n)
+}
+
+/// Ends, on this node, the sessions of tokens other nodes revoke (heard through Redis),
+/// subscribing again after Redis comes back.
+pub fn follow_revocations(redis: Redis, sfu: SfuHandle, revocations: Arc<Revocations>) {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        loop {
+            match redis.subscribe(revocation::CHANNEL).await {
+                Ok(mut jtis) => {
+                    while let Some(jti) = jtis.next().await {
+                        match end_sessions(&sfu, &revocations, &jti).await {
+                            Ok(n) if n > 0 => {
+                                tracing::info!(jti, sessions = n, "ended sessions of a token revoked elsewhere")
+                            }
+                            Ok(_) => {}
+                            Err(DriverGone) => return,
+                        }
+                    }
+                    tracing::warn!("revocation subscription ended; subscribing again");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to revocations; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
 }

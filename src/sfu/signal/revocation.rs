@@ -26,6 +26,9 @@ fn key(jti: &str) -> String {
     format!("auralink:revoked:{jti}")
 }
 
+/// Where a node says it revoked a token, so the others end their sessions joined with it.
+pub const CHANNEL: &str = "auralink:revocations";
+
 impl Revocations {
     /// Shares the list through Redis from now on.
     pub fn use_redis(&self, redis: Redis) {
@@ -58,6 +61,14 @@ impl Revocations {
             joined.retain(|_, (exp, _)| *exp > now_ms);
         }
         joined.entry(jti.to_string()).or_insert_with(|| (exp_ms, Vec::new())).1.push(participant);
+    }
+
+    /// Tells the other nodes (through Redis, when configured) that `jti` was revoked.
+    pub async fn announce(&self, jti: &str) -> Result<(), RedisError> {
+        match self.redis.get() {
+            Some(r) => r.publish(CHANNEL, jti).await,
+            None => Ok(()),
+        }
     }
 
     /// The participants that joined with `jti` on this node, forgotten here.
