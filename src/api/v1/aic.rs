@@ -68,16 +68,6 @@ async fn room_row(tx: &mut Tx, org: &str, room_id: &str) -> Result<Option<Row>, 
     Ok(tx.fetch_optional(select!("room_id = $2"), args![org, room_id]).await?)
 }
 
-async fn room_id(tx: &mut Tx, org: &str, name: &str) -> Result<String, ApiError> {
-    #[derive(sqlx::FromRow)]
-    struct Id {
-        id: String,
-    }
-    let sql = "SELECT id FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
-    let row: Option<Id> = tx.fetch_optional(sql, args![org, name]).await?;
-    row.map(|r| r.id).ok_or_else(|| not_found("room"))
-}
-
 /// The settings a room runs with, and where they come from.
 async fn effective(tx: &mut Tx, org: &str, room_id: Option<&str>) -> Result<(AicConfig, &'static str), ApiError> {
     if let Some(id) = room_id
@@ -232,7 +222,7 @@ async fn read_room(
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::RoomsRead)?;
     let mut tx = s.db.begin(org).await?;
-    let room = room_id(&mut tx, org, &name).await?;
+    let room = super::rooms::load(&mut tx, org, &name).await?.id;
     let (config, source) = effective(&mut tx, org, Some(&room)).await?;
     tx.commit().await?;
     Ok(reply(&config, source))
@@ -248,7 +238,7 @@ async fn update_room(
     let org = caller.require(Perm::RoomsWrite)?;
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
-    let room = room_id(&mut tx, org, &name).await?;
+    let room = super::rooms::load(&mut tx, org, &name).await?.id;
     let existing = room_row(&mut tx, org, &room).await?;
     let (current, _) = effective(&mut tx, org, Some(&room)).await?;
     let after = req.apply(current.clone())?;
@@ -274,7 +264,7 @@ async fn remove_room(
     let org = caller.require(Perm::RoomsWrite)?;
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
-    let room = room_id(&mut tx, org, &name).await?;
+    let room = super::rooms::load(&mut tx, org, &name).await?.id;
     let existing = room_row(&mut tx, org, &room).await?.ok_or_else(|| not_found("AIC override"))?;
     tx.execute("DELETE FROM aic_configs WHERE org_id = $1 AND id = $2", args![org, &existing.id]).await?;
     let change = Change {

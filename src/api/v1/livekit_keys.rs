@@ -114,6 +114,12 @@ pub async fn load_all(db: &Db, secrets: &SecretBox, tokens: &TokenVerifier) -> R
     Ok(n)
 }
 
+macro_rules! select_keys {
+    ($tail:literal) => {
+        concat!("SELECT id, api_key, name, created_at, revoked_at FROM livekit_keys WHERE org_id = $1", $tail)
+    };
+}
+
 #[derive(Serialize, sqlx::FromRow)]
 struct Listed {
     id: String,
@@ -126,7 +132,7 @@ struct Listed {
 async fn list(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::KeysRead)?;
     let mut tx = s.db.begin(org).await?;
-    let sql = "SELECT id, api_key, name, created_at, revoked_at FROM livekit_keys WHERE org_id = $1 ORDER BY id";
+    let sql = select_keys!(" ORDER BY id");
     let keys: Vec<Listed> = tx.fetch_all(sql, args![org]).await?;
     tx.commit().await?;
     Ok(Json(json!({ "livekit_keys": keys })))
@@ -150,7 +156,7 @@ async fn add(
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
     let (api_key, secret) = create(&mut tx, &s.secrets, org, req.name.trim(), now).await?;
-    let sql = "SELECT id, api_key, name, created_at, revoked_at FROM livekit_keys WHERE org_id = $1 AND api_key = $2";
+    let sql = select_keys!(" AND api_key = $2");
     let key: Listed = tx.fetch_one(sql, args![org, &api_key]).await?;
     let change = Change {
         action: "livekit_key.create",
@@ -177,7 +183,7 @@ async fn revoke(
     let org = caller.require(Perm::KeysWrite)?;
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
-    let sql = "SELECT id, api_key, name, created_at, revoked_at FROM livekit_keys WHERE org_id = $1 AND id = $2";
+    let sql = select_keys!(" AND id = $2");
     let key: Listed = tx.fetch_optional(sql, args![org, &id]).await?.ok_or_else(|| not_found("LiveKit key"))?;
     if key.revoked_at.is_none() {
         let sql = "UPDATE livekit_keys SET revoked_at = $1 WHERE org_id = $2 AND id = $3";

@@ -33,8 +33,8 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Serialize, sqlx::FromRow)]
-struct Room {
-    id: String,
+pub(super) struct Room {
+    pub(super) id: String,
     name: String,
     metadata: String,
     empty_timeout_secs: Option<i64>,
@@ -57,7 +57,8 @@ fn room_name(name: &str) -> Result<RoomName, ApiError> {
     RoomName::new(name.to_string()).map_err(|e| ApiError::unprocessable("invalid_field", format!("room name {e}")))
 }
 
-async fn load(tx: &mut Tx, org: &str, name: &str) -> Result<Room, ApiError> {
+/// The org's live room of this name; 404 otherwise.
+pub(super) async fn load(tx: &mut Tx, org: &str, name: &str) -> Result<Room, ApiError> {
     tx.fetch_optional(select_rooms!(" AND name = $2"), args![org, name]).await?.ok_or_else(|| not_found("room"))
 }
 
