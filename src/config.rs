@@ -47,6 +47,9 @@ pub struct Config {
     /// Files served beside the pages compiled into the binary: the livekit-client bundle that
     /// `scripts/web-vendor.sh` installs under `vendor/`.
     pub web_dir: PathBuf,
+    /// The AIC model's weights (docs/aic.md). Without the file, AIC is unavailable and
+    /// tracks stay Opus; the server runs.
+    pub aic_model: PathBuf,
     /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
     pub keys: BTreeMap<String, String>,
     /// `sqlite:…` or `postgres://…`; default: `auralink.db` in the data dir.
@@ -129,6 +132,7 @@ impl Default for Config {
             room: RoomConfig::default(),
             data_dir: PathBuf::from("./data"),
             web_dir: PathBuf::from("./web"),
+            aic_model: PathBuf::from("./models/aic/aic-v1.safetensors"),
             keys: BTreeMap::new(),
             database_url: None,
             admin_key: None,

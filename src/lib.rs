@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod ids;
+pub mod pipeline;
 pub mod server;
 pub mod sfu;
 pub mod wall;

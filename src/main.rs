@@ -31,6 +31,31 @@ enum Command {
     Token(TokenArgs),
     /// Apply pending database migrations and exit (`serve` applies them too).
     Migrate(MigrateArgs),
+    /// The AIC neural codec's tools.
+    #[command(subcommand)]
+    Aic(AicCommand),
+}
+
+#[derive(Subcommand)]
+enum AicCommand {
+    /// Train aic-v1 from the sets scripts/aic-data.sh builds (docs/aic.md, "Training").
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The data folder (its `train/` is read; `heldout/` never is).
+    #[arg(long, env = "AURALINK_AIC_DATA")]
+    data: PathBuf,
+    /// Where the weights and their manifest go.
+    #[arg(long, default_value = "models/aic")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 6000)]
+    autoencoder_steps: usize,
+    #[arg(long, default_value_t = 2000)]
+    decoder_steps: usize,
 }
 
 #[derive(Args)]
@@ -144,6 +169,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let rt = tokio::runtime::Runtime::new()?;
             let version = rt.block_on(auralink::db::Db::migrate(&config.database_url()))?;
             println!("database schema at version {version}");
+            Ok(())
+        }
+        Command::Aic(AicCommand::Train(a)) => {
+            use auralink::codec::aic::train;
+            let cfg = train::TrainConfig {
+                data: a.data,
+                out: a.out,
+                seed: a.seed,
+                autoencoder_steps: a.autoencoder_steps,
+                decoder_steps: a.decoder_steps,
+                ..Default::default()
+            };
+            let report = train::train(&cfg)?;
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let manifest = train::manifest(&cfg, &report, &format!("auralink {}", args.join(" ")))?;
+            std::fs::write(cfg.out.join("manifest.toml"), &manifest)?;
+            println!("{manifest}");
             Ok(())
         }
         Command::Token(a) => {

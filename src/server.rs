@@ -193,6 +193,15 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     };
     let webhooks = webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system());
     let history = api::history::spawn(db.clone(), handle.subscribe(), Arc::clone(&livekit.registry), Clock::system());
+    let devices = Arc::new(crate::codec::device::Devices::detect());
+    let aic_model = match crate::codec::aic::model::AicModel::load(&config.aic_model, &devices.pick(false)) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            tracing::warn!(error = %e, "AIC model not loaded: AIC is unavailable, tracks stay Opus");
+            None
+        }
+    };
+    let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model);
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),
@@ -209,7 +218,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         limiter,
         webhooks,
         history,
-        devices: Arc::new(crate::codec::device::Devices::detect()),
+        devices,
+        aic,
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;

@@ -800,7 +800,7 @@ async fn aic_settings_per_org_and_room(api: Api) {
     let r =
         api.send("PUT", "/v1/rooms/stage/aic", &key, Some(json!({ "mode": "aggressive", "max_latency_ms": 15 }))).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let want = json!({ "mode": "AGGRESSIVE", "target_ratio": 0.1, "max_latency_ms": 15, "model_type": "aic-v1", "use_gpu": false, "min_quality": 2.0, "enabled": true });
+    let want = json!({ "mode": "AGGRESSIVE", "target_ratio": 0.1, "max_latency_ms": 15, "model_type": "aic-v1", "use_gpu": false, "min_quality": 2.0, "enabled": false });
     assert_eq!(r.body["config"], want);
     let r = api.send("GET", "/v1/rooms/stage/aic", &key, None).await;
     assert_eq!((r.body["source"].as_str(), &r.body["config"]), (Some("room"), &want));
@@ -814,6 +814,7 @@ async fn aic_settings_per_org_and_room(api: Api) {
     assert_eq!(api.send("DELETE", "/v1/rooms/stage/aic", &key, None).await.status, StatusCode::NOT_FOUND);
     let audit = api.send("GET", "/v1/audit", &key, None).await.body.to_string();
     assert!(audit.contains("aic.update") && audit.contains("aic.delete"));
+
     api.finish().await;
 }
 

@@ -11,8 +11,8 @@ use auralink::sfu::data::DataMessage;
 use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
 use auralink::sfu::{
-    ClientAnswer, JoinRequest, LeaveReason, Negotiation, Quality as LayerQuality, Sfu, SfuConfig, SfuEvent,
-    SubscribeFilter,
+    ClientAnswer, JoinRequest, LeaveReason, Negotiation, Offer, Quality as LayerQuality, Sfu, SfuConfig, SfuEvent,
+    SubscribeFilter, TapFrame, TapSink,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -813,4 +813,167 @@ fn garbage_datagrams_do_not_disturb_sessions() {
     assert!(w.sfu.stats().datagrams_unrouted + w.sfu.stats().datagrams_malformed > 0);
     let (audio, _) = publish(&mut w, alice, 50);
     assert_suffix_intact(&audio, &payloads(&w.clients[bob].1, true), 0.9, "audio after garbage");
+}
+
+/// Records what it is offered; `full` turns it into a consumer that is always behind.
+struct TestTap {
+    got: std::sync::Arc<std::sync::Mutex<Vec<TapFrame>>>,
+    answer: Offer,
+}
+
+impl TapSink for TestTap {
+    fn offer(&mut self, frame: TapFrame) -> Offer {
+        self.got.lock().unwrap().push(frame);
+        self.answer
+    }
+}
+
+fn audio_track(w: &World) -> auralink::ids::TrackId {
+    w.events
+        .iter()
+        .find_map(|e| match e {
+            SfuEvent::TrackPublished { track, .. } if track.kind == MediaKind::Audio => Some(track.id),
+            _ => None,
+        })
+        .expect("an audio track was published")
+}
+
+#[test]
+fn audio_taps_get_copies_and_taps_that_fall_behind_lose_frames_not_forwarding() {
+    let mut w = World::new(31);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    publish_audio(&mut w, alice, 0, 5);
+    let track = audio_track(&w);
+    let tap = |answer| {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (Box::new(TestTap { got: got.clone(), answer }), got)
+    };
+    let (taken, copies) = tap(Offer::Taken);
+    let (behind, offered_behind) = tap(Offer::Full);
+    let (gone, offered_gone) = tap(Offer::Closed);
+    for sink in [taken, behind, gone] {
+        w.sfu.add_tap(track, sink).unwrap();
+    }
+    assert_eq!(
+        w.sfu.add_tap(auralink::ids::TrackId(u64::MAX), tap(Offer::Taken).0).unwrap_err().code(),
+        "track_not_found"
+    );
+
+    let before = w.clients[bob].1.received.len();
+    let sent = publish_audio(&mut w, alice, 5, 100);
+    let got: Vec<Vec<u8>> = w.clients[bob].1.received[before..].iter().map(|d| d.data.to_vec()).collect();
+    assert_eq!(got, sent, "bob gets every frame while one tap is behind");
+
+    let copies = copies.lock().unwrap();
+    assert_eq!(
+        copies.iter().map(|f| f.data.to_vec()).collect::<Vec<_>>(),
+        sent,
+        "the tap sees each frame once, in order"
+    );
+    assert!(copies.windows(2).all(|p| p[1].rtp_time == p[0].rtp_time + 960), "RTP time advances 20 ms a frame");
+    assert!(copies.iter().all(|f| f.track == track && f.identity.as_str() == "alice" && f.room.as_str() == "room"));
+    assert_eq!(offered_behind.lock().unwrap().len(), 100);
+    assert_eq!(offered_gone.lock().unwrap().len(), 1, "a closed tap is removed after it says so");
+    assert_eq!(w.sfu.stats().tap_frames, 100);
+    assert_eq!(w.sfu.stats().tap_frames_dropped, 100);
+}
+
+#[test]
+fn a_stuck_pipeline_stage_does_not_delay_forwarding() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use auralink::codec::opus::{FRAME_SAMPLES, OpusEncoder};
+    use auralink::pipeline::{self, PcmFrame, PipelineStats, Stage, TrackPipeline};
+
+    /// Blocks on its first frame until the test lets it go, then counts.
+    struct Stuck {
+        release: std::sync::mpsc::Receiver<()>,
+        seen: Arc<AtomicUsize>,
+    }
+    impl Stage for Stuck {
+        fn process(&mut self, _: &PcmFrame<'_>) {
+            if self.seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = self.release.recv();
+            }
+        }
+    }
+
+    // Real Opus, so that the pipeline decodes every frame.
+    let mut enc = OpusEncoder::new(24_000).unwrap();
+    let packets: Vec<Vec<u8>> = (0..150)
+        .map(|n| {
+            let pcm: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|i| 0.3 * ((n * FRAME_SAMPLES + i) as f32 * 440.0 * std::f32::consts::TAU / 48_000.0).sin())
+                .collect();
+            enc.encode(&pcm).unwrap()
+        })
+        .collect();
+    // Each frame's latency to bob in virtual time, and the pipeline's counters.
+    let run = |stuck: bool| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let _guard = rt.enter();
+        let mut w = World::new(37);
+        let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+        let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+        w.connect_all();
+        let mid = w.sending_mids(alice)[0];
+        let seen = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(PipelineStats::default());
+        let (release, rx) = std::sync::mpsc::channel();
+        let mut sent_at = Vec::new();
+        for (n, p) in packets.iter().enumerate() {
+            if n == 1 && stuck {
+                let stage = Stuck { release: rx, seen: seen.clone() };
+                let pipe = TrackPipeline::new(vec![Box::new(stage)], stats.clone()).unwrap();
+                w.sfu.add_tap(audio_track(&w), Box::new(pipeline::spawn(pipe))).unwrap();
+                break;
+            }
+            let now = w.now;
+            w.client(alice)
+                .write(mid, None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), p)
+                .unwrap();
+            sent_at.push(now);
+            w.advance_by(Duration::from_millis(20));
+        }
+        for (n, p) in packets.iter().enumerate().skip(sent_at.len()) {
+            let now = w.now;
+            w.client(alice)
+                .write(mid, None, now, MediaTime::new(n as u64 * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ), p)
+                .unwrap();
+            sent_at.push(now);
+            w.advance_by(Duration::from_millis(20));
+        }
+        w.advance_by(Duration::from_millis(500));
+        let latencies: Vec<(usize, Duration)> = w.clients[bob]
+            .1
+            .received
+            .iter()
+            .map(|d| {
+                let n = packets.iter().position(|p| p[..] == d.data[..]).expect("bob gets frames alice sent");
+                (n, d.network_time - sent_at[n])
+            })
+            .collect();
+        let tap = (w.sfu.stats().tap_frames, w.sfu.stats().tap_frames_dropped);
+        // Let the stage go and end the pipeline (dropping the router drops its tap).
+        let _ = release.send(());
+        drop(w);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (seen.load(Ordering::SeqCst) as u64) < tap.0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (latencies, tap, seen.load(Ordering::SeqCst), stats.frames_decoded.load(Ordering::SeqCst))
+    };
+    let (plain, no_tap, ..) = run(false);
+    let (tapped, (taken, dropped), seen, decoded) = run(true);
+    assert_eq!(no_tap, (0, 0));
+    assert_eq!(tapped.len(), packets.len(), "bob got every frame");
+    assert_eq!(tapped, plain, "each frame reached bob at the same virtual time as without the pipeline");
+    assert_eq!(taken + dropped, 149, "every frame after the tap was offered once");
+    // One frame in the stuck stage, a queue's worth waiting, the rest dropped and counted.
+    assert!((pipeline::QUEUE_FRAMES as u64..=pipeline::QUEUE_FRAMES as u64 + 1).contains(&taken), "{taken} taken");
+    assert_eq!(seen as u64, taken, "once released, the stage ran on every frame it was given");
+    assert_eq!(decoded as u64, taken);
 }

@@ -107,6 +107,18 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             s.history.dropped.load(Relaxed),
         ),
         (
+            "auralink_tap_frames_total",
+            "counter",
+            "Audio frames copied to processing taps (AIC, transcription).",
+            stats.tap_frames,
+        ),
+        (
+            "auralink_tap_frames_dropped_total",
+            "counter",
+            "Audio frames a tap's consumer was too far behind to take.",
+            stats.tap_frames_dropped,
+        ),
+        (
             "auralink_compute_cuda_build",
             "gauge",
             "1 when this binary was built with CUDA support.",
@@ -123,5 +135,77 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     for (name, kind, help, v) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
+    aic(&mut out, &s);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The AIC stages' series: frames per route, bytes, savings, fallbacks, latency, quality.
+fn aic(out: &mut String, s: &AppState) {
+    let a = &s.aic.stats;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Relaxed);
+    let (aic_bytes, opus_bytes) = (load(&a.aic_bytes), load(&a.opus_bytes));
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_available 1 when the AIC model is loaded.\n# TYPE auralink_aic_available gauge\n\
+         auralink_aic_available {}",
+        u64::from(s.aic.available())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_frames_total Audio frames by where they went: through AIC, or Opus (disabled, \
+         fallen back, failed).\n# TYPE auralink_aic_frames_total counter\n\
+         auralink_aic_frames_total{{route=\"aic\"}} {}\nauralink_aic_frames_total{{route=\"opus\"}} {}",
+        load(&a.frames_aic),
+        load(&a.frames_opus)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_bytes_total Bytes of frames that went through AIC, as AIC packets and as the \
+         publisher's Opus.\n# TYPE auralink_aic_bytes_total counter\n\
+         auralink_aic_bytes_total{{codec=\"aic\"}} {aic_bytes}\nauralink_aic_bytes_total{{codec=\"opus\"}} {opus_bytes}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_bandwidth_saved_bytes_total Opus bytes minus AIC bytes over the same frames.\n\
+         # TYPE auralink_aic_bandwidth_saved_bytes_total counter\nauralink_aic_bandwidth_saved_bytes_total {}",
+        opus_bytes.saturating_sub(aic_bytes)
+    );
+    for (name, help, v) in [
+        ("auralink_aic_fallbacks_total", "Tracks sent back to Opus by the latency or quality guard.", &a.fallbacks),
+        ("auralink_aic_recoveries_total", "Fallen-back tracks that went back to AIC.", &a.recoveries),
+        ("auralink_aic_errors_total", "AIC frames that failed (kept as Opus).", &a.errors),
+        (
+            "auralink_pipeline_frames_decoded_total",
+            "Tapped Opus frames decoded by track pipelines.",
+            &s.aic.pipelines.frames_decoded,
+        ),
+        (
+            "auralink_pipeline_frames_concealed_total",
+            "Lost frames track pipelines concealed.",
+            &s.aic.pipelines.frames_concealed,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", load(v));
+    }
+    let name = "auralink_aic_frame_latency_seconds";
+    let _ = writeln!(out, "# HELP {name} Encode + decode time per 20 ms frame.\n# TYPE {name} histogram");
+    for (b, le) in a.latency_buckets.iter().zip(crate::pipeline::aic::LATENCY_BUCKETS) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", load(b));
+    }
+    let count = load(&a.latency_count);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_count {count}");
+    let _ = writeln!(out, "{name}_sum {}", load(&a.latency_sum_us) as f64 / 1e6);
+    let q = load(&a.quality_count);
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_quality_estimate Mean estimated quality (PESQ-like, 1 to 4.5) of voiced AIC frames.\n\
+         # TYPE auralink_aic_quality_estimate gauge\nauralink_aic_quality_estimate {}",
+        if q == 0 { 0.0 } else { load(&a.quality_milli_sum) as f64 / 1000.0 / q as f64 }
+    );
+    let ratio = if opus_bytes == 0 { 0.0 } else { aic_bytes as f64 / opus_bytes as f64 };
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_compression_ratio AIC bytes over the same frames' Opus bytes.\n\
+         # TYPE auralink_aic_compression_ratio gauge\nauralink_aic_compression_ratio {ratio}"
+    );
 }

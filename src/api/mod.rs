@@ -2,6 +2,7 @@
 //! at `/`, WHIP/WHEP at `/whip`), WHIP/WHEP and LiveKit signaling, and the control API
 //! under `/v1` (JSON, authenticated, idempotent POSTs, audited mutations).
 
+pub mod aic_taps;
 pub mod audit;
 pub mod auth;
 mod body;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub history: Arc<history::HistoryStats>,
     /// Where neural stages run.
     pub devices: Arc<crate::codec::device::Devices>,
+    /// The AIC stages on tracks.
+    pub aic: Arc<aic_taps::AicTaps>,
 }
 
 /// Largest JSON body the control API reads.

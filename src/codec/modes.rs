@@ -77,7 +77,9 @@ impl Default for AicConfig {
             model_type: MODEL_TYPES[0].to_string(),
             use_gpu: false,
             min_quality: 2.0,
-            enabled: true,
+            // Off until an operator turns it on: the stage costs CPU on every audio track,
+            // and nothing downstream uses its output yet (docs/aic.md, "Status").
+            enabled: false,
         }
     }
 }

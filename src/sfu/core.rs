@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelData, ChannelId};
+use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
@@ -23,6 +24,7 @@ use super::peer::{MAX_PENDING_MESSAGES, OutChannel, Peer, Slot, SubscribeFilter}
 use super::quality::{self, Quality as ConnectionQuality};
 use super::signal::token::Permissions;
 use super::speaker::{Speaker, SpeakerDetector};
+use super::tap::{Offer, TapFrame, TapSink};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
 /// Keyframe requests to one publisher layer are at most this frequent.
@@ -141,6 +143,8 @@ pub enum SfuError {
     NoTrack,
     #[error("no offer is waiting for an answer")]
     NoPendingOffer,
+    #[error("only audio tracks can be tapped")]
+    NotAudio,
 }
 
 impl SfuError {
@@ -152,6 +156,7 @@ impl SfuError {
             SfuError::NoParticipant => "participant_not_found",
             SfuError::NoTrack => "track_not_found",
             SfuError::NoPendingOffer => "no_pending_offer",
+            SfuError::NotAudio => "track_not_audio",
         }
     }
 }
@@ -260,6 +265,9 @@ pub struct SfuStats {
     pub data_messages_dropped: u64,
     pub datagrams_unrouted: u64,
     pub datagrams_malformed: u64,
+    /// Audio frames copied to taps, and those dropped because the tap's consumer was behind.
+    pub tap_frames: u64,
+    pub tap_frames_dropped: u64,
 }
 
 /// Bytes per layer over a window, turned into bits per second when the window closes.
@@ -284,6 +292,8 @@ struct Track {
     paused: bool,
     subscribers: Vec<(ParticipantId, Mid)>,
     last_keyframe_request: HashMap<Layer, Instant>,
+    /// Consumers of copies of this (Opus audio) track's frames.
+    taps: Vec<Box<dyn TapSink>>,
 }
 
 struct Room {
@@ -1114,6 +1124,7 @@ impl Sfu {
                     meter: RateMeter { start: now, bytes: HashMap::new() },
                     paused: false,
                     subscribers: Vec::new(),
+                    taps: Vec::new(),
                     last_keyframe_request: HashMap::new(),
                 },
             );
@@ -1423,6 +1434,10 @@ impl Sfu {
         for layer in need_keyframe {
             self.request_keyframe(now, track, layer);
         }
+        // After forwarding, so that a tap can never hold a subscriber's frame back.
+        if kind == MediaKind::Audio && d.params.spec().codec == Codec::Opus {
+            self.feed_taps(track, &d);
+        }
         if rates_changed {
             tracing::trace!(%track, layers = ?self.tracks[&track].layers, "layer rates");
             let subs: Vec<ParticipantId> = self.tracks[&track].subscribers.iter().map(|s| s.0).collect();
@@ -1430,6 +1445,45 @@ impl Sfu {
                 self.reselect(now, sub);
             }
         }
+    }
+
+    fn feed_taps(&mut self, track: TrackId, d: &MediaData) {
+        let Some(t) = self.tracks.get_mut(&track) else { return };
+        if t.taps.is_empty() {
+            return;
+        }
+        let frame = TapFrame {
+            room: t.room.clone(),
+            track,
+            participant: t.info.owner,
+            identity: t.identity.clone(),
+            rtp_time: d.time.numer(),
+            received: d.network_time,
+            data: Arc::clone(&d.data),
+        };
+        let stats = &mut self.stats;
+        t.taps.retain_mut(|sink| match sink.offer(frame.clone()) {
+            Offer::Taken => {
+                stats.tap_frames += 1;
+                true
+            }
+            Offer::Full => {
+                stats.tap_frames_dropped += 1;
+                true
+            }
+            Offer::Closed => false,
+        });
+    }
+
+    /// Sends copies of an audio track's Opus frames to `sink` until the sink reports it is
+    /// closed or the track ends.
+    pub fn add_tap(&mut self, track: TrackId, sink: Box<dyn TapSink>) -> Result<(), SfuError> {
+        let t = self.tracks.get_mut(&track).ok_or(SfuError::NoTrack)?;
+        if t.info.kind != MediaKind::Audio {
+            return Err(SfuError::NotAudio);
+        }
+        t.taps.push(sink);
+        Ok(())
     }
 
     fn handle_channel_open(&mut self, id: ParticipantId, cid: ChannelId) {

@@ -10,6 +10,7 @@ mod peer;
 pub mod quality;
 pub mod signal;
 pub mod speaker;
+pub mod tap;
 
 pub use self::core::{
     ClientAnswer, JoinRequest, LeaveReason, Negotiation, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats,
@@ -17,3 +18,4 @@ pub use self::core::{
 };
 pub use self::layer_select::Quality;
 pub use self::peer::SubscribeFilter;
+pub use self::tap::{Offer, TapFrame, TapSink};

@@ -14,9 +14,9 @@ use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
 use crate::args;
 use crate::codec::modes::{AicConfig, MODEL_TYPES, Mode};
-use crate::db::Tx;
+use crate::db::{Db, Tx};
 use crate::error::ApiError;
-use crate::ids::record_id;
+use crate::ids::{RoomName, record_id};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -79,6 +79,15 @@ async fn effective(tx: &mut Tx, org: &str, room_id: Option<&str>) -> Result<(Aic
         Some(row) => (row.config(), "org"),
         None => (AicConfig::default(), "default"),
     })
+}
+
+/// The settings the room named `name` runs with (a room not on record runs with the org's).
+pub async fn room_settings(db: &Db, org: &str, name: &str) -> Result<AicConfig, ApiError> {
+    let mut tx = db.begin(org).await?;
+    let room = super::rooms::find_room(&mut tx, org, name).await?.map(|r| r.id);
+    let (config, _) = effective(&mut tx, org, room.as_deref()).await?;
+    tx.commit().await?;
+    Ok(config)
 }
 
 fn reply(config: &AicConfig, source: &str) -> Json<Value> {
@@ -212,6 +221,7 @@ async fn update_org(
     };
     audit::record(&mut tx, &caller, org, now, change).await?;
     tx.commit().await?;
+    s.aic.refresh(org).await;
     Ok(reply(&after, "org"))
 }
 
@@ -225,7 +235,10 @@ async fn read_room(
     let room = super::rooms::load(&mut tx, org, &name).await?.id;
     let (config, source) = effective(&mut tx, org, Some(&room)).await?;
     tx.commit().await?;
-    Ok(reply(&config, source))
+    let mut body = reply(&config, source);
+    let active = RoomName::new(name.as_str()).map_or(0, |n| s.aic.active_tracks(&RoomName::in_org(org, &n)));
+    body["active_tracks"] = json!(active);
+    Ok(body)
 }
 
 /// Sets the room's override; a room without one starts from what it runs with now.
@@ -252,6 +265,7 @@ async fn update_room(
     };
     audit::record(&mut tx, &caller, org, now, change).await?;
     tx.commit().await?;
+    s.aic.refresh(org).await;
     Ok(reply(&after, "room"))
 }
 
@@ -276,5 +290,6 @@ async fn remove_room(
     };
     audit::record(&mut tx, &caller, org, now, change).await?;
     tx.commit().await?;
+    s.aic.refresh(org).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,7 @@
 //! `Idempotency-Key` ([`super::idempotency`]), and every mutation writes its audit entry in
 //! its own transaction ([`super::audit`]).
 
-mod aic;
+pub mod aic;
 mod calls;
 mod keys;
 pub mod livekit_keys;

@@ -59,7 +59,11 @@ fn room_name(name: &str) -> Result<RoomName, ApiError> {
 
 /// The org's live room of this name; 404 otherwise.
 pub(super) async fn load(tx: &mut Tx, org: &str, name: &str) -> Result<Room, ApiError> {
-    tx.fetch_optional(select_rooms!(" AND name = $2"), args![org, name]).await?.ok_or_else(|| not_found("room"))
+    find_room(tx, org, name).await?.ok_or_else(|| not_found("room"))
+}
+
+pub(super) async fn find_room(tx: &mut Tx, org: &str, name: &str) -> Result<Option<Room>, ApiError> {
+    Ok(tx.fetch_optional(select_rooms!(" AND name = $2"), args![org, name]).await?)
 }
 
 #[derive(Deserialize)]

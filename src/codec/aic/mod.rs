@@ -1,4 +1,22 @@
-//! AIC, the neural speech codec: its bitstream (and, as they land, its model and the stage
-//! that runs it on tracks). See docs/aic.md.
+//! AIC, the neural speech codec: its bitstream, its analysis transform, the network, and
+//! how it is trained. See docs/aic.md.
 
 pub mod bitstream;
+pub mod guard;
+pub mod mdct;
+pub mod model;
+pub mod train;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("AIC works on whole 20 ms frames (multiples of 320 samples at 16 kHz), not {0} samples")]
+    FrameSize(usize),
+    #[error("AIC frames must carry {stages} codes below 4096 each")]
+    Codes { stages: usize },
+    #[error("training data: {0}")]
+    Data(String),
+}

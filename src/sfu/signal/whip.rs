@@ -271,7 +271,9 @@ pub fn token_error(e: TokenError) -> ApiError {
 
 fn sfu_error(e: SfuError) -> ApiError {
     let status = match e {
-        SfuError::BadSdp(_) | SfuError::Negotiation(_) | SfuError::NoPendingOffer => StatusCode::BAD_REQUEST,
+        SfuError::BadSdp(_) | SfuError::Negotiation(_) | SfuError::NoPendingOffer | SfuError::NotAudio => {
+            StatusCode::BAD_REQUEST
+        }
         SfuError::NoParticipant | SfuError::NoTrack => StatusCode::NOT_FOUND,
     };
     ApiError::new(status, e.code(), e.to_string())

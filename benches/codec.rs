@@ -1,0 +1,235 @@
+//! AIC against Opus on the held-out set (scripts/aic-data.sh builds it; training never reads
+//! it): for each AIC mode and for Opus at the same packet bitrate and at 24 kbit/s, the
+//! bitrate, PESQ-WB (P.862.2, the `pesq` crate) and STOI, and AIC's per-frame latency
+//! (encode + decode, p50/p99) and real-time factor on one thread.
+//!
+//! `cargo bench --bench codec` (`AURALINK_AIC_DATA` names the data folder, default
+//! ~/.cache/auralink-aic-data; `AURALINK_AIC_MODEL` the weights, default
+//! models/aic/aic-v1.safetensors). Without `--bench` (as `cargo test --all-targets` runs it)
+//! it scores two seconds of a synthetic vowel, to show every path works.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use auralink::codec::aic::bitstream::{AIC_V1, Packet};
+use auralink::codec::aic::mdct::HOP;
+use auralink::codec::aic::model::{self, AicDecoder, AicEncoder, AicModel};
+use auralink::codec::aic::train::{read_wav, wav_files};
+use auralink::codec::modes::Mode;
+use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder};
+use auralink::codec::resample::{Downsampler, Upsampler};
+use auralink::codec::stoi::stoi;
+
+/// One codec's scores over a set.
+#[derive(Default)]
+struct Tally {
+    bits: f64,
+    seconds: f64,
+    pesq: Vec<f64>,
+    stoi: Vec<f64>,
+    /// Per-frame encode + decode time, microseconds.
+    frame_us: Vec<f64>,
+    busy: f64,
+    failed: usize,
+    /// Per clip (AIC only, where PESQ scored it): mean frame loss of voiced frames, and PESQ.
+    fit: Vec<(f64, f64)>,
+}
+
+impl Tally {
+    /// Scores `out` against `clean`; returns PESQ-WB when it could be computed.
+    fn score(&mut self, clean: &[f32], out: &[f32]) -> Option<f64> {
+        let delay = delay(clean, out);
+        let out = &out[delay..];
+        let n = clean.len().min(out.len());
+        let pcm = |s: &[f32]| s.iter().map(|x| (x.clamp(-1.0, 1.0) * 32767.0) as i16).collect::<Vec<i16>>();
+        if let Some(s) = stoi(&clean[..n], &out[..n], 16_000) {
+            self.stoi.push(s);
+        }
+        let (reference, degraded) = (pcm(&clean[..n]), pcm(&out[..n]));
+        // pesq 0.2 panics on some inputs (an index past its utterance buffer): a failure too.
+        match std::panic::catch_unwind(|| pesq::pesq_wb(&reference, &degraded).ok()).ok().flatten() {
+            Some(p) => {
+                self.pesq.push(f64::from(p));
+                Some(f64::from(p))
+            }
+            None => {
+                self.failed += 1;
+                None
+            }
+        }
+    }
+
+    fn kbps(&self) -> f64 {
+        self.bits / self.seconds / 1000.0
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}
+
+/// The codec's delay in samples (0..50 ms), by cross-correlation.
+fn delay(clean: &[f32], out: &[f32]) -> usize {
+    (0..800.min(out.len()))
+        .max_by(|&a, &b| {
+            let c = |d: usize| clean.iter().zip(&out[d..]).map(|(x, y)| f64::from(x * y)).sum::<f64>();
+            c(a).total_cmp(&c(b))
+        })
+        .unwrap_or(0)
+}
+
+fn aic(model: &Arc<AicModel>, mode: Mode, clean: &[f32], t: &mut Tally) {
+    let mut enc = AicEncoder::new(model.clone()).unwrap();
+    let mut dec = AicDecoder::new(model.clone());
+    let mut out = Vec::with_capacity(clean.len() + HOP);
+    // One more frame of silence flushes the decoder's last frame.
+    let mut input = clean.to_vec();
+    input.resize(clean.len().div_ceil(HOP) * HOP + HOP, 0.0);
+    for (seq, frame) in input.chunks(HOP).enumerate() {
+        let start = Instant::now();
+        let codes = enc.encode(frame, mode).unwrap();
+        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: seq as u8, frames: codes }.encode().unwrap();
+        let got = Packet::decode(&packet).unwrap();
+        out.extend(dec.decode(&got.frames, mode).unwrap());
+        let us = start.elapsed().as_secs_f64() * 1e6;
+        t.frame_us.push(us);
+        t.busy += us / 1e6;
+        t.bits += packet.len() as f64 * 8.0;
+    }
+    t.seconds += input.len() as f64 / 16_000.0;
+    if let Some(p) = t.score(clean, &out) {
+        t.fit.push((voiced_loss(model, &input, &out[HOP..]), p));
+    }
+}
+
+/// Mean frame loss (what the runtime quality estimate is made from) over voiced frames.
+fn voiced_loss(model: &AicModel, clean: &[f32], out: &[f32]) -> f64 {
+    let n = clean.len().min(out.len()) / HOP * HOP;
+    let reference = model.analyze(&clean[..n], &[0.0; HOP]).unwrap();
+    let decoded = model.analyze(&out[..n], &[0.0; HOP]).unwrap();
+    let loss = model::frame_loss(&decoded, &reference).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let level = reference.narrow(1, HOP, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let voiced: Vec<f64> =
+        loss.iter().zip(&level).filter(|(_, l)| **l > model::VOICED_LOG_RMS).map(|(x, _)| f64::from(*x)).collect();
+    mean(&voiced)
+}
+
+/// Least squares `pesq ≈ a + b·loss`, and the correlation.
+fn line_fit(points: &[(f64, f64)]) -> (f64, f64, f64) {
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let syy: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
+    let b = sxy / sxx;
+    (my - b * mx, b, sxy / (sxx * syy).sqrt())
+}
+
+fn opus(bitrate: u32, clean: &[f32], t: &mut Tally) {
+    let mut up = Upsampler::default();
+    let mut down = Downsampler::default();
+    let mut enc = OpusEncoder::new(bitrate).unwrap();
+    let mut dec = OpusDecoder::new().unwrap();
+    let mut input = up.process(clean);
+    input.resize(input.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES + FRAME_SAMPLES, 0.0);
+    let mut out48 = Vec::with_capacity(input.len());
+    for frame in input.chunks(FRAME_SAMPLES) {
+        let packet = enc.encode(frame).unwrap();
+        t.bits += packet.len() as f64 * 8.0;
+        out48.extend(dec.decode(Some(&packet)).unwrap());
+    }
+    t.seconds += input.len() as f64 / 48_000.0;
+    t.score(clean, &down.process(&out48));
+}
+
+fn main() {
+    // A PESQ panic is counted as a failure; one line says so instead of a backtrace.
+    std::panic::set_hook(Box::new(|info| eprintln!("(pesq: {info})")));
+    let bench = std::env::args().any(|a| a == "--bench");
+    let model_path = std::env::var("AURALINK_AIC_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic/aic-v1.safetensors"));
+    let model = Arc::new(AicModel::load(&model_path, &candle_core::Device::Cpu).expect("the AIC model loads"));
+    let sets: Vec<(String, Vec<Vec<f32>>)> = if bench {
+        let data = std::env::var("AURALINK_AIC_DATA").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/auralink-aic-data")
+        });
+        ["human-en", "espeak-en"]
+            .iter()
+            .map(|set| {
+                let dir = data.join("heldout").join(set);
+                let files = wav_files(&dir).unwrap_or_else(|e| panic!("{e} (run scripts/aic-data.sh)"));
+                (set.to_string(), files.iter().map(|f| read_wav(f).unwrap()).collect())
+            })
+            .collect()
+    } else {
+        vec![("synthetic vowel".to_string(), vec![auralink::codec::vowel(2.0)])]
+    };
+    println!("model {} ({} threads for tensors)", model_path.display(), candle_core::utils::get_num_threads());
+    let mut fit = Vec::new();
+    for (set, clips) in &sets {
+        let minutes = clips.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0 / 60.0;
+        println!("\n{set}: {} clips, {minutes:.1} min", clips.len());
+        println!(
+            "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7}",
+            "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF"
+        );
+        for mode in Mode::ALL {
+            let mut a = Tally::default();
+            for c in clips {
+                aic(&model, mode, c, &mut a);
+            }
+            // Opus asked for the same packet bitrate AIC produced.
+            let same = (a.kbps() * 1000.0).round() as u32;
+            let mut o = Tally::default();
+            for c in clips {
+                opus(same.max(500), c, &mut o);
+            }
+            let name = format!("AIC {}", mode.as_str());
+            println!(
+                "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3}",
+                name,
+                a.kbps(),
+                mean(&a.pesq),
+                mean(&a.stoi),
+                percentile(&a.frame_us, 0.5),
+                percentile(&a.frame_us, 0.99),
+                a.busy / a.seconds
+            );
+            println!(
+                "{:<28} {:>8.2} {:>8.3} {:>7.3}",
+                format!("Opus asked for {:.1}", f64::from(same) / 1000.0),
+                o.kbps(),
+                mean(&o.pesq),
+                mean(&o.stoi)
+            );
+            println!(
+                "  ratio AIC/Opus: PESQ {:.2}, STOI {:.2} (PESQ failures: AIC {}, Opus {})",
+                mean(&a.pesq) / mean(&o.pesq),
+                mean(&a.stoi) / mean(&o.stoi),
+                a.failed,
+                o.failed
+            );
+            assert!(!a.pesq.is_empty() && !o.pesq.is_empty(), "PESQ scored nothing");
+            fit.extend(a.fit);
+        }
+        let mut o = Tally::default();
+        for c in clips {
+            opus(24_000, c, &mut o);
+        }
+        println!("{:<28} {:>8.2} {:>8.3} {:>7.3}", "Opus 24", o.kbps(), mean(&o.pesq), mean(&o.stoi));
+    }
+    // The runtime quality estimate's calibration (model::quality_estimate).
+    let (a, b, r) = line_fit(&fit);
+    println!(
+        "\nquality estimate fit over {} AIC clips: PESQ-WB ≈ {a:.3} + {b:.3} × frame loss (r = {r:.2})",
+        fit.len()
+    );
+}

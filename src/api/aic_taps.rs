@@ -1,0 +1,152 @@
+//! Puts the AIC stage on the audio tracks of rooms whose settings enable it, and hands
+//! running stages new settings when operators change them (they apply from the next frame).
+//! Stages run on their tracks' pipeline threads; this only wires them up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use str0m::media::MediaKind;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use crate::codec::aic::model::AicModel;
+use crate::codec::modes::AicConfig;
+use crate::db::Db;
+use crate::ids::{RoomName, TrackId};
+use crate::pipeline::aic::{AicStage, AicStats};
+use crate::pipeline::{self, PipelineStats, TrackPipeline};
+use crate::sfu::SfuEvent;
+use crate::sfu::driver::SfuHandle;
+
+struct Room {
+    settings: watch::Sender<AicConfig>,
+    tapped: HashSet<TrackId>,
+}
+
+pub struct AicTaps {
+    db: Db,
+    sfu: SfuHandle,
+    /// `None` when the weights could not be loaded: AIC is unavailable.
+    model: Option<Arc<AicModel>>,
+    pub stats: Arc<AicStats>,
+    pub pipelines: Arc<PipelineStats>,
+    rooms: Mutex<HashMap<RoomName, Room>>,
+}
+
+impl AicTaps {
+    /// Follows router events until the router stops.
+    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicModel>>) -> Arc<AicTaps> {
+        let taps = Arc::new(AicTaps {
+            db,
+            model,
+            stats: Default::default(),
+            pipelines: Default::default(),
+            rooms: Mutex::new(HashMap::new()),
+            sfu: sfu.clone(),
+        });
+        let mut events = sfu.subscribe();
+        let this = Arc::clone(&taps);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
+                        this.attach(&room, track.id).await;
+                    }
+                    Ok(SfuEvent::TrackUnpublished { room, track }) => {
+                        if let Some(r) = this.rooms.lock().expect("aic rooms lock").get_mut(&room) {
+                            r.tapped.remove(&track.id);
+                        }
+                    }
+                    Ok(SfuEvent::RoomClosed { room }) => {
+                        this.rooms.lock().expect("aic rooms lock").remove(&room);
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "AIC taps fell behind the router"),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        taps
+    }
+
+    pub fn available(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// Tracks of `room` on this node that have the AIC stage.
+    pub fn active_tracks(&self, room: &RoomName) -> usize {
+        self.rooms.lock().expect("aic rooms lock").get(room).map_or(0, |r| r.tapped.len())
+    }
+
+    /// Brings a track under the room's settings: they are looked up again and pushed to the
+    /// room's running stages, and the track is tapped if they enable AIC and it is not yet.
+    async fn attach(&self, room: &RoomName, track: TrackId) {
+        let Some(model) = &self.model else { return };
+        let Some(org) = room.org() else { return };
+        let config = match super::v1::aic::room_settings(&self.db, org, room.local()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%room, code = e.code, error = %e.message, "AIC settings not readable; the track stays Opus");
+                return;
+            }
+        };
+        let receiver = {
+            let mut rooms = self.rooms.lock().expect("aic rooms lock");
+            let r = rooms
+                .entry(room.clone())
+                .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashSet::new() });
+            r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
+            if !config.enabled || !r.tapped.insert(track) {
+                return;
+            }
+            r.settings.subscribe()
+        };
+        let stage = match AicStage::new(Arc::clone(model), receiver, Arc::clone(&self.stats)) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(%track, error = %e, "AIC stage not started"),
+        };
+        let pipe = match TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines)) {
+            Ok(p) => p,
+            Err(e) => return tracing::warn!(%track, error = %e, "track pipeline not started"),
+        };
+        let tx = pipeline::spawn(pipe);
+        match self.sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tx))).await {
+            Ok(Ok(())) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
+            // Gone already: the pipeline ends with its channel.
+            Ok(Err(e)) => tracing::debug!(%track, error = %e, "track not tapped"),
+            Err(e) => tracing::warn!(error = %e, "track not tapped"),
+        }
+    }
+
+    /// After an org's settings (or one of its rooms') changed: every open room of the org
+    /// gets its current settings, and its audio tracks are tapped if they now enable AIC.
+    pub async fn refresh(&self, org: &str) {
+        if self.model.is_none() {
+            return;
+        }
+        let org = org.to_string();
+        let tracks = self
+            .sfu
+            .call(move |sfu, _| {
+                let rooms: Vec<RoomName> = sfu.rooms().filter(|r| r.org() == Some(org.as_str())).cloned().collect();
+                rooms
+                    .into_iter()
+                    .flat_map(|room| {
+                        let audio: Vec<TrackId> = sfu
+                            .participants(&room)
+                            .into_iter()
+                            .flat_map(|p| p.tracks)
+                            .filter(|t| t.kind == MediaKind::Audio)
+                            .map(|t| t.id)
+                            .collect();
+                        audio.into_iter().map(move |t| (room.clone(), t))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+        for (room, track) in tracks {
+            self.attach(&room, track).await;
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The AIC stage on a track: each 20 ms frame is taken to 16 kHz, encoded, packed, unpacked
+//! and decoded (the loopback transcode), timed, and its quality estimated by comparing the
+//! decoded audio's spectrum with the input's. The guard decides frame by frame whether the
+//! track runs AIC or stays Opus. Settings changes arrive through a watch channel and apply
+//! from the next frame.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use tokio::sync::watch;
+
+use super::{PcmFrame, Stage};
+use crate::codec::aic::ModelError;
+use crate::codec::aic::bitstream::{AIC_V1, Packet};
+use crate::codec::aic::guard::{Guard, Route, Transition};
+use crate::codec::aic::mdct::HOP;
+use crate::codec::aic::model::{self, AicDecoder, AicEncoder, AicModel};
+use crate::codec::modes::AicConfig;
+use crate::codec::resample::Downsampler;
+
+/// Upper bounds (seconds) of the per-frame latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5];
+
+/// Counters shared by every AIC stage of the node, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AicStats {
+    pub frames_aic: AtomicU64,
+    pub frames_opus: AtomicU64,
+    pub aic_bytes: AtomicU64,
+    /// What the same frames took as the publisher's Opus.
+    pub opus_bytes: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub recoveries: AtomicU64,
+    pub errors: AtomicU64,
+    /// Cumulative counts per [`LATENCY_BUCKETS`] bucket, then the sum in microseconds.
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub latency_count: AtomicU64,
+    pub latency_sum_us: AtomicU64,
+    /// Sum (in thousandths) and count of voiced frames' quality estimates.
+    pub quality_milli_sum: AtomicU64,
+    pub quality_count: AtomicU64,
+}
+
+impl AicStats {
+    fn observe_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, le) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            if s <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+pub struct AicStage {
+    model: Arc<AicModel>,
+    settings: watch::Receiver<AicConfig>,
+    config: AicConfig,
+    down: Downsampler,
+    enc: AicEncoder,
+    dec: AicDecoder,
+    guard: Guard,
+    sequence: u8,
+    /// Analysis state of the input and of the decoded output (which runs one frame behind),
+    /// and the input's features of the previous frame, which the next output is compared to.
+    input_before: [f32; HOP],
+    output_before: [f32; HOP],
+    previous_input: Option<Tensor>,
+    stats: Arc<AicStats>,
+}
+
+impl AicStage {
+    pub fn new(
+        model: Arc<AicModel>,
+        mut settings: watch::Receiver<AicConfig>,
+        stats: Arc<AicStats>,
+    ) -> Result<AicStage, ModelError> {
+        let config = settings.borrow_and_update().clone();
+        Ok(AicStage {
+            enc: AicEncoder::new(model.clone())?,
+            dec: AicDecoder::new(model.clone()),
+            guard: Guard::new(Duration::from_millis(config.max_latency_ms.into()), config.min_quality),
+            model,
+            settings,
+            config,
+            down: Downsampler::default(),
+            sequence: 0,
+            input_before: [0.0; HOP],
+            output_before: [0.0; HOP],
+            previous_input: None,
+            stats,
+        })
+    }
+
+    pub fn fallback_count(&self) -> u64 {
+        self.guard.fallback_count()
+    }
+
+    /// Runs one 16 kHz frame through the codec; returns its latency and quality estimate.
+    fn transcode(&mut self, pcm: &[f32]) -> Result<(Duration, Option<f64>, usize), ModelError> {
+        let mode = self.config.mode;
+        let start = Instant::now();
+        let codes = self.enc.encode(pcm, mode)?;
+        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: self.sequence, frames: codes }
+            .encode()
+            .map_err(|e| ModelError::Data(e.to_string()))?;
+        let frames = Packet::decode(&packet).map_err(|e| ModelError::Data(e.to_string()))?.frames;
+        let out = self.dec.decode(&frames, mode)?;
+        let latency = start.elapsed();
+        self.sequence = self.sequence.wrapping_add(1);
+
+        let input = self.model.analyze(pcm, &self.input_before)?;
+        let output = self.model.analyze(&out, &self.output_before)?;
+        self.input_before.copy_from_slice(pcm);
+        self.output_before.copy_from_slice(&out);
+        let quality = match self.previous_input.replace(input) {
+            Some(reference) if reference.get(0)?.get(HOP)?.to_scalar::<f32>()? > model::VOICED_LOG_RMS => {
+                let loss = model::frame_loss(&output, &reference)?.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+                Some(model::quality_estimate(loss))
+            }
+            _ => None,
+        };
+        Ok((latency, quality, packet.len()))
+    }
+
+    fn reset(&mut self) -> Result<(), ModelError> {
+        self.enc.reset_state()?;
+        self.dec.reset_state();
+        self.input_before = [0.0; HOP];
+        self.output_before = [0.0; HOP];
+        self.previous_input = None;
+        Ok(())
+    }
+}
+
+impl Stage for AicStage {
+    fn process(&mut self, frame: &PcmFrame<'_>) {
+        if self.settings.has_changed().unwrap_or(false) {
+            self.config = self.settings.borrow_and_update().clone();
+            self.guard.set_limits(Duration::from_millis(self.config.max_latency_ms.into()), self.config.min_quality);
+        }
+        let pcm = self.down.process(frame.samples);
+        let route = if self.config.enabled { self.guard.route() } else { Route::Opus };
+        if route == Route::Opus || pcm.len() != HOP {
+            self.stats.frames_opus.fetch_add(1, Relaxed);
+            return;
+        }
+        let (latency, quality, bytes) = match self.transcode(&pcm) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(track = %frame.track, error = %e, "AIC frame failed");
+                self.stats.errors.fetch_add(1, Relaxed);
+                self.stats.frames_opus.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        self.stats.observe_latency(latency);
+        if let Some(q) = quality {
+            self.stats.quality_milli_sum.fetch_add((q * 1000.0) as u64, Relaxed);
+            self.stats.quality_count.fetch_add(1, Relaxed);
+        }
+        if route == Route::Aic {
+            self.stats.frames_aic.fetch_add(1, Relaxed);
+            self.stats.aic_bytes.fetch_add(bytes as u64, Relaxed);
+            self.stats.opus_bytes.fetch_add(frame.opus_bytes as u64, Relaxed);
+        } else {
+            self.stats.frames_opus.fetch_add(1, Relaxed);
+        }
+        match self.guard.handle_frame(latency, quality) {
+            Some(Transition::FellBack(reason)) => {
+                tracing::info!(track = %frame.track, ?reason, ?latency, ?quality, "AIC falls back to Opus");
+                self.stats.fallbacks.fetch_add(1, Relaxed);
+            }
+            Some(Transition::Recovered) => {
+                tracing::info!(track = %frame.track, "AIC is healthy again");
+                self.stats.recoveries.fetch_add(1, Relaxed);
+                if let Err(e) = self.reset() {
+                    tracing::warn!(track = %frame.track, error = %e, "AIC state reset failed");
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::codec::opus::FRAME_SAMPLES;
+    use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+
+    fn stage(config: AicConfig) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic/aic-v1.safetensors");
+        let model = Arc::new(AicModel::load(&path, &candle_core::Device::Cpu).unwrap());
+        let (tx, rx) = watch::channel(config);
+        let stats = Arc::new(AicStats::default());
+        (AicStage::new(model, rx, stats.clone()).unwrap(), tx, stats)
+    }
+
+    fn run(stage: &mut AicStage, frames: usize) {
+        let (room, identity) = (RoomName::new("r").unwrap(), Identity::new("a").unwrap());
+        for n in 0..frames {
+            let samples: Vec<f32> = (0..FRAME_SAMPLES)
+                .map(|i| 0.2 * ((n * FRAME_SAMPLES + i) as f32 * 180.0 * std::f32::consts::TAU / 48_000.0).sin())
+                .collect();
+            stage.process(&PcmFrame {
+                room: &room,
+                track: TrackId(1),
+                participant: ParticipantId(1),
+                identity: &identity,
+                rtp_time: (n * FRAME_SAMPLES) as u64,
+                samples: &samples,
+                concealed: false,
+                opus_bytes: 60,
+            });
+        }
+    }
+
+    #[test]
+    fn frames_go_through_aic_and_a_latency_budget_nobody_meets_falls_back_to_opus() {
+        let (mut s, _settings, stats) = stage(AicConfig { enabled: true, ..AicConfig::default() });
+        run(&mut s, 10);
+        assert_eq!(stats.frames_aic.load(Relaxed), 10);
+        assert_eq!(stats.latency_count.load(Relaxed), 10);
+        // ADAPTIVE: 96 bits of codes and a 3-byte header per frame.
+        assert_eq!(stats.aic_bytes.load(Relaxed), 10 * 15);
+        assert_eq!(stats.opus_bytes.load(Relaxed), 10 * 60);
+        assert!(stats.quality_count.load(Relaxed) > 0, "a loud tone is voiced");
+
+        // A budget no frame can meet (the API's smallest, 1 ms, might be met; zero cannot).
+        s.guard.set_limits(Duration::ZERO, 1.0);
+        run(&mut s, 3);
+        assert_eq!(s.fallback_count(), 1);
+        assert_eq!(stats.fallbacks.load(Relaxed), 1);
+        run(&mut s, 10);
+        assert_eq!(stats.frames_aic.load(Relaxed), 13, "fallen back: frames stay Opus");
+
+        // Disabled live: nothing goes through AIC.
+        let (mut s, settings, stats) = stage(AicConfig { enabled: true, ..AicConfig::default() });
+        settings.send_modify(|c| c.enabled = false);
+        run(&mut s, 5);
+        assert_eq!((stats.frames_aic.load(Relaxed), stats.frames_opus.load(Relaxed)), (0, 5));
+    }
+}
