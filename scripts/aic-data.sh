@@ -4,9 +4,9 @@
 # finished set is kept. Everything is generated or comes from Debian packages:
 #   train/human-{fr,it,ru}  Asterisk's French, Italian and Russian prompts (G.722, 16 kHz)
 #   train/espeak            espeak-ng, 12 languages × 5 voices, with sox level, noise, reverb
-#   heldout/human-en        every 4th of Asterisk's English prompts: a speaker, a language and
-#                           recordings training never hears
-#   heldout/espeak-en       an English voice and sentences training never hears
+#   heldout/human-en        every 4th of Asterisk's English prompts: a speaker and recordings
+#                           training never hears (English is in training only as espeak-ng)
+#   heldout/espeak-en       two English voice variants and sentences training never uses
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
@@ -19,7 +19,8 @@ if [ -f "$stamp" ]; then
 fi
 apt_install espeak-ng sox ffmpeg asterisk-core-sounds-en-g722 asterisk-core-sounds-fr-g722 \
   asterisk-core-sounds-it-g722 asterisk-core-sounds-ru-g722
-rm -rf "$out"
+# Only what this script makes: the folder may hold other things.
+rm -rf "$out/train" "$out/heldout"
 mkdir -p "$out"/train/{human-fr,human-it,human-ru,espeak} "$out"/heldout/{human-en,espeak-en}
 sounds=/usr/share/asterisk/sounds
 

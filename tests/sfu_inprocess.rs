@@ -913,8 +913,6 @@ fn a_stuck_pipeline_stage_does_not_delay_forwarding() {
         .collect();
     // Each frame's latency to bob in virtual time, and the pipeline's counters.
     let run = |stuck: bool| {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-        let _guard = rt.enter();
         let mut w = World::new(37);
         let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
         let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
@@ -928,7 +926,7 @@ fn a_stuck_pipeline_stage_does_not_delay_forwarding() {
             if n == 1 && stuck {
                 let stage = Stuck { release: rx, seen: seen.clone() };
                 let pipe = TrackPipeline::new(vec![Box::new(stage)], stats.clone()).unwrap();
-                w.sfu.add_tap(audio_track(&w), Box::new(pipeline::spawn(pipe))).unwrap();
+                w.sfu.add_tap(audio_track(&w), Box::new(pipeline::spawn(pipe).unwrap())).unwrap();
                 break;
             }
             let now = w.now;

@@ -1015,4 +1015,8 @@ async fn aic_runs_on_a_live_audio_track_once_the_room_enables_it() {
     assert!(metric(&metrics, "auralink_aic_frame_latency_seconds_count ") >= through);
     let ratio = metric(&metrics, "auralink_aic_compression_ratio ");
     assert!(ratio > 0.0 && ratio < 0.5, "ADAPTIVE packets against 24 kbit/s Opus: {ratio}");
+    // Turned off live: the stage leaves the track.
+    let off = serde_json::json!({ "enabled": false });
+    assert_eq!(api(&ts, "PUT", "/v1/rooms/stage/aic", &key, off).await.0, StatusCode::OK);
+    poll(|b| b["active_tracks"] == 0).await;
 }

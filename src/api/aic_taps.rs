@@ -15,8 +15,24 @@ use crate::db::Db;
 use crate::ids::{RoomName, TrackId};
 use crate::pipeline::aic::{AicStage, AicStats};
 use crate::pipeline::{self, PipelineStats, TrackPipeline};
-use crate::sfu::SfuEvent;
 use crate::sfu::driver::SfuHandle;
+use crate::sfu::{Offer, SfuEvent, TapFrame, TapSink};
+
+/// The tap of a track with the AIC stage: it closes itself when the room's settings turn
+/// AIC off, so the track's pipeline thread ends instead of decoding for nothing.
+struct AicTap {
+    tx: tokio::sync::mpsc::Sender<TapFrame>,
+    settings: watch::Receiver<AicConfig>,
+}
+
+impl TapSink for AicTap {
+    fn offer(&mut self, frame: TapFrame) -> Offer {
+        if !self.settings.borrow().enabled {
+            return Offer::Closed;
+        }
+        self.tx.offer(frame)
+    }
+}
 
 struct Room {
     settings: watch::Sender<AicConfig>,
@@ -96,26 +112,39 @@ impl AicTaps {
                 .entry(room.clone())
                 .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashSet::new() });
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
-            if !config.enabled || !r.tapped.insert(track) {
+            if !config.enabled {
+                // Their taps close at their next frame (see `AicTap`), ending the threads.
+                r.tapped.clear();
+                return;
+            }
+            if !r.tapped.insert(track) {
                 return;
             }
             r.settings.subscribe()
         };
-        let stage = match AicStage::new(Arc::clone(model), receiver, Arc::clone(&self.stats)) {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!(%track, error = %e, "AIC stage not started"),
-        };
-        let pipe = match TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines)) {
-            Ok(p) => p,
-            Err(e) => return tracing::warn!(%track, error = %e, "track pipeline not started"),
-        };
-        let tx = pipeline::spawn(pipe);
-        match self.sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tx))).await {
-            Ok(Ok(())) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
-            // Gone already: the pipeline ends with its channel.
-            Ok(Err(e)) => tracing::debug!(%track, error = %e, "track not tapped"),
-            Err(e) => tracing::warn!(error = %e, "track not tapped"),
+        match self.start(model, receiver, track).await {
+            Ok(()) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
+            Err(e) => {
+                tracing::warn!(%room, %track, error = %e, "AIC stage not started; the track stays Opus");
+                if let Some(r) = self.rooms.lock().expect("aic rooms lock").get_mut(room) {
+                    r.tapped.remove(&track);
+                }
+            }
         }
+    }
+
+    async fn start(
+        &self,
+        model: &Arc<AicModel>,
+        settings: watch::Receiver<AicConfig>,
+        track: TrackId,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let stage = AicStage::new(Arc::clone(model), settings.clone(), Arc::clone(&self.stats))?;
+        let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
+        let tap = AicTap { tx: pipeline::spawn(pipe)?, settings };
+        // A track already gone leaves the tap unregistered; the thread ends with its channel.
+        self.sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tap))).await??;
+        Ok(())
     }
 
     /// After an org's settings (or one of its rooms') changed: every open room of the org

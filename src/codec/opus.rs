@@ -49,13 +49,18 @@ impl OpusDecoder {
     /// One packet's samples (mono, whatever the sender's channel count); `None` for a lost
     /// packet, which Opus conceals with one frame of its best guess.
     pub fn decode(&mut self, packet: Option<&[u8]>) -> Result<Vec<f32>, CodecError> {
+        let Some(p) = packet else { return self.conceal(FRAME_SAMPLES) };
         // A packet holds at most 120 ms.
         let mut out = vec![0f32; FRAME_SAMPLES * 6];
-        let n = match packet {
-            Some(p) => self.inner.decode_float(p, &mut out, false),
-            None => self.inner.decode_float(&[], &mut out[..FRAME_SAMPLES], false),
-        }
-        .map_err(codec_error)?;
+        let n = self.inner.decode_float(p, &mut out, false).map_err(codec_error)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// `samples` (a multiple of 2.5 ms) of Opus's best guess after a loss.
+    pub fn conceal(&mut self, samples: usize) -> Result<Vec<f32>, CodecError> {
+        let mut out = vec![0f32; samples];
+        let n = self.inner.decode_float(&[], &mut out, false).map_err(codec_error)?;
         out.truncate(n);
         Ok(out)
     }

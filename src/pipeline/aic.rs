@@ -31,6 +31,8 @@ pub struct AicStats {
     pub aic_bytes: AtomicU64,
     /// What the same frames took as the publisher's Opus.
     pub opus_bytes: AtomicU64,
+    /// Per frame, Opus bytes minus AIC bytes where AIC was smaller.
+    pub saved_bytes: AtomicU64,
     pub fallbacks: AtomicU64,
     pub recoveries: AtomicU64,
     pub errors: AtomicU64,
@@ -144,6 +146,11 @@ impl Stage for AicStage {
             self.guard.set_limits(Duration::from_millis(self.config.max_latency_ms.into()), self.config.min_quality);
         }
         let pcm = self.down.process(frame.samples);
+        // Concealment is the pipeline's guess, not the publisher's audio: nothing to compress
+        // (and a consumer that is behind should not get more work).
+        if frame.concealed {
+            return;
+        }
         let route = if self.config.enabled { self.guard.route() } else { Route::Opus };
         if route == Route::Opus || pcm.len() != HOP {
             self.stats.frames_opus.fetch_add(1, Relaxed);
@@ -167,6 +174,7 @@ impl Stage for AicStage {
             self.stats.frames_aic.fetch_add(1, Relaxed);
             self.stats.aic_bytes.fetch_add(bytes as u64, Relaxed);
             self.stats.opus_bytes.fetch_add(frame.opus_bytes as u64, Relaxed);
+            self.stats.saved_bytes.fetch_add(frame.opus_bytes.saturating_sub(bytes) as u64, Relaxed);
         } else {
             self.stats.frames_opus.fetch_add(1, Relaxed);
         }

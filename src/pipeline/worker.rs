@@ -44,99 +44,127 @@ pub struct PipelineStats {
     pub decode_errors: AtomicU64,
 }
 
-/// Decodes a track's tapped frames in order and runs the stages on them.
+/// Decodes a track's tapped frames in order, cuts the audio into 20 ms frames whatever the
+/// publisher's packet duration, and runs the stages on them.
 pub struct TrackPipeline {
     decoder: OpusDecoder,
     stages: Vec<Box<dyn Stage>>,
     stats: Arc<PipelineStats>,
-    /// RTP time the next frame is expected at.
+    /// RTP time the next packet is expected at, and the last packet's duration.
     next_time: Option<u64>,
+    packet_samples: u64,
+    /// Decoded audio not yet a whole frame: its first sample's RTP time, the Opus bytes it
+    /// stands for, and the RTP time up to which it is concealment.
+    pending: Vec<f32>,
+    pending_time: u64,
+    pending_bytes: f64,
+    concealed_until: u64,
 }
 
 impl TrackPipeline {
     pub fn new(stages: Vec<Box<dyn Stage>>, stats: Arc<PipelineStats>) -> Result<Self, CodecError> {
-        Ok(TrackPipeline { decoder: OpusDecoder::new()?, stages, stats, next_time: None })
+        Ok(TrackPipeline {
+            decoder: OpusDecoder::new()?,
+            stages,
+            stats,
+            next_time: None,
+            packet_samples: FRAME_SAMPLES as u64,
+            pending: Vec::with_capacity(2 * FRAME_SAMPLES),
+            pending_time: 0,
+            pending_bytes: 0.0,
+            concealed_until: 0,
+        })
     }
 
     pub fn handle_frame(&mut self, f: &TapFrame) {
-        let step = FRAME_SAMPLES as u64;
         match self.next_time {
             // Reordered or duplicated: its slot has been played (or concealed) already.
             Some(next) if f.rtp_time < next => return,
-            Some(next) if f.rtp_time - next <= MAX_CONCEALED * step => {
+            Some(next) if f.rtp_time - next <= MAX_CONCEALED * self.packet_samples => {
                 let mut t = next;
                 while t < f.rtp_time {
-                    self.run(f, t, None);
-                    t += step;
+                    // Whole 2.5 ms steps: what Opus can conceal.
+                    let n = ((f.rtp_time - t).min(self.packet_samples) / 120 * 120).max(120);
+                    let Ok(pcm) = self.decoder.conceal(n as usize) else { break };
+                    self.stats.frames_concealed.fetch_add(1, Ordering::Relaxed);
+                    self.push(f, t, &pcm, 0, true);
+                    t += n;
                 }
             }
             Some(_) => {
+                // A long silence (muted, paused): start over rather than invent audio.
                 if let Ok(d) = OpusDecoder::new() {
                     self.decoder = d;
                 }
+                self.pending.clear();
+                self.pending_bytes = 0.0;
             }
             None => {}
         }
-        self.run(f, f.rtp_time, Some(&f.data));
+        let (pcm, bytes, concealed) = match self.decoder.decode(Some(&f.data)) {
+            Ok(pcm) => {
+                self.stats.frames_decoded.fetch_add(1, Ordering::Relaxed);
+                (pcm, f.data.len(), false)
+            }
+            Err(e) => {
+                tracing::debug!(track = %f.track, error = %e, "tapped frame not decodable");
+                self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                let Ok(pcm) = self.decoder.conceal(self.packet_samples as usize) else { return };
+                self.stats.frames_concealed.fetch_add(1, Ordering::Relaxed);
+                (pcm, 0, true)
+            }
+        };
+        if !concealed {
+            self.packet_samples = pcm.len() as u64;
+        }
+        self.push(f, f.rtp_time, &pcm, bytes, concealed);
     }
 
-    fn run(&mut self, f: &TapFrame, rtp_time: u64, packet: Option<&[u8]>) {
-        let decoded = match packet {
-            Some(p) => match self.decoder.decode(Some(p)) {
-                Ok(pcm) => Some(pcm),
-                Err(e) => {
-                    tracing::debug!(track = %f.track, error = %e, "tapped frame not decodable");
-                    self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            },
-            None => None,
-        };
-        let (samples, concealed) = match decoded {
-            Some(pcm) => {
-                self.stats.frames_decoded.fetch_add(1, Ordering::Relaxed);
-                (pcm, false)
-            }
-            None => match self.decoder.decode(None) {
-                Ok(pcm) => {
-                    self.stats.frames_concealed.fetch_add(1, Ordering::Relaxed);
-                    (pcm, true)
-                }
-                Err(_) => return,
-            },
-        };
-        // A packet may hold more than 20 ms (Opus allows up to 120): stages get 20 ms pieces.
-        let pieces = samples.len().div_ceil(FRAME_SAMPLES).max(1);
-        let opus_bytes = if concealed { 0 } else { packet.map_or(0, <[u8]>::len) / pieces };
-        for (i, chunk) in samples.chunks(FRAME_SAMPLES).enumerate() {
+    /// Appends audio starting at `rtp_time` and runs the stages on every whole frame.
+    fn push(&mut self, f: &TapFrame, rtp_time: u64, pcm: &[f32], bytes: usize, concealed: bool) {
+        if self.pending.is_empty() {
+            self.pending_time = rtp_time;
+        }
+        self.pending.extend_from_slice(pcm);
+        self.pending_bytes += bytes as f64;
+        let end = rtp_time + pcm.len() as u64;
+        if concealed {
+            self.concealed_until = end;
+        }
+        self.next_time = Some(end);
+        while self.pending.len() >= FRAME_SAMPLES {
+            let share = self.pending_bytes * FRAME_SAMPLES as f64 / self.pending.len() as f64;
+            self.pending_bytes -= share;
             let frame = PcmFrame {
                 room: &f.room,
                 track: f.track,
                 participant: f.participant,
                 identity: &f.identity,
-                rtp_time: rtp_time + (i * FRAME_SAMPLES) as u64,
-                samples: chunk,
-                concealed,
-                opus_bytes,
+                rtp_time: self.pending_time,
+                samples: &self.pending[..FRAME_SAMPLES],
+                concealed: self.pending_time < self.concealed_until,
+                opus_bytes: share.round() as usize,
             };
             for stage in &mut self.stages {
                 stage.process(&frame);
             }
+            self.pending.drain(..FRAME_SAMPLES);
+            self.pending_time += FRAME_SAMPLES as u64;
         }
-        self.next_time = Some(rtp_time + samples.len() as u64);
     }
 }
 
-/// Runs `pipeline` on its own thread over the frames that arrive on `rx`; it ends when the
-/// sender side (the router's tap) is dropped. Returns the sender to register as the tap.
-pub fn spawn(mut pipeline: TrackPipeline) -> mpsc::Sender<TapFrame> {
+/// Runs `pipeline` on a thread of its own (not tokio's blocking pool: it lives as long as the
+/// track) over the frames that arrive on the returned sender, which is the tap to register;
+/// the thread ends when the router drops the tap.
+pub fn spawn(mut pipeline: TrackPipeline) -> std::io::Result<mpsc::Sender<TapFrame>> {
     let (tx, mut rx) = mpsc::channel::<TapFrame>(super::QUEUE_FRAMES);
-    tokio::task::spawn_blocking(move || {
+    std::thread::Builder::new().name("track-pipeline".into()).spawn(move || {
         while let Some(f) = rx.blocking_recv() {
             pipeline.handle_frame(&f);
         }
-    });
-    tx
+    })?;
+    Ok(tx)
 }
 
 #[cfg(test)]
@@ -193,5 +221,24 @@ mod tests {
         assert_eq!(stats.frames_decoded.load(Ordering::Relaxed), 3);
         assert_eq!(stats.frames_concealed.load(Ordering::Relaxed), 3);
         assert_eq!(stats.decode_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn ten_millisecond_packets_make_whole_twenty_millisecond_frames() {
+        let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let mut out = [0u8; 400];
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut p = TrackPipeline::new(vec![Box::new(Record(seen.clone()))], Arc::default()).unwrap();
+        for i in 0..6u64 {
+            let n = enc.encode_float(&[0.1; 480], &mut out).unwrap();
+            // The fourth packet is lost.
+            if i != 3 {
+                p.handle_frame(&frame(480 * i, out[..n].to_vec()));
+            }
+        }
+        let seen = seen.lock().unwrap();
+        let frames: Vec<(u64, bool)> = seen.iter().map(|s| (s.0, s.1)).collect();
+        assert_eq!(frames, [(0, false), (960, true), (1920, false)]);
+        assert!(seen.iter().all(|s| s.2 == FRAME_SAMPLES));
     }
 }

@@ -89,7 +89,12 @@ impl Guard {
     /// silent frame, whose quality means nothing).
     pub fn handle_frame(&mut self, latency: Duration, quality: Option<f64>) -> Option<Transition> {
         let slow = latency > self.max_latency;
-        if self.fallen_back.is_some() {
+        if let Some(reason) = self.fallen_back {
+            // A silent try says nothing about quality: it must not bring back a track that fell
+            // back for it (which would then fall back again, over and over).
+            if reason == Reason::Quality && quality.is_none() {
+                return None;
+            }
             let good = !slow && quality.is_none_or(|q| q >= self.min_quality);
             self.healthy = if good { self.healthy + 1 } else { 0 };
             if self.healthy < HEALTHY_PROBES {
@@ -139,7 +144,7 @@ mod tests {
     const FAST: Duration = Duration::from_millis(2);
     const SLOW: Duration = Duration::from_millis(30);
 
-    /// Runs frames until the route is Probe, handling AIC frames as `fast`/`q`.
+    /// Routes frames until one is a probe; returns how many that took.
     fn until_probe(g: &mut Guard) -> usize {
         (1..=PROBE_EVERY as usize).find(|_| g.route() == Route::Probe).expect("a probe within PROBE_EVERY frames")
     }
@@ -182,7 +187,13 @@ mod tests {
             assert_eq!(g.handle_frame(FAST, Some(1.2)), None);
         }
         assert_eq!(g.handle_frame(FAST, Some(1.2)), Some(Transition::FellBack(Reason::Quality)));
-        // Raising the bar live: probes must now meet it.
+        // Silent tries do not count either way.
+        for _ in 0..5 {
+            until_probe(&mut g);
+            assert_eq!(g.handle_frame(FAST, None), None);
+        }
+        assert_eq!(g.fallen_back(), Some(Reason::Quality));
+        // Lowering the bar live: voiced tries now meet it.
         g.set_limits(Duration::from_millis(20), 1.0);
         for _ in 0..HEALTHY_PROBES {
             until_probe(&mut g);

@@ -11,7 +11,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 use super::ModelError;
 use super::bitstream::AIC_V1;
-use super::mdct::{self, BLOCK, HOP};
+use super::mdct::{self, HOP};
 use crate::codec::modes::Mode;
 
 pub const LATENT: usize = 32;
@@ -220,7 +220,8 @@ pub struct AicEncoder {
 
 impl AicEncoder {
     pub fn new(model: std::sync::Arc<AicModel>) -> Result<AicEncoder, ModelError> {
-        let prev = Tensor::zeros((1, FEATURES), DType::F32, model.device())?;
+        // What training saw before each file's first frame: the features of silence.
+        let prev = features(&Tensor::zeros((1, HOP), DType::F32, model.device())?)?;
         Ok(AicEncoder { model, before: [0.0; HOP], prev })
     }
 
@@ -271,9 +272,6 @@ impl AicDecoder {
         self.tail = [0.0; HOP];
     }
 }
-
-/// Block length, for callers that align input and output.
-pub const DELAY_SAMPLES: usize = BLOCK - HOP;
 
 #[cfg(test)]
 mod tests {
