@@ -1015,6 +1015,15 @@ async fn aic_runs_on_a_live_audio_track_once_the_room_enables_it() {
     assert!(metric(&metrics, "auralink_aic_frame_latency_seconds_count ") >= through);
     let ratio = metric(&metrics, "auralink_aic_compression_ratio ");
     assert!(ratio > 0.0 && ratio < 0.5, "ADAPTIVE packets against 24 kbit/s Opus: {ratio}");
+    // The same, per track, from the API.
+    let (status, m) = api(&ts, "GET", "/v1/rooms/stage/aic/metrics", &key, serde_json::Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let tracks = m["tracks"].as_array().unwrap();
+    assert_eq!(tracks.len(), 1, "{m}");
+    let t = &tracks[0];
+    assert!(t["frames_aic"].as_f64().unwrap() >= 50.0 && t["fallen_back"] == false, "{m}");
+    assert_eq!(t["bitrate_bps"], 6000.0, "ADAPTIVE: 15-byte packets every 20 ms");
+    assert!(t["compression_ratio"].as_f64().unwrap() < 0.5 && t["quality_estimate"].as_f64().is_some(), "{m}");
     // Turned off live: the stage leaves the track.
     let off = serde_json::json!({ "enabled": false });
     assert_eq!(api(&ts, "PUT", "/v1/rooms/stage/aic", &key, off).await.0, StatusCode::OK);

@@ -2,7 +2,7 @@
 //! running stages new settings when operators change them (they apply from the next frame).
 //! Stages run on their tracks' pipeline threads; this only wires them up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
@@ -36,7 +36,8 @@ impl TapSink for AicTap {
 
 struct Room {
     settings: watch::Sender<AicConfig>,
-    tapped: HashSet<TrackId>,
+    /// Tracks with the stage, and their counters.
+    tapped: HashMap<TrackId, Arc<AicStats>>,
 }
 
 pub struct AicTaps {
@@ -89,9 +90,13 @@ impl AicTaps {
         self.model.is_some()
     }
 
-    /// Tracks of `room` on this node that have the AIC stage.
-    pub fn active_tracks(&self, room: &RoomName) -> usize {
-        self.rooms.lock().expect("aic rooms lock").get(room).map_or(0, |r| r.tapped.len())
+    /// Tracks of `room` on this node that have the AIC stage, and their counters.
+    pub fn active_tracks(&self, room: &RoomName) -> Vec<(TrackId, Arc<AicStats>)> {
+        let rooms = self.rooms.lock().expect("aic rooms lock");
+        let mut tracks: Vec<_> =
+            rooms.get(room).map(|r| r.tapped.iter().map(|(t, s)| (*t, Arc::clone(s))).collect()).unwrap_or_default();
+        tracks.sort_by_key(|t| t.0);
+        tracks
     }
 
     /// Brings a track under the room's settings: they are looked up again and pushed to the
@@ -106,23 +111,25 @@ impl AicTaps {
                 return;
             }
         };
-        let receiver = {
+        let (receiver, track_stats) = {
             let mut rooms = self.rooms.lock().expect("aic rooms lock");
             let r = rooms
                 .entry(room.clone())
-                .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashSet::new() });
+                .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashMap::new() });
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
             if !config.enabled {
                 // Their taps close at their next frame (see `AicTap`), ending the threads.
                 r.tapped.clear();
                 return;
             }
-            if !r.tapped.insert(track) {
+            if r.tapped.contains_key(&track) {
                 return;
             }
-            r.settings.subscribe()
+            let stats = Arc::new(AicStats::default());
+            r.tapped.insert(track, Arc::clone(&stats));
+            (r.settings.subscribe(), stats)
         };
-        match self.start(model, receiver, track).await {
+        match self.start(model, receiver, track_stats, track).await {
             Ok(()) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
             Err(e) => {
                 tracing::warn!(%room, %track, error = %e, "AIC stage not started; the track stays Opus");
@@ -137,9 +144,10 @@ impl AicTaps {
         &self,
         model: &Arc<AicModel>,
         settings: watch::Receiver<AicConfig>,
+        stats: Arc<AicStats>,
         track: TrackId,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let stage = AicStage::new(Arc::clone(model), settings.clone(), Arc::clone(&self.stats))?;
+        let stage = AicStage::new(Arc::clone(model), settings.clone(), [stats, Arc::clone(&self.stats)])?;
         let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
         let tap = AicTap { tx: pipeline::spawn(pipe)?, settings };
         // A track already gone leaves the tap unregistered; the thread ends with its channel.

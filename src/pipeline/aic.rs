@@ -23,9 +23,12 @@ use crate::codec::resample::Downsampler;
 /// Upper bounds (seconds) of the per-frame latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5];
 
-/// Counters shared by every AIC stage of the node, for `/metrics`.
+/// AIC counters: one set per track (the API's per-track metrics) and one for the node
+/// (`/metrics`); a stage updates both.
 #[derive(Debug, Default)]
 pub struct AicStats {
+    /// Tracks fallen back to Opus now (0 or 1 for a track's own set).
+    pub fallen_back: AtomicU64,
     pub frames_aic: AtomicU64,
     pub frames_opus: AtomicU64,
     pub aic_bytes: AtomicU64,
@@ -66,20 +69,21 @@ pub struct AicStage {
     enc: AicEncoder,
     dec: AicDecoder,
     guard: Guard,
+    /// The track's counters and the node's.
+    stats: [Arc<AicStats>; 2],
     sequence: u8,
     /// Analysis state of the input and of the decoded output (which runs one frame behind),
     /// and the input's features of the previous frame, which the next output is compared to.
     input_before: [f32; HOP],
     output_before: [f32; HOP],
     previous_input: Option<Tensor>,
-    stats: Arc<AicStats>,
 }
 
 impl AicStage {
     pub fn new(
         model: Arc<AicModel>,
         mut settings: watch::Receiver<AicConfig>,
-        stats: Arc<AicStats>,
+        stats: [Arc<AicStats>; 2],
     ) -> Result<AicStage, ModelError> {
         let config = settings.borrow_and_update().clone();
         Ok(AicStage {
@@ -129,6 +133,12 @@ impl AicStage {
         Ok((latency, quality, packet.len()))
     }
 
+    fn add(&self, counter: impl Fn(&AicStats) -> &AtomicU64, v: u64) {
+        for s in &self.stats {
+            counter(s).fetch_add(v, Relaxed);
+        }
+    }
+
     fn reset(&mut self) -> Result<(), ModelError> {
         self.enc.reset_state()?;
         self.dec.reset_state();
@@ -136,6 +146,16 @@ impl AicStage {
         self.output_before = [0.0; HOP];
         self.previous_input = None;
         Ok(())
+    }
+}
+
+impl Drop for AicStage {
+    fn drop(&mut self) {
+        if self.guard.fallen_back().is_some() {
+            for s in &self.stats {
+                s.fallen_back.fetch_sub(1, Relaxed);
+            }
+        }
     }
 }
 
@@ -153,39 +173,45 @@ impl Stage for AicStage {
         }
         let route = if self.config.enabled { self.guard.route() } else { Route::Opus };
         if route == Route::Opus || pcm.len() != HOP {
-            self.stats.frames_opus.fetch_add(1, Relaxed);
+            self.add(|s| &s.frames_opus, 1);
             return;
         }
         let (latency, quality, bytes) = match self.transcode(&pcm) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(track = %frame.track, error = %e, "AIC frame failed");
-                self.stats.errors.fetch_add(1, Relaxed);
-                self.stats.frames_opus.fetch_add(1, Relaxed);
+                self.add(|s| &s.errors, 1);
+                self.add(|s| &s.frames_opus, 1);
                 return;
             }
         };
-        self.stats.observe_latency(latency);
+        for s in &self.stats {
+            s.observe_latency(latency);
+        }
         if let Some(q) = quality {
-            self.stats.quality_milli_sum.fetch_add((q * 1000.0) as u64, Relaxed);
-            self.stats.quality_count.fetch_add(1, Relaxed);
+            self.add(|s| &s.quality_milli_sum, (q * 1000.0) as u64);
+            self.add(|s| &s.quality_count, 1);
         }
         if route == Route::Aic {
-            self.stats.frames_aic.fetch_add(1, Relaxed);
-            self.stats.aic_bytes.fetch_add(bytes as u64, Relaxed);
-            self.stats.opus_bytes.fetch_add(frame.opus_bytes as u64, Relaxed);
-            self.stats.saved_bytes.fetch_add(frame.opus_bytes.saturating_sub(bytes) as u64, Relaxed);
+            self.add(|s| &s.frames_aic, 1);
+            self.add(|s| &s.aic_bytes, bytes as u64);
+            self.add(|s| &s.opus_bytes, frame.opus_bytes as u64);
+            self.add(|s| &s.saved_bytes, frame.opus_bytes.saturating_sub(bytes) as u64);
         } else {
-            self.stats.frames_opus.fetch_add(1, Relaxed);
+            self.add(|s| &s.frames_opus, 1);
         }
         match self.guard.handle_frame(latency, quality) {
             Some(Transition::FellBack(reason)) => {
                 tracing::info!(track = %frame.track, ?reason, ?latency, ?quality, "AIC falls back to Opus");
-                self.stats.fallbacks.fetch_add(1, Relaxed);
+                self.add(|s| &s.fallen_back, 1);
+                self.add(|s| &s.fallbacks, 1);
             }
             Some(Transition::Recovered) => {
                 tracing::info!(track = %frame.track, "AIC is healthy again");
-                self.stats.recoveries.fetch_add(1, Relaxed);
+                for s in &self.stats {
+                    s.fallen_back.fetch_sub(1, Relaxed);
+                }
+                self.add(|s| &s.recoveries, 1);
                 if let Err(e) = self.reset() {
                     tracing::warn!(track = %frame.track, error = %e, "AIC state reset failed");
                 }
@@ -208,7 +234,7 @@ mod tests {
         let model = Arc::new(AicModel::load(&path, &candle_core::Device::Cpu).unwrap());
         let (tx, rx) = watch::channel(config);
         let stats = Arc::new(AicStats::default());
-        (AicStage::new(model, rx, stats.clone()).unwrap(), tx, stats)
+        (AicStage::new(model, rx, [stats.clone(), Arc::default()]).unwrap(), tx, stats)
     }
 
     fn run(stage: &mut AicStage, frames: usize) {
@@ -245,9 +271,11 @@ mod tests {
         s.guard.set_limits(Duration::ZERO, 1.0);
         run(&mut s, 3);
         assert_eq!(s.fallback_count(), 1);
-        assert_eq!(stats.fallbacks.load(Relaxed), 1);
+        assert_eq!((stats.fallbacks.load(Relaxed), stats.fallen_back.load(Relaxed)), (1, 1));
         run(&mut s, 10);
         assert_eq!(stats.frames_aic.load(Relaxed), 13, "fallen back: frames stay Opus");
+        drop(s);
+        assert_eq!(stats.fallen_back.load(Relaxed), 0, "an ended track is not fallen back");
 
         // Disabled live: nothing goes through AIC.
         let (mut s, settings, stats) = stage(AicConfig { enabled: true, ..AicConfig::default() });

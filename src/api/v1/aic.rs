@@ -1,5 +1,9 @@
-//! AIC settings: the org's default and per-room overrides. A room without an override runs
-//! with the org's default, an org without one with the built-in default (ADAPTIVE).
+//! AIC settings (the org's default and per-room overrides) and the live per-track metrics.
+//! A room without an override runs with the org's default, an org without one with the
+//! built-in default (ADAPTIVE).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -16,12 +20,14 @@ use crate::args;
 use crate::codec::modes::{AicConfig, MODEL_TYPES, Mode};
 use crate::db::{Db, Tx};
 use crate::error::ApiError;
-use crate::ids::{RoomName, record_id};
+use crate::ids::{RoomName, TrackId, record_id};
+use crate::pipeline::aic::AicStats;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/aic/config", get(read_org).put(update_org))
         .route("/v1/rooms/{name}/aic", get(read_room).put(update_room).delete(remove_room))
+        .route("/v1/rooms/{name}/aic/metrics", get(read_metrics))
 }
 
 #[derive(sqlx::FromRow)]
@@ -236,9 +242,48 @@ async fn read_room(
     let (config, source) = effective(&mut tx, org, Some(&room)).await?;
     tx.commit().await?;
     let mut body = reply(&config, source);
-    let active = RoomName::new(name.as_str()).map_or(0, |n| s.aic.active_tracks(&RoomName::in_org(org, &n)));
-    body["active_tracks"] = json!(active);
+    body["active_tracks"] = json!(active_tracks(&s, org, &name).len());
     Ok(body)
+}
+
+fn active_tracks(s: &AppState, org: &str, name: &str) -> Vec<(TrackId, Arc<AicStats>)> {
+    RoomName::new(name).map_or_else(|_| Vec::new(), |n| s.aic.active_tracks(&RoomName::in_org(org, &n)))
+}
+
+/// The room's tracks running the AIC stage on this node, with their counters so far.
+async fn read_metrics(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Perm::RoomsRead)?;
+    let mut tx = s.db.begin(org).await?;
+    super::rooms::load(&mut tx, org, &name).await?;
+    tx.commit().await?;
+    let tracks: Vec<Value> = active_tracks(&s, org, &name)
+        .into_iter()
+        .map(|(track, st)| {
+            let load = |v: &AtomicU64| v.load(Relaxed);
+            let (frames, aic, opus) = (load(&st.frames_aic), load(&st.aic_bytes), load(&st.opus_bytes));
+            let per = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
+            json!({
+                "track": track.to_string(),
+                "frames_aic": frames,
+                "frames_opus": load(&st.frames_opus),
+                "aic_bytes": aic,
+                "opus_bytes": opus,
+                "bandwidth_saved_bytes": load(&st.saved_bytes),
+                "compression_ratio": per(aic, opus),
+                // 50 frames a second.
+                "bitrate_bps": per(aic * 8 * 50, frames),
+                "latency_ms_mean": per(load(&st.latency_sum_us), load(&st.latency_count) * 1000),
+                "quality_estimate": per(load(&st.quality_milli_sum), load(&st.quality_count) * 1000),
+                "fallback_count": load(&st.fallbacks),
+                "fallen_back": load(&st.fallen_back) > 0,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tracks": tracks })))
 }
 
 /// Sets the room's override; a room without one starts from what it runs with now.
