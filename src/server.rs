@@ -201,7 +201,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
             None
         }
     };
-    let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model);
+    let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model, Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),

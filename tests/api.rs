@@ -809,7 +809,7 @@ async fn aic_settings_per_org_and_room(api: Api) {
     assert_eq!(api.send("PUT", "/v1/rooms/stage/aic", &other, Some(json!({}))).await.status, StatusCode::NOT_FOUND);
     assert_eq!(api.send("GET", "/v1/aic/config", &other, None).await.body["source"], "default");
     let r = api.send("GET", "/v1/rooms/stage/aic/metrics", &key, None).await;
-    assert_eq!((r.status, &r.body), (StatusCode::OK, &json!({ "tracks": [] })), "nobody publishes yet");
+    assert_eq!((r.status, &r.body), (StatusCode::OK, &json!({ "tracks": [], "ended": [] })), "nobody publishes yet");
     assert_eq!(api.send("GET", "/v1/rooms/stage/aic/metrics", &other, None).await.status, StatusCode::NOT_FOUND);
     // Without its override the room is back on the org's default.
     assert_eq!(api.send("DELETE", "/v1/rooms/stage/aic", &key, None).await.status, StatusCode::NO_CONTENT);

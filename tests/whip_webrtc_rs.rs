@@ -16,6 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[path = "support/api.rs"]
+mod support;
+
 use auralink::config::Config;
 use auralink::server::{self, Server};
 use auralink::sfu::signal::token::{join_claims, mint};
@@ -938,9 +941,22 @@ fn metric(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aic_runs_on_a_live_audio_track_once_the_room_enables_it() {
+    aic_live("aic-sqlite", None).await;
+    if let Some(base) = support::pg_url() {
+        let (name, url) = support::fresh_pg_database(&base).await;
+        aic_live("aic-postgres", Some(url)).await;
+        support::drop_pg_database(&name).await;
+    }
+}
+
+async fn aic_live(tag: &str, database_url: Option<String>) {
     use auralink::codec::opus::{FRAME_SAMPLES, OpusEncoder};
 
-    let ts = start_server_with("aic", |c| c.admin_key = Some(ADMIN.into())).await;
+    let ts = start_server_with(tag, |c| {
+        c.admin_key = Some(ADMIN.into());
+        c.database_url = database_url;
+    })
+    .await;
     let (status, org) =
         api(&ts, "POST", "/v1/orgs", ADMIN, serde_json::json!({ "name": "aic", "owner_email": "o@aic.test" })).await;
     assert_eq!(status, StatusCode::CREATED, "{org}");
@@ -1028,4 +1044,12 @@ async fn aic_runs_on_a_live_audio_track_once_the_room_enables_it() {
     let off = serde_json::json!({ "enabled": false });
     assert_eq!(api(&ts, "PUT", "/v1/rooms/stage/aic", &key, off).await.0, StatusCode::OK);
     poll(|b| b["active_tracks"] == 0).await;
+    // What it did is kept (aic_metrics).
+    let (_, m) = api(&ts, "GET", "/v1/rooms/stage/aic/metrics", &key, serde_json::Value::Null).await;
+    assert_eq!(m["tracks"], serde_json::json!([]), "{m}");
+    let ended = m["ended"].as_array().unwrap();
+    assert_eq!(ended.len(), 1, "{m}");
+    assert_eq!((ended[0]["track"].as_str(), ended[0]["mode"].as_str()), (t["track"].as_str(), Some("ADAPTIVE")));
+    assert!(ended[0]["frames_aic"].as_f64() >= t["frames_aic"].as_f64(), "{m}");
+    assert!(ended[0]["participant"].as_str().unwrap().starts_with("PA_"), "{m}");
 }

@@ -9,10 +9,13 @@ use str0m::media::MediaKind;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
+use crate::api::Clock;
+use crate::api::v1::aic::Counters;
+use crate::args;
 use crate::codec::aic::model::AicModel;
-use crate::codec::modes::AicConfig;
+use crate::codec::modes::{AicConfig, Mode};
 use crate::db::Db;
-use crate::ids::{RoomName, TrackId};
+use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
 use crate::pipeline::aic::{AicStage, AicStats};
 use crate::pipeline::{self, PipelineStats, TrackPipeline};
 use crate::sfu::driver::SfuHandle;
@@ -36,12 +39,19 @@ impl TapSink for AicTap {
 
 struct Room {
     settings: watch::Sender<AicConfig>,
-    /// Tracks with the stage, and their counters.
-    tapped: HashMap<TrackId, Arc<AicStats>>,
+    /// Tracks with the stage.
+    tapped: HashMap<TrackId, Tapped>,
+}
+
+struct Tapped {
+    stats: Arc<AicStats>,
+    participant: ParticipantId,
+    started_at: i64,
 }
 
 pub struct AicTaps {
     db: Db,
+    clock: Clock,
     sfu: SfuHandle,
     /// `None` when the weights could not be loaded: AIC is unavailable.
     model: Option<Arc<AicModel>>,
@@ -52,9 +62,10 @@ pub struct AicTaps {
 
 impl AicTaps {
     /// Follows router events until the router stops.
-    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicModel>>) -> Arc<AicTaps> {
+    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicModel>>, clock: Clock) -> Arc<AicTaps> {
         let taps = Arc::new(AicTaps {
             db,
+            clock,
             model,
             stats: Default::default(),
             pipelines: Default::default(),
@@ -67,11 +78,15 @@ impl AicTaps {
             loop {
                 match events.recv().await {
                     Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
-                        this.attach(&room, track.id).await;
+                        this.attach(&room, track.id, track.owner).await;
                     }
                     Ok(SfuEvent::TrackUnpublished { room, track }) => {
-                        if let Some(r) = this.rooms.lock().expect("aic rooms lock").get_mut(&room) {
-                            r.tapped.remove(&track.id);
+                        let ended = this.rooms.lock().expect("aic rooms lock").get_mut(&room).and_then(|r| {
+                            let t = r.tapped.remove(&track.id)?;
+                            Some((track.id, t, r.settings.borrow().mode))
+                        });
+                        if let Some(ended) = ended {
+                            this.record(&room, vec![ended]).await;
                         }
                     }
                     Ok(SfuEvent::RoomClosed { room }) => {
@@ -93,15 +108,17 @@ impl AicTaps {
     /// Tracks of `room` on this node that have the AIC stage, and their counters.
     pub fn active_tracks(&self, room: &RoomName) -> Vec<(TrackId, Arc<AicStats>)> {
         let rooms = self.rooms.lock().expect("aic rooms lock");
-        let mut tracks: Vec<_> =
-            rooms.get(room).map(|r| r.tapped.iter().map(|(t, s)| (*t, Arc::clone(s))).collect()).unwrap_or_default();
+        let mut tracks: Vec<_> = rooms
+            .get(room)
+            .map(|r| r.tapped.iter().map(|(t, x)| (*t, Arc::clone(&x.stats))).collect())
+            .unwrap_or_default();
         tracks.sort_by_key(|t| t.0);
         tracks
     }
 
     /// Brings a track under the room's settings: they are looked up again and pushed to the
     /// room's running stages, and the track is tapped if they enable AIC and it is not yet.
-    async fn attach(&self, room: &RoomName, track: TrackId) {
+    async fn attach(&self, room: &RoomName, track: TrackId, participant: ParticipantId) {
         let Some(model) = &self.model else { return };
         let Some(org) = room.org() else { return };
         let config = match super::v1::aic::room_settings(&self.db, org, room.local()).await {
@@ -111,7 +128,8 @@ impl AicTaps {
                 return;
             }
         };
-        let (receiver, track_stats) = {
+        let mut ended = Vec::new();
+        let started = {
             let mut rooms = self.rooms.lock().expect("aic rooms lock");
             let r = rooms
                 .entry(room.clone())
@@ -119,16 +137,19 @@ impl AicTaps {
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
             if !config.enabled {
                 // Their taps close at their next frame (see `AicTap`), ending the threads.
-                r.tapped.clear();
-                return;
+                ended.extend(r.tapped.drain().map(|(t, x)| (t, x, config.mode)));
+                None
+            } else if r.tapped.contains_key(&track) {
+                None
+            } else {
+                let stats = Arc::new(AicStats::default());
+                let t = Tapped { stats: Arc::clone(&stats), participant, started_at: self.clock.now_ms() };
+                r.tapped.insert(track, t);
+                Some((r.settings.subscribe(), stats))
             }
-            if r.tapped.contains_key(&track) {
-                return;
-            }
-            let stats = Arc::new(AicStats::default());
-            r.tapped.insert(track, Arc::clone(&stats));
-            (r.settings.subscribe(), stats)
         };
+        self.record(room, ended).await;
+        let Some((receiver, track_stats)) = started else { return };
         match self.start(model, receiver, track_stats, track).await {
             Ok(()) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
             Err(e) => {
@@ -169,12 +190,12 @@ impl AicTaps {
                 rooms
                     .into_iter()
                     .flat_map(|room| {
-                        let audio: Vec<TrackId> = sfu
+                        let audio: Vec<(TrackId, ParticipantId)> = sfu
                             .participants(&room)
                             .into_iter()
                             .flat_map(|p| p.tracks)
                             .filter(|t| t.kind == MediaKind::Audio)
-                            .map(|t| t.id)
+                            .map(|t| (t.id, t.owner))
                             .collect();
                         audio.into_iter().map(move |t| (room.clone(), t))
                     })
@@ -182,8 +203,50 @@ impl AicTaps {
             })
             .await
             .unwrap_or_default();
-        for (room, track) in tracks {
-            self.attach(&room, track).await;
+        for (room, (track, owner)) in tracks {
+            self.attach(&room, track, owner).await;
+        }
+    }
+
+    /// Keeps the counters of tracks that left the stage (`aic_metrics`).
+    async fn record(&self, room: &RoomName, ended: Vec<(TrackId, Tapped, Mode)>) {
+        let Some(org) = room.org() else { return };
+        for (track, t, mode) in ended {
+            let c = Counters::of(&t.stats);
+            let now = self.clock.now_ms();
+            let values = args![
+                record_id("aim", now),
+                org,
+                room.local(),
+                track.to_string(),
+                t.participant.to_string(),
+                mode.as_str(),
+                c.frames_aic,
+                c.frames_opus,
+                c.aic_bytes,
+                c.opus_bytes,
+                c.saved_bytes,
+                c.latency_us_sum,
+                c.latency_count,
+                c.quality_milli_sum,
+                c.quality_count,
+                c.fallback_count,
+                t.started_at,
+                now.max(t.started_at)
+            ];
+            let write = async {
+                let mut tx = self.db.begin(org).await?;
+                tx.execute(INSERT_METRICS, values).await?;
+                tx.commit().await
+            };
+            if let Err(e) = write.await {
+                tracing::warn!(%room, %track, error = %e, "AIC track metrics not recorded");
+            }
         }
     }
 }
+
+const INSERT_METRICS: &str = "INSERT INTO aic_metrics (id, org_id, room, track, participant, mode, frames_aic, \
+    frames_opus, aic_bytes, opus_bytes, saved_bytes, latency_us_sum, latency_count, quality_milli_sum, quality_count, \
+    fallback_count, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+    $16, $17, $18)";

@@ -259,31 +259,96 @@ async fn read_metrics(
     let org = caller.require(Perm::RoomsRead)?;
     let mut tx = s.db.begin(org).await?;
     super::rooms::load(&mut tx, org, &name).await?;
+    let sql = "SELECT track, participant, mode, frames_aic, frames_opus, aic_bytes, opus_bytes, saved_bytes, \
+               latency_us_sum, latency_count, quality_milli_sum, quality_count, fallback_count, started_at, ended_at \
+               FROM aic_metrics WHERE org_id = $1 AND room = $2 ORDER BY ended_at DESC, id DESC LIMIT 50";
+    let ended: Vec<Ended> = tx.fetch_all(sql, args![org, &name]).await?;
     tx.commit().await?;
+    let ended: Vec<Value> = ended
+        .into_iter()
+        .map(|e| {
+            let mut v = e.counters.json();
+            v["track"] = json!(e.track);
+            v["participant"] = json!(e.participant);
+            v["mode"] = json!(e.mode.to_uppercase());
+            v["started_at"] = json!(e.started_at);
+            v["ended_at"] = json!(e.ended_at);
+            v
+        })
+        .collect();
     let tracks: Vec<Value> = active_tracks(&s, org, &name)
         .into_iter()
         .map(|(track, st)| {
-            let load = |v: &AtomicU64| v.load(Relaxed);
-            let (frames, aic, opus) = (load(&st.frames_aic), load(&st.aic_bytes), load(&st.opus_bytes));
-            let per = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
-            json!({
-                "track": track.to_string(),
-                "frames_aic": frames,
-                "frames_opus": load(&st.frames_opus),
-                "aic_bytes": aic,
-                "opus_bytes": opus,
-                "bandwidth_saved_bytes": load(&st.saved_bytes),
-                "compression_ratio": per(aic, opus),
-                // 50 frames a second.
-                "bitrate_bps": per(aic * 8 * 50, frames),
-                "latency_ms_mean": per(load(&st.latency_sum_us), load(&st.latency_count) * 1000),
-                "quality_estimate": per(load(&st.quality_milli_sum), load(&st.quality_count) * 1000),
-                "fallback_count": load(&st.fallbacks),
-                "fallen_back": load(&st.fallen_back) > 0,
-            })
+            let mut v = Counters::of(&st).json();
+            v["track"] = json!(track.to_string());
+            v["fallen_back"] = json!(st.fallen_back.load(Relaxed) > 0);
+            v
         })
         .collect();
-    Ok(Json(json!({ "tracks": tracks })))
+    Ok(Json(json!({ "tracks": tracks, "ended": ended })))
+}
+
+/// A track's AIC counters, as the stage keeps them and as `aic_metrics` stores them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Counters {
+    pub frames_aic: i64,
+    pub frames_opus: i64,
+    pub aic_bytes: i64,
+    pub opus_bytes: i64,
+    pub saved_bytes: i64,
+    pub latency_us_sum: i64,
+    pub latency_count: i64,
+    pub quality_milli_sum: i64,
+    pub quality_count: i64,
+    pub fallback_count: i64,
+}
+
+impl Counters {
+    pub fn of(s: &AicStats) -> Counters {
+        let load = |v: &AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
+        Counters {
+            frames_aic: load(&s.frames_aic),
+            frames_opus: load(&s.frames_opus),
+            aic_bytes: load(&s.aic_bytes),
+            opus_bytes: load(&s.opus_bytes),
+            saved_bytes: load(&s.saved_bytes),
+            latency_us_sum: load(&s.latency_sum_us),
+            latency_count: load(&s.latency_count),
+            quality_milli_sum: load(&s.quality_milli_sum),
+            quality_count: load(&s.quality_count),
+            fallback_count: load(&s.fallbacks),
+        }
+    }
+
+    /// The API's view: counts, and ratios and means (null until there is something to divide by).
+    fn json(&self) -> Value {
+        let per = |num: i64, den: i64| (den > 0).then(|| num as f64 / den as f64);
+        json!({
+            "frames_aic": self.frames_aic,
+            "frames_opus": self.frames_opus,
+            "aic_bytes": self.aic_bytes,
+            "opus_bytes": self.opus_bytes,
+            "bandwidth_saved_bytes": self.saved_bytes,
+            "compression_ratio": per(self.aic_bytes, self.opus_bytes),
+            // 50 frames a second.
+            "bitrate_bps": per(self.aic_bytes.saturating_mul(8 * 50), self.frames_aic),
+            "latency_ms_mean": per(self.latency_us_sum, self.latency_count.saturating_mul(1000)),
+            "quality_estimate": per(self.quality_milli_sum, self.quality_count.saturating_mul(1000)),
+            "fallback_count": self.fallback_count,
+        })
+    }
+}
+
+/// A track's counters kept when it left the stage.
+#[derive(sqlx::FromRow)]
+struct Ended {
+    track: String,
+    participant: String,
+    mode: String,
+    #[sqlx(flatten)]
+    counters: Counters,
+    started_at: i64,
+    ended_at: i64,
 }
 
 /// Sets the room's override; a room without one starts from what it runs with now.
