@@ -1028,6 +1028,7 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     assert!(metric(&metrics, "auralink_pipeline_frames_decoded_total ") >= through, "real Opus was decoded");
     assert!(metric(&metrics, "auralink_aic_bandwidth_saved_bytes_total ") > 0.0, "{metrics}");
     assert_eq!(metric(&metrics, "auralink_aic_fallbacks_total "), 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "auralink_aic_tracks_fallen_back "), 0.0, "{metrics}");
     assert!(metric(&metrics, "auralink_aic_frame_latency_seconds_count ") >= through);
     let ratio = metric(&metrics, "auralink_aic_compression_ratio ");
     assert!(ratio > 0.0 && ratio < 0.5, "ADAPTIVE packets against 24 kbit/s Opus: {ratio}");

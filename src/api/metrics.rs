@@ -187,6 +187,12 @@ fn aic(out: &mut String, s: &AppState) {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", load(v));
     }
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_tracks_fallen_back Tracks the guard has on Opus now.\n\
+         # TYPE auralink_aic_tracks_fallen_back gauge\nauralink_aic_tracks_fallen_back {}",
+        load(&a.fallen_back)
+    );
     let name = "auralink_aic_frame_latency_seconds";
     let _ = writeln!(out, "# HELP {name} Encode + decode time per 20 ms frame.\n# TYPE {name} histogram");
     for (b, le) in a.latency_buckets.iter().zip(crate::pipeline::aic::LATENCY_BUCKETS) {
