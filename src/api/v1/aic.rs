@@ -96,6 +96,21 @@ pub async fn room_settings(db: &Db, org: &str, name: &str) -> Result<AicConfig, 
     Ok(config)
 }
 
+/// Audits a settings change, commits it, and hands the org's running stages their settings.
+async fn apply(
+    s: &AppState,
+    mut tx: Tx,
+    caller: &Caller,
+    org: &str,
+    now: i64,
+    change: Change<'_>,
+) -> Result<(), ApiError> {
+    audit::record(&mut tx, caller, org, now, change).await?;
+    tx.commit().await?;
+    s.aic.refresh(org).await;
+    Ok(())
+}
+
 fn reply(config: &AicConfig, source: &str) -> Json<Value> {
     Json(json!({ "config": config, "source": source }))
 }
@@ -225,9 +240,7 @@ async fn update_org(
         before: before.map(|b| json!(b)),
         after: Some(json!(after)),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
-    s.aic.refresh(org).await;
+    apply(&s, tx, &caller, org, now, change).await?;
     Ok(reply(&after, "org"))
 }
 
@@ -373,9 +386,7 @@ async fn update_room(
         before: existing.map(|r| json!({ "room": name, "config": r.config() })),
         after: Some(json!({ "room": name, "config": after })),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
-    s.aic.refresh(org).await;
+    apply(&s, tx, &caller, org, now, change).await?;
     Ok(reply(&after, "room"))
 }
 
@@ -398,8 +409,6 @@ async fn remove_room(
         before: Some(json!({ "room": name, "config": existing.config() })),
         after: None,
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
-    s.aic.refresh(org).await;
+    apply(&s, tx, &caller, org, now, change).await?;
     Ok(StatusCode::NO_CONTENT)
 }
