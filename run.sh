@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs AuraLink: installs what the build needs (skipping what is there), builds
-# release, installs the livekit-client bundle the demo page loads (web/vendor/), and starts
-# `auralink serve` on the embedded defaults (dev mode, data in ./data).
+# release, fetches and converts the Whisper models (models/whisper/), installs the
+# livekit-client bundle the demo page loads (web/vendor/), and starts `auralink serve` on the
+# embedded defaults (dev mode, data in ./data).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -11,5 +12,6 @@ apt_install build-essential pkg-config cmake
 command -v npm >/dev/null || apt_install npm
 need_cargo
 cargo build --release --bin auralink
+AURALINK_BIN="$CARGO_TARGET_DIR/release/auralink" scripts/models.sh
 scripts/web-vendor.sh
 exec "$CARGO_TARGET_DIR/release/auralink" serve "$@"

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
 
-apt_install build-essential pkg-config cmake chromium chromium-driver python3 python3-venv
+apt_install build-essential pkg-config cmake chromium chromium-driver python3 python3-venv espeak-ng sox
 # Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
 command -v node >/dev/null || apt_install nodejs
 command -v npm >/dev/null || apt_install npm
@@ -22,4 +22,7 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "$want"; then
 fi
 # The room page at / loads livekit-client from web/vendor/; the browser test opens it.
 scripts/web-vendor.sh
+# The speech tests need the Whisper models; the debug build converts them.
+cargo test --all-targets --no-run
+AURALINK_BIN="$CARGO_TARGET_DIR/debug/auralink" scripts/models.sh
 cargo test --all-targets -- --test-threads=2

@@ -50,6 +50,8 @@ pub struct Config {
     /// The AIC model's weights (docs/aic.md). Without the file, AIC is unavailable and
     /// tracks stay Opus; the server runs.
     pub aic_model: PathBuf,
+    /// Speech taps (docs/speech.md).
+    pub speech: SpeechConfig,
     /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
     pub keys: BTreeMap<String, String>,
     /// `sqlite:…` or `postgres://…`; default: `auralink.db` in the data dir.
@@ -124,6 +126,27 @@ pub struct RoomConfig {
     pub empty_timeout_secs: u64,
 }
 
+/// The node's speech recognition: where the models are and how much CPU it may take.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechConfig {
+    /// Holds one folder per model (`tiny.en/`, `base/`), as scripts/models.sh writes them.
+    /// A model that is missing makes the rooms that need it fail to enable transcription.
+    pub models: PathBuf,
+    /// Threads running Whisper: the CPU speech may take at most.
+    pub workers: usize,
+    /// Utterances waiting for a worker before new ones are dropped.
+    pub queue: usize,
+    /// Audio tracks this node transcribes at most; more are refused with `capacity`.
+    pub max_tracks: usize,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        SpeechConfig { models: PathBuf::from("./models/whisper"), workers: 1, queue: 8, max_tracks: 8 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -133,6 +156,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             web_dir: PathBuf::from("./web"),
             aic_model: PathBuf::from("./models/aic/aic-v1.safetensors"),
+            speech: SpeechConfig::default(),
             keys: BTreeMap::new(),
             database_url: None,
             admin_key: None,

@@ -34,6 +34,21 @@ enum Command {
     /// The AIC neural codec's tools.
     #[command(subcommand)]
     Aic(AicCommand),
+    /// Speech recognition models' tools.
+    #[command(subcommand)]
+    Whisper(WhisperCommand),
+}
+
+#[derive(Subcommand)]
+enum WhisperCommand {
+    /// Convert a CTranslate2 Whisper folder (as PyPI ships it) for the server; scripts/models.sh runs it.
+    Convert {
+        /// The folder with `model.bin` (or its `model.bin.part*` pieces), `config.json`, `vocabulary.txt`.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +201,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let manifest = train::manifest(&cfg, &report, &format!("auralink {}", args.join(" ")))?;
             std::fs::write(cfg.out.join("manifest.toml"), &manifest)?;
             println!("{manifest}");
+            Ok(())
+        }
+        Command::Whisper(WhisperCommand::Convert { from, out }) => {
+            auralink::pipeline::whisper::ct2::convert(&from, &out)?;
+            println!("converted {} into {}", from.display(), out.display());
             Ok(())
         }
         Command::Token(a) => {

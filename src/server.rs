@@ -18,6 +18,7 @@ use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
 use crate::db::redis::{Redis, RedisError};
 use crate::db::{Db, DbError};
+use crate::pipeline::speech::{MODEL_ENGLISH, MODEL_MULTILINGUAL, SpeechWorkers};
 use crate::sfu::driver::{self, SfuHandle};
 use crate::sfu::signal::livekit::LiveKitState;
 use crate::sfu::signal::token::TokenVerifier;
@@ -41,6 +42,8 @@ pub enum StartError {
     SecretKey(#[from] SecretError),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    #[error("starting the speech workers: {0}")]
+    Speech(std::io::Error),
 }
 
 /// A running server.
@@ -202,6 +205,17 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         }
     };
     let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model, Clock::system());
+    let sc = &config.speech;
+    let workers = SpeechWorkers::spawn(sc.models.clone(), devices.pick(true), sc.workers, sc.queue)
+        .map_err(StartError::Speech)?;
+    for model in [MODEL_ENGLISH, MODEL_MULTILINGUAL] {
+        match workers.check(model) {
+            Ok(()) => tracing::info!(model, "speech model present"),
+            Err(e) => tracing::warn!(model, error = %e, "speech model missing: rooms that need it cannot transcribe"),
+        }
+    }
+    let speech =
+        api::speech_taps::SpeechTaps::spawn(db.clone(), handle.clone(), workers, sc.max_tracks, Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),
@@ -220,6 +234,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         history,
         devices,
         aic,
+        speech,
     };
     let addr = SocketAddr::new(config.http.bind, config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;

@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[path = "support/speech.rs"]
+mod speech;
 #[path = "support/api.rs"]
 mod support;
 
@@ -1053,4 +1055,213 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     assert_eq!((ended[0]["track"].as_str(), ended[0]["mode"].as_str()), (t["track"].as_str(), Some("ADAPTIVE")));
     assert!(ended[0]["frames_aic"].as_f64() >= t["frames_aic"].as_f64(), "{m}");
     assert!(ended[0]["participant"].as_str().unwrap().starts_with("PA_"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_taps_caption_two_live_speakers_and_keep_their_transcripts() {
+    speech_live("speech-sqlite", None).await;
+    if let Some(base) = support::pg_url() {
+        let (name, url) = support::fresh_pg_database(&base).await;
+        speech_live("speech-postgres", Some(url)).await;
+        support::drop_pg_database(&name).await;
+    }
+}
+
+async fn put_transcription(ts: &TestServer, key: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    api(ts, "PUT", "/v1/rooms/talk/transcription", key, body).await
+}
+
+/// A WHIP publisher sending `pcm16` (16 kHz speech) as real-time Opus; returns the sending task.
+async fn publish_speech(
+    ts: &TestServer,
+    room: &str,
+    token: &str,
+    ssrc: u32,
+    pcm16: Vec<f32>,
+) -> tokio::task::JoinHandle<()> {
+    use auralink::codec::opus::{FRAME_SAMPLES, OpusEncoder};
+    use auralink::codec::resample::Upsampler;
+
+    let mut peer = new_peer().await;
+    let track = local_track("audio", "audio/opus", 48_000, 2, ssrc);
+    let sender = peer.pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>).await.expect("add audio");
+    let offer = peer.offer().await;
+    let session = post_offer(ts, &format!("/whip/{room}"), token, offer).await;
+    peer.accept_answer(session.answer.clone()).await;
+    peer.connected("speaker").await;
+    let pt = negotiated_payload_type(&sender, "audio/opus").await;
+    let mut enc = OpusEncoder::new(32_000).unwrap();
+    let pcm48 = Upsampler::default().process(&pcm16);
+    let packets: Vec<Vec<u8>> = pcm48.chunks_exact(FRAME_SAMPLES).map(|c| enc.encode(c).unwrap()).collect();
+    tokio::spawn(async move {
+        let _peer = peer;
+        let mut out = RtpOut { track, ssrc, payload_type: pt, seq: 1 };
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, p) in packets.iter().enumerate() {
+            tick.tick().await;
+            out.send(960 * i as u32, p, i == 0).await;
+        }
+    })
+}
+
+async fn speech_live(tag: &str, database_url: Option<String>) {
+    use auralink::pipeline::speech::wer::wer;
+    use serde_json::{Value, json};
+
+    let ts = start_server_with(tag, |c| {
+        c.admin_key = Some(ADMIN.into());
+        c.database_url = database_url;
+    })
+    .await;
+    let org = |name: &'static str| {
+        let ts = &ts;
+        async move {
+            let body = json!({ "name": name, "owner_email": format!("o@{name}.test") });
+            let (status, org) = api(ts, "POST", "/v1/orgs", ADMIN, body).await;
+            assert_eq!(status, StatusCode::CREATED, "{org}");
+            org["api_key"]["key"].as_str().unwrap().to_string()
+        }
+    };
+    let (key, other) = (org("speech").await, org("other").await);
+    assert_eq!(api(&ts, "POST", "/v1/rooms", &key, json!({ "name": "talk" })).await.0, StatusCode::CREATED);
+
+    // Bad settings, and another org's room, are refused with stable codes.
+    let (status, b) = put_transcription(&ts, &key, json!({ "enabled": true, "language": "xx" })).await;
+    assert_eq!((status, b["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_language")));
+    let (status, b) = put_transcription(&ts, &key, json!({ "enabled": true, "translate_to": "de" })).await;
+    let code = b["error"]["code"].as_str();
+    assert_eq!((status, code), (StatusCode::UNPROCESSABLE_ENTITY, Some("translation_unavailable")));
+    assert_eq!(put_transcription(&ts, &other, json!({ "enabled": true })).await.0, StatusCode::NOT_FOUND);
+    let (status, b) = put_transcription(&ts, &key, json!({ "enabled": true, "language": "en" })).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!((b["model"].as_str(), b["available"].as_bool()), (Some("tiny.en"), Some(true)), "{b}");
+
+    // Bob listens, with a channel of his own so the session has SCTP for the captions.
+    let (_, t) = api(&ts, "POST", "/v1/tokens", &key, json!({ "room": "talk", "identity": "bob" })).await;
+    let mut bob = new_peer().await;
+    let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+    bob.pc.add_transceiver_from_kind("audio".into(), Some(init)).await.expect("recvonly transceiver");
+    let bob_chat = bob.pc.create_data_channel("chat", None).await.expect("bob's channel");
+    let offer = bob.offer().await;
+    let session = post_offer(&ts, "/whep/talk", t["token"].as_str().unwrap(), offer).await;
+    bob.accept_answer(session.answer.clone()).await;
+    bob.connected("bob").await;
+    wait_open(&bob_chat, "bob").await;
+    let (frames_tx, _frames) = mpsc::unbounded_channel();
+    let mut bob_tracks = bob.tracks;
+    tokio::spawn(async move {
+        while let Some(track) = bob_tracks.recv().await {
+            spawn_frame_reader(track, frames_tx.clone());
+        }
+    });
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
+    let mut channels = bob.channels;
+    tokio::spawn(async move {
+        while let Some(ch) = channels.recv().await {
+            spawn_channel_reader(ch, inbox_tx.clone());
+        }
+    });
+
+    // Ana and Ben talk at the same time, each a sentence between pauses.
+    let said = [("ana", speech::ENGLISH[0]), ("ben", speech::ENGLISH[1])];
+    let mut sending = Vec::new();
+    for (i, (who, (voice, text))) in said.iter().enumerate() {
+        let mut pcm = vec![0.0; 8_000];
+        pcm.extend(speech::speak(voice, text));
+        pcm.extend(vec![0.0; 24_000]);
+        let (_, t) = api(&ts, "POST", "/v1/tokens", &key, json!({ "room": "talk", "identity": who })).await;
+        sending.push(publish_speech(&ts, "talk", t["token"].as_str().unwrap(), 0x7000_0000 + i as u32, pcm).await);
+    }
+    for s in sending {
+        within("speech sending", s).await.expect("sending task");
+    }
+
+    // Final captions for both reach Bob on the `captions` channel (Whisper in a debug build
+    // is slow: a bounded but generous wait).
+    let mut finals: std::collections::HashMap<String, Value> = Default::default();
+    let mut previews = 0;
+    timeout(Duration::from_secs(120), async {
+        while finals.len() < 2 {
+            let (label, _, _, data) = inbox.recv().await.expect("bob's channels open");
+            if label != "captions" {
+                continue;
+            }
+            let m: Value = serde_json::from_slice(&data).expect("captions are JSON");
+            assert_eq!(m["type"], "caption", "{m}");
+            let c = m["caption"].clone();
+            if c["final"] == true {
+                finals.insert(c["participant"].as_str().unwrap().to_string(), c);
+            } else {
+                previews += 1;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("final captions from both speakers: got {finals:?}"));
+    for (who, (_, text)) in said {
+        let c = &finals[who];
+        let rate = wer(text, c["text"].as_str().unwrap());
+        eprintln!("{who}: {c} (wer {rate:.2}, {previews} previews)");
+        assert!(rate <= 0.25, "{who}: {c} for {text:?}");
+        assert_eq!(c["language"], "en");
+        assert!(c["end_ms"].as_i64() > c["start_ms"].as_i64(), "{c}");
+    }
+
+    // Stored per speaker under the room's call, and exported three ways.
+    let (_, calls) = api(&ts, "GET", "/v1/calls?room=talk", &key, Value::Null).await;
+    let call = calls["calls"][0]["id"].as_str().expect("the room's call").to_string();
+    let path = format!("/v1/calls/{call}/transcripts");
+    let mut stored = Value::Null;
+    for _ in 0..100 {
+        stored = api(&ts, "GET", &path, &key, Value::Null).await.1;
+        if stored["transcripts"].as_array().is_some_and(|t| t.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = stored["transcripts"].as_array().expect("transcripts").clone();
+    assert_eq!(rows.len(), 2, "{stored}");
+    for (who, (_, text)) in said {
+        let row = rows.iter().find(|r| r["participant"] == who).unwrap_or_else(|| panic!("{who} in {stored}"));
+        assert_eq!(row["text"], finals[who]["text"], "{stored}");
+        assert!(wer(text, row["text"].as_str().unwrap()) <= 0.25);
+        assert!(row["start_ms"].as_i64().unwrap() >= 0 && row["confidence"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let get_text = |path: String| {
+        let ts = &ts;
+        let key = key.clone();
+        async move {
+            let r = ts.http.get(format!("{}{path}", ts.base)).bearer_auth(key).send().await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (status, vtt) = get_text(format!("{path}?format=vtt")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(vtt.starts_with("WEBVTT\n") && vtt.contains("<v ana>") && vtt.contains(" --> "), "{vtt}");
+    let (_, srt) = get_text(format!("{path}?format=srt")).await;
+    assert!(srt.starts_with("1\n") && srt.contains("ben: ") && srt.contains(","), "{srt}");
+    assert_eq!(api(&ts, "GET", &path, &other, Value::Null).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api(&ts, "GET", &format!("{path}?format=doc"), &key, Value::Null).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // Erased per speaker: Ana's words go, Ben's stay; another org erases nothing of ours.
+    let (_, b) = api(&ts, "DELETE", "/v1/transcripts?identity=ana", &other, Value::Null).await;
+    assert_eq!(b["deleted"], 0, "{b}");
+    let (status, b) = api(&ts, "DELETE", "/v1/transcripts?identity=ana", &key, Value::Null).await;
+    assert_eq!((status, &b["deleted"]), (StatusCode::OK, &json!(1)), "{b}");
+    let left = api(&ts, "GET", &path, &key, Value::Null).await.1;
+    assert_eq!(left["transcripts"].as_array().map(|t| t.len()), Some(1), "{left}");
+    assert_eq!(left["transcripts"][0]["participant"], "ben");
+
+    let metrics = within("metrics", async { ts.http.get(format!("{}/metrics", ts.base)).send().await?.text().await })
+        .await
+        .expect("metrics");
+    assert!(metric(&metrics, "auralink_speech_segments_total ") >= 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "auralink_speech_segments_dropped_total "), 0.0, "{metrics}");
+    assert!(metric(&metrics, "auralink_speech_caption_lag_seconds_count ") >= 2.0, "{metrics}");
+    // Turned off: the stages leave the tracks.
+    let (_, b) = put_transcription(&ts, &key, json!({ "enabled": false })).await;
+    assert_eq!(b["active_tracks"], 0, "{b}");
 }

@@ -17,25 +17,9 @@ use crate::codec::modes::{AicConfig, Mode};
 use crate::db::Db;
 use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
 use crate::pipeline::aic::{AicStage, AicStats};
-use crate::pipeline::{self, PipelineStats, TrackPipeline};
+use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
+use crate::sfu::SfuEvent;
 use crate::sfu::driver::SfuHandle;
-use crate::sfu::{Offer, SfuEvent, TapFrame, TapSink};
-
-/// The tap of a track with the AIC stage: it closes itself when the room's settings turn
-/// AIC off, so the track's pipeline thread ends instead of decoding for nothing.
-struct AicTap {
-    tx: tokio::sync::mpsc::Sender<TapFrame>,
-    settings: watch::Receiver<AicConfig>,
-}
-
-impl TapSink for AicTap {
-    fn offer(&mut self, frame: TapFrame) -> Offer {
-        if !self.settings.borrow().enabled {
-            return Offer::Closed;
-        }
-        self.tx.offer(frame)
-    }
-}
 
 struct Room {
     settings: watch::Sender<AicConfig>,
@@ -136,7 +120,7 @@ impl AicTaps {
                 .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashMap::new() });
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
             if !config.enabled {
-                // Their taps close at their next frame (see `AicTap`), ending the threads.
+                // Their taps close at their next frame (see `GatedTap`), ending the threads.
                 ended.extend(r.tapped.drain().map(|(t, x)| (t, x, config.mode)));
                 None
             } else if r.tapped.contains_key(&track) {
@@ -170,7 +154,7 @@ impl AicTaps {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let stage = AicStage::new(Arc::clone(model), settings.clone(), [stats, Arc::clone(&self.stats)])?;
         let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
-        let tap = AicTap { tx: pipeline::spawn(pipe)?, settings };
+        let tap = GatedTap { tx: pipeline::spawn(pipe)?, settings, open: |c: &AicConfig| c.enabled };
         // A track already gone leaves the tap unregistered; the thread ends with its channel.
         self.sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tap))).await??;
         Ok(())

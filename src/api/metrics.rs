@@ -136,6 +136,7 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     aic(&mut out, &s);
+    speech(&mut out, &s);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -214,4 +215,52 @@ fn aic(out: &mut String, s: &AppState) {
         "# HELP auralink_aic_compression_ratio AIC bytes over the same frames' Opus bytes.\n\
          # TYPE auralink_aic_compression_ratio gauge\nauralink_aic_compression_ratio {ratio}"
     );
+}
+
+/// The speech taps' series: utterances, drops, captions, caption lag, real-time factor.
+fn speech(out: &mut String, s: &AppState) {
+    let st = &s.speech.workers.stats;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Relaxed);
+    for (name, help, v) in [
+        ("auralink_speech_segments_total", "Utterances handed to the Whisper workers.", &st.segments),
+        (
+            "auralink_speech_segments_dropped_total",
+            "Utterances dropped: the workers were behind.",
+            &st.segments_dropped,
+        ),
+        ("auralink_speech_partials_total", "Previews of utterances in progress handed to the workers.", &st.partials),
+        ("auralink_speech_partials_skipped_total", "Previews skipped: the workers were busy.", &st.partials_skipped),
+        ("auralink_speech_silent_total", "Utterances Whisper read as silence or noise.", &st.silent),
+        ("auralink_speech_errors_total", "Utterances Whisper failed on.", &st.errors),
+        ("auralink_speech_captions_total", "Captions sent to rooms.", &st.captions),
+        ("auralink_speech_captions_dropped_total", "Captions dropped: the sender was behind.", &st.captions_dropped),
+        (
+            "auralink_speech_tracks_refused_total",
+            "Tracks not transcribed: the node was at its limit.",
+            &st.tracks_refused,
+        ),
+        ("auralink_speech_audio_seconds_total", "Audio Whisper read.", &st.audio_ms),
+        ("auralink_speech_inference_seconds_total", "Time Whisper took reading it.", &st.inference_ms),
+    ] {
+        // The two time series are kept in ms.
+        let v =
+            if name.ends_with("seconds_total") { (load(v) as f64 / 1000.0).to_string() } else { load(v).to_string() };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP auralink_speech_tracks Tracks transcribed on this node now.\n# TYPE auralink_speech_tracks gauge\n\
+         auralink_speech_tracks {}",
+        s.speech.active()
+    );
+    let name = "auralink_speech_caption_lag_seconds";
+    let _ = writeln!(out, "# HELP {name} End of speech to final caption sent.\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (b, le) in st.lag_buckets.iter().zip(crate::pipeline::speech::workers::LAG_BUCKETS_MS) {
+        cumulative += load(b);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", le as f64 / 1000.0);
+    }
+    let count = cumulative + load(&st.lag_buckets[crate::pipeline::speech::workers::LAG_BUCKETS_MS.len()]);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_count {count}");
+    let _ = writeln!(out, "{name}_sum {}", load(&st.lag_ms_sum) as f64 / 1000.0);
 }

@@ -11,6 +11,7 @@ mod idempotency;
 mod metrics;
 pub mod ratelimit;
 pub mod secrets;
+pub mod speech_taps;
 pub mod twirp;
 pub mod v1;
 pub mod webhook;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub devices: Arc<crate::codec::device::Devices>,
     /// The AIC stages on tracks.
     pub aic: Arc<aic_taps::AicTaps>,
+    /// The speech stages on tracks, and the node's Whisper workers.
+    pub speech: Arc<speech_taps::SpeechTaps>,
 }
 
 /// Largest JSON body the control API reads.

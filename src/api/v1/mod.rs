@@ -9,6 +9,7 @@ pub mod livekit_keys;
 mod orgs;
 mod rooms;
 mod tokens;
+pub mod transcripts;
 
 pub use self::tokens::follow_revocations;
 mod users;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(calls::router())
         .merge(aic::router())
+        .merge(transcripts::router())
         .merge(tokens::router())
         .merge(livekit_keys::router())
         .merge(audit::router())

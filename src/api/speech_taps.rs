@@ -1,0 +1,261 @@
+//! Puts the speech stage on the audio tracks of rooms that turned transcription on, and
+//! takes the captions the stages make: each goes out on the room's data channel (topic
+//! `captions`, JSON) and, when final, into `transcripts`. A node transcribes at most
+//! `speech.max_tracks` tracks; more are refused and counted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+
+use str0m::media::MediaKind;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::Clock;
+use crate::args;
+use crate::db::Db;
+use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
+use crate::pipeline::speech::translate::TextTranslator;
+use crate::pipeline::speech::{Caption, CaptionSink, SpeechConfig, SpeechStage, SpeechWorkers};
+use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
+use crate::sfu::SfuEvent;
+use crate::sfu::data::DataMessage;
+use crate::sfu::driver::SfuHandle;
+
+/// The data channel topic captions travel on.
+pub const TOPIC: &str = "captions";
+/// Captions waiting to be sent and stored before new ones are dropped.
+const CAPTION_QUEUE: usize = 256;
+
+struct Room {
+    settings: watch::Sender<SpeechConfig>,
+    tracks: HashSet<TrackId>,
+}
+
+pub struct SpeechTaps {
+    db: Db,
+    clock: Clock,
+    sfu: SfuHandle,
+    pub workers: Arc<SpeechWorkers>,
+    pub translator: Option<Arc<dyn TextTranslator>>,
+    pub max_tracks: usize,
+    pub pipelines: Arc<PipelineStats>,
+    captions: Arc<Captions>,
+    rooms: Mutex<HashMap<RoomName, Room>>,
+}
+
+/// The stages' way out: a bounded queue to the task that sends and stores.
+struct Captions {
+    tx: mpsc::Sender<Caption>,
+    workers: Arc<SpeechWorkers>,
+}
+
+impl CaptionSink for Captions {
+    fn deliver(&self, caption: Caption) {
+        if self.tx.try_send(caption).is_err() {
+            self.workers.stats.captions_dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl SpeechTaps {
+    /// Follows router events until the router stops.
+    pub fn spawn(
+        db: Db,
+        sfu: SfuHandle,
+        workers: Arc<SpeechWorkers>,
+        max_tracks: usize,
+        clock: Clock,
+    ) -> Arc<SpeechTaps> {
+        let (tx, mut rx) = mpsc::channel::<Caption>(CAPTION_QUEUE);
+        let taps = Arc::new(SpeechTaps {
+            db,
+            clock,
+            sfu: sfu.clone(),
+            captions: Arc::new(Captions { tx, workers: Arc::clone(&workers) }),
+            workers,
+            translator: None,
+            max_tracks,
+            pipelines: Default::default(),
+            rooms: Mutex::new(HashMap::new()),
+        });
+        let this = Arc::clone(&taps);
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                this.send(c).await;
+            }
+        });
+        let mut events = sfu.subscribe();
+        let this = Arc::clone(&taps);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
+                        if let Some(config) = this.settings(&room).await {
+                            this.apply(&room, config, &[(track.id, track.owner)]);
+                        }
+                    }
+                    Ok(SfuEvent::TrackUnpublished { room, track }) => {
+                        if let Some(r) = this.rooms.lock().expect("speech rooms lock").get_mut(&room) {
+                            r.tracks.remove(&track.id);
+                        }
+                    }
+                    Ok(SfuEvent::RoomClosed { room }) => {
+                        this.rooms.lock().expect("speech rooms lock").remove(&room);
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "speech taps fell behind the router"),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        taps
+    }
+
+    /// Tracks transcribed on this node, in all rooms.
+    pub fn active(&self) -> usize {
+        self.rooms.lock().expect("speech rooms lock").values().map(|r| r.tracks.len()).sum()
+    }
+
+    /// Tracks of `room` transcribed on this node.
+    pub fn active_in(&self, room: &RoomName) -> usize {
+        self.rooms.lock().expect("speech rooms lock").get(room).map_or(0, |r| r.tracks.len())
+    }
+
+    /// The room's settings, `None` when unreadable (logged; its tracks stay as they are).
+    async fn settings(&self, room: &RoomName) -> Option<SpeechConfig> {
+        let org = room.org()?;
+        match super::v1::transcripts::room_settings(&self.db, org, room.local()).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(%room, code = e.code, error = %e.message, "speech settings not readable");
+                None
+            }
+        }
+    }
+
+    /// The room's audio tracks on this node.
+    pub async fn audio_tracks(&self, room: &RoomName) -> Vec<(TrackId, ParticipantId)> {
+        let room = room.clone();
+        self.sfu
+            .call(move |sfu, _| {
+                sfu.participants(&room)
+                    .into_iter()
+                    .flat_map(|p| p.tracks)
+                    .filter(|t| t.kind == MediaKind::Audio)
+                    .map(|t| (t.id, t.owner))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// After the room's settings changed: running stages get them, and the room's audio
+    /// tracks are tapped if they now ask for transcription.
+    pub async fn refresh(&self, room: &RoomName, config: SpeechConfig) {
+        let tracks = self.audio_tracks(room).await;
+        self.apply(room, config, &tracks);
+    }
+
+    fn apply(&self, room: &RoomName, config: SpeechConfig, tracks: &[(TrackId, ParticipantId)]) {
+        let mut rooms = self.rooms.lock().expect("speech rooms lock");
+        let active: usize = rooms.values().map(|r| r.tracks.len()).sum();
+        let r = rooms
+            .entry(room.clone())
+            .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tracks: HashSet::new() });
+        r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
+        if !config.enabled {
+            // Their taps close at their next frame (see `GatedTap`).
+            r.tracks.clear();
+            return;
+        }
+        if let Err(e) = self.workers.check(config.model()) {
+            tracing::warn!(%room, error = %e, "speech model unavailable; tracks not transcribed");
+            return;
+        }
+        let mut started = 0;
+        for &(track, _) in tracks {
+            if r.tracks.contains(&track) {
+                continue;
+            }
+            if active + started >= self.max_tracks {
+                tracing::warn!(%room, %track, max = self.max_tracks, "speech capacity reached; track not transcribed");
+                self.workers.stats.tracks_refused.fetch_add(1, Relaxed);
+                continue;
+            }
+            match self.start(r.settings.subscribe(), track) {
+                Ok(()) => {
+                    r.tracks.insert(track);
+                    started += 1;
+                    tracing::info!(%room, %track, model = config.model(), "speech stage on track");
+                }
+                Err(e) => tracing::warn!(%room, %track, error = %e, "speech stage not started"),
+            }
+        }
+    }
+
+    fn start(&self, settings: watch::Receiver<SpeechConfig>, track: TrackId) -> Result<(), Box<dyn std::error::Error>> {
+        let stage = SpeechStage::new(
+            settings.clone(),
+            Arc::clone(&self.workers),
+            Arc::clone(&self.captions) as Arc<dyn CaptionSink>,
+            self.translator.clone(),
+            self.clock.now_ms(),
+        );
+        let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
+        let tap = GatedTap { tx: pipeline::spawn(pipe)?, settings, open: |c: &SpeechConfig| c.enabled };
+        // Added from the router's own thread would deadlock; a track already gone just drops it.
+        let sfu = self.sfu.clone();
+        tokio::spawn(async move {
+            let _ = sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tap))).await;
+        });
+        Ok(())
+    }
+
+    /// Sends a caption to the room, and stores it when final.
+    async fn send(&self, c: Caption) {
+        let stats = &self.workers.stats;
+        let payload = serde_json::to_vec(&serde_json::json!({ "type": "caption", "caption": &c })).expect("serializes");
+        let msg = DataMessage::from_server(payload, TOPIC.into(), c.is_final, Vec::new());
+        let room = c.room.clone();
+        if self.sfu.call(move |sfu, now| sfu.send_data(now, &room, &msg)).await.is_err() {
+            return;
+        }
+        stats.captions.fetch_add(1, Relaxed);
+        if !c.is_final {
+            return;
+        }
+        let now = self.clock.now_ms();
+        stats.record_lag(u64::try_from(now - c.end_ms).unwrap_or(0));
+        let Some(org) = c.room.org() else { return };
+        let write = async {
+            let mut tx = self.db.begin(org).await?;
+            tx.execute(
+                "INSERT INTO transcripts (id, org_id, call_id, room, identity, track, start_ms, end_ms, text, language, \
+                 source_language, confidence_milli, created_at) VALUES ($1, $2, (SELECT c.id FROM calls c JOIN rooms r \
+                 ON r.org_id = c.org_id AND r.id = c.room_id WHERE c.org_id = $2 AND r.name = $3 AND c.ended_at IS NULL), \
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                args![
+                    record_id("tsc", now),
+                    org,
+                    c.room.local(),
+                    &c.participant,
+                    &c.track,
+                    c.start_ms,
+                    c.end_ms.max(c.start_ms),
+                    &c.text,
+                    &c.language,
+                    c.source_language.as_deref(),
+                    (c.confidence * 1000.0).round() as i64,
+                    now
+                ],
+            )
+            .await?;
+            tx.commit().await
+        };
+        if let Err(e) = write.await {
+            tracing::warn!(room = %c.room, error = %e, "transcript not stored");
+        }
+    }
+}
