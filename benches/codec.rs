@@ -1,7 +1,9 @@
 //! AIC against Opus on the held-out set (scripts/aic-data.sh builds it; training never reads
 //! it): for each AIC mode and for Opus at the same packet bitrate and at 24 kbit/s, the
 //! bitrate, PESQ-WB (P.862.2, the `pesq` crate) and STOI, and AIC's per-frame latency
-//! (encode + decode, p50/p99) and real-time factor on one thread.
+//! (encode + decode, p50/p99) and real-time factor on one thread; and, when the Whisper models
+//! are there (scripts/models.sh), the word error rate of Whisper tiny.en reading each codec's
+//! output against its reading of the clean clip (the first `WER_CLIPS` clips of each set).
 //!
 //! `cargo bench --bench codec` (`AURALINK_AIC_DATA` names the data folder, default
 //! ~/.cache/auralink-aic-data; `AURALINK_AIC_MODEL` the weights, default
@@ -20,10 +22,17 @@ use auralink::codec::modes::Mode;
 use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder};
 use auralink::codec::resample::{Downsampler, Upsampler};
 use auralink::codec::stoi::stoi;
+use auralink::pipeline::speech::wer::wer;
+use auralink::pipeline::whisper::{Task, Whisper};
+
+/// Clips per set that Whisper reads for the word error rate (reading is the slow part).
+const WER_CLIPS: usize = 40;
 
 /// One codec's scores over a set.
 #[derive(Default)]
 struct Tally {
+    /// Each clip's output, aligned to the clean clip (for the word error rate).
+    decoded: Vec<Vec<f32>>,
     bits: f64,
     seconds: f64,
     pesq: Vec<f64>,
@@ -42,6 +51,7 @@ impl Tally {
         let delay = delay(clean, out);
         let out = &out[delay..];
         let n = clean.len().min(out.len());
+        self.decoded.push(out[..n].to_vec());
         let pcm = |s: &[f32]| s.iter().map(|x| (x.clamp(-1.0, 1.0) * 32767.0) as i16).collect::<Vec<i16>>();
         if let Some(s) = stoi(&clean[..n], &out[..n], 16_000) {
             self.stoi.push(s);
@@ -63,6 +73,24 @@ impl Tally {
     fn kbps(&self) -> f64 {
         self.bits / self.seconds / 1000.0
     }
+}
+
+/// Whisper's reading of the codec's output against its reading of the clean clips, as a
+/// word error rate in percent; `None` without the model.
+fn wer_vs_clean(whisper: &mut Option<(Whisper, Vec<String>)>, t: &Tally) -> Option<f64> {
+    let (w, clean) = whisper.as_mut()?;
+    let (mut errors, mut words) = (0.0, 0.0);
+    for (reference, out) in clean.iter().zip(&t.decoded) {
+        let text = w.transcribe(out, Some("en"), Task::Transcribe).map(|t| t.text).unwrap_or_default();
+        let n = reference.split_whitespace().count() as f64;
+        errors += wer(reference, &text) * n;
+        words += n;
+    }
+    Some(100.0 * errors / words.max(1.0))
+}
+
+fn show(wer: Option<f64>) -> String {
+    wer.map_or_else(|| "-".to_string(), |w| format!("{w:.1}"))
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -174,13 +202,27 @@ fn main() {
         vec![("synthetic vowel".to_string(), vec![auralink::codec::vowel(2.0)])]
     };
     println!("model {} ({} threads for tensors)", model_path.display(), candle_core::utils::get_num_threads());
+    let whisper_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/whisper/tiny.en");
+    let mut whisper = if bench { Whisper::load(&whisper_dir, &candle_core::Device::Cpu).ok() } else { None };
+    if bench && whisper.is_none() {
+        println!("no {} (scripts/models.sh): no word error rates", whisper_dir.display());
+    }
     let mut fit = Vec::new();
     for (set, clips) in &sets {
         let minutes = clips.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0 / 60.0;
         println!("\n{set}: {} clips, {minutes:.1} min", clips.len());
+        // Whisper's reading of the clean clips is the reference the codecs' outputs are held to.
+        let mut reader = whisper.take().map(|mut w| {
+            let clean = clips
+                .iter()
+                .take(WER_CLIPS)
+                .map(|c| w.transcribe(c, Some("en"), Task::Transcribe).map(|t| t.text).unwrap_or_default())
+                .collect();
+            (w, clean)
+        });
         println!(
-            "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7}",
-            "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF"
+            "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7} {:>7}",
+            "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF", "WER %"
         );
         for mode in Mode::ALL {
             let mut a = Tally::default();
@@ -195,21 +237,23 @@ fn main() {
             }
             let name = format!("AIC {}", mode.as_str());
             println!(
-                "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3}",
+                "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3} {:>7}",
                 name,
                 a.kbps(),
                 mean(&a.pesq),
                 mean(&a.stoi),
                 percentile(&a.frame_us, 0.5),
                 percentile(&a.frame_us, 0.99),
-                a.busy / a.seconds
+                a.busy / a.seconds,
+                show(wer_vs_clean(&mut reader, &a))
             );
             println!(
-                "{:<28} {:>8.2} {:>8.3} {:>7.3}",
+                "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>37}",
                 format!("Opus asked for {:.1}", f64::from(same) / 1000.0),
                 o.kbps(),
                 mean(&o.pesq),
-                mean(&o.stoi)
+                mean(&o.stoi),
+                show(wer_vs_clean(&mut reader, &o))
             );
             println!(
                 "  ratio AIC/Opus: PESQ {:.2}, STOI {:.2} (PESQ failures: AIC {}, Opus {})",
@@ -225,7 +269,15 @@ fn main() {
         for c in clips {
             opus(24_000, c, &mut o);
         }
-        println!("{:<28} {:>8.2} {:>8.3} {:>7.3}", "Opus 24", o.kbps(), mean(&o.pesq), mean(&o.stoi));
+        println!(
+            "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>37}",
+            "Opus 24",
+            o.kbps(),
+            mean(&o.pesq),
+            mean(&o.stoi),
+            show(wer_vs_clean(&mut reader, &o))
+        );
+        whisper = reader.map(|(w, _)| w);
     }
     // The runtime quality estimate's calibration (model::quality_estimate).
     let (a, b, r) = line_fit(&fit);

@@ -1071,6 +1071,38 @@ async fn put_transcription(ts: &TestServer, key: &str, body: serde_json::Value) 
     api(ts, "PUT", "/v1/rooms/talk/transcription", key, body).await
 }
 
+type Inbox = mpsc::UnboundedReceiver<(String, String, bool, Vec<u8>)>;
+
+/// Reads the `captions` channel until each of `who` has a final caption (Whisper in a debug
+/// build is slow: a bounded but generous wait). Returns them and how many previews came.
+async fn final_captions(
+    inbox: &mut Inbox,
+    who: &[&str],
+) -> (std::collections::HashMap<String, serde_json::Value>, usize) {
+    let mut finals = std::collections::HashMap::new();
+    let mut previews = 0;
+    let read = async {
+        while !who.iter().all(|w| finals.contains_key(*w)) {
+            let (label, _, _, data) = inbox.recv().await.expect("bob's channels open");
+            if label != "captions" {
+                continue;
+            }
+            let m: serde_json::Value = serde_json::from_slice(&data).expect("captions are JSON");
+            assert_eq!(m["type"], "caption", "{m}");
+            let c = m["caption"].clone();
+            if c["final"] == true {
+                finals.insert(c["participant"].as_str().unwrap().to_string(), c);
+            } else {
+                previews += 1;
+            }
+        }
+    };
+    if timeout(Duration::from_secs(120), read).await.is_err() {
+        panic!("final captions from {who:?}: got {finals:?}");
+    }
+    (finals, previews)
+}
+
 /// A WHIP publisher sending `pcm16` (16 kHz speech) as real-time Opus; returns the sending task.
 async fn publish_speech(
     ts: &TestServer,
@@ -1176,28 +1208,8 @@ async fn speech_live(tag: &str, database_url: Option<String>) {
         within("speech sending", s).await.expect("sending task");
     }
 
-    // Final captions for both reach Bob on the `captions` channel (Whisper in a debug build
-    // is slow: a bounded but generous wait).
-    let mut finals: std::collections::HashMap<String, Value> = Default::default();
-    let mut previews = 0;
-    timeout(Duration::from_secs(120), async {
-        while finals.len() < 2 {
-            let (label, _, _, data) = inbox.recv().await.expect("bob's channels open");
-            if label != "captions" {
-                continue;
-            }
-            let m: Value = serde_json::from_slice(&data).expect("captions are JSON");
-            assert_eq!(m["type"], "caption", "{m}");
-            let c = m["caption"].clone();
-            if c["final"] == true {
-                finals.insert(c["participant"].as_str().unwrap().to_string(), c);
-            } else {
-                previews += 1;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("final captions from both speakers: got {finals:?}"));
+    // Final captions for both reach Bob on the `captions` channel.
+    let (finals, previews) = final_captions(&mut inbox, &["ana", "ben"]).await;
     for (who, (_, text)) in said {
         let c = &finals[who];
         let rate = wer(text, c["text"].as_str().unwrap());
@@ -1261,6 +1273,22 @@ async fn speech_live(tag: &str, database_url: Option<String>) {
     assert!(metric(&metrics, "auralink_speech_segments_total ") >= 2.0, "{metrics}");
     assert_eq!(metric(&metrics, "auralink_speech_segments_dropped_total "), 0.0, "{metrics}");
     assert!(metric(&metrics, "auralink_speech_caption_lag_seconds_count ") >= 2.0, "{metrics}");
+    // Translated: the room detects the language spoken and captions it in English.
+    let change = json!({ "language": "auto", "translate_to": "en" });
+    let (status, b) = put_transcription(&ts, &key, change).await;
+    assert_eq!((status, b["model"].as_str()), (StatusCode::OK, Some("base")), "{b}");
+    let mut pcm = vec![0.0; 8_000];
+    pcm.extend(speech::speak("de", "Ich trinke jeden Morgen eine Tasse Kaffee mit Milch."));
+    pcm.extend(vec![0.0; 24_000]);
+    let (_, t) = api(&ts, "POST", "/v1/tokens", &key, json!({ "room": "talk", "identity": "dora" })).await;
+    let sending = publish_speech(&ts, "talk", t["token"].as_str().unwrap(), 0x7100_0000, pcm).await;
+    within("speech sending", sending).await.expect("sending task");
+    let (finals, _) = final_captions(&mut inbox, &["dora"]).await;
+    let c = &finals["dora"];
+    assert_eq!((c["language"].as_str(), c["source_language"].as_str()), (Some("en"), Some("de")), "{c}");
+    let text = c["text"].as_str().unwrap().to_lowercase();
+    assert!(["coffee", "milk"].iter().any(|k| text.contains(k)), "{c}");
+
     // Turned off: the stages leave the tracks.
     let (_, b) = put_transcription(&ts, &key, json!({ "enabled": false })).await;
     assert_eq!(b["active_tracks"], 0, "{b}");

@@ -1,6 +1,7 @@
 //! Puts the speech stage on the audio tracks of rooms that turned transcription on, and
-//! takes the captions the stages make: each goes out on the room's data channel (topic
-//! `captions`, JSON) and, when final, into `transcripts`. A node transcribes at most
+//! takes the captions the stages make: each goes out on the room's data channel (JSON on topic
+//! `captions`; LiveKit clients get LiveKit's transcription packet) and, when final, into
+//! `transcripts`. A node transcribes at most
 //! `speech.max_tracks` tracks; more are refused and counted.
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,7 @@ use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
 use crate::sfu::SfuEvent;
 use crate::sfu::data::DataMessage;
 use crate::sfu::driver::SfuHandle;
+use crate::sfu::signal::livekit;
 
 /// The data channel topic captions travel on.
 pub const TOPIC: &str = "captions";
@@ -217,7 +219,17 @@ impl SpeechTaps {
     async fn send(&self, c: Caption) {
         let stats = &self.workers.stats;
         let payload = serde_json::to_vec(&serde_json::json!({ "type": "caption", "caption": &c })).expect("serializes");
-        let msg = DataMessage::from_server(payload, TOPIC.into(), c.is_final, Vec::new());
+        let mut msg = DataMessage::from_server(payload, TOPIC.into(), c.is_final, Vec::new());
+        // An utterance's previews and final text share the segment id, so each replaces the last.
+        let segment = livekit_protocol::TranscriptionSegment {
+            id: format!("{}-{}", c.track, c.start_ms),
+            text: c.text.clone(),
+            start_time: u64::try_from(c.start_ms).unwrap_or(0),
+            end_time: u64::try_from(c.end_ms).unwrap_or(0),
+            r#final: c.is_final,
+            language: c.language.clone(),
+        };
+        msg.native = Some(livekit::transcription(&c.participant, &c.track, segment, c.is_final));
         let room = c.room.clone();
         if self.sfu.call(move |sfu, now| sfu.send_data(now, &room, &msg)).await.is_err() {
             return;

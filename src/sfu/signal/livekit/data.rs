@@ -11,6 +11,29 @@ const NATIVE: &str = "livekit";
 pub const RELIABLE: &str = "_reliable";
 pub const LOSSY: &str = "_lossy";
 
+/// A caption as LiveKit's own transcription packet, which its client SDKs surface as
+/// `TranscriptionReceived` (a segment id shared by an utterance's previews and its final text
+/// lets them replace each other): the envelope of a server message, so LiveKit clients get
+/// this while raw channels get the message's payload.
+pub fn transcription(
+    identity: &str,
+    track: &str,
+    segment: proto::TranscriptionSegment,
+    reliable: bool,
+) -> (&'static str, Vec<u8>) {
+    let kind = if reliable { proto::data_packet::Kind::Reliable } else { proto::data_packet::Kind::Lossy };
+    let dp = proto::DataPacket {
+        kind: kind as i32,
+        value: Some(proto::data_packet::Value::Transcription(proto::Transcription {
+            transcribed_participant_identity: identity.to_string(),
+            track_id: track.to_string(),
+            segments: vec![segment],
+        })),
+        ..Default::default()
+    };
+    (NATIVE, dp.encode_to_vec())
+}
+
 /// The codec a LiveKit session registers with the router.
 #[derive(Debug, Default)]
 pub struct LiveKitData;
@@ -75,6 +98,25 @@ impl DataCodec for LiveKitData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_captions_reach_livekit_clients_as_transcriptions() {
+        let segment = proto::TranscriptionSegment {
+            id: "TR_1-5".into(),
+            text: "hello".into(),
+            r#final: true,
+            ..Default::default()
+        };
+        let mut msg = DataMessage::from_server(b"{}".to_vec(), "captions".into(), true, Vec::new());
+        msg.native = Some(transcription("ana", "TR_1", segment.clone(), true));
+        let (label, bytes) = LiveKitData.encode(&msg, None).unwrap();
+        assert_eq!(label, RELIABLE);
+        let dp = proto::DataPacket::decode(bytes.as_slice()).unwrap();
+        assert_eq!(dp.participant_identity, "", "from the server");
+        let Some(proto::data_packet::Value::Transcription(t)) = dp.value else { panic!("{dp:?}") };
+        assert_eq!((t.transcribed_participant_identity.as_str(), t.track_id.as_str()), ("ana", "TR_1"));
+        assert_eq!(t.segments, vec![segment]);
+    }
 
     #[test]
     fn identity_is_stamped_and_destinations_read() {

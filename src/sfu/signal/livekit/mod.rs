@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-pub use self::data::LiveKitData;
+pub use self::data::{LiveKitData, transcription};
 pub use self::registry::Registry;
 pub use self::resume::Sessions;
 use super::token::{Claims, TokenError, TokenVerifier};
