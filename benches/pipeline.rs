@@ -77,7 +77,7 @@ fn live(models: &Path, tracks: usize, utterances: &[Vec<f32>]) -> (Vec<f64>, (us
                 let pcm48 = Upsampler::default().process(&pcm16);
                 let config = SpeechConfig { enabled: true, ..Default::default() };
                 let (_keep, rx) = tokio::sync::watch::channel(config);
-                let mut stage = SpeechStage::new(rx, workers, sink, None, t0);
+                let mut stage = SpeechStage::new(rx, workers, sink, None, Box::new(move || t0));
                 let identity = Identity::new(format!("speaker-{t}")).unwrap();
                 for (i, chunk) in pcm48.chunks_exact(960).enumerate() {
                     // Real time: frame i is due 20·i ms after the start.

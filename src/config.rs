@@ -133,7 +133,8 @@ pub struct SpeechConfig {
     /// Holds one folder per model (`tiny.en/`, `base/`), as scripts/models.sh writes them.
     /// A model that is missing makes the rooms that need it fail to enable transcription.
     pub models: PathBuf,
-    /// Threads running Whisper: the CPU speech may take at most.
+    /// Utterances read at once (threads running Whisper; each read's matrix products use
+    /// candle's thread pool, every core unless `RAYON_NUM_THREADS` says otherwise).
     pub workers: usize,
     /// Utterances waiting for a worker before new ones are dropped.
     pub queue: usize,

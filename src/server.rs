@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::ratelimit::RateLimiter;
 use crate::api::secrets::{SecretBox, SecretError};
+use crate::api::speech_taps::SpeechSetup;
 use crate::api::webhook::{self, WebhookConfig, Webhooks};
 use crate::api::{self, AppState, Clock};
 use crate::config::{Config, ConfigError};
@@ -214,8 +215,9 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
             Err(e) => tracing::warn!(model, error = %e, "speech model missing: rooms that need it cannot transcribe"),
         }
     }
-    let speech =
-        api::speech_taps::SpeechTaps::spawn(db.clone(), handle.clone(), workers, sc.max_tracks, Clock::system());
+    let setup =
+        SpeechSetup { workers, translator: None, max_tracks: sc.max_tracks, pipelines: Arc::clone(&aic.pipelines) };
+    let speech = api::speech_taps::SpeechTaps::spawn(db.clone(), handle.clone(), setup, Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),

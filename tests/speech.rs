@@ -94,7 +94,7 @@ fn the_stage_turns_a_track_into_final_captions() {
     let sink = Arc::new(Collect(Mutex::new(Vec::new())));
     let config = SpeechConfig { enabled: true, ..Default::default() };
     let (_settings, rx) = tokio::sync::watch::channel(config);
-    let stage = SpeechStage::new(rx, Arc::clone(&workers), sink.clone(), None, 1_000_000);
+    let stage = SpeechStage::new(rx, Arc::clone(&workers), sink.clone(), None, Box::new(|| 1_000_000));
     let mut pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::new(PipelineStats::default())).unwrap();
     let mut enc = OpusEncoder::new(32_000).unwrap();
     let room = RoomName::new("captions").unwrap();

@@ -3,6 +3,7 @@
 //! Stages run on their tracks' pipeline threads; this only wires them up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
@@ -29,6 +30,8 @@ struct Room {
 
 struct Tapped {
     stats: Arc<AicStats>,
+    /// Set to close the track's tap (see `GatedTap`).
+    revoked: Arc<AtomicBool>,
     participant: ParticipantId,
     started_at: i64,
 }
@@ -120,21 +123,30 @@ impl AicTaps {
                 .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashMap::new() });
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
             if !config.enabled {
-                // Their taps close at their next frame (see `GatedTap`), ending the threads.
-                ended.extend(r.tapped.drain().map(|(t, x)| (t, x, config.mode)));
+                // Their taps close at their next frame, ending the threads.
+                ended.extend(r.tapped.drain().map(|(t, x)| {
+                    x.revoked.store(true, Ordering::Relaxed);
+                    (t, x, config.mode)
+                }));
                 None
             } else if r.tapped.contains_key(&track) {
                 None
             } else {
                 let stats = Arc::new(AicStats::default());
-                let t = Tapped { stats: Arc::clone(&stats), participant, started_at: self.clock.now_ms() };
+                let revoked = Arc::new(AtomicBool::new(false));
+                let t = Tapped {
+                    stats: Arc::clone(&stats),
+                    revoked: Arc::clone(&revoked),
+                    participant,
+                    started_at: self.clock.now_ms(),
+                };
                 r.tapped.insert(track, t);
-                Some((r.settings.subscribe(), stats))
+                Some((r.settings.subscribe(), stats, revoked))
             }
         };
         self.record(room, ended).await;
-        let Some((receiver, track_stats)) = started else { return };
-        match self.start(model, receiver, track_stats, track).await {
+        let Some((receiver, track_stats, revoked)) = started else { return };
+        match self.start(model, receiver, track_stats, revoked, track).await {
             Ok(()) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
             Err(e) => {
                 tracing::warn!(%room, %track, error = %e, "AIC stage not started; the track stays Opus");
@@ -150,11 +162,12 @@ impl AicTaps {
         model: &Arc<AicModel>,
         settings: watch::Receiver<AicConfig>,
         stats: Arc<AicStats>,
+        revoked: Arc<AtomicBool>,
         track: TrackId,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let stage = AicStage::new(Arc::clone(model), settings.clone(), [stats, Arc::clone(&self.stats)])?;
+        let stage = AicStage::new(Arc::clone(model), settings, [stats, Arc::clone(&self.stats)])?;
         let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
-        let tap = GatedTap { tx: pipeline::spawn(pipe)?, settings, open: |c: &AicConfig| c.enabled };
+        let tap = GatedTap { tx: pipeline::spawn(pipe)?, revoked };
         // A track already gone leaves the tap unregistered; the thread ends with its channel.
         self.sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tap))).await??;
         Ok(())

@@ -4,10 +4,10 @@
 //! `transcripts`. A node transcribes at most
 //! `speech.max_tracks` tracks; more are refused and counted.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
 use tokio::sync::broadcast::error::RecvError;
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::Clock;
 use crate::args;
 use crate::db::Db;
-use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
+use crate::ids::{RoomName, TrackId, record_id};
 use crate::pipeline::speech::translate::TextTranslator;
 use crate::pipeline::speech::{Caption, CaptionSink, SpeechConfig, SpeechStage, SpeechWorkers};
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
@@ -32,7 +32,8 @@ const CAPTION_QUEUE: usize = 256;
 
 struct Room {
     settings: watch::Sender<SpeechConfig>,
-    tracks: HashSet<TrackId>,
+    /// Tracks with the stage, and their taps' revocation flags.
+    tracks: HashMap<TrackId, Arc<AtomicBool>>,
 }
 
 pub struct SpeechTaps {
@@ -42,7 +43,7 @@ pub struct SpeechTaps {
     pub workers: Arc<SpeechWorkers>,
     pub translator: Option<Arc<dyn TextTranslator>>,
     pub max_tracks: usize,
-    pub pipelines: Arc<PipelineStats>,
+    pipelines: Arc<PipelineStats>,
     captions: Arc<Captions>,
     rooms: Mutex<HashMap<RoomName, Room>>,
 }
@@ -61,30 +62,36 @@ impl CaptionSink for Captions {
     }
 }
 
+/// What the node's speech taps are built from.
+pub struct SpeechSetup {
+    pub workers: Arc<SpeechWorkers>,
+    /// For translation targets other than English; none ships yet.
+    pub translator: Option<Arc<dyn TextTranslator>>,
+    pub max_tracks: usize,
+    /// Counters shared with the node's other track pipelines.
+    pub pipelines: Arc<PipelineStats>,
+}
+
 impl SpeechTaps {
     /// Follows router events until the router stops.
-    pub fn spawn(
-        db: Db,
-        sfu: SfuHandle,
-        workers: Arc<SpeechWorkers>,
-        max_tracks: usize,
-        clock: Clock,
-    ) -> Arc<SpeechTaps> {
+    pub fn spawn(db: Db, sfu: SfuHandle, setup: SpeechSetup, clock: Clock) -> Arc<SpeechTaps> {
         let (tx, mut rx) = mpsc::channel::<Caption>(CAPTION_QUEUE);
         let taps = Arc::new(SpeechTaps {
             db,
             clock,
             sfu: sfu.clone(),
-            captions: Arc::new(Captions { tx, workers: Arc::clone(&workers) }),
-            workers,
-            translator: None,
-            max_tracks,
-            pipelines: Default::default(),
+            captions: Arc::new(Captions { tx, workers: Arc::clone(&setup.workers) }),
+            workers: setup.workers,
+            translator: setup.translator,
+            max_tracks: setup.max_tracks,
+            pipelines: setup.pipelines,
             rooms: Mutex::new(HashMap::new()),
         });
-        let this = Arc::clone(&taps);
+        // Weak: the queue's sender lives in the taps, so this task must not keep them alive.
+        let this = Arc::downgrade(&taps);
         tokio::spawn(async move {
             while let Some(c) = rx.recv().await {
+                let Some(this) = this.upgrade() else { return };
                 this.send(c).await;
             }
         });
@@ -95,7 +102,7 @@ impl SpeechTaps {
                 match events.recv().await {
                     Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
                         if let Some(config) = this.settings(&room).await {
-                            this.apply(&room, config, &[(track.id, track.owner)]);
+                            this.apply(&room, config, &[track.id]).await;
                         }
                     }
                     Ok(SfuEvent::TrackUnpublished { room, track }) => {
@@ -138,7 +145,7 @@ impl SpeechTaps {
     }
 
     /// The room's audio tracks on this node.
-    pub async fn audio_tracks(&self, room: &RoomName) -> Vec<(TrackId, ParticipantId)> {
+    pub async fn audio_tracks(&self, room: &RoomName) -> Vec<TrackId> {
         let room = room.clone();
         self.sfu
             .call(move |sfu, _| {
@@ -146,7 +153,7 @@ impl SpeechTaps {
                     .into_iter()
                     .flat_map(|p| p.tracks)
                     .filter(|t| t.kind == MediaKind::Audio)
-                    .map(|t| (t.id, t.owner))
+                    .map(|t| t.id)
                     .collect()
             })
             .await
@@ -157,61 +164,77 @@ impl SpeechTaps {
     /// tracks are tapped if they now ask for transcription.
     pub async fn refresh(&self, room: &RoomName, config: SpeechConfig) {
         let tracks = self.audio_tracks(room).await;
-        self.apply(room, config, &tracks);
+        self.apply(room, config, &tracks).await;
     }
 
-    fn apply(&self, room: &RoomName, config: SpeechConfig, tracks: &[(TrackId, ParticipantId)]) {
-        let mut rooms = self.rooms.lock().expect("speech rooms lock");
-        let active: usize = rooms.values().map(|r| r.tracks.len()).sum();
-        let r = rooms
-            .entry(room.clone())
-            .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tracks: HashSet::new() });
-        r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
-        if !config.enabled {
-            // Their taps close at their next frame (see `GatedTap`).
-            r.tracks.clear();
-            return;
-        }
-        if let Err(e) = self.workers.check(config.model()) {
-            tracing::warn!(%room, error = %e, "speech model unavailable; tracks not transcribed");
-            return;
-        }
-        let mut started = 0;
-        for &(track, _) in tracks {
-            if r.tracks.contains(&track) {
-                continue;
+    /// Brings `tracks` of `room` under `config`: registered and started within the node's
+    /// limit when it asks for transcription, their taps revoked when it does not.
+    async fn apply(&self, room: &RoomName, config: SpeechConfig, tracks: &[TrackId]) {
+        let starting = {
+            let mut rooms = self.rooms.lock().expect("speech rooms lock");
+            let active: usize = rooms.values().map(|r| r.tracks.len()).sum();
+            let r = rooms
+                .entry(room.clone())
+                .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tracks: HashMap::new() });
+            r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
+            if !config.enabled {
+                // Each tap closes at its next frame.
+                r.tracks.drain().for_each(|(_, revoked)| revoked.store(true, Relaxed));
+                return;
             }
-            if active + started >= self.max_tracks {
-                tracing::warn!(%room, %track, max = self.max_tracks, "speech capacity reached; track not transcribed");
-                self.workers.stats.tracks_refused.fetch_add(1, Relaxed);
-                continue;
+            if let Err(e) = self.workers.check(config.model()) {
+                tracing::warn!(%room, error = %e, "speech model unavailable; tracks not transcribed");
+                return;
             }
-            match self.start(r.settings.subscribe(), track) {
-                Ok(()) => {
-                    r.tracks.insert(track);
-                    started += 1;
-                    tracing::info!(%room, %track, model = config.model(), "speech stage on track");
+            let mut starting = Vec::new();
+            for &track in tracks {
+                if r.tracks.contains_key(&track) {
+                    continue;
                 }
-                Err(e) => tracing::warn!(%room, %track, error = %e, "speech stage not started"),
+                if active + starting.len() >= self.max_tracks {
+                    tracing::warn!(%room, %track, max = self.max_tracks, "speech capacity reached; track not transcribed");
+                    self.workers.stats.tracks_refused.fetch_add(1, Relaxed);
+                    continue;
+                }
+                let revoked = Arc::new(AtomicBool::new(false));
+                r.tracks.insert(track, Arc::clone(&revoked));
+                starting.push((track, r.settings.subscribe(), revoked));
+            }
+            starting
+        };
+        for (track, settings, revoked) in starting {
+            match self.start(track, settings, Arc::clone(&revoked)).await {
+                Ok(()) => tracing::info!(%room, %track, model = config.model(), "speech stage on track"),
+                Err(e) => {
+                    tracing::warn!(%room, %track, error = %e, "speech stage not started");
+                    if let Some(r) = self.rooms.lock().expect("speech rooms lock").get_mut(room)
+                        && r.tracks.get(&track).is_some_and(|f| Arc::ptr_eq(f, &revoked))
+                    {
+                        r.tracks.remove(&track);
+                    }
+                }
             }
         }
     }
 
-    fn start(&self, settings: watch::Receiver<SpeechConfig>, track: TrackId) -> Result<(), Box<dyn std::error::Error>> {
+    async fn start(
+        &self,
+        track: TrackId,
+        settings: watch::Receiver<SpeechConfig>,
+        revoked: Arc<AtomicBool>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let clock = self.clock.clone();
         let stage = SpeechStage::new(
-            settings.clone(),
+            settings,
             Arc::clone(&self.workers),
             Arc::clone(&self.captions) as Arc<dyn CaptionSink>,
             self.translator.clone(),
-            self.clock.now_ms(),
+            Box::new(move || clock.now_ms()),
         );
         let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
-        let tap = GatedTap { tx: pipeline::spawn(pipe)?, settings, open: |c: &SpeechConfig| c.enabled };
-        // Added from the router's own thread would deadlock; a track already gone just drops it.
-        let sfu = self.sfu.clone();
-        tokio::spawn(async move {
-            let _ = sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tap))).await;
-        });
+        let tap = GatedTap { tx: pipeline::spawn(pipe)?, revoked };
+        // A track already gone leaves the tap unregistered; the thread ends with its channel.
+        self.sfu.call(move |sfu, _| sfu.add_tap(track, Box::new(tap))).await??;
         Ok(())
     }
 
@@ -243,14 +266,15 @@ impl SpeechTaps {
         let Some(org) = c.room.org() else { return };
         let write = async {
             let mut tx = self.db.begin(org).await?;
+            let call = super::history::open_call(&mut tx, org, &c.room).await?;
             tx.execute(
                 "INSERT INTO transcripts (id, org_id, call_id, room, identity, track, start_ms, end_ms, text, language, \
-                 source_language, confidence_milli, created_at) VALUES ($1, $2, (SELECT c.id FROM calls c JOIN rooms r \
-                 ON r.org_id = c.org_id AND r.id = c.room_id WHERE c.org_id = $2 AND r.name = $3 AND c.ended_at IS NULL), \
-                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 source_language, confidence_milli, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                 $12, $13)",
                 args![
                     record_id("tsc", now),
                     org,
+                    call,
                     c.room.local(),
                     &c.participant,
                     &c.track,

@@ -10,27 +10,30 @@ mod worker;
 
 pub use self::worker::{PcmFrame, PipelineStats, Stage, TrackPipeline, spawn};
 
-use tokio::sync::{mpsc, watch};
+/// Tapped frames a track's pipeline may hold before the router drops new ones: one second.
+pub const QUEUE_FRAMES: usize = 50;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
 
 use crate::sfu::{Offer, TapFrame, TapSink};
 
-/// A track's tap for a stage its room can turn off: it closes itself at the first frame
-/// after the settings say so, so the track's pipeline thread ends instead of decoding for
-/// nothing.
-pub struct GatedTap<C> {
+/// A track's tap for a stage its room can take off again: it closes itself at the first frame
+/// after `revoked` is set, so the track's pipeline thread ends instead of decoding for nothing.
+/// A flag per tap rather than the room's settings: a stage turned off and on again while the
+/// track is silent must leave one tap, not two.
+pub struct GatedTap {
     pub tx: mpsc::Sender<TapFrame>,
-    pub settings: watch::Receiver<C>,
-    pub open: fn(&C) -> bool,
+    pub revoked: Arc<AtomicBool>,
 }
 
-impl<C: Send + Sync> TapSink for GatedTap<C> {
+impl TapSink for GatedTap {
     fn offer(&mut self, frame: TapFrame) -> Offer {
-        if !(self.open)(&self.settings.borrow()) {
+        if self.revoked.load(Ordering::Relaxed) {
             return Offer::Closed;
         }
         self.tx.offer(frame)
     }
 }
-
-/// Tapped frames a track's pipeline may hold before the router drops new ones: one second.
-pub const QUEUE_FRAMES: usize = 50;

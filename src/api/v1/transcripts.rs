@@ -83,15 +83,20 @@ async fn read(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::RoomsRead)?;
-    let mut tx = s.db.begin(org).await?;
-    let room = super::rooms::load(&mut tx, org, &name).await?.id;
+    Ok(reply(&s, org, &name, &current(&s.db, org, &name).await?))
+}
+
+/// The settings of the org's room `name`; 404 for a room it does not have.
+async fn current(db: &Db, org: &str, name: &str) -> Result<SpeechConfig, ApiError> {
+    let mut tx = db.begin(org).await?;
+    let room = super::rooms::load(&mut tx, org, name).await?.id;
     let config = row(&mut tx, org, &room).await?.map(|r| r.config()).unwrap_or_default();
     tx.commit().await?;
-    Ok(reply(&s, org, &name, &config))
+    Ok(config)
 }
 
 /// A change: fields left out keep their value. `language: "auto"` detects it.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Update {
     enabled: Option<bool>,
@@ -142,11 +147,9 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::RoomsWrite)?;
     let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
-    let room_id = super::rooms::load(&mut tx, org, &name).await?.id;
-    let existing = row(&mut tx, org, &room_id).await?;
-    let before = existing.as_ref().map(Row::config);
-    let after = req.apply(&s, before.clone().unwrap_or_default())?;
+    // Model and capacity are checked before the write transaction, which must not wait on the
+    // router; the settings they are checked against are read again inside it.
+    let after = req.clone().apply(&s, current(&s.db, org, &name).await?)?;
     let room = room_on_node(org, &name);
     if after.enabled {
         if let Err(e) = s.speech.workers.check(after.model()) {
@@ -161,6 +164,11 @@ async fn update(
             }
         }
     }
+    let mut tx = s.db.begin(org).await?;
+    let room_id = super::rooms::load(&mut tx, org, &name).await?.id;
+    let existing = row(&mut tx, org, &room_id).await?;
+    let before = existing.as_ref().map(Row::config);
+    let after = req.apply(&s, before.clone().unwrap_or_default())?;
     let values = args![i64::from(after.enabled), after.language.as_deref(), after.translate_to.as_deref(), now];
     let id = match &existing {
         Some(r) => {
@@ -270,7 +278,8 @@ async fn export(
             let mut out = String::new();
             for (i, t) in rows.iter().enumerate() {
                 let cue = format!("{} --> {}", timestamp(rel(t.start_ms), ','), timestamp(rel(t.end_ms), ','));
-                out += &format!("{}\n{cue}\n{}: {}\n\n", i + 1, t.identity, t.text.replace('\n', " "));
+                let line = format!("{}: {}", t.identity, t.text).replace('\n', " ");
+                out += &format!("{}\n{cue}\n{line}\n\n", i + 1);
             }
             ([(header::CONTENT_TYPE, "application/x-subrip; charset=utf-8")], out).into_response()
         }

@@ -77,9 +77,6 @@ pub struct Caption {
     pub is_final: bool,
     /// Mean token probability, 0 to 1.
     pub confidence: f64,
-    /// The participant's id on this node, for storage (not sent).
-    #[serde(skip)]
-    pub participant_id: crate::ids::ParticipantId,
 }
 
 /// Where a stage's captions go (the API layer sends and stores them).

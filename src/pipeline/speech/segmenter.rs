@@ -13,7 +13,7 @@ const FRAME_MS: i64 = 20;
 /// Loud frames in a row that start an utterance.
 const ONSET_FRAMES: usize = 3;
 /// Quiet that ends one.
-const PAUSE_MS: i64 = 600;
+pub const PAUSE_MS: i64 = 600;
 /// Audio kept from before the onset.
 const PRE_ROLL_FRAMES: usize = 15;
 /// Longest piece handed to Whisper (it reads at most 30 s).
@@ -38,6 +38,9 @@ pub struct Segment {
     pub pcm: Vec<f32>,
     /// `false`: speech goes on, this is a preview of the utterance so far.
     pub complete: bool,
+    /// It starts with the end of the piece before it (cut for length): words it repeats are
+    /// left out of its text (see [`merge`]).
+    pub continues: bool,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,8 @@ pub struct Segmenter {
     speech_end_ms: i64,
     /// Levels of recent frames (dB), oldest first.
     levels: VecDeque<f32>,
+    /// The utterance in progress began with a cut's overlap.
+    continues: bool,
     /// A preview is due once the utterance is this long.
     next_partial_ms: i64,
     partial_every_ms: i64,
@@ -74,6 +79,7 @@ impl Segmenter {
             quiet_ms: 0,
             speech_ms: 0,
             speech_end_ms: 0,
+            continues: false,
             levels: VecDeque::with_capacity(FLOOR_FRAMES),
             next_partial_ms: 0,
             partial_every_ms,
@@ -130,6 +136,7 @@ impl Segmenter {
                 end_ms,
                 pcm: std::mem::replace(&mut self.pcm, tail),
                 complete: true,
+                continues: std::mem::replace(&mut self.continues, true),
             };
             self.start_ms = end_ms - OVERLAP_MS;
             self.speech_ms = OVERLAP_MS;
@@ -139,7 +146,8 @@ impl Segmenter {
         let length = end_ms - self.start_ms;
         if self.partial_every_ms > 0 && length >= self.next_partial_ms {
             self.next_partial_ms = length + self.partial_every_ms;
-            return Some(Segment { start_ms: self.start_ms, end_ms, pcm: self.pcm.clone(), complete: false });
+            let pcm = self.pcm.clone();
+            return Some(Segment { start_ms: self.start_ms, end_ms, pcm, complete: false, continues: self.continues });
         }
         None
     }
@@ -150,7 +158,14 @@ impl Segmenter {
         let was_speech = std::mem::take(&mut self.in_speech) && self.speech_ms >= MIN_SPEECH_MS;
         self.loud_run = 0;
         let pcm = std::mem::take(&mut self.pcm);
-        was_speech.then(|| Segment { start_ms: self.start_ms, end_ms: self.speech_end_ms, pcm, complete: true })
+        let continues = std::mem::take(&mut self.continues);
+        was_speech.then(|| Segment {
+            start_ms: self.start_ms,
+            end_ms: self.speech_end_ms,
+            pcm,
+            complete: true,
+            continues,
+        })
     }
 }
 
@@ -203,7 +218,7 @@ mod tests {
         let out = run(&mut seg, &[(50, 0.001), (100, 0.3), (50, 0.001)]);
         assert_eq!(out.len(), 1);
         let (at, s) = &out[0];
-        assert!(s.complete);
+        assert!(s.complete && !s.continues);
         // Ends one pause after the speech; starts one pre-roll before it.
         assert_eq!(*at, 150 + (PAUSE_MS / FRAME_MS) as usize - 1);
         assert_eq!(s.start_ms, (50 + ONSET_FRAMES - PRE_ROLL_FRAMES) as i64 * FRAME_MS);
@@ -234,6 +249,7 @@ mod tests {
             assert!(s.end_ms - s.start_ms <= MAX_SEGMENT_MS);
         }
         assert_eq!(complete[1].start_ms, complete[0].end_ms - OVERLAP_MS);
+        assert!(!complete[0].continues && complete[1].continues);
         let partials: Vec<&Segment> = out.iter().map(|(_, s)| s).filter(|s| !s.complete).collect();
         assert!(partials.len() >= 5, "{}", partials.len());
         assert!(partials.windows(2).all(|w| w[0].start_ms != w[1].start_ms || w[1].end_ms > w[0].end_ms));

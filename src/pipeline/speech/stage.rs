@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::segmenter::{FRAME, Segment, Segmenter, merge};
+use super::segmenter::{FRAME, PAUSE_MS, Segment, Segmenter, merge};
 use super::translate::TextTranslator;
 use super::workers::{Job, SpeechWorkers};
 use super::{Caption, CaptionSink, SpeechConfig};
 use crate::codec::resample::Downsampler;
-use crate::ids::{ParticipantId, RoomName};
+use crate::ids::RoomName;
 use crate::pipeline::whisper::{Task, Transcript};
 use crate::pipeline::{PcmFrame, Stage};
 
@@ -27,9 +27,12 @@ pub struct SpeechStage {
     down: Downsampler,
     pcm: Vec<f32>,
     segmenter: Segmenter,
+    /// Reads the wall clock (ms), once: at the first frame.
+    clock: Box<dyn Fn() -> i64 + Send>,
     /// The first frame's RTP time and the wall-clock ms it stands for.
-    anchor: Option<u64>,
-    anchor_ms: i64,
+    anchor: Option<(u64, i64)>,
+    /// Where the next frame is due (ms): a later one comes after a gap (muted, paused).
+    next_ms: Option<i64>,
     /// Who speaks (from the first frame), for the utterance in progress when the track ends.
     speaker: Option<Speaker>,
     /// A preview is being read: no second one until it is done.
@@ -39,13 +42,13 @@ pub struct SpeechStage {
 }
 
 impl SpeechStage {
-    /// `anchor_ms`: the wall-clock time of the first frame this stage will see.
+    /// `clock`: the wall clock in ms, which caption times are on.
     pub fn new(
         settings: watch::Receiver<SpeechConfig>,
         workers: Arc<SpeechWorkers>,
         sink: Arc<dyn CaptionSink>,
         translator: Option<Arc<dyn TextTranslator>>,
-        anchor_ms: i64,
+        clock: Box<dyn Fn() -> i64 + Send>,
     ) -> SpeechStage {
         SpeechStage {
             settings,
@@ -55,8 +58,9 @@ impl SpeechStage {
             down: Downsampler::default(),
             pcm: Vec::with_capacity(2 * FRAME),
             segmenter: Segmenter::new(PARTIAL_EVERY_MS),
+            clock,
             anchor: None,
-            anchor_ms,
+            next_ms: None,
             speaker: None,
             partial_busy: Arc::default(),
             last_final: Arc::default(),
@@ -64,10 +68,12 @@ impl SpeechStage {
     }
 
     fn submit(&self, seg: Segment) {
-        let Some(Speaker { room, identity, track, participant, .. }) = &self.speaker else { return };
-        let (track, participant) = (track.clone(), *participant);
+        let Some(Speaker { room, identity, track }) = &self.speaker else { return };
         let stats = &self.workers.stats;
         let config = self.settings.borrow().clone();
+        if !config.enabled {
+            return;
+        }
         if !seg.complete && self.partial_busy.swap(true, Relaxed) {
             stats.partials_skipped.fetch_add(1, Relaxed);
             return;
@@ -78,7 +84,7 @@ impl SpeechStage {
         let caption = Caption {
             room: room.clone(),
             participant: identity.to_string(),
-            track,
+            track: track.clone(),
             start_ms: seg.start_ms,
             end_ms: seg.end_ms,
             text: String::new(),
@@ -86,8 +92,8 @@ impl SpeechStage {
             source_language: None,
             is_final: seg.complete,
             confidence: 0.0,
-            participant_id: participant,
         };
+        let continues = seg.continues;
         let (sink, workers_stats) = (Arc::clone(&self.sink), Arc::clone(stats));
         let (busy, last_final, translator) =
             (Arc::clone(&self.partial_busy), Arc::clone(&self.last_final), self.translator.clone());
@@ -105,7 +111,7 @@ impl SpeechStage {
             c.language = t.language.clone();
             c.text = if c.is_final {
                 let mut last = last_final.lock().expect("last caption lock");
-                let text = merge(&last, &t.text).to_string();
+                let text = if continues { merge(&last, &t.text).to_string() } else { t.text.clone() };
                 last.clone_from(&t.text);
                 text
             } else {
@@ -150,14 +156,21 @@ impl Stage for SpeechStage {
         if !self.settings.borrow().enabled {
             return;
         }
-        let anchor = *self.anchor.get_or_insert(frame.rtp_time);
-        let mut time_ms = self.anchor_ms + (frame.rtp_time.saturating_sub(anchor) / 48) as i64;
+        let (rtp, wall) = *self.anchor.get_or_insert_with(|| (frame.rtp_time, (self.clock)()));
+        let mut time_ms = wall + (frame.rtp_time.saturating_sub(rtp) / 48) as i64;
         self.speaker.get_or_insert_with(|| Speaker {
             room: frame.room.clone(),
             identity: frame.identity.as_str().to_string(),
             track: frame.track.to_string(),
-            participant: frame.participant,
         });
+        // The pipeline sends nothing through a long silence (muted, paused): that is a pause
+        // too, and an utterance in progress ends at it.
+        if self.next_ms.is_some_and(|next| time_ms >= next + PAUSE_MS)
+            && let Some(seg) = self.segmenter.finish()
+        {
+            self.submit(seg);
+        }
+        self.next_ms = Some(time_ms + (frame.samples.len() / 48) as i64);
         self.pcm.extend(self.down.process(frame.samples));
         while self.pcm.len() >= FRAME {
             let chunk: Vec<f32> = self.pcm.drain(..FRAME).collect();
@@ -173,10 +186,10 @@ struct Speaker {
     room: RoomName,
     identity: String,
     track: String,
-    participant: ParticipantId,
 }
 
-/// The track ended (or its tap closed): an utterance in progress is read as it is.
+/// The track ended (or its tap closed): an utterance in progress is read as it is, unless
+/// the room turned transcription off (`submit` checks).
 impl Drop for SpeechStage {
     fn drop(&mut self) {
         if let Some(seg) = self.segmenter.finish() {

@@ -1,8 +1,10 @@
 //! The node's Whisper workers: a few threads, each with its own copy of the models it has
 //! been asked for (decoding keeps state), taking utterances from one bounded queue. The
-//! number of threads bounds the CPU speech takes; the queue bounds the audio waiting.
+//! number of threads bounds how many utterances are read at once (each read uses candle's
+//! thread pool for its matrix products); the queue bounds the audio waiting.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -102,14 +104,23 @@ fn work(rx: &Mutex<Receiver<Job>>, dir: &Path, device: &Device, stats: &SpeechSt
     loop {
         let Ok(job) = rx.lock().expect("whisper queue lock").recv() else { return };
         let started = Instant::now();
-        let model = match models.entry(job.model) {
-            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                tracing::info!(model = job.model, "loading Whisper model");
-                Whisper::load(&dir.join(job.model), device).map(|w| e.insert(w))
-            }
-        };
-        let result = model.and_then(|m| m.transcribe(&job.pcm, job.language.as_deref(), job.task));
+        // A panic in the model (candle asserts) fails this utterance, not the worker: with one
+        // worker, a dead thread would silence every room on the node.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let model = match models.entry(job.model) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    tracing::info!(model = job.model, "loading Whisper model");
+                    e.insert(Whisper::load(&dir.join(job.model), device)?)
+                }
+            };
+            model.transcribe(&job.pcm, job.language.as_deref(), job.task)
+        }))
+        .unwrap_or_else(|_| {
+            // Its decoding state may be half-updated: load it again next time.
+            models.remove(job.model);
+            Err(WhisperError::Panicked)
+        });
         let took: Duration = started.elapsed();
         stats.audio_ms.fetch_add(job.pcm.len() as u64 / 16, Relaxed);
         stats.inference_ms.fetch_add(took.as_millis() as u64, Relaxed);

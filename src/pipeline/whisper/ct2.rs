@@ -139,14 +139,15 @@ impl Model<'_> {
         let embeddings = self.get("decoder/embeddings/weight")?;
         let positions = self.get("decoder/position_encodings/encodings")?;
         let [d_model, mels, _] = conv1.dims[..] else { return Err(bad("conv1 is not 3-d")) };
+        let rows = |v: &Variable<'_>| v.dims.first().copied().ok_or_else(|| bad(&format!("{} is a scalar", v.name)));
         let config = Config {
             num_mel_bins: mels,
-            max_source_positions: self.get("encoder/position_encodings/encodings")?.dims[0],
+            max_source_positions: rows(self.get("encoder/position_encodings/encodings")?)?,
             d_model,
             encoder_attention_heads: self.scalar("encoder/num_heads")?,
             encoder_layers: self.layers("encoder"),
-            vocab_size: embeddings.dims[0],
-            max_target_positions: positions.dims[0],
+            vocab_size: rows(embeddings)?,
+            max_target_positions: rows(positions)?,
             decoder_attention_heads: self.scalar("decoder/num_heads")?,
             decoder_layers: self.layers("decoder"),
             suppress_tokens: suppress,
@@ -218,11 +219,18 @@ impl Model<'_> {
 /// as split packages ship it; `config.json`; `vocabulary.txt`) into `out`: `model.safetensors`
 /// (same values, Hugging Face names), candle's `config.json`, and the vocabulary.
 pub fn convert(src: &Path, out: &Path) -> Result<(), WhisperError> {
-    let mut pieces: Vec<_> = std::fs::read_dir(src)?
+    // The whole file, or its pieces in numeric order (`part10` after `part9`).
+    let whole = src.join("model.bin");
+    let mut pieces: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(src)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("model.bin")))
+        .filter_map(|p| {
+            let n = p.file_name()?.to_str()?.strip_prefix("model.bin.part")?.parse().ok()?;
+            Some((n, p))
+        })
         .collect();
     pieces.sort();
+    let pieces: Vec<std::path::PathBuf> =
+        if whole.is_file() { vec![whole] } else { pieces.into_iter().map(|(_, p)| p).collect() };
     if pieces.is_empty() {
         return Err(WhisperError::Missing(src.join("model.bin").display().to_string()));
     }

@@ -56,13 +56,16 @@ impl Transcript {
 }
 
 /// Greedy decoding can fall into a loop on short or odd audio ("Activated. Activated. …"):
-/// when the text ends in the same run of tokens three times over, the length to keep (the
-/// text up to the first of them, and that one).
+/// when the text ends in the same run of tokens repeated (three times for runs of 3 tokens or
+/// more, more often for shorter ones, so "no, no, no" is still speech), the length to keep:
+/// the text up to the first of them, and that one.
 fn looping(text: &[u32]) -> Option<usize> {
-    (1..=text.len() / 3).find_map(|p| {
-        let n = text.len();
+    let n = text.len();
+    (1..=n / 3).find_map(|p| {
+        let repeats = 3.max(9usize.div_ceil(p));
         let last = &text[n - p..];
-        (text[n - 2 * p..n - p] == *last && text[n - 3 * p..n - 2 * p] == *last).then_some(n - 2 * p)
+        (n >= repeats * p && (2..=repeats).all(|k| text[n - k * p..n - (k - 1) * p] == *last))
+            .then(|| n - (repeats - 1) * p)
     })
 }
 
@@ -161,7 +164,7 @@ impl Whisper {
         // About 3 tokens a second of speech is plenty; the cap stops a decoder that loops.
         let max_tokens = (24 + pcm.len() * 6 / 16_000).min(cfg.max_target_positions / 2);
         let mut tokens = prompt.clone();
-        let (mut logprob_sum, mut no_speech_prob) = (0.0, 0.0);
+        let (mut logprobs, mut no_speech_prob) = (Vec::new(), 0.0);
         for i in 0..max_tokens {
             let input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
             let ys = self.model.decoder.forward(&input, &features, i == 0)?;
@@ -176,13 +179,14 @@ impl Whisper {
             let mask = if i == 0 { &self.suppress_first } else { &self.suppress };
             let logits = logits.broadcast_add(mask)?;
             let next = logits.argmax(D::Minus1)?.to_scalar::<u32>()?;
-            logprob_sum += log_softmax(&logits, D::Minus1)?.i(next as usize)?.to_scalar::<f32>()? as f64;
+            logprobs.push(log_softmax(&logits, D::Minus1)?.i(next as usize)?.to_scalar::<f32>()? as f64);
             tokens.push(next);
             if next == self.vocab.eot {
                 break;
             }
             if let Some(keep) = looping(&tokens[prompt.len()..]) {
                 tokens.truncate(prompt.len() + keep);
+                logprobs.truncate(keep);
                 break;
             }
         }
@@ -190,7 +194,7 @@ impl Whisper {
         Ok(Transcript {
             text: self.vocab.decode(generated).trim().to_string(),
             language,
-            avg_logprob: logprob_sum / generated.len().max(1) as f64,
+            avg_logprob: logprobs.iter().sum::<f64>() / logprobs.len().max(1) as f64,
             no_speech_prob,
         })
     }
@@ -217,10 +221,13 @@ mod tests {
 
     #[test]
     fn loops_are_cut_to_one_round() {
-        assert_eq!(looping(&[5, 1, 2, 1, 2, 1, 2]), Some(3));
-        assert_eq!(looping(&[7, 7, 7]), Some(1));
+        assert_eq!(looping(&[5, 1, 2, 3, 1, 2, 3, 1, 2, 3]), Some(4));
+        assert_eq!(looping(&[5, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2]), Some(3));
+        assert_eq!(looping(&[7; 9]), Some(1));
+        // Short runs need more repeats: "no no no" is speech.
+        assert_eq!(looping(&[7, 7, 7]), None);
+        assert_eq!(looping(&[1, 2, 1, 2, 1, 2]), None);
         assert_eq!(looping(&[1, 2, 3, 1, 2, 3]), None);
-        assert_eq!(looping(&[1, 2, 1, 3, 1, 2]), None);
         assert_eq!(looping(&[]), None);
     }
 }

@@ -18,6 +18,8 @@ pub enum WhisperError {
     Language(String),
     #[error("an English-only model cannot transcribe other languages or translate")]
     EnglishOnly,
+    #[error("the model panicked")]
+    Panicked,
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
