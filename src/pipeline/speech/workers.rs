@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
-use crate::pipeline::whisper::{Task, Transcript, Whisper, WhisperError};
+use crate::pipeline::whisper::{Backend, Task, Transcript, Whisper, WhisperError};
 
 /// Caption lag buckets (ms): end of speech to caption sent.
 pub const LAG_BUCKETS_MS: [u64; 8] = [250, 500, 1000, 2000, 3000, 5000, 10000, 30000];
@@ -100,7 +100,7 @@ impl SpeechWorkers {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>, dir: &Path, device: &Device, stats: &SpeechStats) {
-    let mut models: HashMap<&'static str, Whisper> = HashMap::new();
+    let mut models: HashMap<&'static str, Box<dyn Backend>> = HashMap::new();
     loop {
         let Ok(job) = rx.lock().expect("whisper queue lock").recv() else { return };
         let started = Instant::now();
@@ -111,7 +111,7 @@ fn work(rx: &Mutex<Receiver<Job>>, dir: &Path, device: &Device, stats: &SpeechSt
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
                     tracing::info!(model = job.model, "loading Whisper model");
-                    e.insert(Whisper::load(&dir.join(job.model), device)?)
+                    e.insert(Box::new(Whisper::load(&dir.join(job.model), device)?))
                 }
             };
             model.transcribe(&job.pcm, job.language.as_deref(), job.task)

@@ -8,6 +8,19 @@ pub mod tokens;
 
 pub use self::engine::{Task, Transcript, Whisper};
 
+/// What the speech workers run: candle's Whisper ([`Whisper`]) is the backend built; a
+/// second (whisper.cpp) would implement this too (docs/speech.md).
+pub trait Backend: Send {
+    /// Reads up to 30 s of 16 kHz mono speech; `language` `None` detects it.
+    fn transcribe(&mut self, pcm: &[f32], language: Option<&str>, task: Task) -> Result<Transcript, WhisperError>;
+}
+
+impl Backend for Whisper {
+    fn transcribe(&mut self, pcm: &[f32], language: Option<&str>, task: Task) -> Result<Transcript, WhisperError> {
+        Whisper::transcribe(self, pcm, language, task)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WhisperError {
     #[error("model file missing: {0} (run scripts/models.sh)")]
