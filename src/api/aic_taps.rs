@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::api::Clock;
+use crate::api::track_events::{self, TrackTaps};
 use crate::api::v1::aic::Counters;
 use crate::args;
 use crate::codec::aic::model::AicModel;
@@ -19,7 +19,6 @@ use crate::db::Db;
 use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
 use crate::pipeline::aic::{AicStage, AicStats};
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
-use crate::sfu::SfuEvent;
 use crate::sfu::driver::SfuHandle;
 
 struct Room {
@@ -59,32 +58,7 @@ impl AicTaps {
             rooms: Mutex::new(HashMap::new()),
             sfu: sfu.clone(),
         });
-        let mut events = sfu.subscribe();
-        let this = Arc::clone(&taps);
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
-                        this.attach(&room, track.id, track.owner).await;
-                    }
-                    Ok(SfuEvent::TrackUnpublished { room, track }) => {
-                        let ended = this.rooms.lock().expect("aic rooms lock").get_mut(&room).and_then(|r| {
-                            let t = r.tapped.remove(&track.id)?;
-                            Some((track.id, t, r.settings.borrow().mode))
-                        });
-                        if let Some(ended) = ended {
-                            this.record(&room, vec![ended]).await;
-                        }
-                    }
-                    Ok(SfuEvent::RoomClosed { room }) => {
-                        this.rooms.lock().expect("aic rooms lock").remove(&room);
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "AIC taps fell behind the router"),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        track_events::follow(Arc::clone(&taps), sfu.subscribe(), "AIC");
         taps
     }
 
@@ -247,3 +221,23 @@ const INSERT_METRICS: &str = "INSERT INTO aic_metrics (id, org_id, room, track, 
     frames_opus, aic_bytes, opus_bytes, saved_bytes, latency_us_sum, latency_count, quality_milli_sum, quality_count, \
     fallback_count, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
     $16, $17, $18)";
+
+impl TrackTaps for AicTaps {
+    async fn audio_published(&self, room: RoomName, track: TrackId, owner: ParticipantId) {
+        self.attach(&room, track, owner).await;
+    }
+
+    async fn unpublished(&self, room: RoomName, track: TrackId) {
+        let ended = self.rooms.lock().expect("aic rooms lock").get_mut(&room).and_then(|r| {
+            let t = r.tapped.remove(&track)?;
+            Some((track, t, r.settings.borrow().mode))
+        });
+        if let Some(ended) = ended {
+            self.record(&room, vec![ended]).await;
+        }
+    }
+
+    fn room_closed(&self, room: &RoomName) {
+        self.rooms.lock().expect("aic rooms lock").remove(room);
+    }
+}

@@ -10,17 +10,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::Clock;
+use crate::api::track_events::{self, TrackTaps};
 use crate::args;
 use crate::db::Db;
-use crate::ids::{RoomName, TrackId, record_id};
+use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
 use crate::pipeline::speech::translate::TextTranslator;
 use crate::pipeline::speech::{Caption, CaptionSink, SpeechConfig, SpeechStage, SpeechWorkers};
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
-use crate::sfu::SfuEvent;
 use crate::sfu::data::DataMessage;
 use crate::sfu::driver::SfuHandle;
 use crate::sfu::signal::livekit;
@@ -95,30 +94,7 @@ impl SpeechTaps {
                 this.send(c).await;
             }
         });
-        let mut events = sfu.subscribe();
-        let this = Arc::clone(&taps);
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
-                        if let Some(config) = this.settings(&room).await {
-                            this.apply(&room, config, &[track.id]).await;
-                        }
-                    }
-                    Ok(SfuEvent::TrackUnpublished { room, track }) => {
-                        if let Some(r) = this.rooms.lock().expect("speech rooms lock").get_mut(&room) {
-                            r.tracks.remove(&track.id);
-                        }
-                    }
-                    Ok(SfuEvent::RoomClosed { room }) => {
-                        this.rooms.lock().expect("speech rooms lock").remove(&room);
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "speech taps fell behind the router"),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        track_events::follow(Arc::clone(&taps), sfu.subscribe(), "speech");
         taps
     }
 
@@ -293,5 +269,23 @@ impl SpeechTaps {
         if let Err(e) = write.await {
             tracing::warn!(room = %c.room, error = %e, "transcript not stored");
         }
+    }
+}
+
+impl TrackTaps for SpeechTaps {
+    async fn audio_published(&self, room: RoomName, track: TrackId, _owner: ParticipantId) {
+        if let Some(config) = self.settings(&room).await {
+            self.apply(&room, config, &[track]).await;
+        }
+    }
+
+    async fn unpublished(&self, room: RoomName, track: TrackId) {
+        if let Some(r) = self.rooms.lock().expect("speech rooms lock").get_mut(&room) {
+            r.tracks.remove(&track);
+        }
+    }
+
+    fn room_closed(&self, room: &RoomName) {
+        self.rooms.lock().expect("speech rooms lock").remove(room);
     }
 }
