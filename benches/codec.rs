@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use auralink::codec::aic::bitstream::{AIC_V1, Packet};
+use auralink::codec::aic::bitstream::{AIC_V1, Frames, OPUS_CORE, Packet};
+use auralink::codec::aic::enhance::{self, Enhancer, EnhancerState};
 use auralink::codec::aic::mdct::HOP;
-use auralink::codec::aic::model::{self, AicDecoder, AicEncoder, AicModel};
+use auralink::codec::aic::model::{AicDecoder, AicEncoder, AicModel};
+use auralink::codec::aic::quality::QualityMeter;
 use auralink::codec::aic::train::{read_wav, wav_files};
 use auralink::codec::modes::Mode;
-use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder};
+use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder, WIDEBAND_RATE};
 use auralink::codec::resample::{Downsampler, Upsampler};
 use auralink::codec::stoi::stoi;
 use auralink::pipeline::speech::wer::wer;
@@ -41,17 +43,18 @@ struct Tally {
     frame_us: Vec<f64>,
     busy: f64,
     failed: usize,
-    /// Per clip (AIC only, where PESQ scored it): mean frame loss of voiced frames, and PESQ.
+    /// Per clip where PESQ scored it: mean band distance of voiced frames, and PESQ.
     fit: Vec<(f64, f64)>,
 }
 
 impl Tally {
-    /// Scores `out` against `clean`; returns PESQ-WB when it could be computed.
-    fn score(&mut self, clean: &[f32], out: &[f32]) -> Option<f64> {
+    /// Scores `out` against `clean`.
+    fn score(&mut self, clean: &[f32], out: &[f32]) {
         let delay = delay(clean, out);
         let out = &out[delay..];
         let n = clean.len().min(out.len());
         self.decoded.push(out[..n].to_vec());
+        let distance = voiced_distance(&clean[..n], &out[..n]);
         let pcm = |s: &[f32]| s.iter().map(|x| (x.clamp(-1.0, 1.0) * 32767.0) as i16).collect::<Vec<i16>>();
         if let Some(s) = stoi(&clean[..n], &out[..n], 16_000) {
             self.stoi.push(s);
@@ -61,13 +64,15 @@ impl Tally {
         match std::panic::catch_unwind(|| pesq::pesq_wb(&reference, &degraded).ok()).ok().flatten() {
             Some(p) => {
                 self.pesq.push(f64::from(p));
-                Some(f64::from(p))
+                self.fit.push((distance, f64::from(p)));
             }
-            None => {
-                self.failed += 1;
-                None
-            }
+            None => self.failed += 1,
         }
+    }
+
+    /// Mean band distance of voiced frames (what the runtime quality estimate reads).
+    fn distance(&self) -> f64 {
+        mean(&self.fit.iter().map(|f| f.0).collect::<Vec<_>>())
     }
 
     fn kbps(&self) -> f64 {
@@ -87,6 +92,17 @@ fn wer_vs_clean(whisper: &mut Option<(Whisper, Vec<String>)>, t: &Tally) -> Opti
         words += n;
     }
     Some(100.0 * errors / words.max(1.0))
+}
+
+fn opus_row(name: &str, o: &Tally, wer: Option<f64>) {
+    println!(
+        "{name:<28} {:>8.2} {:>8.3} {:>7.3} {:>37} {:>6.3}",
+        o.kbps(),
+        mean(&o.pesq),
+        mean(&o.stoi),
+        show(wer),
+        o.distance()
+    );
 }
 
 fn show(wer: Option<f64>) -> String {
@@ -123,30 +139,29 @@ fn aic(model: &Arc<AicModel>, mode: Mode, clean: &[f32], t: &mut Tally) {
     for (seq, frame) in input.chunks(HOP).enumerate() {
         let start = Instant::now();
         let codes = enc.encode(frame, mode).unwrap();
-        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: seq as u8, frames: codes }.encode().unwrap();
-        let got = Packet::decode(&packet).unwrap();
-        out.extend(dec.decode(&got.frames, mode).unwrap());
+        let frames = Frames::Codes(codes);
+        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: seq as u8, frames }.encode().unwrap();
+        let Frames::Codes(codes) = Packet::decode(&packet).unwrap().frames else { unreachable!("aic-v1 sends codes") };
+        out.extend(dec.decode(&codes, mode).unwrap());
         let us = start.elapsed().as_secs_f64() * 1e6;
         t.frame_us.push(us);
         t.busy += us / 1e6;
         t.bits += packet.len() as f64 * 8.0;
     }
     t.seconds += input.len() as f64 / 16_000.0;
-    if let Some(p) = t.score(clean, &out) {
-        t.fit.push((voiced_loss(model, &input, &out[HOP..]), p));
-    }
+    t.score(clean, &out);
 }
 
-/// Mean frame loss (what the runtime quality estimate is made from) over voiced frames.
-fn voiced_loss(model: &AicModel, clean: &[f32], out: &[f32]) -> f64 {
+/// Mean band distance (what the runtime quality estimate is made from) over voiced frames.
+fn voiced_distance(clean: &[f32], out: &[f32]) -> f64 {
+    static METER: std::sync::OnceLock<QualityMeter> = std::sync::OnceLock::new();
+    let meter = METER.get_or_init(|| QualityMeter::new(&candle_core::Device::Cpu).unwrap());
     let n = clean.len().min(out.len()) / HOP * HOP;
-    let reference = model.analyze(&clean[..n], &[0.0; HOP]).unwrap();
-    let decoded = model.analyze(&out[..n], &[0.0; HOP]).unwrap();
-    let loss = model::frame_loss(&decoded, &reference).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let level = reference.narrow(1, HOP, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let voiced: Vec<f64> =
-        loss.iter().zip(&level).filter(|(_, l)| **l > model::VOICED_LOG_RMS).map(|(x, _)| f64::from(*x)).collect();
-    mean(&voiced)
+    let reference = meter.coefficients(&clean[..n], &[0.0; HOP]).unwrap();
+    let decoded = meter.coefficients(&out[..n], &[0.0; HOP]).unwrap();
+    let d = meter.distance(&decoded, &reference).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let voiced = meter.voiced(&reference).unwrap();
+    mean(&d.iter().zip(voiced).filter(|(_, v)| *v).map(|(x, _)| f64::from(*x)).collect::<Vec<_>>())
 }
 
 /// Least squares `pesq ≈ a + b·loss`, and the correlation.
@@ -158,6 +173,36 @@ fn line_fit(points: &[(f64, f64)]) -> (f64, f64, f64) {
     let syy: f64 = points.iter().map(|p| (p.1 - my).powi(2)).sum();
     let b = sxy / sxx;
     (my - b * mx, b, sxy / (sxx * syy).sqrt())
+}
+
+/// aic-v2 in an Opus-core mode: Opus at 16 kHz at the mode's rate, the AIC packet header,
+/// and the enhancer; without an enhancer, the Opus core alone.
+fn aic_opus(enhancer: Option<&Arc<Enhancer>>, mode: Mode, clean: &[f32], t: &mut Tally) {
+    let rate = enhance::opus_rate(mode).expect("an Opus-core mode");
+    let mut enc = OpusEncoder::at(WIDEBAND_RATE, rate).unwrap();
+    let mut dec = OpusDecoder::at(WIDEBAND_RATE).unwrap();
+    let mut state = enhancer.map(|e| EnhancerState::new(e.clone()).unwrap());
+    let mut out = Vec::with_capacity(clean.len() + 2 * HOP);
+    // Two more frames of silence flush Opus's lookahead and the enhancer's frame.
+    let mut input = clean.to_vec();
+    input.resize(clean.len().div_ceil(HOP) * HOP + 2 * HOP, 0.0);
+    for (seq, frame) in input.chunks(HOP).enumerate() {
+        let start = Instant::now();
+        let frames = Frames::Opus(vec![enc.encode(frame).unwrap()]);
+        let packet = Packet { mode, model_id: OPUS_CORE, sequence: seq as u8, frames }.encode().unwrap();
+        let Frames::Opus(f) = Packet::decode(&packet).unwrap().frames else { unreachable!("the Opus core") };
+        let pcm = dec.decode(Some(&f[0])).unwrap();
+        out.extend(match &mut state {
+            Some(s) => s.process(&pcm, mode).unwrap(),
+            None => pcm,
+        });
+        let us = start.elapsed().as_secs_f64() * 1e6;
+        t.frame_us.push(us);
+        t.busy += us / 1e6;
+        t.bits += (packet.len() * 8) as f64;
+    }
+    t.seconds += input.len() as f64 / 16_000.0;
+    t.score(clean, &out);
 }
 
 fn opus(bitrate: u32, clean: &[f32], t: &mut Tally) {
@@ -186,6 +231,13 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic/aic-v1.safetensors"));
     let model = Arc::new(AicModel::load(&model_path, &candle_core::Device::Cpu).expect("the AIC model loads"));
+    let enhancer_path = std::env::var("AURALINK_AIC_ENHANCER").map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic").join(auralink::codec::aic::train_enhance::WEIGHTS)
+    });
+    let enhancer = Enhancer::load(&enhancer_path, &candle_core::Device::Cpu).ok().map(Arc::new);
+    if enhancer.is_none() {
+        println!("no {}: aic-v1 only", enhancer_path.display());
+    }
     let sets: Vec<(String, Vec<Vec<f32>>)> = if bench {
         let data = std::env::var("AURALINK_AIC_DATA").map(PathBuf::from).unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/auralink-aic-data")
@@ -221,68 +273,73 @@ fn main() {
             (w, clean)
         });
         println!(
-            "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7} {:>7}",
-            "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF", "WER %"
+            "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7} {:>7} {:>6}",
+            "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF", "WER %", "dist"
         );
         for mode in Mode::ALL {
-            let mut a = Tally::default();
+            let mut v1 = Tally::default();
             for c in clips {
-                aic(&model, mode, c, &mut a);
+                aic(&model, mode, c, &mut v1);
             }
-            // Opus asked for the same packet bitrate AIC produced.
+            let mut rows = vec![(format!("aic-v1 {}", mode.as_str()), v1)];
+            if let (Some(e), Some(_)) = (&enhancer, enhance::opus_rate(mode)) {
+                for (name, e) in [("Opus core alone", None), ("aic-v2 ", Some(e))] {
+                    let mut t = Tally::default();
+                    for c in clips {
+                        aic_opus(e, mode, c, &mut t);
+                    }
+                    let name = if e.is_some() { format!("{name}{}", mode.as_str()) } else { name.to_string() };
+                    rows.push((name, t));
+                }
+            }
+            // Opus asked for the bitrate the mode's design (the last row) produced.
+            let a = &rows.last().expect("a row per mode").1;
             let same = (a.kbps() * 1000.0).round() as u32;
             let mut o = Tally::default();
             for c in clips {
                 opus(same.max(500), c, &mut o);
             }
-            let name = format!("AIC {}", mode.as_str());
+            for (name, t) in &rows {
+                if name.starts_with("aic-") {
+                    fit.extend(&t.fit);
+                }
+                println!(
+                    "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>6.3}",
+                    name,
+                    t.kbps(),
+                    mean(&t.pesq),
+                    mean(&t.stoi),
+                    percentile(&t.frame_us, 0.5),
+                    percentile(&t.frame_us, 0.99),
+                    t.busy / t.seconds,
+                    show(wer_vs_clean(&mut reader, t)),
+                    t.distance()
+                );
+            }
+            let wer = wer_vs_clean(&mut reader, &o);
+            opus_row(&format!("Opus asked for {:.1}", f64::from(same) / 1000.0), &o, wer);
+            let (name, a) = rows.last().expect("a row per mode");
             println!(
-                "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3} {:>7}",
-                name,
-                a.kbps(),
-                mean(&a.pesq),
-                mean(&a.stoi),
-                percentile(&a.frame_us, 0.5),
-                percentile(&a.frame_us, 0.99),
-                a.busy / a.seconds,
-                show(wer_vs_clean(&mut reader, &a))
-            );
-            println!(
-                "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>37}",
-                format!("Opus asked for {:.1}", f64::from(same) / 1000.0),
-                o.kbps(),
-                mean(&o.pesq),
-                mean(&o.stoi),
-                show(wer_vs_clean(&mut reader, &o))
-            );
-            println!(
-                "  ratio AIC/Opus: PESQ {:.2}, STOI {:.2} (PESQ failures: AIC {}, Opus {})",
+                "  ratio {name}/Opus: PESQ {:.2}, STOI {:.2} (PESQ failures: AIC {}, Opus {})",
                 mean(&a.pesq) / mean(&o.pesq),
                 mean(&a.stoi) / mean(&o.stoi),
                 a.failed,
                 o.failed
             );
             assert!(!a.pesq.is_empty() && !o.pesq.is_empty(), "PESQ scored nothing");
-            fit.extend(a.fit);
         }
         let mut o = Tally::default();
         for c in clips {
             opus(24_000, c, &mut o);
         }
-        println!(
-            "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>37}",
-            "Opus 24",
-            o.kbps(),
-            mean(&o.pesq),
-            mean(&o.stoi),
-            show(wer_vs_clean(&mut reader, &o))
-        );
+        let wer = wer_vs_clean(&mut reader, &o);
+        opus_row("Opus 24", &o, wer);
         whisper = reader.map(|(w, _)| w);
     }
-    // The runtime quality estimate's calibration (model::quality_estimate).
+    // The runtime quality estimate's calibration (quality::estimate).
     let (a, b, r) = line_fit(&fit);
     println!(
-        "\nquality estimate fit over {} AIC clips: PESQ-WB ≈ {a:.3} + {b:.3} × frame loss (r = {r:.2})",
+        "\nquality estimate fit over {} AIC clips: PESQ-WB ≈ {a:.3} + {b:.3} × band distance (r = {r:.2})",
         fit.len()
     );
 }

@@ -50,6 +50,8 @@ pub struct Config {
     /// The AIC model's weights (docs/aic.md). Without the file, AIC is unavailable and
     /// tracks stay Opus; the server runs.
     pub aic_model: PathBuf,
+    /// The Opus enhancer's weights, aic-v2's other half; AIC needs both.
+    pub aic_enhancer: PathBuf,
     /// Speech taps (docs/speech.md).
     pub speech: SpeechConfig,
     /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
@@ -157,6 +159,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             web_dir: PathBuf::from("./web"),
             aic_model: PathBuf::from("./models/aic/aic-v1.safetensors"),
+            aic_enhancer: PathBuf::from("./models/aic/aic-v2-enhancer.safetensors"),
             speech: SpeechConfig::default(),
             keys: BTreeMap::new(),
             database_url: None,

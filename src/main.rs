@@ -55,6 +55,22 @@ enum WhisperCommand {
 enum AicCommand {
     /// Train aic-v1 from the sets scripts/aic-data.sh builds (docs/aic.md, "Training").
     Train(TrainArgs),
+    /// Train the network that enhances Opus in aic-v2's Opus-core modes (docs/aic.md).
+    TrainEnhancer(EnhancerArgs),
+}
+
+#[derive(Args)]
+struct EnhancerArgs {
+    /// The data folder (its `train/` is read; `heldout/` never is).
+    #[arg(long, env = "AURALINK_AIC_DATA")]
+    data: PathBuf,
+    /// Where the weights and their manifest go.
+    #[arg(long, default_value = "models/aic")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 6000)]
+    steps: usize,
 }
 
 #[derive(Args)]
@@ -200,6 +216,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let args: Vec<String> = std::env::args().skip(1).collect();
             let manifest = train::manifest(&cfg, &report, &format!("auralink {}", args.join(" ")))?;
             std::fs::write(cfg.out.join("manifest.toml"), &manifest)?;
+            println!("{manifest}");
+            Ok(())
+        }
+        Command::Aic(AicCommand::TrainEnhancer(a)) => {
+            use auralink::codec::aic::train_enhance;
+            let cfg = train_enhance::EnhanceConfig {
+                data: a.data,
+                out: a.out,
+                seed: a.seed,
+                steps: a.steps,
+                ..Default::default()
+            };
+            let report = train_enhance::train(&cfg)?;
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            let manifest = train_enhance::manifest(&cfg, &report, &format!("auralink {}", args.join(" ")))?;
+            std::fs::write(cfg.out.join("aic-v2-enhancer.toml"), &manifest)?;
             println!("{manifest}");
             Ok(())
         }

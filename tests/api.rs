@@ -788,6 +788,7 @@ async fn aic_settings_per_org_and_room(api: Api) {
     let r = api.send("PUT", "/v1/aic/config", &key, Some(json!({ "mode": "CONSERVATIVE" }))).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!((r.body["source"].as_str(), r.body["config"]["target_ratio"].as_f64()), (Some("org"), Some(0.5)));
+    assert_eq!(r.body["config"]["model_type"], "aic-v2", "the default model");
     for bad in [
         json!({ "mode": "turbo" }),
         json!({ "max_latency_ms": 0 }),
@@ -801,8 +802,8 @@ async fn aic_settings_per_org_and_room(api: Api) {
     // A room runs with the org's default until it has its own.
     let r = api.send("GET", "/v1/rooms/stage/aic", &key, None).await;
     assert_eq!((r.body["source"].as_str(), r.body["config"]["mode"].as_str()), (Some("org"), Some("CONSERVATIVE")));
-    let r =
-        api.send("PUT", "/v1/rooms/stage/aic", &key, Some(json!({ "mode": "aggressive", "max_latency_ms": 15 }))).await;
+    let change = json!({ "mode": "aggressive", "max_latency_ms": 15, "model_type": "aic-v1" });
+    let r = api.send("PUT", "/v1/rooms/stage/aic", &key, Some(change)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let want = json!({ "mode": "AGGRESSIVE", "target_ratio": 0.1, "max_latency_ms": 15, "model_type": "aic-v1", "use_gpu": false, "min_quality": 2.0, "enabled": false });
     assert_eq!(r.body["config"], want);

@@ -13,7 +13,7 @@ use crate::api::Clock;
 use crate::api::track_events::{self, TrackTaps};
 use crate::api::v1::aic::Counters;
 use crate::args;
-use crate::codec::aic::model::AicModel;
+use crate::codec::aic::track::AicModels;
 use crate::codec::modes::{AicConfig, Mode};
 use crate::db::Db;
 use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
@@ -40,7 +40,7 @@ pub struct AicTaps {
     clock: Clock,
     sfu: SfuHandle,
     /// `None` when the weights could not be loaded: AIC is unavailable.
-    model: Option<Arc<AicModel>>,
+    model: Option<Arc<AicModels>>,
     pub stats: Arc<AicStats>,
     pub pipelines: Arc<PipelineStats>,
     rooms: Mutex<HashMap<RoomName, Room>>,
@@ -48,7 +48,7 @@ pub struct AicTaps {
 
 impl AicTaps {
     /// Follows router events until the router stops.
-    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicModel>>, clock: Clock) -> Arc<AicTaps> {
+    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicModels>>, clock: Clock) -> Arc<AicTaps> {
         let taps = Arc::new(AicTaps {
             db,
             clock,
@@ -133,7 +133,7 @@ impl AicTaps {
 
     async fn start(
         &self,
-        model: &Arc<AicModel>,
+        model: &Arc<AicModels>,
         settings: watch::Receiver<AicConfig>,
         stats: Arc<AicStats>,
         revoked: Arc<AtomicBool>,

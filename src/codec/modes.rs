@@ -48,8 +48,31 @@ impl Mode {
     }
 }
 
-/// The models AIC can run; the bitstream names the one that made it.
-pub const MODEL_TYPES: [&str; 1] = ["aic-v1"];
+/// The models AIC can run (docs/aic.md): aic-v2 (the default) sends CONSERVATIVE and
+/// ADAPTIVE as Opus enhanced by a network and AGGRESSIVE as aic-v1's codes; aic-v1 sends its
+/// codes in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelType {
+    #[serde(rename = "aic-v1")]
+    AicV1,
+    #[serde(rename = "aic-v2")]
+    AicV2,
+}
+
+impl ModelType {
+    pub const ALL: [ModelType; 2] = [ModelType::AicV1, ModelType::AicV2];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::AicV1 => "aic-v1",
+            ModelType::AicV2 => "aic-v2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ModelType> {
+        ModelType::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
 
 /// What a track's AIC stage runs with.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,7 +82,7 @@ pub struct AicConfig {
     pub target_ratio: f64,
     /// A frame that takes longer to encode and decode sends the track back to Opus.
     pub max_latency_ms: u32,
-    pub model_type: String,
+    pub model_type: ModelType,
     /// Run on the GPU when the server has one (CUDA builds).
     pub use_gpu: bool,
     /// Estimated quality (PESQ-like, 1..5) below which the track falls back to Opus.
@@ -74,7 +97,7 @@ impl Default for AicConfig {
             mode,
             target_ratio: mode.target_ratio(),
             max_latency_ms: 20,
-            model_type: MODEL_TYPES[0].to_string(),
+            model_type: ModelType::AicV2,
             use_gpu: false,
             min_quality: 2.0,
             // Off until an operator turns it on: the stage costs CPU on every audio track,
@@ -97,5 +120,8 @@ mod tests {
         assert_eq!(Mode::Adaptive.target_ratio(), 0.2);
         assert_eq!(Mode::Aggressive.target_ratio(), 0.1);
         assert_eq!(serde_json::to_value(Mode::Adaptive).unwrap(), "ADAPTIVE");
+        assert_eq!(ModelType::parse("aic-v2"), Some(ModelType::AicV2));
+        assert_eq!(ModelType::parse("AIC-V2"), None);
+        assert_eq!(serde_json::to_value(ModelType::AicV1).unwrap(), "aic-v1");
     }
 }

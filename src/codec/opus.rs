@@ -1,11 +1,14 @@
-//! Opus at 48 kHz mono in 20 ms frames, as the SFU carries it: what the pipeline decodes
-//! tracks from and re-encodes them to, and the baseline AIC is measured against.
+//! Opus mono in 20 ms frames: at 48 kHz as the SFU carries it (what the pipeline decodes
+//! tracks from and re-encodes them to, and the baseline AIC is measured against), and at
+//! 16 kHz inside AIC's Opus-core modes, whose network works on wideband speech.
 
 use crate::codec::CodecError;
 
 pub const SAMPLE_RATE: u32 = 48_000;
-/// Samples in one 20 ms frame.
+/// Samples in one 20 ms frame at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
+/// Wideband: what AIC's networks work on.
+pub const WIDEBAND_RATE: u32 = 16_000;
 /// Opus packets are at most this long (RFC 6716 allows 1275 bytes per frame).
 const MAX_PACKET: usize = 1275;
 
@@ -15,22 +18,41 @@ fn codec_error(e: opus::Error) -> CodecError {
 
 pub struct OpusEncoder {
     inner: opus::Encoder,
+    frame: usize,
     out: [u8; MAX_PACKET],
 }
 
 impl OpusEncoder {
-    /// A speech encoder at `bitrate_bps` (6 000 to 510 000).
+    /// A speech encoder at 48 kHz and `bitrate_bps` (6 000 to 510 000).
     pub fn new(bitrate_bps: u32) -> Result<Self, CodecError> {
-        let mut inner =
-            opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip).map_err(codec_error)?;
+        OpusEncoder::at(SAMPLE_RATE, bitrate_bps)
+    }
+
+    /// A speech encoder taking `rate` Hz (8, 12, 16, 24 or 48 kHz).
+    pub fn at(rate: u32, bitrate_bps: u32) -> Result<Self, CodecError> {
+        let mut inner = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).map_err(codec_error)?;
         inner.set_bitrate(opus::Bitrate::Bits(bitrate_bps as i32)).map_err(codec_error)?;
-        Ok(OpusEncoder { inner, out: [0; MAX_PACKET] })
+        Ok(OpusEncoder { inner, frame: rate as usize / 50, out: [0; MAX_PACKET] })
+    }
+
+    /// Changes the rate from the next frame on.
+    pub fn set_bitrate(&mut self, bitrate_bps: u32) -> Result<(), CodecError> {
+        self.inner.set_bitrate(opus::Bitrate::Bits(bitrate_bps as i32)).map_err(codec_error)
+    }
+
+    pub fn reset_state(&mut self) -> Result<(), CodecError> {
+        self.inner.reset_state().map_err(codec_error)
+    }
+
+    /// How many samples the decoded audio lags the input by.
+    pub fn lookahead(&mut self) -> Result<usize, CodecError> {
+        Ok(self.inner.get_lookahead().map_err(codec_error)? as usize)
     }
 
     /// One packet for one frame of samples in -1..1.
     pub fn encode(&mut self, pcm: &[f32]) -> Result<Vec<u8>, CodecError> {
-        if pcm.len() != FRAME_SAMPLES {
-            return Err(CodecError::FrameSize { want: FRAME_SAMPLES, got: pcm.len() });
+        if pcm.len() != self.frame {
+            return Err(CodecError::FrameSize { want: self.frame, got: pcm.len() });
         }
         let n = self.inner.encode_float(pcm, &mut self.out).map_err(codec_error)?;
         Ok(self.out[..n].to_vec())
@@ -39,19 +61,27 @@ impl OpusEncoder {
 
 pub struct OpusDecoder {
     inner: opus::Decoder,
+    frame: usize,
 }
 
 impl OpusDecoder {
+    /// A decoder to 48 kHz.
     pub fn new() -> Result<Self, CodecError> {
-        Ok(OpusDecoder { inner: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(codec_error)? })
+        OpusDecoder::at(SAMPLE_RATE)
+    }
+
+    /// A decoder to `rate` Hz (8, 12, 16, 24 or 48 kHz).
+    pub fn at(rate: u32) -> Result<Self, CodecError> {
+        let inner = opus::Decoder::new(rate, opus::Channels::Mono).map_err(codec_error)?;
+        Ok(OpusDecoder { inner, frame: rate as usize / 50 })
     }
 
     /// One packet's samples (mono, whatever the sender's channel count); `None` for a lost
     /// packet, which Opus conceals with one frame of its best guess.
     pub fn decode(&mut self, packet: Option<&[u8]>) -> Result<Vec<f32>, CodecError> {
-        let Some(p) = packet else { return self.conceal(FRAME_SAMPLES) };
+        let Some(p) = packet else { return self.conceal(self.frame) };
         // A packet holds at most 120 ms.
-        let mut out = vec![0f32; FRAME_SAMPLES * 6];
+        let mut out = vec![0f32; self.frame * 6];
         let n = self.inner.decode_float(p, &mut out, false).map_err(codec_error)?;
         out.truncate(n);
         Ok(out)

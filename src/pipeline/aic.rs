@@ -1,6 +1,6 @@
 //! The AIC stage on a track: each 20 ms frame is taken to 16 kHz, encoded, packed, unpacked
 //! and decoded (the loopback transcode), timed, and its quality estimated by comparing the
-//! decoded audio's spectrum with the input's. The guard decides frame by frame whether the
+//! decoded audio's spectrum with the input's as it was the codec's delay earlier. The guard decides frame by frame whether the
 //! track runs AIC or stays Opus. Settings changes arrive through a watch channel and apply
 //! from the next frame.
 
@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
 use tokio::sync::watch;
 
 use super::{PcmFrame, Stage};
 use crate::codec::aic::ModelError;
-use crate::codec::aic::bitstream::{AIC_V1, Packet};
 use crate::codec::aic::guard::{Guard, Route, Transition};
 use crate::codec::aic::mdct::HOP;
-use crate::codec::aic::model::{self, AicDecoder, AicEncoder, AicModel};
+use crate::codec::aic::quality::{self, QualityMeter};
+use crate::codec::aic::track::{AicModels, TrackDecoder, TrackEncoder};
 use crate::codec::modes::AicConfig;
 use crate::codec::resample::Downsampler;
 
@@ -61,43 +60,43 @@ impl AicStats {
     }
 }
 
+/// Input samples kept to compare the output with: two frames (an MDCT block) before the
+/// codec's delay, which is under two frames.
+const HISTORY: usize = 4 * HOP;
+
 pub struct AicStage {
-    model: Arc<AicModel>,
     settings: watch::Receiver<AicConfig>,
     config: AicConfig,
     down: Downsampler,
-    enc: AicEncoder,
-    dec: AicDecoder,
+    enc: TrackEncoder,
+    dec: TrackDecoder,
     guard: Guard,
     /// The track's counters and the node's.
     stats: [Arc<AicStats>; 2],
-    sequence: u8,
-    /// Analysis state of the input and of the decoded output (which runs one frame behind),
-    /// and the input's features of the previous frame, which the next output is compared to.
-    input_before: [f32; HOP],
+    /// The input's last HISTORY samples, and the decoded output's previous frame (analysis
+    /// state).
+    history: Vec<f32>,
     output_before: [f32; HOP],
-    previous_input: Option<Tensor>,
+    meter: QualityMeter,
 }
 
 impl AicStage {
     pub fn new(
-        model: Arc<AicModel>,
+        models: Arc<AicModels>,
         mut settings: watch::Receiver<AicConfig>,
         stats: [Arc<AicStats>; 2],
     ) -> Result<AicStage, ModelError> {
         let config = settings.borrow_and_update().clone();
         Ok(AicStage {
-            enc: AicEncoder::new(model.clone())?,
-            dec: AicDecoder::new(model.clone()),
+            enc: TrackEncoder::new(&models)?,
+            dec: TrackDecoder::new(&models)?,
             guard: Guard::new(Duration::from_millis(config.max_latency_ms.into()), config.min_quality),
-            model,
             settings,
             config,
             down: Downsampler::default(),
-            sequence: 0,
-            input_before: [0.0; HOP],
+            history: vec![0.0; HISTORY],
             output_before: [0.0; HOP],
-            previous_input: None,
+            meter: QualityMeter::new(models.codes.device())?,
             stats,
         })
     }
@@ -106,29 +105,28 @@ impl AicStage {
         self.guard.fallback_count()
     }
 
-    /// Runs one 16 kHz frame through the codec; returns its latency and quality estimate.
+    /// Runs one 16 kHz frame through the codec; returns its latency, quality estimate and
+    /// packet size.
     fn transcode(&mut self, pcm: &[f32]) -> Result<(Duration, Option<f64>, usize), ModelError> {
-        let mode = self.config.mode;
+        let (mode, model_type) = (self.config.mode, self.config.model_type);
         let start = Instant::now();
-        let codes = self.enc.encode(pcm, mode)?;
-        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: self.sequence, frames: codes }
-            .encode()
-            .map_err(|e| ModelError::Data(e.to_string()))?;
-        let frames = Packet::decode(&packet).map_err(|e| ModelError::Data(e.to_string()))?.frames;
-        let out = self.dec.decode(&frames, mode)?;
+        let packet = self.enc.encode(pcm, mode, model_type)?;
+        let out = self.dec.decode(&packet)?;
         let latency = start.elapsed();
-        self.sequence = self.sequence.wrapping_add(1);
 
-        let input = self.model.analyze(pcm, &self.input_before)?;
-        let output = self.model.analyze(&out, &self.output_before)?;
-        self.input_before.copy_from_slice(pcm);
+        self.history.drain(..HOP);
+        self.history.extend_from_slice(pcm);
+        // The block the output's block stands for: the input `delay` samples ago.
+        let end = HISTORY - self.enc.delay(mode, model_type);
+        let (before, frame) = self.history[end - 2 * HOP..end].split_at(HOP);
+        let reference = self.meter.coefficients(frame, before.try_into().expect("HOP samples"))?;
+        let output = self.meter.coefficients(&out, &self.output_before)?;
         self.output_before.copy_from_slice(&out);
-        let quality = match self.previous_input.replace(input) {
-            Some(reference) if reference.get(0)?.get(HOP)?.to_scalar::<f32>()? > model::VOICED_LOG_RMS => {
-                let loss = model::frame_loss(&output, &reference)?.flatten_all()?.get(0)?.to_scalar::<f32>()?;
-                Some(model::quality_estimate(loss))
-            }
-            _ => None,
+        let quality = if self.meter.voiced(&reference)?[0] {
+            let d = self.meter.distance(&output, &reference)?.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+            Some(quality::estimate(d))
+        } else {
+            None
         };
         Ok((latency, quality, packet.len()))
     }
@@ -141,10 +139,9 @@ impl AicStage {
 
     fn reset(&mut self) -> Result<(), ModelError> {
         self.enc.reset_state()?;
-        self.dec.reset_state();
-        self.input_before = [0.0; HOP];
+        self.dec.reset_state()?;
+        self.history = vec![0.0; HISTORY];
         self.output_before = [0.0; HOP];
-        self.previous_input = None;
         Ok(())
     }
 }
@@ -226,15 +223,21 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::codec::modes::ModelType;
     use crate::codec::opus::FRAME_SAMPLES;
     use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
     fn stage(config: AicConfig) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic/aic-v1.safetensors");
-        let model = Arc::new(AicModel::load(&path, &candle_core::Device::Cpu).unwrap());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic");
+        let models = AicModels::load(
+            &dir.join("aic-v1.safetensors"),
+            &dir.join("aic-v2-enhancer.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let (tx, rx) = watch::channel(config);
         let stats = Arc::new(AicStats::default());
-        (AicStage::new(model, rx, [stats.clone(), Arc::default()]).unwrap(), tx, stats)
+        (AicStage::new(Arc::new(models), rx, [stats.clone(), Arc::default()]).unwrap(), tx, stats)
     }
 
     fn run(stage: &mut AicStage, frames: usize) {
@@ -258,12 +261,23 @@ mod tests {
 
     #[test]
     fn frames_go_through_aic_and_a_latency_budget_nobody_meets_falls_back_to_opus() {
-        let (mut s, _settings, stats) = stage(AicConfig { enabled: true, ..AicConfig::default() });
+        let v1 = AicConfig { enabled: true, model_type: ModelType::AicV1, ..AicConfig::default() };
+        let (mut s, settings, stats) = stage(v1);
         run(&mut s, 10);
         assert_eq!(stats.frames_aic.load(Relaxed), 10);
         assert_eq!(stats.latency_count.load(Relaxed), 10);
-        // ADAPTIVE: 96 bits of codes and a 3-byte header per frame.
+        // aic-v1 ADAPTIVE: 96 bits of codes and a 3-byte header per frame.
         assert_eq!(stats.aic_bytes.load(Relaxed), 10 * 15);
+        // aic-v2 ADAPTIVE from the next frame: Opus at 4.8 kbit/s (12 bytes a frame, give or
+        // take what its rate control spends) and the header.
+        settings.send_modify(|c| c.model_type = ModelType::AicV2);
+        run(&mut s, 10);
+        let v2_bytes = stats.aic_bytes.load(Relaxed) - 10 * 15;
+        assert!((10 * 8..=10 * 25).contains(&v2_bytes), "{v2_bytes} bytes in 10 frames");
+        assert_eq!(stats.errors.load(Relaxed), 0);
+        s.reset().unwrap();
+        let (mut s, _settings, stats) = stage(AicConfig { enabled: true, ..AicConfig::default() });
+        run(&mut s, 10);
         assert_eq!(stats.opus_bytes.load(Relaxed), 10 * 60);
         assert!(stats.quality_count.load(Relaxed) > 0, "a loud tone is voiced");
 

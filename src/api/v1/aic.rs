@@ -17,7 +17,7 @@ use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
 use crate::args;
-use crate::codec::modes::{AicConfig, MODEL_TYPES, Mode};
+use crate::codec::modes::{AicConfig, ModelType, Mode};
 use crate::db::{Db, Tx};
 use crate::error::ApiError;
 use crate::ids::{RoomName, TrackId, record_id};
@@ -48,7 +48,7 @@ impl Row {
             mode: Mode::parse(&self.mode).unwrap_or(Mode::Adaptive),
             target_ratio: self.target_ratio_pct as f64 / 100.0,
             max_latency_ms: self.max_latency_ms as u32,
-            model_type: self.model_type.clone(),
+            model_type: ModelType::parse(&self.model_type).unwrap_or(ModelType::AicV1),
             use_gpu: self.use_gpu != 0,
             min_quality: self.min_quality_centi as f64 / 100.0,
             enabled: self.enabled != 0,
@@ -154,10 +154,7 @@ impl Update {
             c.max_latency_ms = ms as u32;
         }
         if let Some(t) = self.model_type {
-            if !MODEL_TYPES.contains(&t.as_str()) {
-                return Err(invalid(&format!("model_type must be one of {MODEL_TYPES:?}")));
-            }
-            c.model_type = t;
+            c.model_type = ModelType::parse(&t).ok_or_else(|| invalid("model_type must be aic-v1 or aic-v2"))?;
         }
         if let Some(q) = self.min_quality {
             if !(1.0..=5.0).contains(&q) {
@@ -184,7 +181,7 @@ async fn store(
         c.mode.as_str(),
         (c.target_ratio * 100.0).round() as i64,
         i64::from(c.max_latency_ms),
-        &c.model_type,
+        c.model_type.as_str(),
         i64::from(c.use_gpu),
         (c.min_quality * 100.0).round() as i64,
         i64::from(c.enabled),

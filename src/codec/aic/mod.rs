@@ -2,10 +2,15 @@
 //! how it is trained. See docs/aic.md.
 
 pub mod bitstream;
+pub mod enhance;
 pub mod guard;
 pub mod mdct;
 pub mod model;
+pub mod quality;
+pub mod stft;
 pub mod train;
+pub mod track;
+pub mod train_enhance;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -19,4 +24,8 @@ pub enum ModelError {
     Codes { stages: usize },
     #[error("training data: {0}")]
     Data(String),
+    #[error(transparent)]
+    Bitstream(#[from] bitstream::BitstreamError),
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
 }

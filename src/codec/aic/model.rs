@@ -66,13 +66,9 @@ pub fn coefficients(features: &Tensor) -> Result<Tensor, ModelError> {
     Ok((y.abs()? * y)?)
 }
 
-/// Log RMS (of the compressed spectrum, see [`features`]) above which a frame counts as
-/// speech; below, its shape is noise nobody hears.
-pub const VOICED_LOG_RMS: f32 = -3.0;
-
 /// Per frame (`[T, 1]`): how far decoded features are from the reference's. The shape error
-/// is weighted down on quiet frames; the level error counts on all. Training minimizes it;
-/// the runtime guard turns it into a quality estimate.
+/// is weighted down on quiet frames; the level error counts on all. Training aic-v1
+/// minimizes it.
 pub fn frame_loss(decoded: &Tensor, reference: &Tensor) -> Result<Tensor, ModelError> {
     let log_rms = reference.narrow(1, HOP, 1)?;
     let weight = log_rms.affine(0.5, 2.0)?.clamp(0.05f32, 1f32)?;
@@ -80,18 +76,6 @@ pub fn frame_loss(decoded: &Tensor, reference: &Tensor) -> Result<Tensor, ModelE
     let gain = (decoded.narrow(1, HOP, 1)? - log_rms)?.sqr()?;
     Ok(((shape * weight)? + gain.affine(0.5, 0.0)?)?)
 }
-
-/// A PESQ-like (1 to 4.5) estimate from a voiced frame's [`frame_loss`]: a straight line fit
-/// to PESQ-WB against mean frame loss on the held-out set (`cargo bench --bench codec`
-/// prints the fit).
-pub fn quality_estimate(loss: f32) -> f64 {
-    let (intercept, slope) = QUALITY_FIT;
-    (intercept + slope * f64::from(loss)).clamp(1.0, 4.5)
-}
-
-/// From `cargo bench --bench codec` on the held-out set with the committed weights (455 clips,
-/// r = -0.48: a coarse estimate, good for telling a working codec from a broken one).
-const QUALITY_FIT: (f64, f64) = (2.169, -0.560);
 
 pub fn mode_index(mode: Mode) -> usize {
     Mode::ALL.iter().position(|m| *m == mode).expect("ALL holds every mode")
@@ -278,7 +262,7 @@ mod tests {
     use std::sync::{Arc, OnceLock};
 
     use super::*;
-    use crate::codec::aic::bitstream::Packet;
+    use crate::codec::aic::bitstream::{Frames, Packet};
 
     /// The committed weights, loaded once for all tests.
     fn model() -> Arc<AicModel> {
@@ -326,12 +310,14 @@ mod tests {
             let mode = Mode::ALL[i / 10];
             let codes = enc.encode(frame, mode).unwrap();
             assert_eq!(codes[0].len(), AIC_V1.levels(mode));
+            let frames = Frames::Codes(codes);
             let bytes =
-                Packet { mode, model_id: AIC_V1.model_id, sequence: i as u8, frames: codes.clone() }.encode().unwrap();
+                Packet { mode, model_id: AIC_V1.model_id, sequence: i as u8, frames: frames.clone() }.encode().unwrap();
             assert_eq!(bytes.len(), 3 + (AIC_V1.frame_bits(mode)).div_ceil(8));
             let got = Packet::decode(&bytes).unwrap();
-            assert_eq!(got.frames, codes);
-            out.extend(dec.decode(&got.frames, got.mode).unwrap());
+            assert_eq!(got.frames, frames);
+            let Frames::Codes(codes) = &got.frames else { unreachable!("aic-v1 sends codes") };
+            out.extend(dec.decode(codes, got.mode).unwrap());
         }
         assert_eq!(out.len(), pcm.len());
         assert!(out.iter().all(|s| s.is_finite()));

@@ -98,36 +98,51 @@ pub fn wav_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(out)
 }
 
-/// Encoder inputs of every frame of every file, `[N, ENC_IN]`.
-fn dataset(cfg: &TrainConfig, device: &Device) -> Result<(Tensor, BTreeMap<String, f64>, usize), ModelError> {
-    let root = cfg.data.join("train");
+/// The training clips: every file under `data/train/`, cut to whole frames (files under two
+/// frames are left out), with minutes per source folder and the number of files.
+pub(super) struct Clips {
+    pub pcm: Vec<Vec<f32>>,
+    pub minutes: BTreeMap<String, f64>,
+    pub files: usize,
+}
+
+pub(super) fn clips(data: &Path) -> Result<Clips, ModelError> {
+    let root = data.join("train");
     let files = wav_files(&root)?;
     if files.is_empty() {
         return Err(ModelError::Data(format!("no .wav files under {}", root.display())));
     }
-    let basis = mdct::basis(device)?;
     let mut minutes = BTreeMap::new();
-    let mut rows = Vec::new();
+    let mut pcm = Vec::with_capacity(files.len());
     for f in &files {
-        let mut pcm = read_wav(f)?;
+        let mut clip = read_wav(f)?;
         let source = f.strip_prefix(&root).ok().and_then(|p| p.iter().next()).map_or("", |s| s.to_str().unwrap_or(""));
-        *minutes.entry(source.to_string()).or_insert(0.0) += pcm.len() as f64 / 16_000.0 / 60.0;
-        pcm.truncate(pcm.len() / HOP * HOP);
-        if pcm.len() < 2 * HOP {
-            continue;
+        *minutes.entry(source.to_string()).or_insert(0.0) += clip.len() as f64 / 16_000.0 / 60.0;
+        clip.truncate(clip.len() / HOP * HOP);
+        if clip.len() >= 2 * HOP {
+            pcm.push(clip);
         }
-        let feats = model::features(&mdct::blocks(&pcm, &[0.0; HOP], device)?.matmul(&basis)?)?;
+    }
+    Ok(Clips { pcm, minutes, files: files.len() })
+}
+
+/// Encoder inputs of every frame of every clip, `[N, ENC_IN]`.
+fn dataset(clips: &Clips, device: &Device) -> Result<Tensor, ModelError> {
+    let basis = mdct::basis(device)?;
+    let mut rows = Vec::new();
+    for pcm in &clips.pcm {
+        let feats = model::features(&mdct::blocks(pcm, &[0.0; HOP], device)?.matmul(&basis)?)?;
         let frames = feats.dim(0)?;
         let first = model::features(&Tensor::zeros((1, HOP), DType::F32, device)?)?;
         let before = Tensor::cat(&[&first, &feats.narrow(0, 0, frames - 1)?], 0)?;
         rows.push(Tensor::cat(&[&feats, &before], 1)?);
     }
-    Ok((Tensor::cat(&rows, 0)?, minutes, files.len()))
+    Ok(Tensor::cat(&rows, 0)?)
 }
 
 /// Replaces every variable with uniform(±1/√fan_in) draws from `rng`, in name order, so that
 /// initialization follows the seed.
-fn init_vars(varmap: &VarMap, rng: &mut StdRng) -> Result<(), ModelError> {
+pub(super) fn init_vars(varmap: &VarMap, rng: &mut StdRng) -> Result<(), ModelError> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
@@ -142,7 +157,7 @@ fn init_vars(varmap: &VarMap, rng: &mut StdRng) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn batch(data: &Tensor, size: usize, rng: &mut StdRng) -> Result<Tensor, ModelError> {
+pub(super) fn batch(data: &Tensor, size: usize, rng: &mut StdRng) -> Result<Tensor, ModelError> {
     let n = data.dim(0)?;
     let idx: Vec<u32> = (0..size).map(|_| rng.gen_range(0..n as u32)).collect();
     Ok(data.index_select(&Tensor::from_vec(idx, size, data.device())?, 0)?)
@@ -156,11 +171,11 @@ fn decoder_input(z: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
     Ok(Tensor::cat(&[z, &model::mode_one_hot(mode, z.dim(0)?, z.device())?], 1)?)
 }
 
-fn mean(v: &[f32]) -> f32 {
+pub(super) fn mean(v: &[f32]) -> f32 {
     v.iter().sum::<f32>() / v.len().max(1) as f32
 }
 
-fn ends(losses: &[f32]) -> (f32, f32) {
+pub(super) fn ends(losses: &[f32]) -> (f32, f32) {
     let k = losses.len().min(100);
     (mean(&losses[..k]), mean(&losses[losses.len() - k..]))
 }
@@ -207,7 +222,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport, ModelError> {
     let started = Instant::now();
     let device = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let (data, minutes, files) = dataset(cfg, &device)?;
+    let clips = clips(&cfg.data)?;
+    let data = dataset(&clips, &device)?;
+    let (minutes, files) = (clips.minutes, clips.files);
+    drop(clips.pcm);
     let frames = data.dim(0)?;
     tracing::info!(files, frames, "training data loaded");
 
@@ -300,21 +318,6 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport, ModelError> {
 
 /// The manifest committed next to the weights: what they are and how to make them again.
 pub fn manifest(cfg: &TrainConfig, report: &TrainReport, command: &str) -> Result<String, ModelError> {
-    use sha2::Digest;
-
-    #[derive(serde::Serialize)]
-    struct Manifest<'a> {
-        model: ModelEntry<'a>,
-        training: Training<'a>,
-    }
-    #[derive(serde::Serialize)]
-    struct ModelEntry<'a> {
-        name: &'a str,
-        file: &'a str,
-        sha256: String,
-        bytes: usize,
-        dtype: &'a str,
-    }
     #[derive(serde::Serialize)]
     struct Training<'a> {
         command: &'a str,
@@ -332,31 +335,58 @@ pub fn manifest(cfg: &TrainConfig, report: &TrainReport, command: &str) -> Resul
         seconds: u64,
         minutes: BTreeMap<String, f64>,
     }
-    let bytes = std::fs::read(&report.file).map_err(|e| ModelError::Io(report.file.display().to_string(), e))?;
+    let training = Training {
+        command,
+        data: DATA_NOTE,
+        files: report.files,
+        frames: report.frames,
+        seed: cfg.seed,
+        batch: cfg.batch,
+        autoencoder_steps: cfg.autoencoder_steps,
+        kmeans_rows: cfg.kmeans_rows,
+        kmeans_iterations: cfg.kmeans_iterations,
+        decoder_steps: cfg.decoder_steps,
+        autoencoder_loss_first_last: [report.autoencoder_loss.0, report.autoencoder_loss.1],
+        decoder_loss_first_last: [report.decoder_loss.0, report.decoder_loss.1],
+        seconds: report.seconds.round() as u64,
+        minutes: rounded(&report.minutes),
+    };
+    manifest_toml("aic-v1", &report.file, &training)
+}
+
+pub(super) const DATA_NOTE: &str = "train/ of the set scripts/aic-data.sh builds; heldout/ is never read";
+
+pub(super) fn rounded(minutes: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    minutes.iter().map(|(k, v)| (k.clone(), (v * 10.0).round() / 10.0)).collect()
+}
+
+/// `[model]` (name, file, sha256, size) over `[training]`.
+pub(super) fn manifest_toml<T: serde::Serialize>(name: &str, file: &Path, training: &T) -> Result<String, ModelError> {
+    use sha2::Digest;
+
+    #[derive(serde::Serialize)]
+    struct Manifest<'a, T> {
+        model: ModelEntry<'a>,
+        training: &'a T,
+    }
+    #[derive(serde::Serialize)]
+    struct ModelEntry<'a> {
+        name: &'a str,
+        file: &'a str,
+        sha256: String,
+        bytes: usize,
+        dtype: &'a str,
+    }
+    let bytes = std::fs::read(file).map_err(|e| ModelError::Io(file.display().to_string(), e))?;
     let doc = Manifest {
         model: ModelEntry {
-            name: "aic-v1",
-            file: report.file.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+            name,
+            file: file.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
             sha256: hex(&sha2::Sha256::digest(&bytes)),
             bytes: bytes.len(),
             dtype: "f16",
         },
-        training: Training {
-            command,
-            data: "train/ of the set scripts/aic-data.sh builds; heldout/ is never read",
-            files: report.files,
-            frames: report.frames,
-            seed: cfg.seed,
-            batch: cfg.batch,
-            autoencoder_steps: cfg.autoencoder_steps,
-            kmeans_rows: cfg.kmeans_rows,
-            kmeans_iterations: cfg.kmeans_iterations,
-            decoder_steps: cfg.decoder_steps,
-            autoencoder_loss_first_last: [report.autoencoder_loss.0, report.autoencoder_loss.1],
-            decoder_loss_first_last: [report.decoder_loss.0, report.decoder_loss.1],
-            seconds: report.seconds.round() as u64,
-            minutes: report.minutes.iter().map(|(k, v)| (k.clone(), (v * 10.0).round() / 10.0)).collect(),
-        },
+        training,
     };
     toml::to_string(&doc).map_err(|e| ModelError::Data(e.to_string()))
 }

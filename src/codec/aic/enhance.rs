@@ -1,0 +1,168 @@
+//! aic-v2's Opus-core modes: Opus carries the speech at the mode's rate (16 kHz, 20 ms
+//! frames), and a network trained on what that Opus decoder makes of speech sets a gain per
+//! critical band of the decoded audio's short-time spectrum ([`super::stft`]) to bring its
+//! band levels closer to the original's. Opus keeps the waveform (phase, pitch, timing), which
+//! a network trained in an hour on 2 cores cannot synthesize; the network only reshapes the
+//! spectrum's envelope, which costs no bits. The output runs one frame (the windows' overlap)
+//! behind Opus's.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::ModelError;
+use super::mdct::{self, HOP};
+use super::model::{self, Mlp};
+use super::quality::{self, BANDS};
+use super::stft::{BINS, Stft};
+use crate::codec::modes::Mode;
+
+/// Per frame: the decoded spectrum's magnitudes, compressed, as unit-RMS shape and log RMS.
+pub const FEATURES: usize = BINS + 1;
+/// Frames of decoded features the network sees: this one and the two before.
+pub const CONTEXT: usize = 3;
+/// Network input: the context's features, newest first, and the mode, one-hot.
+pub const ENH_IN: usize = CONTEXT * FEATURES + 3;
+/// Gains lie in (0, MAX_GAIN): the network may halve or double a band, never flip it.
+const MAX_GAIN: f64 = 2.0;
+
+/// The rate Opus is asked for in a mode where the bitstream carries Opus; AGGRESSIVE has
+/// none (Opus cannot go that low in 20 ms frames) and sends aic-v1's codes.
+pub fn opus_rate(mode: Mode) -> Option<u32> {
+    match mode {
+        Mode::Conservative => Some(11_200),
+        Mode::Adaptive => Some(4_800),
+        Mode::Aggressive => None,
+    }
+}
+
+/// One frame's spectrum: real and imaginary parts `[T, BINS]`, and the network's features.
+pub struct Spectrum {
+    pub re: Tensor,
+    pub im: Tensor,
+    pub features: Tensor,
+}
+
+pub struct Enhancer {
+    device: Device,
+    stft: Stft,
+    /// `[BANDS, BINS]`: a band's gain onto its bins.
+    spread: Tensor,
+    pub net: Mlp,
+}
+
+impl Enhancer {
+    /// Builds the network over `vb` (weights from a file, or variables being trained).
+    pub fn new(vb: VarBuilder) -> Result<Enhancer, ModelError> {
+        let device = vb.device().clone();
+        Ok(Enhancer {
+            stft: Stft::new(&device)?,
+            spread: quality::band_matrix(BINS, &device)?.t()?.contiguous()?,
+            net: Mlp::new(vb.pp("enh"), ENH_IN, BANDS)?,
+            device,
+        })
+    }
+
+    /// Loads a weights file (safetensors: `enh.*`).
+    pub fn load(path: &Path, device: &Device) -> Result<Enhancer, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io(path.display().to_string(), e))?;
+        Enhancer::new(VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The spectrum of every frame of `pcm` (16 kHz, whole frames) after `before`.
+    pub fn analyze(&self, pcm: &[f32], before: &[f32; HOP]) -> Result<Spectrum, ModelError> {
+        let (re, im) = self.stft.forward(&mdct::blocks(pcm, before, &self.device)?)?;
+        let magnitude = (re.sqr()? + im.sqr()?)?.sqrt()?;
+        Ok(Spectrum { features: model::features(&magnitude)?, re, im })
+    }
+
+    /// Per-bin gains `[T, BINS]` (each its band's) for input rows `[T, ENH_IN]`.
+    pub fn gains(&self, input: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(candle_nn::ops::sigmoid(&self.net.forward(input)?)?.affine(MAX_GAIN, 0.0)?.matmul(&self.spread)?)
+    }
+
+    /// Windowed blocks of a spectrum scaled by `gains`, to overlap-add.
+    pub fn synthesize(&self, s: &Spectrum, gains: &Tensor) -> Result<Tensor, ModelError> {
+        self.stft.inverse(&(&s.re * gains)?, &(&s.im * gains)?)
+    }
+}
+
+/// The features of silence: what the context holds before the first frame.
+pub fn silence(frames: usize, device: &Device) -> Result<Tensor, ModelError> {
+    model::features(&Tensor::zeros((frames, BINS), DType::F32, device)?)
+}
+
+/// Input rows for consecutive frames' features `[T, FEATURES]`, `history` holding the
+/// `CONTEXT - 1` frames before the first, oldest first.
+pub fn inputs(feats: &Tensor, history: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
+    let frames = feats.dim(0)?;
+    let all = Tensor::cat(&[history, feats], 0)?;
+    let mut parts: Vec<Tensor> = (0..CONTEXT).map(|k| all.narrow(0, CONTEXT - 1 - k, frames)).collect::<Result<_, _>>()?;
+    parts.push(model::mode_one_hot(mode, frames, feats.device())?);
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// One track's enhancement of decoded Opus audio.
+pub struct EnhancerState {
+    enhancer: Arc<Enhancer>,
+    before: [f32; HOP],
+    history: Tensor,
+    tail: [f32; HOP],
+}
+
+impl EnhancerState {
+    pub fn new(enhancer: Arc<Enhancer>) -> Result<EnhancerState, ModelError> {
+        let history = silence(CONTEXT - 1, enhancer.device())?;
+        Ok(EnhancerState { enhancer, before: [0.0; HOP], history, tail: [0.0; HOP] })
+    }
+
+    /// Enhanced audio for whole 20 ms frames of decoded 16 kHz audio, one frame behind.
+    pub fn process(&mut self, pcm: &[f32], mode: Mode) -> Result<Vec<f32>, ModelError> {
+        if pcm.is_empty() || pcm.len() % HOP != 0 {
+            return Err(ModelError::FrameSize(pcm.len()));
+        }
+        let e = &self.enhancer;
+        let spectrum = e.analyze(pcm, &self.before)?;
+        let gains = e.gains(&inputs(&spectrum.features, &self.history, mode)?)?;
+        let blocks = e.synthesize(&spectrum, &gains)?;
+        let all = Tensor::cat(&[&self.history, &spectrum.features], 0)?;
+        self.history = all.narrow(0, all.dim(0)? - (CONTEXT - 1), CONTEXT - 1)?;
+        self.before.copy_from_slice(&pcm[pcm.len() - HOP..]);
+        Ok(mdct::overlap_add(&blocks.flatten_all()?.to_vec1::<f32>()?, &mut self.tail))
+    }
+
+    pub fn reset_state(&mut self) -> Result<(), ModelError> {
+        *self = EnhancerState::new(self.enhancer.clone())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_equals_batch_and_wrong_sizes_are_errors() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic/aic-v2-enhancer.safetensors");
+        let e = Arc::new(Enhancer::load(&path, &Device::Cpu).expect("the committed enhancer loads"));
+        let pcm = &crate::codec::vowel(1.0)[..30 * HOP];
+        let batch = EnhancerState::new(e.clone()).unwrap().process(pcm, Mode::Adaptive).unwrap();
+        let mut s = EnhancerState::new(e.clone()).unwrap();
+        let stream: Vec<f32> = pcm.chunks(HOP).flat_map(|f| s.process(f, Mode::Adaptive).unwrap()).collect();
+        assert_eq!(batch.len(), pcm.len());
+        let worst = batch.iter().zip(&stream).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "streaming differs by {worst}");
+        // Gains lie in (0, 2): the output is the input's spectrum reshaped, never blown up.
+        let energy = |x: &[f32]| x.iter().map(|v| v * v).sum::<f32>();
+        let ratio = energy(&batch[HOP..]) / energy(&pcm[..pcm.len() - HOP]);
+        assert!((0.1..4.0).contains(&ratio), "energy ratio {ratio}");
+        assert!(matches!(s.process(&[0.0; 100], Mode::Adaptive), Err(ModelError::FrameSize(100))));
+        assert!(matches!(s.process(&[], Mode::Adaptive), Err(ModelError::FrameSize(0))));
+    }
+}

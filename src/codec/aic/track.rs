@@ -1,0 +1,213 @@
+//! One track's AIC encoder and decoder, whichever design its mode runs: aic-v2 sends
+//! CONSERVATIVE and ADAPTIVE as 16 kHz Opus that the decoder's network enhances
+//! ([`super::enhance`]) and AGGRESSIVE as aic-v1's codes; aic-v1 sends codes in every mode.
+//! Packets name the model that made them, so the decoder follows the encoder's switches.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use super::ModelError;
+use super::bitstream::{AIC_V1, Frames, OPUS_CORE, Packet};
+use super::enhance::{self, Enhancer, EnhancerState};
+use super::mdct::HOP;
+use super::model::{AicDecoder, AicEncoder, AicModel};
+use crate::codec::modes::{ModelType, Mode};
+use crate::codec::opus::{OpusDecoder, OpusEncoder, WIDEBAND_RATE};
+
+/// Both networks, loaded once and shared by every track.
+pub struct AicModels {
+    pub codes: Arc<AicModel>,
+    pub enhancer: Arc<Enhancer>,
+}
+
+impl AicModels {
+    /// aic-v1's weights and the Opus enhancer's (`models/aic/`).
+    pub fn load(codes: &Path, enhancer: &Path, device: &Device) -> Result<AicModels, ModelError> {
+        Ok(AicModels {
+            codes: Arc::new(AicModel::load(codes, device)?),
+            enhancer: Arc::new(Enhancer::load(enhancer, device)?),
+        })
+    }
+}
+
+/// The Opus rate `model` sends `mode` at, or `None` where it sends codes.
+fn opus_rate(model: ModelType, mode: Mode) -> Option<u32> {
+    match model {
+        ModelType::AicV1 => None,
+        ModelType::AicV2 => enhance::opus_rate(mode),
+    }
+}
+
+pub struct TrackEncoder {
+    codes: AicEncoder,
+    opus: OpusEncoder,
+    opus_delay: usize,
+    /// The Opus rate of the last frame, `None` after codes.
+    last: Option<u32>,
+    sequence: u8,
+}
+
+impl TrackEncoder {
+    pub fn new(models: &AicModels) -> Result<TrackEncoder, ModelError> {
+        let rate = enhance::opus_rate(Mode::Conservative).expect("CONSERVATIVE runs on Opus");
+        let mut opus = OpusEncoder::at(WIDEBAND_RATE, rate)?;
+        let opus_delay = opus.lookahead()?;
+        Ok(TrackEncoder { codes: AicEncoder::new(models.codes.clone())?, opus, opus_delay, last: None, sequence: 0 })
+    }
+
+    /// One packet for one 20 ms frame (HOP samples at 16 kHz).
+    pub fn encode(&mut self, pcm: &[f32], mode: Mode, model: ModelType) -> Result<Vec<u8>, ModelError> {
+        if pcm.len() != HOP {
+            return Err(ModelError::FrameSize(pcm.len()));
+        }
+        let rate = opus_rate(model, mode);
+        let frames = match rate {
+            Some(r) => {
+                if self.last != Some(r) {
+                    self.opus.set_bitrate(r)?;
+                }
+                Frames::Opus(vec![self.opus.encode(pcm)?])
+            }
+            None => {
+                // Its analysis state is stale after Opus frames.
+                if self.last.is_some() {
+                    self.codes.reset_state()?;
+                }
+                Frames::Codes(self.codes.encode(pcm, mode)?)
+            }
+        };
+        self.last = rate;
+        let model_id = if rate.is_some() { OPUS_CORE } else { AIC_V1.model_id };
+        let packet = Packet { mode, model_id, sequence: self.sequence, frames }.encode()?;
+        self.sequence = self.sequence.wrapping_add(1);
+        Ok(packet)
+    }
+
+    /// How many samples the decoded audio lags the input by in `mode`: the MDCT's frame,
+    /// and Opus's lookahead where the core is Opus.
+    pub fn delay(&self, mode: Mode, model: ModelType) -> usize {
+        HOP + if opus_rate(model, mode).is_some() { self.opus_delay } else { 0 }
+    }
+
+    pub fn reset_state(&mut self) -> Result<(), ModelError> {
+        self.codes.reset_state()?;
+        self.opus.reset_state()?;
+        self.last = None;
+        Ok(())
+    }
+}
+
+pub struct TrackDecoder {
+    codes: AicDecoder,
+    opus: OpusDecoder,
+    enhancer: EnhancerState,
+    last_model: Option<u8>,
+}
+
+impl TrackDecoder {
+    pub fn new(models: &AicModels) -> Result<TrackDecoder, ModelError> {
+        Ok(TrackDecoder {
+            codes: AicDecoder::new(models.codes.clone()),
+            opus: OpusDecoder::at(WIDEBAND_RATE)?,
+            enhancer: EnhancerState::new(models.enhancer.clone())?,
+            last_model: None,
+        })
+    }
+
+    /// HOP samples (16 kHz) per frame of the packet.
+    pub fn decode(&mut self, packet: &[u8]) -> Result<Vec<f32>, ModelError> {
+        let p = Packet::decode(packet)?;
+        // The other design's state describes audio from before the switch.
+        if self.last_model.is_some_and(|m| m != p.model_id) {
+            self.reset_state()?;
+        }
+        self.last_model = Some(p.model_id);
+        match &p.frames {
+            Frames::Codes(codes) => self.codes.decode(codes, p.mode),
+            Frames::Opus(frames) => {
+                let mut pcm = Vec::with_capacity(frames.len() * HOP);
+                for f in frames {
+                    let out = self.opus.decode(Some(f))?;
+                    // A packet of another duration would shift every frame after it.
+                    if out.len() != HOP {
+                        return Err(ModelError::FrameSize(out.len()));
+                    }
+                    pcm.extend(out);
+                }
+                self.enhancer.process(&pcm, p.mode)
+            }
+        }
+    }
+
+    pub fn reset_state(&mut self) -> Result<(), ModelError> {
+        self.codes.reset_state();
+        self.opus = OpusDecoder::at(WIDEBAND_RATE)?;
+        self.enhancer.reset_state()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::CodecError;
+    use crate::codec::aic::bitstream::BitstreamError;
+
+    fn models() -> AicModels {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic");
+        AicModels::load(&dir.join("aic-v1.safetensors"), &dir.join("aic-v2-enhancer.safetensors"), &Device::Cpu)
+            .expect("the committed weights load")
+    }
+
+    #[test]
+    fn modes_and_models_switch_mid_stream() {
+        let m = models();
+        let (mut enc, mut dec) = (TrackEncoder::new(&m).unwrap(), TrackDecoder::new(&m).unwrap());
+        let pcm = &crate::codec::vowel(2.4)[..120 * HOP];
+        let plan = [
+            (Mode::Conservative, ModelType::AicV2, OPUS_CORE),
+            (Mode::Adaptive, ModelType::AicV2, OPUS_CORE),
+            (Mode::Aggressive, ModelType::AicV2, AIC_V1.model_id),
+            (Mode::Adaptive, ModelType::AicV1, AIC_V1.model_id),
+            (Mode::Adaptive, ModelType::AicV2, OPUS_CORE),
+            (Mode::Conservative, ModelType::AicV2, OPUS_CORE),
+        ];
+        let energy = |x: &[f32]| x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        for (i, part) in pcm.chunks(20 * HOP).enumerate() {
+            let (mode, model, id) = plan[i];
+            let mut out = Vec::new();
+            for (n, frame) in part.chunks(HOP).enumerate() {
+                let packet = enc.encode(frame, mode, model).unwrap();
+                assert_eq!(packet[1], id, "part {i}: the packet names its model");
+                assert_eq!(usize::from(packet[2]), (i * 20 + n) % 256, "sequence");
+                out.extend(dec.decode(&packet).unwrap());
+            }
+            assert!(out.iter().all(|s| s.is_finite()));
+            // After a few frames to settle, every design reproduces the signal's level.
+            let delay = enc.delay(mode, model);
+            let ratio = energy(&out[5 * HOP..]) / energy(&part[5 * HOP - delay..part.len() - delay]);
+            assert!((0.3..3.0).contains(&ratio), "part {i} ({mode:?}, {model:?}): energy ratio {ratio}");
+        }
+    }
+
+    #[test]
+    fn bad_packets_and_frames_are_errors_not_panics() {
+        let m = models();
+        let (mut enc, mut dec) = (TrackEncoder::new(&m).unwrap(), TrackDecoder::new(&m).unwrap());
+        assert!(matches!(enc.encode(&[0.0; 100], Mode::Adaptive, ModelType::AicV2), Err(ModelError::FrameSize(100))));
+        assert!(matches!(dec.decode(&[0x40, 2]), Err(ModelError::Bitstream(BitstreamError::Truncated))));
+        // A well-formed AIC packet around bytes Opus cannot read.
+        assert!(matches!(dec.decode(&[0x50, OPUS_CORE, 0, 0xff, 0xff]), Err(ModelError::Codec(CodecError::Opus(_)))));
+        // An Opus packet of 40 ms where AIC frames are 20 ms.
+        let mut long = opus::Encoder::new(WIDEBAND_RATE, opus::Channels::Mono, opus::Application::Voip).unwrap();
+        let payload = long.encode_vec_float(&[0.0; 2 * HOP], 400).unwrap();
+        let mut packet = vec![0x50, OPUS_CORE, 0];
+        packet.extend(payload);
+        assert!(matches!(dec.decode(&packet), Err(ModelError::FrameSize(640))));
+        // The decoder still works after all that.
+        let good = enc.encode(&[0.0; HOP], Mode::Adaptive, ModelType::AicV2).unwrap();
+        assert_eq!(dec.decode(&good).unwrap().len(), HOP);
+    }
+}
