@@ -49,8 +49,13 @@ impl QualityMeter {
 /// Per frame (`[T, 1]`), the mean squared difference of log band energies of two power
 /// spectra `[T, bins]`, `bands` being [`band_matrix`] for that many bins.
 pub fn band_distance(decoded: &Tensor, original: &Tensor, bands: &Tensor) -> Result<Tensor, ModelError> {
+    Ok(level_difference(decoded, original, bands)?.sqr()?.mean_keepdim(1)?)
+}
+
+/// Per frame and band (`[T, BANDS]`), the decoded log band energy minus the original's.
+pub fn level_difference(decoded: &Tensor, original: &Tensor, bands: &Tensor) -> Result<Tensor, ModelError> {
     let level = |p: &Tensor| -> Result<Tensor, ModelError> { Ok(p.matmul(bands)?.affine(1.0, BAND_FLOOR)?.log()?) };
-    Ok((level(decoded)? - level(original)?)?.sqr()?.mean_keepdim(1)?)
+    Ok((level(decoded)? - level(original)?)?)
 }
 
 /// `[bins, BANDS]`: 1 where a bin (of 25 Hz from 0 Hz, or from 12.5 Hz for the MDCT's 320)
@@ -72,4 +77,4 @@ pub fn estimate(distance: f32) -> f64 {
     (intercept + slope * f64::from(distance)).clamp(1.0, 4.5)
 }
 
-const QUALITY_FIT: (f64, f64) = (2.816, -0.078);
+const QUALITY_FIT: (f64, f64) = (2.884, -0.083);
