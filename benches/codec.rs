@@ -1,26 +1,28 @@
 //! AIC against Opus on the held-out set (scripts/aic-data.sh builds it; training never reads
-//! it): for each AIC mode and for Opus at the same packet bitrate and at 24 kbit/s, the
+//! it): for each AIC mode (aic-v1, and aic-v2 with and without its enhancer where it sends
+//! Opus) and for Opus at the same packet bitrate and at 24 kbit/s, the
 //! bitrate, PESQ-WB (P.862.2, the `pesq` crate) and STOI, and AIC's per-frame latency
 //! (encode + decode, p50/p99) and real-time factor on one thread; and, when the Whisper models
 //! are there (scripts/models.sh), the word error rate of Whisper tiny.en reading each codec's
 //! output against its reading of the clean clip (the first `WER_CLIPS` clips of each set).
 //!
 //! `cargo bench --bench codec` (`AURALINK_AIC_DATA` names the data folder, default
-//! ~/.cache/auralink-aic-data; `AURALINK_AIC_MODEL` the weights, default
-//! models/aic/aic-v1.safetensors). Without `--bench` (as `cargo test --all-targets` runs it)
+//! ~/.cache/auralink-aic-data; `AURALINK_AIC_MODEL` and `AURALINK_AIC_ENHANCER` the weights,
+//! default models/aic/aic-v1.safetensors and aic-v2-enhancer.safetensors). Without `--bench` (as `cargo test --all-targets` runs it)
 //! it scores two seconds of a synthetic vowel, to show every path works.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use auralink::codec::aic::bitstream::{AIC_V1, Frames, OPUS_CORE, Packet};
-use auralink::codec::aic::enhance::{self, Enhancer, EnhancerState};
+use auralink::codec::aic::bitstream::{AIC_V1, Frames, Packet};
+use auralink::codec::aic::enhance::{self, Enhancer};
+use auralink::codec::aic::track::{AicModels, TrackDecoder, TrackEncoder};
 use auralink::codec::aic::mdct::HOP;
 use auralink::codec::aic::model::{AicDecoder, AicEncoder, AicModel};
 use auralink::codec::aic::quality::QualityMeter;
 use auralink::codec::aic::train::{read_wav, wav_files};
-use auralink::codec::modes::Mode;
+use auralink::codec::modes::{ModelType, Mode};
 use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder, WIDEBAND_RATE};
 use auralink::codec::resample::{Downsampler, Upsampler};
 use auralink::codec::stoi::stoi;
@@ -175,27 +177,25 @@ fn line_fit(points: &[(f64, f64)]) -> (f64, f64, f64) {
     (my - b * mx, b, sxy / (sxx * syy).sqrt())
 }
 
-/// aic-v2 in an Opus-core mode: Opus at 16 kHz at the mode's rate, the AIC packet header,
-/// and the enhancer; without an enhancer, the Opus core alone.
-fn aic_opus(enhancer: Option<&Arc<Enhancer>>, mode: Mode, clean: &[f32], t: &mut Tally) {
-    let rate = enhance::opus_rate(mode).expect("an Opus-core mode");
-    let mut enc = OpusEncoder::at(WIDEBAND_RATE, rate).unwrap();
-    let mut dec = OpusDecoder::at(WIDEBAND_RATE).unwrap();
-    let mut state = enhancer.map(|e| EnhancerState::new(e.clone()).unwrap());
+/// aic-v2 in an Opus-core mode through one track's encoder and decoder; with `core_only`,
+/// the same packets' Opus decoded without the enhancer.
+fn aic_v2(models: &AicModels, mode: Mode, core_only: bool, clean: &[f32], t: &mut Tally) {
+    let mut enc = TrackEncoder::new(models).unwrap();
+    let mut dec = TrackDecoder::new(models).unwrap();
+    let mut core = OpusDecoder::at(WIDEBAND_RATE).unwrap();
     let mut out = Vec::with_capacity(clean.len() + 2 * HOP);
     // Two more frames of silence flush Opus's lookahead and the enhancer's frame.
     let mut input = clean.to_vec();
     input.resize(clean.len().div_ceil(HOP) * HOP + 2 * HOP, 0.0);
-    for (seq, frame) in input.chunks(HOP).enumerate() {
+    for frame in input.chunks(HOP) {
         let start = Instant::now();
-        let frames = Frames::Opus(vec![enc.encode(frame).unwrap()]);
-        let packet = Packet { mode, model_id: OPUS_CORE, sequence: seq as u8, frames }.encode().unwrap();
-        let Frames::Opus(f) = Packet::decode(&packet).unwrap().frames else { unreachable!("the Opus core") };
-        let pcm = dec.decode(Some(&f[0])).unwrap();
-        out.extend(match &mut state {
-            Some(s) => s.process(&pcm, mode).unwrap(),
-            None => pcm,
-        });
+        let packet = enc.encode(frame, mode, ModelType::AicV2).unwrap();
+        if core_only {
+            let Frames::Opus(f) = Packet::decode(&packet).unwrap().frames else { unreachable!("the Opus core") };
+            out.extend(core.decode(Some(&f[0])).unwrap());
+        } else {
+            out.extend(dec.decode(&packet).unwrap());
+        }
         let us = start.elapsed().as_secs_f64() * 1e6;
         t.frame_us.push(us);
         t.busy += us / 1e6;
@@ -235,7 +235,8 @@ fn main() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic").join(auralink::codec::aic::train_enhance::WEIGHTS)
     });
     let enhancer = Enhancer::load(&enhancer_path, &candle_core::Device::Cpu).ok().map(Arc::new);
-    if enhancer.is_none() {
+    let models = enhancer.map(|e| AicModels::new(model.clone(), e).unwrap());
+    if models.is_none() {
         println!("no {}: aic-v1 only", enhancer_path.display());
     }
     let sets: Vec<(String, Vec<Vec<f32>>)> = if bench {
@@ -282,13 +283,12 @@ fn main() {
                 aic(&model, mode, c, &mut v1);
             }
             let mut rows = vec![(format!("aic-v1 {}", mode.as_str()), v1)];
-            if let (Some(e), Some(_)) = (&enhancer, enhance::opus_rate(mode)) {
-                for (name, e) in [("Opus core alone", None), ("aic-v2 ", Some(e))] {
+            if let (Some(m), Some(_)) = (&models, enhance::opus_rate(mode)) {
+                for (name, core_only) in [("Opus core alone".to_string(), true), (format!("aic-v2 {}", mode.as_str()), false)] {
                     let mut t = Tally::default();
                     for c in clips {
-                        aic_opus(e, mode, c, &mut t);
+                        aic_v2(m, mode, core_only, c, &mut t);
                     }
-                    let name = if e.is_some() { format!("{name}{}", mode.as_str()) } else { name.to_string() };
                     rows.push((name, t));
                 }
             }

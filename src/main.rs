@@ -69,7 +69,7 @@ struct EnhancerArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 8000)]
     steps: usize,
 }
 

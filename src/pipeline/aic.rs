@@ -14,7 +14,7 @@ use super::{PcmFrame, Stage};
 use crate::codec::aic::ModelError;
 use crate::codec::aic::guard::{Guard, Route, Transition};
 use crate::codec::aic::mdct::HOP;
-use crate::codec::aic::quality::{self, QualityMeter};
+use crate::codec::aic::quality;
 use crate::codec::aic::track::{AicModels, TrackDecoder, TrackEncoder};
 use crate::codec::modes::AicConfig;
 use crate::codec::resample::Downsampler;
@@ -65,6 +65,7 @@ impl AicStats {
 const HISTORY: usize = 4 * HOP;
 
 pub struct AicStage {
+    models: Arc<AicModels>,
     settings: watch::Receiver<AicConfig>,
     config: AicConfig,
     down: Downsampler,
@@ -77,7 +78,6 @@ pub struct AicStage {
     /// state).
     history: Vec<f32>,
     output_before: [f32; HOP],
-    meter: QualityMeter,
 }
 
 impl AicStage {
@@ -91,12 +91,12 @@ impl AicStage {
             enc: TrackEncoder::new(&models)?,
             dec: TrackDecoder::new(&models)?,
             guard: Guard::new(Duration::from_millis(config.max_latency_ms.into()), config.min_quality),
+            models,
             settings,
             config,
             down: Downsampler::default(),
             history: vec![0.0; HISTORY],
             output_before: [0.0; HOP],
-            meter: QualityMeter::new(models.codes.device())?,
             stats,
         })
     }
@@ -119,11 +119,12 @@ impl AicStage {
         // The block the output's block stands for: the input `delay` samples ago.
         let end = HISTORY - self.enc.delay(mode, model_type);
         let (before, frame) = self.history[end - 2 * HOP..end].split_at(HOP);
-        let reference = self.meter.coefficients(frame, before.try_into().expect("HOP samples"))?;
-        let output = self.meter.coefficients(&out, &self.output_before)?;
+        let meter = &self.models.meter;
+        let reference = meter.coefficients(frame, before.try_into().expect("HOP samples"))?;
+        let output = meter.coefficients(&out, &self.output_before)?;
         self.output_before.copy_from_slice(&out);
-        let quality = if self.meter.voiced(&reference)?[0] {
-            let d = self.meter.distance(&output, &reference)?.flatten_all()?.get(0)?.to_scalar::<f32>()?;
+        let quality = if meter.voiced(&reference)?[0] {
+            let d = meter.distance(&output, &reference)?.flatten_all()?.get(0)?.to_scalar::<f32>()?;
             Some(quality::estimate(d))
         } else {
             None

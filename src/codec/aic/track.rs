@@ -13,22 +13,26 @@ use super::bitstream::{AIC_V1, Frames, OPUS_CORE, Packet};
 use super::enhance::{self, Enhancer, EnhancerState};
 use super::mdct::HOP;
 use super::model::{AicDecoder, AicEncoder, AicModel};
+use super::quality::QualityMeter;
 use crate::codec::modes::{ModelType, Mode};
 use crate::codec::opus::{OpusDecoder, OpusEncoder, WIDEBAND_RATE};
 
-/// Both networks, loaded once and shared by every track.
+/// Both networks and the quality meter, built once and shared by every track.
 pub struct AicModels {
     pub codes: Arc<AicModel>,
     pub enhancer: Arc<Enhancer>,
+    pub meter: QualityMeter,
 }
 
 impl AicModels {
+    pub fn new(codes: Arc<AicModel>, enhancer: Arc<Enhancer>) -> Result<AicModels, ModelError> {
+        let meter = QualityMeter::new(codes.device())?;
+        Ok(AicModels { codes, enhancer, meter })
+    }
+
     /// aic-v1's weights and the Opus enhancer's (`models/aic/`).
     pub fn load(codes: &Path, enhancer: &Path, device: &Device) -> Result<AicModels, ModelError> {
-        Ok(AicModels {
-            codes: Arc::new(AicModel::load(codes, device)?),
-            enhancer: Arc::new(Enhancer::load(enhancer, device)?),
-        })
+        AicModels::new(Arc::new(AicModel::load(codes, device)?), Arc::new(Enhancer::load(enhancer, device)?))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Training the Opus enhancer (`auralink aic train-enhancer`) on 2 CPU cores: every training
 //! clip goes through Opus at 16 kHz at each Opus-core mode's rate, and the network learns
-//! per-coefficient gains that bring the decoded frame's band levels closest to the
+//! a gain per critical band that brings the decoded frame's band levels closest to the
 //! original's ([`super::quality`]). Every random choice comes from the seed.
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub struct EnhanceConfig {
 
 impl Default for EnhanceConfig {
     fn default() -> Self {
-        EnhanceConfig { data: PathBuf::new(), out: PathBuf::new(), seed: 1, batch: 256, steps: 6000 }
+        EnhanceConfig { data: PathBuf::new(), out: PathBuf::new(), seed: 1, batch: 256, steps: 8000 }
     }
 }
 
