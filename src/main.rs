@@ -213,11 +213,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             };
             let report = train::train(&cfg)?;
-            let args: Vec<String> = std::env::args().skip(1).collect();
-            let manifest = train::manifest(&cfg, &report, &format!("auralink {}", args.join(" ")))?;
-            std::fs::write(cfg.out.join("manifest.toml"), &manifest)?;
-            println!("{manifest}");
-            Ok(())
+            save_manifest(&cfg.out.join("manifest.toml"), &train::manifest(&cfg, &report, &command_line())?)
         }
         Command::Aic(AicCommand::TrainEnhancer(a)) => {
             use auralink::codec::aic::train_enhance;
@@ -229,11 +225,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ..Default::default()
             };
             let report = train_enhance::train(&cfg)?;
-            let args: Vec<String> = std::env::args().skip(1).collect();
-            let manifest = train_enhance::manifest(&cfg, &report, &format!("auralink {}", args.join(" ")))?;
-            std::fs::write(cfg.out.join("aic-v2-enhancer.toml"), &manifest)?;
-            println!("{manifest}");
-            Ok(())
+            let manifest = train_enhance::manifest(&cfg, &report, &command_line())?;
+            save_manifest(&cfg.out.join("aic-v2-enhancer.toml"), &manifest)
         }
         Command::Whisper(WhisperCommand::Convert { from, out }) => {
             auralink::pipeline::whisper::ct2::convert(&from, &out)?;
@@ -258,6 +251,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
+}
+
+/// How this process was started, for a training manifest.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("auralink {}", args.join(" "))
+}
+
+/// Writes a training manifest next to the weights, and shows it.
+fn save_manifest(path: &std::path::Path, manifest: &str) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::write(path, manifest)?;
+    println!("{manifest}");
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
