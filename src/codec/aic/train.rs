@@ -319,55 +319,59 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport, ModelError> {
 /// The manifest committed next to the weights: what they are and how to make them again.
 pub fn manifest(cfg: &TrainConfig, report: &TrainReport, command: &str) -> Result<String, ModelError> {
     #[derive(serde::Serialize)]
-    struct Training<'a> {
-        command: &'a str,
-        data: &'a str,
-        files: usize,
-        frames: usize,
-        seed: u64,
-        batch: usize,
+    struct Phases {
         autoencoder_steps: usize,
         kmeans_rows: usize,
         kmeans_iterations: usize,
         decoder_steps: usize,
         autoencoder_loss_first_last: [f32; 2],
         decoder_loss_first_last: [f32; 2],
-        seconds: u64,
-        minutes: BTreeMap<String, f64>,
     }
-    let training = Training {
-        command,
-        data: DATA_NOTE,
-        files: report.files,
-        frames: report.frames,
-        seed: cfg.seed,
-        batch: cfg.batch,
+    let phases = Phases {
         autoencoder_steps: cfg.autoencoder_steps,
         kmeans_rows: cfg.kmeans_rows,
         kmeans_iterations: cfg.kmeans_iterations,
         decoder_steps: cfg.decoder_steps,
         autoencoder_loss_first_last: [report.autoencoder_loss.0, report.autoencoder_loss.1],
         decoder_loss_first_last: [report.decoder_loss.0, report.decoder_loss.1],
-        seconds: report.seconds.round() as u64,
-        minutes: rounded(&report.minutes),
     };
-    manifest_toml("aic-v1", &report.file, &training)
+    let run = Run {
+        command,
+        files: report.files,
+        frames: report.frames,
+        seed: cfg.seed,
+        batch: cfg.batch,
+        seconds: report.seconds,
+        minutes: &report.minutes,
+    };
+    manifest_toml("aic-v1", &report.file, &run, &phases)
 }
 
-pub(super) const DATA_NOTE: &str = "train/ of the set scripts/aic-data.sh builds; heldout/ is never read";
-
-pub(super) fn rounded(minutes: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    minutes.iter().map(|(k, v)| (k.clone(), (v * 10.0).round() / 10.0)).collect()
+/// What every training run's manifest records.
+pub(super) struct Run<'a> {
+    pub command: &'a str,
+    pub files: usize,
+    pub frames: usize,
+    pub seed: u64,
+    pub batch: usize,
+    pub seconds: f64,
+    /// Minutes of audio per source folder.
+    pub minutes: &'a BTreeMap<String, f64>,
 }
 
-/// `[model]` (name, file, sha256, size) over `[training]`.
-pub(super) fn manifest_toml<T: serde::Serialize>(name: &str, file: &Path, training: &T) -> Result<String, ModelError> {
+/// `[model]` (name, file, sha256, size) over `[training]` (the run, and what `details` adds).
+pub(super) fn manifest_toml<T: serde::Serialize>(
+    name: &str,
+    file: &Path,
+    run: &Run,
+    details: &T,
+) -> Result<String, ModelError> {
     use sha2::Digest;
 
     #[derive(serde::Serialize)]
     struct Manifest<'a, T> {
         model: ModelEntry<'a>,
-        training: &'a T,
+        training: Training<'a, T>,
     }
     #[derive(serde::Serialize)]
     struct ModelEntry<'a> {
@@ -376,6 +380,19 @@ pub(super) fn manifest_toml<T: serde::Serialize>(name: &str, file: &Path, traini
         sha256: String,
         bytes: usize,
         dtype: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Training<'a, T> {
+        command: &'a str,
+        data: &'a str,
+        files: usize,
+        frames: usize,
+        seed: u64,
+        batch: usize,
+        seconds: u64,
+        #[serde(flatten)]
+        details: &'a T,
+        minutes: BTreeMap<String, f64>,
     }
     let bytes = std::fs::read(file).map_err(|e| ModelError::Io(file.display().to_string(), e))?;
     let doc = Manifest {
@@ -386,7 +403,17 @@ pub(super) fn manifest_toml<T: serde::Serialize>(name: &str, file: &Path, traini
             bytes: bytes.len(),
             dtype: "f16",
         },
-        training,
+        training: Training {
+            command: run.command,
+            data: "train/ of the set scripts/aic-data.sh builds; heldout/ is never read",
+            files: run.files,
+            frames: run.frames,
+            seed: run.seed,
+            batch: run.batch,
+            seconds: run.seconds.round() as u64,
+            details,
+            minutes: run.minutes.iter().map(|(k, v)| (k.clone(), (v * 10.0).round() / 10.0)).collect(),
+        },
     };
     toml::to_string(&doc).map_err(|e| ModelError::Data(e.to_string()))
 }

@@ -180,33 +180,57 @@ pub fn train(cfg: &EnhanceConfig) -> Result<EnhanceReport, ModelError> {
 /// The manifest committed next to the weights.
 pub fn manifest(cfg: &EnhanceConfig, report: &EnhanceReport, command: &str) -> Result<String, ModelError> {
     #[derive(serde::Serialize)]
-    struct Training<'a> {
-        command: &'a str,
-        data: &'a str,
-        files: usize,
-        frames: usize,
-        seed: u64,
-        batch: usize,
+    struct Details {
         steps: usize,
+        loss_first_last: [f32; 2],
         opus_rates_bps: BTreeMap<&'static str, u32>,
         plain_opus_band_distance: BTreeMap<&'static str, f32>,
-        loss_first_last: [f32; 2],
-        seconds: u64,
-        minutes: BTreeMap<String, f64>,
     }
-    let training = Training {
+    let details = Details {
+        steps: cfg.steps,
+        loss_first_last: [report.loss.0, report.loss.1],
+        opus_rates_bps: opus_modes().map(|(m, r)| (m.as_str(), r)).collect(),
+        plain_opus_band_distance: report.opus_loss.iter().map(|(m, l)| (m.as_str(), *l)).collect(),
+    };
+    let run = train::Run {
         command,
-        data: train::DATA_NOTE,
         files: report.files,
         frames: report.frames,
         seed: cfg.seed,
         batch: cfg.batch,
-        steps: cfg.steps,
-        opus_rates_bps: opus_modes().map(|(m, r)| (m.as_str(), r)).collect(),
-        plain_opus_band_distance: report.opus_loss.iter().map(|(m, l)| (m.as_str(), *l)).collect(),
-        loss_first_last: [report.loss.0, report.loss.1],
-        seconds: report.seconds.round() as u64,
-        minutes: train::rounded(&report.minutes),
+        seconds: report.seconds,
+        minutes: &report.minutes,
     };
-    train::manifest_toml("aic-v2-enhancer", &report.file, &training)
+    train::manifest_toml("aic-v2-enhancer", &report.file, &run, &details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_names_the_weights_and_the_run_and_reads_back() {
+        let file = std::env::temp_dir().join(format!("aic-manifest-{}.bin", std::process::id()));
+        std::fs::write(&file, b"weights").unwrap();
+        let report = EnhanceReport {
+            minutes: BTreeMap::from([("espeak".to_string(), 72.24)]),
+            files: 3,
+            frames: 40,
+            opus_loss: vec![(Mode::Conservative, 0.5), (Mode::Adaptive, 14.0)],
+            loss: (1.25, 0.75),
+            seconds: 9.6,
+            file: file.clone(),
+        };
+        let text = manifest(&EnhanceConfig::default(), &report, "auralink aic train-enhancer").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let doc: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(doc["model"]["bytes"].as_integer(), Some(7));
+        let t = &doc["training"];
+        assert_eq!(t["command"].as_str(), Some("auralink aic train-enhancer"));
+        assert_eq!((t["files"].as_integer(), t["seconds"].as_integer()), (Some(3), Some(10)));
+        assert_eq!(t["steps"].as_integer(), Some(8000));
+        assert_eq!(t["opus_rates_bps"]["conservative"].as_integer(), Some(11_200));
+        assert_eq!(t["plain_opus_band_distance"]["adaptive"].as_float(), Some(14.0));
+        assert_eq!(t["minutes"]["espeak"].as_float(), Some(72.2));
+    }
 }
