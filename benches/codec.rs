@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use auralink::codec::aic::bitstream::{AIC_V1, Frames, Packet};
 use auralink::codec::aic::enhance::{self, Enhancer};
-use auralink::codec::aic::track::{AicModels, TrackDecoder, TrackEncoder};
 use auralink::codec::aic::mdct::HOP;
 use auralink::codec::aic::model::{AicDecoder, AicEncoder, AicModel};
 use auralink::codec::aic::quality::QualityMeter;
+use auralink::codec::aic::track::{AicModels, TrackDecoder, TrackEncoder};
 use auralink::codec::aic::train::{read_wav, wav_files};
-use auralink::codec::modes::{ModelType, Mode};
+use auralink::codec::modes::{Mode, ModelType};
 use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder, WIDEBAND_RATE};
 use auralink::codec::resample::{Downsampler, Upsampler};
 use auralink::codec::stoi::stoi;
@@ -284,7 +284,9 @@ fn main() {
             }
             let mut rows = vec![(format!("aic-v1 {}", mode.as_str()), v1)];
             if let (Some(m), Some(_)) = (&models, enhance::opus_rate(mode)) {
-                for (name, core_only) in [("Opus core alone".to_string(), true), (format!("aic-v2 {}", mode.as_str()), false)] {
+                for (name, core_only) in
+                    [("Opus core alone".to_string(), true), (format!("aic-v2 {}", mode.as_str()), false)]
+                {
                     let mut t = Tally::default();
                     for c in clips {
                         aic_v2(m, mode, core_only, c, &mut t);

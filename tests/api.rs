@@ -802,10 +802,10 @@ async fn aic_settings_per_org_and_room(api: Api) {
     // A room runs with the org's default until it has its own.
     let r = api.send("GET", "/v1/rooms/stage/aic", &key, None).await;
     assert_eq!((r.body["source"].as_str(), r.body["config"]["mode"].as_str()), (Some("org"), Some("CONSERVATIVE")));
-    let change = json!({ "mode": "aggressive", "max_latency_ms": 15, "model_type": "aic-v1" });
+    let change = json!({ "mode": "aggressive", "max_latency_ms": 15, "model_type": "aic-v1", "loopback": true });
     let r = api.send("PUT", "/v1/rooms/stage/aic", &key, Some(change)).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let want = json!({ "mode": "AGGRESSIVE", "target_ratio": 0.1, "max_latency_ms": 15, "model_type": "aic-v1", "use_gpu": false, "min_quality": 2.0, "enabled": false });
+    let want = json!({ "mode": "AGGRESSIVE", "target_ratio": 0.1, "max_latency_ms": 15, "model_type": "aic-v1", "use_gpu": false, "min_quality": 2.0, "enabled": false, "loopback": true });
     assert_eq!(r.body["config"], want);
     let r = api.send("GET", "/v1/rooms/stage/aic", &key, None).await;
     assert_eq!((r.body["source"].as_str(), &r.body["config"]), (Some("room"), &want));

@@ -1,6 +1,7 @@
 //! The demo pages in real headless Chromium. `/whip`: two pages publish over WHIP, play each
 //! other over WHEP, chat over data channels, and one leaves. `/` (livekit-client room app): two
-//! pages see and hear each other, and one leaves. The browser side is
+//! pages see and hear each other, and one leaves; then, in an org's room with the AIC loopback
+//! on, one hears the other after the codec with "Listen". The browser side is
 //! `tests/browser/whip_whep.mjs` (playwright-core); this starts the server and runs it.
 //! Prerequisites (Debian chromium, `npm ci` in tests/browser, the livekit-client bundle in
 //! web/vendor) come from `./test.sh`.
@@ -14,7 +15,8 @@ use tokio::process::Command;
 
 /// The whole browser run: launch, then per page ~30 s bound on media, chat, leave. Killed past
 /// this (the script's own watchdog fires at 150 s).
-const NODE_TIMEOUT: Duration = Duration::from_secs(180);
+const NODE_TIMEOUT: Duration = Duration::from_secs(240);
+const ADMIN: &str = "browser-test-admin-key-0123456789abcdef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_publish_play_chat_and_leave() {
@@ -32,16 +34,18 @@ async fn two_browsers_publish_play_chat_and_leave() {
         "web/vendor/livekit-client.umd.js is missing: run ./test.sh (it runs scripts/web-vendor.sh)"
     );
 
-    // No keys: dev mode, so the page gets its tokens from /dev/token.
+    // No keys: dev mode, so the page gets its tokens from /dev/token. The admin key lets the
+    // script make an org for the AIC room.
     let data_dir = std::env::temp_dir().join(format!("auralink-browser-{}", std::process::id()));
     // Absolute, so the bundle is found whatever directory the test binary runs in.
-    let config = Config { web_dir, ..Config::loopback(&data_dir) };
+    let config = Config { web_dir, admin_key: Some(ADMIN.into()), ..Config::loopback(&data_dir) };
     let server = auralink::server::start(config).await.expect("server starts");
     let base = format!("http://{}", server.http_addr);
 
     let child = Command::new("node")
         .arg("tests/browser/whip_whep.mjs")
         .arg(&base)
+        .arg(ADMIN)
         .current_dir(root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -11,8 +11,8 @@ use auralink::sfu::data::DataMessage;
 use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
 use auralink::sfu::{
-    ClientAnswer, JoinRequest, LeaveReason, Negotiation, Offer, Quality as LayerQuality, Sfu, SfuConfig, SfuEvent,
-    SubscribeFilter, TapFrame, TapSink,
+    ClientAnswer, JoinRequest, LeaveReason, Negotiation, Offer, Quality as LayerQuality, Sfu, SfuConfig, SfuError,
+    SfuEvent, SubscribeFilter, TapFrame, TapSink,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -644,6 +644,70 @@ fn lifecycle_leave_timeout_and_empty_room() {
     w.advance_by(Duration::from_secs(11));
     assert!(w.events.iter().any(|e| matches!(e, SfuEvent::RoomClosed { room: r } if *r == room)));
     assert_eq!(w.sfu.rooms().count(), 0);
+}
+
+#[test]
+fn server_played_participants_publish_like_clients_and_leave_with_their_room() {
+    let mut w = World::new(8);
+    let room = RoomName::new("room").unwrap();
+    let identity = Identity::new("aic:alice").unwrap();
+    assert!(matches!(w.sfu.join_local(&room, identity.clone()), Err(SfuError::NoRoom)), "no room yet");
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let bob =
+        w.join("bob", &[MediaSpec::recv(MediaKind::Audio), MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let local = w.sfu.join_local(&room, identity.clone()).unwrap();
+    let now = w.now;
+    let track = w.sfu.publish_local_audio(now, local).unwrap();
+    w.advance_by(Duration::from_millis(20));
+    let listed = w.sfu.participants(&room).into_iter().find(|p| p.id == local).expect("listed in the room");
+    assert!(listed.server && listed.identity == identity && listed.tracks.iter().map(|t| t.id).eq([track]));
+    assert!(
+        w.events
+            .iter()
+            .any(|e| matches!(e, SfuEvent::TrackPublished { track: t, .. } if t.id == track && t.owner == local))
+    );
+
+    // Its frames reach bob (his second audio line) as a client's would, in order.
+    let mut sent = Vec::new();
+    for n in 0..100u32 {
+        let frame = opus_frame(n);
+        let now = w.now;
+        w.sfu.write_local(now, track, u64::from(n) * 960, frame.clone().into()).unwrap();
+        sent.push(frame);
+        w.advance_by(Duration::from_millis(20));
+    }
+    w.advance_by(Duration::from_millis(200));
+    assert_suffix_intact(&sent, &payloads(&w.clients[bob].1, true), 0.95, "server-played audio");
+    // Only its own tracks take frames from the server.
+    let alice_track = w.sfu.participants(&room).iter().find(|p| p.id == w.ids[alice]).unwrap().tracks[0].id;
+    let now = w.now;
+    assert!(matches!(w.sfu.write_local(now, alice_track, 0, opus_frame(0).into()), Err(SfuError::NoTrack)));
+
+    // Removed: its track goes with it.
+    w.sfu.remove_participant(now, local, LeaveReason::Removed);
+    w.advance_by(Duration::from_millis(20));
+    let now = w.now;
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::TrackUnpublished { track: t, .. } if t.id == track)));
+    assert!(
+        w.events.iter().any(|e| matches!(e, SfuEvent::ParticipantLeft { participant, .. } if *participant == local))
+    );
+    assert!(w.sfu.participants(&room).iter().all(|p| !p.server));
+    assert!(matches!(w.sfu.write_local(now, track, 0, opus_frame(0).into()), Err(SfuError::NoTrack)));
+
+    // One that stays does not keep the room open: it leaves when the room closes.
+    let local = w.sfu.join_local(&room, identity).unwrap();
+    for id in [w.ids[alice], w.ids[bob]] {
+        w.sfu.leave(now, id, LeaveReason::ClientRequest).unwrap();
+    }
+    w.events.clear();
+    w.advance_by(Duration::from_secs(11));
+    let left = w
+        .events
+        .iter()
+        .position(|e| matches!(e, SfuEvent::ParticipantLeft { participant, .. } if *participant == local));
+    let closed = w.events.iter().position(|e| matches!(e, SfuEvent::RoomClosed { .. }));
+    assert!(left.is_some() && left < closed, "{:?}", w.events);
 }
 
 #[test]

@@ -952,7 +952,7 @@ async fn aic_runs_on_a_live_audio_track_once_the_room_enables_it() {
 }
 
 async fn aic_live(tag: &str, database_url: Option<String>) {
-    use auralink::codec::opus::{FRAME_SAMPLES, OpusEncoder};
+    use auralink::codec::opus::{FRAME_SAMPLES, OpusDecoder, OpusEncoder};
 
     let ts = start_server_with(tag, |c| {
         c.admin_key = Some(ADMIN.into());
@@ -1017,11 +1017,44 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(poll(|_| true).await["active_tracks"], 0);
     // Turned on live (with floors this model meets in a debug build, so the guard keeps it
-    // on): the running track gets the stage, and its frames go through the codec.
-    let on = serde_json::json!({ "enabled": true, "min_quality": 1.0, "max_latency_ms": 1000 });
+    // on): the running track gets the stage, and its frames go through the codec; with the
+    // loopback, the server publishes them, decoded, as participant aic:ana.
+    let on = serde_json::json!({ "enabled": true, "min_quality": 1.0, "max_latency_ms": 1000, "loopback": true });
     assert_eq!(api(&ts, "PUT", "/v1/rooms/stage/aic", &key, on).await.0, StatusCode::OK);
     poll(|b| b["active_tracks"] == 1).await;
+    let (_, list) = api(&ts, "GET", "/v1/rooms/stage/participants", &key, serde_json::Value::Null).await;
+    let played = list["participants"].as_array().unwrap().iter().find(|p| p["identity"] == "aic:ana").cloned();
+    let played = played.unwrap_or_else(|| panic!("no loopback participant: {list}"));
+    assert!(played["server"] == true && played["tracks"].as_array().unwrap().len() == 1, "{played}");
+
+    // Bob listens to it over WHEP, as a browser on the demo page would.
+    let (_, t) = api(&ts, "POST", "/v1/tokens", &key, serde_json::json!({ "room": "stage", "identity": "bob" })).await;
+    let mut bob = new_peer().await;
+    let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+    bob.pc.add_transceiver_from_kind("audio".into(), Some(init)).await.expect("recvonly transceiver");
+    let offer = bob.offer().await;
+    let bob_session = post_offer(&ts, "/whep/stage/aic:ana", t["token"].as_str().unwrap(), offer).await;
+    bob.accept_answer(bob_session.answer.clone()).await;
+    bob.connected("bob").await;
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let mut bob_tracks = bob.tracks;
+    tokio::spawn(async move {
+        while let Some(track) = bob_tracks.recv().await {
+            spawn_frame_reader(track, frames_tx.clone());
+        }
+    });
     within("audio sending", sending).await.expect("audio task");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut heard = Vec::new();
+    while let Ok((_, packet)) = frames.try_recv() {
+        heard.push(packet);
+    }
+    assert!(heard.len() >= 25, "{} loopback packets reached bob", heard.len());
+    // Real Opus, carrying the tone after the codec (a 0.3 sine has an RMS of 0.21).
+    let mut dec = OpusDecoder::new().unwrap();
+    let pcm: Vec<f32> = heard.iter().skip(5).flat_map(|p| dec.decode(Some(p)).expect("decodable Opus")).collect();
+    let rms = (pcm.iter().map(|x| x * x).sum::<f32>() / pcm.len() as f32).sqrt();
+    assert!((0.08..0.35).contains(&rms), "loopback audio RMS {rms}");
     let metrics = within("metrics", async { ts.http.get(format!("{}/metrics", ts.base)).send().await?.text().await })
         .await
         .expect("metrics");
@@ -1030,6 +1063,7 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     assert!(metric(&metrics, "auralink_pipeline_frames_decoded_total ") >= through, "real Opus was decoded");
     assert!(metric(&metrics, "auralink_aic_bandwidth_saved_bytes_total ") > 0.0, "{metrics}");
     assert_eq!(metric(&metrics, "auralink_aic_fallbacks_total "), 0.0, "{metrics}");
+    assert!(metric(&metrics, "auralink_aic_loopback_packets_total ") >= heard.len() as f64, "{metrics}");
     assert_eq!(metric(&metrics, "auralink_aic_tracks_fallen_back "), 0.0, "{metrics}");
     assert!(metric(&metrics, "auralink_aic_frame_latency_seconds_count ") >= through);
     let ratio = metric(&metrics, "auralink_aic_compression_ratio ");
@@ -1049,6 +1083,8 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     let off = serde_json::json!({ "enabled": false });
     assert_eq!(api(&ts, "PUT", "/v1/rooms/stage/aic", &key, off).await.0, StatusCode::OK);
     poll(|b| b["active_tracks"] == 0).await;
+    let (_, list) = api(&ts, "GET", "/v1/rooms/stage/participants", &key, serde_json::Value::Null).await;
+    assert!(list["participants"].as_array().unwrap().iter().all(|p| p["identity"] != "aic:ana"), "{list}");
     // What it did is kept (aic_metrics).
     let (_, m) = api(&ts, "GET", "/v1/rooms/stage/aic/metrics", &key, serde_json::Value::Null).await;
     assert_eq!(m["tracks"], serde_json::json!([]), "{m}");

@@ -1,5 +1,7 @@
 //! Puts the AIC stage on the audio tracks of rooms whose settings enable it, and hands
 //! running stages new settings when operators change them (they apply from the next frame).
+//! With `loopback` on, each such track also gets a participant the server plays, `aic:` and
+//! the publisher's identity, whose audio track is the track after the codec.
 //! Stages run on their tracks' pipeline threads; this only wires them up.
 
 use std::collections::HashMap;
@@ -16,9 +18,11 @@ use crate::args;
 use crate::codec::aic::track::AicModels;
 use crate::codec::modes::{AicConfig, Mode};
 use crate::db::Db;
-use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
+use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
 use crate::pipeline::aic::{AicStage, AicStats};
+use crate::pipeline::loopback::Loopback;
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
+use crate::sfu::LeaveReason;
 use crate::sfu::driver::SfuHandle;
 
 struct Room {
@@ -33,6 +37,9 @@ struct Tapped {
     revoked: Arc<AtomicBool>,
     participant: ParticipantId,
     started_at: i64,
+    /// Whether it was started with a loopback, and the participant that plays it once there.
+    loopback: bool,
+    local: Option<ParticipantId>,
 }
 
 pub struct AicTaps {
@@ -103,9 +110,14 @@ impl AicTaps {
                     (t, x, config.mode)
                 }));
                 None
-            } else if r.tapped.contains_key(&track) {
+            } else if r.tapped.get(&track).is_some_and(|x| x.loopback == config.loopback) {
                 None
             } else {
+                // New, or its loopback was turned on or off: (re)started.
+                if let Some(x) = r.tapped.remove(&track) {
+                    x.revoked.store(true, Ordering::Relaxed);
+                    ended.push((track, x, config.mode));
+                }
                 let stats = Arc::new(AicStats::default());
                 let revoked = Arc::new(AtomicBool::new(false));
                 let t = Tapped {
@@ -113,21 +125,77 @@ impl AicTaps {
                     revoked: Arc::clone(&revoked),
                     participant,
                     started_at: self.clock.now_ms(),
+                    loopback: config.loopback,
+                    local: None,
                 };
                 r.tapped.insert(track, t);
                 Some((r.settings.subscribe(), stats, revoked))
             }
         };
-        self.record(room, ended).await;
+        self.finish(room, ended).await;
         let Some((receiver, track_stats, revoked)) = started else { return };
-        match self.start(model, receiver, track_stats, revoked, track).await {
+        let local = match config.loopback {
+            true => match self.join_loopback(room, track).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(%room, %track, error = %e, "AIC loopback not published");
+                    None
+                }
+            },
+            false => None,
+        };
+        match self.start(model, receiver, track_stats, Arc::clone(&revoked), track, local).await {
             Ok(()) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
             Err(e) => {
                 tracing::warn!(%room, %track, error = %e, "AIC stage not started; the track stays Opus");
                 if let Some(r) = self.rooms.lock().expect("aic rooms lock").get_mut(room) {
                     r.tapped.remove(&track);
                 }
+                self.leave_loopback(local.map(|l| l.0)).await;
+                return;
             }
+        }
+        let Some((local, _)) = local else { return };
+        // The tap may have ended while this started; then its loopback goes at once.
+        let kept = {
+            let mut rooms = self.rooms.lock().expect("aic rooms lock");
+            let tapped = rooms.get_mut(room).and_then(|r| r.tapped.get_mut(&track));
+            match tapped.filter(|t| Arc::ptr_eq(&t.revoked, &revoked)) {
+                Some(t) => {
+                    t.local = Some(local);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !kept {
+            self.leave_loopback(Some(local)).await;
+        }
+    }
+
+    /// Adds the participant that plays `track` after the codec: `aic:` and the publisher's
+    /// identity, with one audio track.
+    async fn join_loopback(&self, room: &RoomName, track: TrackId) -> Result<(ParticipantId, TrackId), LoopbackError> {
+        let room = room.clone();
+        self.sfu
+            .call(move |sfu, now| {
+                let publisher = sfu
+                    .participants(&room)
+                    .into_iter()
+                    .find(|p| p.tracks.iter().any(|t| t.id == track))
+                    .ok_or(LoopbackError::Gone)?;
+                let identity = format!("aic:{}", publisher.identity);
+                let identity = Identity::new(identity.clone()).map_err(|e| LoopbackError::Identity(identity, e))?;
+                let local = sfu.join_local(&room, identity)?;
+                Ok((local, sfu.publish_local_audio(now, local)?))
+            })
+            .await
+            .map_err(|_| LoopbackError::Gone)?
+    }
+
+    async fn leave_loopback(&self, local: Option<ParticipantId>) {
+        if let Some(local) = local {
+            let _ = self.sfu.call(move |sfu, now| sfu.remove_participant(now, local, LeaveReason::Removed)).await;
         }
     }
 
@@ -138,8 +206,22 @@ impl AicTaps {
         stats: Arc<AicStats>,
         revoked: Arc<AtomicBool>,
         track: TrackId,
+        local: Option<(ParticipantId, TrackId)>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let stage = AicStage::new(Arc::clone(model), settings, [stats, Arc::clone(&self.stats)])?;
+        let loopback = match local {
+            Some((_, local_track)) => {
+                let sfu = self.sfu.clone();
+                // Never waits: a router that is behind loses the packet, and its listeners
+                // conceal it.
+                Some(Loopback::new(Box::new(move |rtp_time, packet| {
+                    sfu.try_run(move |sfu, now| {
+                        let _ = sfu.write_local(now, local_track, rtp_time, packet.into());
+                    })
+                }))?)
+            }
+            None => None,
+        };
+        let stage = AicStage::new(Arc::clone(model), settings, [stats, Arc::clone(&self.stats)], loopback)?;
         let pipe = TrackPipeline::new(vec![Box::new(stage)], Arc::clone(&self.pipelines))?;
         let tap = GatedTap { tx: pipeline::spawn(pipe)?, revoked };
         // A track already gone leaves the tap unregistered; the thread ends with its channel.
@@ -165,7 +247,7 @@ impl AicTaps {
                             .participants(&room)
                             .into_iter()
                             .flat_map(|p| p.tracks)
-                            .filter(|t| t.kind == MediaKind::Audio)
+                            .filter(|t| t.kind == MediaKind::Audio && !t.server)
                             .map(|t| (t.id, t.owner))
                             .collect();
                         audio.into_iter().map(move |t| (room.clone(), t))
@@ -179,10 +261,12 @@ impl AicTaps {
         }
     }
 
-    /// Keeps the counters of tracks that left the stage (`aic_metrics`).
-    async fn record(&self, room: &RoomName, ended: Vec<(TrackId, Tapped, Mode)>) {
+    /// Keeps the counters of tracks that left the stage (`aic_metrics`) and takes their
+    /// loopbacks out of the room.
+    async fn finish(&self, room: &RoomName, ended: Vec<(TrackId, Tapped, Mode)>) {
         let Some(org) = room.org() else { return };
         for (track, t, mode) in ended {
+            self.leave_loopback(t.local).await;
             let c = Counters::of(&t.stats);
             let now = self.clock.now_ms();
             let values = args![
@@ -233,11 +317,21 @@ impl TrackTaps for AicTaps {
             Some((track, t, r.settings.borrow().mode))
         });
         if let Some(ended) = ended {
-            self.record(&room, vec![ended]).await;
+            self.finish(&room, vec![ended]).await;
         }
     }
 
     fn room_closed(&self, room: &RoomName) {
         self.rooms.lock().expect("aic rooms lock").remove(room);
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoopbackError {
+    #[error("the track or the router is gone")]
+    Gone,
+    #[error("loopback identity {0:?}: {1}")]
+    Identity(String, crate::ids::NameError),
+    #[error(transparent)]
+    Sfu(#[from] crate::sfu::SfuError),
 }

@@ -175,6 +175,12 @@ fn aic(out: &mut String, s: &AppState) {
         ("auralink_aic_fallbacks_total", "Tracks sent back to Opus by the latency or quality guard.", &a.fallbacks),
         ("auralink_aic_recoveries_total", "Fallen-back tracks that went back to AIC.", &a.recoveries),
         ("auralink_aic_errors_total", "AIC frames that failed (kept as Opus).", &a.errors),
+        ("auralink_aic_loopback_packets_total", "Packets of loopback tracks sent to the router.", &a.loopback_packets),
+        (
+            "auralink_aic_loopback_dropped_total",
+            "Packets of loopback tracks dropped: the router's queue was full.",
+            &a.loopback_dropped,
+        ),
         (
             "auralink_pipeline_frames_decoded_total",
             "Tapped Opus frames decoded by track pipelines.",

@@ -128,7 +128,7 @@ impl SpeechTaps {
                 sfu.participants(&room)
                     .into_iter()
                     .flat_map(|p| p.tracks)
-                    .filter(|t| t.kind == MediaKind::Audio)
+                    .filter(|t| t.kind == MediaKind::Audio && !t.server)
                     .map(|t| t.id)
                     .collect()
             })

@@ -22,7 +22,8 @@ pub fn follow<T: TrackTaps>(taps: Arc<T>, mut events: broadcast::Receiver<SfuEve
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio => {
+                // The server's own tracks carry a stage's output already.
+                Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio && !track.server => {
                     taps.audio_published(room, track.id, track.owner).await;
                 }
                 Ok(SfuEvent::TrackUnpublished { room, track }) => taps.unpublished(room, track.id).await,

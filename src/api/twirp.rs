@@ -500,5 +500,5 @@ async fn find(s: &AppState, room: RoomName, identity: &str) -> Result<Participan
         participants(s, room).await?.into_iter().filter(|p| p.identity == identity).collect();
     let main: ParticipantId = sessions.iter().map(|p| p.id).min().ok_or_else(|| not_found("participant"))?;
     let tracks = sessions.iter().flat_map(|p| p.tracks.clone()).collect();
-    Ok(ParticipantInfo { id: main, identity, tracks })
+    Ok(ParticipantInfo { id: main, identity, tracks, server: sessions.iter().any(|p| p.server) })
 }

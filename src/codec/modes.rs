@@ -88,6 +88,9 @@ pub struct AicConfig {
     /// Estimated quality (PESQ-like, 1..5) below which the track falls back to Opus.
     pub min_quality: f64,
     pub enabled: bool,
+    /// Publish each AIC track's audio, after the codec, back into the room as a participant
+    /// of its own (identity `aic:<publisher>`), so the codec can be heard.
+    pub loopback: bool,
 }
 
 impl Default for AicConfig {
@@ -101,8 +104,9 @@ impl Default for AicConfig {
             use_gpu: false,
             min_quality: 2.0,
             // Off until an operator turns it on: the stage costs CPU on every audio track,
-            // and nothing downstream uses its output yet (docs/aic.md, "Status").
+            // and only the loopback (below) uses its output so far (docs/aic.md, "Status").
             enabled: false,
+            loopback: false,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The AIC stage on a track: each 20 ms frame is taken to 16 kHz, encoded, packed, unpacked
 //! and decoded (the loopback transcode), timed, and its quality estimated by comparing the
-//! decoded audio's spectrum with the input's as it was the codec's delay earlier. The guard decides frame by frame whether the
-//! track runs AIC or stays Opus. Settings changes arrive through a watch channel and apply
-//! from the next frame.
+//! decoded audio's spectrum with the input's as it was the codec's delay earlier. The guard
+//! decides frame by frame whether the track runs AIC or stays Opus; with a loopback, what a
+//! listener would get (the decoded audio, or the publisher's on Opus) is published back into
+//! the room. Settings changes arrive through a watch channel and apply from the next frame.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::loopback::Loopback;
 use super::{PcmFrame, Stage};
 use crate::codec::aic::ModelError;
 use crate::codec::aic::guard::{Guard, Route, Transition};
@@ -38,6 +40,9 @@ pub struct AicStats {
     pub fallbacks: AtomicU64,
     pub recoveries: AtomicU64,
     pub errors: AtomicU64,
+    /// Packets of the loopback track handed to the router, and those it had no room for.
+    pub loopback_packets: AtomicU64,
+    pub loopback_dropped: AtomicU64,
     /// Cumulative counts per [`LATENCY_BUCKETS`] bucket, then the sum in microseconds.
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     pub latency_count: AtomicU64,
@@ -78,6 +83,7 @@ pub struct AicStage {
     /// state).
     history: Vec<f32>,
     output_before: [f32; HOP],
+    loopback: Option<Loopback>,
 }
 
 impl AicStage {
@@ -85,6 +91,7 @@ impl AicStage {
         models: Arc<AicModels>,
         mut settings: watch::Receiver<AicConfig>,
         stats: [Arc<AicStats>; 2],
+        loopback: Option<Loopback>,
     ) -> Result<AicStage, ModelError> {
         let config = settings.borrow_and_update().clone();
         Ok(AicStage {
@@ -98,6 +105,7 @@ impl AicStage {
             history: vec![0.0; HISTORY],
             output_before: [0.0; HOP],
             stats,
+            loopback,
         })
     }
 
@@ -105,9 +113,9 @@ impl AicStage {
         self.guard.fallback_count()
     }
 
-    /// Runs one 16 kHz frame through the codec; returns its latency, quality estimate and
-    /// packet size.
-    fn transcode(&mut self, pcm: &[f32]) -> Result<(Duration, Option<f64>, usize), ModelError> {
+    /// Runs one 16 kHz frame through the codec; returns its latency, quality estimate, packet
+    /// size and decoded audio.
+    fn transcode(&mut self, pcm: &[f32]) -> Result<(Duration, Option<f64>, usize, Vec<f32>), ModelError> {
         let (mode, model_type) = (self.config.mode, self.config.model_type);
         let start = Instant::now();
         let packet = self.enc.encode(pcm, mode, model_type)?;
@@ -129,12 +137,27 @@ impl AicStage {
         } else {
             None
         };
-        Ok((latency, quality, packet.len()))
+        Ok((latency, quality, packet.len(), out))
     }
 
     fn add(&self, counter: impl Fn(&AicStats) -> &AtomicU64, v: u64) {
         for s in &self.stats {
             counter(s).fetch_add(v, Relaxed);
+        }
+    }
+
+    /// Publishes what listeners of the track get for this frame: the decoded audio while it
+    /// runs AIC, else the publisher's.
+    fn play(&mut self, frame: &PcmFrame<'_>, decoded: Option<&[f32]>) {
+        let Some(lb) = &mut self.loopback else { return };
+        let sent = match decoded {
+            Some(pcm) => lb.send_16k(frame.rtp_time, pcm),
+            None => lb.send_48k(frame.rtp_time, frame.samples),
+        };
+        match sent {
+            Ok(true) => self.add(|s| &s.loopback_packets, 1),
+            Ok(false) => self.add(|s| &s.loopback_dropped, 1),
+            Err(e) => tracing::debug!(track = %frame.track, error = %e, "loopback frame not encoded"),
         }
     }
 
@@ -172,14 +195,16 @@ impl Stage for AicStage {
         let route = if self.config.enabled { self.guard.route() } else { Route::Opus };
         if route == Route::Opus || pcm.len() != HOP {
             self.add(|s| &s.frames_opus, 1);
+            self.play(frame, None);
             return;
         }
-        let (latency, quality, bytes) = match self.transcode(&pcm) {
+        let (latency, quality, bytes, decoded) = match self.transcode(&pcm) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(track = %frame.track, error = %e, "AIC frame failed");
                 self.add(|s| &s.errors, 1);
                 self.add(|s| &s.frames_opus, 1);
+                self.play(frame, None);
                 return;
             }
         };
@@ -195,8 +220,10 @@ impl Stage for AicStage {
             self.add(|s| &s.aic_bytes, bytes as u64);
             self.add(|s| &s.opus_bytes, frame.opus_bytes as u64);
             self.add(|s| &s.saved_bytes, frame.opus_bytes.saturating_sub(bytes) as u64);
+            self.play(frame, Some(&decoded));
         } else {
             self.add(|s| &s.frames_opus, 1);
+            self.play(frame, None);
         }
         match self.guard.handle_frame(latency, quality) {
             Some(Transition::FellBack(reason)) => {
@@ -229,6 +256,13 @@ mod tests {
     use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
     fn stage(config: AicConfig) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
+        stage_with(config, None)
+    }
+
+    fn stage_with(
+        config: AicConfig,
+        loopback: Option<Loopback>,
+    ) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic");
         let models = AicModels::load(
             &dir.join("aic-v1.safetensors"),
@@ -238,7 +272,7 @@ mod tests {
         .unwrap();
         let (tx, rx) = watch::channel(config);
         let stats = Arc::new(AicStats::default());
-        (AicStage::new(Arc::new(models), rx, [stats.clone(), Arc::default()]).unwrap(), tx, stats)
+        (AicStage::new(Arc::new(models), rx, [stats.clone(), Arc::default()], loopback).unwrap(), tx, stats)
     }
 
     fn run(stage: &mut AicStage, frames: usize) {
@@ -297,5 +331,41 @@ mod tests {
         settings.send_modify(|c| c.enabled = false);
         run(&mut s, 5);
         assert_eq!((stats.frames_aic.load(Relaxed), stats.frames_opus.load(Relaxed)), (0, 5));
+    }
+
+    #[test]
+    fn the_loopback_plays_the_decoded_audio_and_the_publishers_while_fallen_back() {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&sent);
+        let lb = Loopback::new(Box::new(move |t, p| {
+            log.lock().unwrap().push((t, p));
+            true
+        }))
+        .unwrap();
+        let conservative =
+            AicConfig { enabled: true, mode: crate::codec::modes::Mode::Conservative, ..AicConfig::default() };
+        let (mut s, _settings, stats) = stage_with(conservative, Some(lb));
+        run(&mut s, 50);
+        s.guard.set_limits(Duration::ZERO, 1.0);
+        run(&mut s, 10);
+        assert_eq!(s.fallback_count(), 1);
+        assert!((51..=54).contains(&stats.frames_aic.load(Relaxed)), "the guard takes a few frames to fall back");
+        assert_eq!(stats.loopback_packets.load(Relaxed), 60);
+        let sent = sent.lock().unwrap();
+        let times: Vec<u64> = sent.iter().map(|(t, _)| *t).collect();
+        // (`run` starts its frames at RTP time 0.)
+        assert!(times.iter().copied().eq((0..50).chain(0..10).map(|n| n * FRAME_SAMPLES as u64)), "{times:?}");
+        // What listeners hear is the tone, through the codec and then as it was.
+        let mut dec = crate::codec::opus::OpusDecoder::new().unwrap();
+        let pcm: Vec<Vec<f32>> = sent.iter().map(|(_, p)| dec.decode(Some(p)).unwrap()).collect();
+        let rms = |frames: &[Vec<f32>]| {
+            let n = frames.iter().map(Vec::len).sum::<usize>() as f32;
+            (frames.iter().flatten().map(|x| x * x).sum::<f32>() / n).sqrt()
+        };
+        // A 0.2 sine: RMS 0.141.
+        for (what, frames) in [("through AIC", &pcm[10..50]), ("fallen back", &pcm[56..60])] {
+            let r = rms(frames);
+            assert!((0.1..0.18).contains(&r), "{what}: rms {r}");
+        }
     }
 }

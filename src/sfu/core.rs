@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelData, ChannelId};
-use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
@@ -26,6 +26,10 @@ use super::signal::token::Permissions;
 use super::speaker::{Speaker, SpeakerDetector};
 use super::tap::{Offer, TapFrame, TapSink};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+
+mod local;
+
+use self::local::Local;
 
 /// Keyframe requests to one publisher layer are at most this frequent.
 const KEYFRAME_MIN_GAP: Duration = Duration::from_millis(500);
@@ -141,6 +145,8 @@ pub enum SfuError {
     NoParticipant,
     #[error("no such track")]
     NoTrack,
+    #[error("no such room")]
+    NoRoom,
     #[error("no offer is waiting for an answer")]
     NoPendingOffer,
     #[error("only audio tracks can be tapped")]
@@ -155,6 +161,7 @@ impl SfuError {
             SfuError::Negotiation(_) => "sdp_negotiation_failed",
             SfuError::NoParticipant => "participant_not_found",
             SfuError::NoTrack => "track_not_found",
+            SfuError::NoRoom => "room_not_found",
             SfuError::NoPendingOffer => "no_pending_offer",
             SfuError::NotAudio => "track_not_audio",
         }
@@ -171,6 +178,9 @@ pub struct TrackInfo {
     pub muted: bool,
     /// Simulcast layers, lowest quality first; empty without simulcast.
     pub layers: Vec<String>,
+    /// Published by a participant the server plays: a stage's output, never tapped again.
+    #[serde(skip)]
+    pub server: bool,
 }
 
 fn ser_kind<S: serde::Serializer>(k: &MediaKind, s: S) -> Result<S::Ok, S::Error> {
@@ -183,6 +193,8 @@ pub struct ParticipantInfo {
     pub id: ParticipantId,
     pub identity: Identity,
     pub tracks: Vec<TrackInfo>,
+    /// Played by the server itself (see `Sfu::join_local`), not a client.
+    pub server: bool,
 }
 
 /// What happened, for signaling layers, webhooks and metrics.
@@ -270,6 +282,19 @@ pub struct SfuStats {
     pub tap_frames_dropped: u64,
 }
 
+/// A frame on its way to a track's subscribers.
+struct Outgoing {
+    rid: Option<Rid>,
+    keyframe: bool,
+    time: MediaTime,
+    network_time: Instant,
+    /// The publisher's payload; `None` for a local track, which is Opus.
+    params: Option<PayloadParams>,
+    /// Level (-dBov) and voice activity.
+    audio_level: Option<(i8, bool)>,
+    data: Arc<[u8]>,
+}
+
 /// Bytes per layer over a window, turned into bits per second when the window closes.
 #[derive(Debug)]
 struct RateMeter {
@@ -310,6 +335,7 @@ pub struct Sfu {
     rooms: BTreeMap<RoomName, Room>,
     peers: BTreeMap<ParticipantId, Peer>,
     tracks: BTreeMap<TrackId, Track>,
+    locals: BTreeMap<ParticipantId, Local>,
     by_mid: HashMap<(ParticipantId, Mid), TrackId>,
     /// Last session seen on a remote address: the first place to look when demultiplexing.
     by_source: HashMap<SocketAddr, ParticipantId>,
@@ -330,6 +356,7 @@ impl Sfu {
             rooms: BTreeMap::new(),
             peers: BTreeMap::new(),
             tracks: BTreeMap::new(),
+            locals: BTreeMap::new(),
             by_mid: HashMap::new(),
             by_source: HashMap::new(),
             dirty: VecDeque::new(),
@@ -613,6 +640,7 @@ impl Sfu {
         for id in ids {
             self.remove_peer(now, id, reason);
         }
+        self.remove_local(participant, reason);
         self.drive(now);
     }
 
@@ -869,6 +897,11 @@ impl Sfu {
             }
         }
         for name in closed {
+            let locals: Vec<ParticipantId> =
+                self.locals.iter().filter(|(_, l)| l.room == name).map(|(id, _)| *id).collect();
+            for id in locals {
+                self.remove_local(id, LeaveReason::Removed);
+            }
             self.rooms.remove(&name);
             self.events.push_back(SfuEvent::RoomClosed { room: name });
         }
@@ -912,9 +945,16 @@ impl Sfu {
                     id: p.participant,
                     identity: p.identity.clone(),
                     tracks: tracks.collect(),
+                    server: false,
                 }),
             }
         }
+        out.extend(self.locals.iter().filter(|(_, l)| &l.room == room).map(|(&id, l)| ParticipantInfo {
+            id,
+            identity: l.identity.clone(),
+            tracks: l.published.iter().filter_map(|t| self.tracks.get(t)).map(|t| t.info.clone()).collect(),
+            server: true,
+        }));
         out
     }
 
@@ -1108,6 +1148,7 @@ impl Sfu {
                 kind: m.kind,
                 muted: false,
                 layers: layers.iter().map(|l| l.rid.to_string()).collect(),
+                server: false,
             };
             p.published.push(track);
             let room = p.room.clone();
@@ -1387,38 +1428,69 @@ impl Sfu {
         {
             r.speakers.handle_level(self.peers.get(&id).map_or(id, |p| p.participant), level);
         }
-        let muted = t.info.muted;
-        // Borrowed out of the track for the loop (nothing below changes subscriptions), so the
-        // list is not copied for every frame; it goes back at the end.
-        let subscribers = std::mem::take(&mut t.subscribers);
         let kind = t.info.kind;
         if !d.contiguous && kind == MediaKind::Video {
             // A gap the publisher could not repair: decoders downstream need a fresh keyframe.
             self.request_keyframe(now, track, d.rid);
         }
-        let is_keyframe = d.is_keyframe();
+        let out = Outgoing {
+            rid: d.rid,
+            keyframe: d.is_keyframe(),
+            time: d.time,
+            network_time: d.network_time,
+            params: Some(d.params),
+            audio_level: d.ext_vals.audio_level.map(|l| (l, d.ext_vals.voice_activity.unwrap_or(false))),
+            data: Arc::clone(&d.data),
+        };
+        self.forward(now, track, &out);
+        // After forwarding, so that a tap can never hold a subscriber's frame back.
+        if kind == MediaKind::Audio && d.params.spec().codec == Codec::Opus {
+            self.feed_taps(track, &d);
+        }
+        if rates_changed {
+            tracing::trace!(%track, layers = ?self.tracks[&track].layers, "layer rates");
+            let subs: Vec<ParticipantId> = self.tracks[&track].subscribers.iter().map(|s| s.0).collect();
+            for sub in subs {
+                self.reselect(now, sub);
+            }
+        }
+    }
+
+    /// Sends a frame of `track` to its subscribers (unless the track is muted).
+    fn forward(&mut self, now: Instant, track: TrackId, f: &Outgoing) {
+        let Some(t) = self.tracks.get_mut(&track) else { return };
+        if t.info.muted {
+            return;
+        }
+        // Borrowed out of the track for the loop (nothing below changes subscriptions), so the
+        // list is not copied for every frame; it goes back at the end.
+        let subscribers = std::mem::take(&mut t.subscribers);
         let mut need_keyframe = Vec::new();
-        for &(sub, mid) in subscribers.iter().filter(|_| !muted) {
+        for &(sub, mid) in &subscribers {
             let Some(p) = self.peers.get_mut(&sub) else { continue };
             let Some(slot) = p.slot_mut(mid) else { continue };
-            match slot.fwd.on_frame(d.rid, is_keyframe, d.time, d.network_time) {
+            match slot.fwd.on_frame(f.rid, f.keyframe, f.time, f.network_time) {
                 Decision::Forward(time) => {
                     let Some(w) = p.rtc.writer(mid) else { continue };
-                    let Some(pt) = w.match_params(d.params) else {
+                    let pt = match f.params {
+                        Some(params) => w.match_params(params),
+                        None => w.payload_params().find(|p| p.spec().codec == Codec::Opus).map(|p| p.pt()),
+                    };
+                    let Some(pt) = pt else {
                         self.stats.frames_dropped += 1;
                         continue;
                     };
-                    let w = match d.ext_vals.audio_level {
-                        Some(level) => w.audio_level(level, d.ext_vals.voice_activity.unwrap_or(false)),
+                    let w = match f.audio_level {
+                        Some((level, active)) => w.audio_level(level, active),
                         None => w,
                     };
-                    if let Err(e) = w.write(pt, d.network_time, time, Arc::clone(&d.data)) {
+                    if let Err(e) = w.write(pt, f.network_time, time, Arc::clone(&f.data)) {
                         tracing::debug!(subscriber = %sub, error = %e, "write failed");
                         self.stats.frames_dropped += 1;
                         continue;
                     }
                     self.stats.frames_forwarded += 1;
-                    self.stats.bytes_forwarded += d.data.len() as u64;
+                    self.stats.bytes_forwarded += f.data.len() as u64;
                     self.mark(sub);
                 }
                 Decision::NeedKeyframe(layer) => {
@@ -1433,17 +1505,6 @@ impl Sfu {
         }
         for layer in need_keyframe {
             self.request_keyframe(now, track, layer);
-        }
-        // After forwarding, so that a tap can never hold a subscriber's frame back.
-        if kind == MediaKind::Audio && d.params.spec().codec == Codec::Opus {
-            self.feed_taps(track, &d);
-        }
-        if rates_changed {
-            tracing::trace!(%track, layers = ?self.tracks[&track].layers, "layer rates");
-            let subs: Vec<ParticipantId> = self.tracks[&track].subscribers.iter().map(|s| s.0).collect();
-            for sub in subs {
-                self.reselect(now, sub);
-            }
         }
     }
 

@@ -50,6 +50,12 @@ impl SfuHandle {
         rx.await.map_err(|_| DriverGone)
     }
 
+    /// Runs `f` on the router task without waiting for it, for threads that must not block
+    /// (a track's pipeline); false when the router's queue is full or the router is gone.
+    pub fn try_run(&self, f: impl FnOnce(&mut Sfu, Instant) + Send + 'static) -> bool {
+        self.tx.try_send(Box::new(f)).is_ok()
+    }
+
     /// Router events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()

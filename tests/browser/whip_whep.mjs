@@ -1,8 +1,9 @@
 // Two headless Chromium pages join one room through the WHIP/WHEP demo page (/whip): each
 // publishes fake camera and microphone over WHIP and plays the other over WHEP; then chat both
 // ways, then one leaves. Then the same with the livekit-client room app at /: two pages see and
-// hear each other, one presses Leave and its tile disappears on the other.
-// Usage: node tests/browser/whip_whep.mjs http://127.0.0.1:<port>   (run by tests/browser.rs)
+// hear each other, one presses Leave and its tile disappears on the other. Last, in an org's
+// room with AIC and its loopback on, one hears the other's "aic:" twin after pressing Listen.
+// Usage: node tests/browser/whip_whep.mjs http://127.0.0.1:<port> <admin key>   (run by tests/browser.rs)
 // Exit 0 on success, 1 with the reason on stderr.
 
 import { chromium } from "playwright-core";
@@ -10,9 +11,9 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const base = process.argv[2];
-if (!base) {
-  console.error("usage: node whip_whep.mjs http://127.0.0.1:<port>");
+const [base, admin] = process.argv.slice(2);
+if (!base || !admin) {
+  console.error("usage: node whip_whep.mjs http://127.0.0.1:<port> <admin key>");
   process.exit(2);
 }
 const room = "t1";
@@ -64,11 +65,11 @@ let browser;
 let failed = false;
 // Our own deadline, under the Rust driver's hard kill, so Chromium is always closed by us.
 const watchdog = setTimeout(async () => {
-  console.error("browser test FAILED: overall timeout (150 s)");
+  console.error("browser test FAILED: overall timeout (210 s)");
   if (browser) await browser.close().catch(() => {});
   rmSync(userDataDir, { recursive: true, force: true });
   process.exit(1);
-}, 150_000);
+}, 210_000);
 try {
   browser = await chromium.launch({ executablePath, ignoreDefaultArgs: true, args, timeout: 30_000 });
   // One browser context per participant, so each has its own media devices and storage.
@@ -151,6 +152,40 @@ try {
     const r = lkStats[me].remotes[other];
     console.log(`  ${me} <- ${other}: framesDecoded=${r.framesDecoded} totalAudioEnergy=${r.totalAudioEnergy.toPrecision(3)}`);
   }
+
+  // AIC loopback: an org's room (dev tokens have no org) with AIC and the loopback on.
+  const api = async (method, path, key, body) => {
+    const r = await fetch(`${base}${path}`, {
+      method, headers: { authorization: `Bearer ${key}`, "content-type": "application/json" }, body: JSON.stringify(body),
+    });
+    const json = await r.json();
+    if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
+    return json;
+  };
+  const key = (await api("POST", "/v1/orgs", admin, { name: "aic", owner_email: "o@aic.test" })).api_key.key;
+  await api("POST", "/v1/rooms", key, { name: "aic" });
+  // Floors a debug build meets, so the guard keeps the track on AIC.
+  await api("PUT", "/v1/rooms/aic/aic", key, { enabled: true, loopback: true, min_quality: 1.0, max_latency_ms: 1000 });
+  const aic = {};
+  for (const identity of ["cai", "dee"]) {
+    const { token } = await api("POST", "/v1/tokens", key, { room: "aic", identity });
+    aic[identity] = await open(identity, `${base}/?token=${token}&autojoin=1`);
+  }
+  const aicStatus = async () => JSON.stringify({ cai: await demo(aic.cai), dee: await demo(aic.dee) });
+  const silent = (page, identity) => page.evaluate((id) => [...document.querySelectorAll(`.tile[data-key="r-${id}"] audio`)].map((a) => a.volume === 0), identity);
+  await waitFor("dee to get cai's AIC twin", 30_000, async () => (await demo(aic.dee))?.remotes?.["aic:cai"], aicStatus);
+  // Before Listen the twin is silent and cai is heard; after it, the other way round.
+  const heard = async () => `twin silent ${await silent(aic.dee, "aic:cai")}, cai silent ${await silent(aic.dee, "cai")}`;
+  await waitFor("the twin's audio element", 15_000, async () => (await silent(aic.dee, "aic:cai")).length > 0, aicStatus);
+  if (!(await silent(aic.dee, "aic:cai")).every(Boolean) || (await silent(aic.dee, "cai")).some(Boolean)) {
+    throw new Error(`before Listen: ${await heard()}`);
+  }
+  await aic.dee.click('.tile[data-key="r-aic:cai"] button.listen');
+  if ((await silent(aic.dee, "aic:cai")).some(Boolean) || !(await silent(aic.dee, "cai")).every(Boolean)) {
+    throw new Error(`after Listen: ${await heard()}`);
+  }
+  await waitFor("dee to hear cai after the codec", 30_000, async () => (await demo(aic.dee)).remotes["aic:cai"].totalAudioEnergy > 0, aicStatus);
+  console.log(`AIC loopback passed: dee <- aic:cai totalAudioEnergy=${(await demo(aic.dee)).remotes["aic:cai"].totalAudioEnergy.toPrecision(3)}`);
   console.log("browser test passed");
 } catch (e) {
   failed = true;

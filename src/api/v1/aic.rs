@@ -17,7 +17,7 @@ use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
 use crate::args;
-use crate::codec::modes::{AicConfig, ModelType, Mode};
+use crate::codec::modes::{AicConfig, Mode, ModelType};
 use crate::db::{Db, Tx};
 use crate::error::ApiError;
 use crate::ids::{RoomName, TrackId, record_id};
@@ -40,6 +40,7 @@ struct Row {
     use_gpu: i64,
     min_quality_centi: i64,
     enabled: i64,
+    loopback: i64,
 }
 
 impl Row {
@@ -52,6 +53,7 @@ impl Row {
             use_gpu: self.use_gpu != 0,
             min_quality: self.min_quality_centi as f64 / 100.0,
             enabled: self.enabled != 0,
+            loopback: self.loopback != 0,
         }
     }
 }
@@ -59,7 +61,7 @@ impl Row {
 macro_rules! select {
     ($tail:literal) => {
         concat!(
-            "SELECT id, mode, target_ratio_pct, max_latency_ms, model_type, use_gpu, min_quality_centi, enabled ",
+            "SELECT id, mode, target_ratio_pct, max_latency_ms, model_type, use_gpu, min_quality_centi, enabled, loopback ",
             "FROM aic_configs WHERE org_id = $1 AND ",
             $tail
         )
@@ -126,6 +128,7 @@ struct Update {
     use_gpu: Option<bool>,
     min_quality: Option<f64>,
     enabled: Option<bool>,
+    loopback: Option<bool>,
 }
 
 impl Update {
@@ -164,6 +167,7 @@ impl Update {
         }
         c.use_gpu = self.use_gpu.unwrap_or(c.use_gpu);
         c.enabled = self.enabled.unwrap_or(c.enabled);
+        c.loopback = self.loopback.unwrap_or(c.loopback);
         Ok(c)
     }
 }
@@ -185,12 +189,14 @@ async fn store(
         i64::from(c.use_gpu),
         (c.min_quality * 100.0).round() as i64,
         i64::from(c.enabled),
+        i64::from(c.loopback),
         now
     ];
     let id = match existing {
         Some(row) => {
             let sql = "UPDATE aic_configs SET mode = $1, target_ratio_pct = $2, max_latency_ms = $3, model_type = $4, \
-                       use_gpu = $5, min_quality_centi = $6, enabled = $7, updated_at = $8 WHERE org_id = $9 AND id = $10";
+                       use_gpu = $5, min_quality_centi = $6, enabled = $7, loopback = $8, updated_at = $9 \
+                       WHERE org_id = $10 AND id = $11";
             let mut a = values;
             a.extend(args![org, &row.id]);
             tx.execute(sql, a).await?;
@@ -199,8 +205,8 @@ async fn store(
         None => {
             let id = record_id("aic", now);
             let sql = "INSERT INTO aic_configs (mode, target_ratio_pct, max_latency_ms, model_type, use_gpu, \
-                       min_quality_centi, enabled, created_at, updated_at, id, org_id, room_id) \
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11)";
+                       min_quality_centi, enabled, loopback, created_at, updated_at, id, org_id, room_id) \
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12)";
             let mut a = values;
             a.extend(args![&id, org, room_id]);
             tx.execute(sql, a).await?;

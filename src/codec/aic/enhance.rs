@@ -103,7 +103,8 @@ pub fn silence(frames: usize, device: &Device) -> Result<Tensor, ModelError> {
 pub fn inputs(feats: &Tensor, history: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
     let frames = feats.dim(0)?;
     let all = Tensor::cat(&[history, feats], 0)?;
-    let mut parts: Vec<Tensor> = (0..CONTEXT).map(|k| all.narrow(0, CONTEXT - 1 - k, frames)).collect::<Result<_, _>>()?;
+    let mut parts: Vec<Tensor> =
+        (0..CONTEXT).map(|k| all.narrow(0, CONTEXT - 1 - k, frames)).collect::<Result<_, _>>()?;
     parts.push(model::mode_one_hot(mode, frames, feats.device())?);
     Ok(Tensor::cat(&parts, 1)?)
 }
@@ -124,7 +125,7 @@ impl EnhancerState {
 
     /// Enhanced audio for whole 20 ms frames of decoded 16 kHz audio, one frame behind.
     pub fn process(&mut self, pcm: &[f32], mode: Mode) -> Result<Vec<f32>, ModelError> {
-        if pcm.is_empty() || pcm.len() % HOP != 0 {
+        if pcm.is_empty() || !pcm.len().is_multiple_of(HOP) {
             return Err(ModelError::FrameSize(pcm.len()));
         }
         let e = &self.enhancer;

@@ -8,8 +8,8 @@ pub mod mdct;
 pub mod model;
 pub mod quality;
 pub mod stft;
-pub mod train;
 pub mod track;
+pub mod train;
 pub mod train_enhance;
 
 #[derive(Debug, thiserror::Error)]

@@ -211,7 +211,7 @@ impl AicEncoder {
 
     /// Codes of each 20 ms frame of `pcm` (16 kHz, a multiple of HOP samples) at `mode`.
     pub fn encode(&mut self, pcm: &[f32], mode: Mode) -> Result<Vec<Vec<u16>>, ModelError> {
-        if pcm.is_empty() || pcm.len() % HOP != 0 {
+        if pcm.is_empty() || !pcm.len().is_multiple_of(HOP) {
             return Err(ModelError::FrameSize(pcm.len()));
         }
         let feats = self.model.analyze(pcm, &self.before)?;

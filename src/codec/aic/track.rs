@@ -14,7 +14,7 @@ use super::enhance::{self, Enhancer, EnhancerState};
 use super::mdct::HOP;
 use super::model::{AicDecoder, AicEncoder, AicModel};
 use super::quality::QualityMeter;
-use crate::codec::modes::{ModelType, Mode};
+use crate::codec::modes::{Mode, ModelType};
 use crate::codec::opus::{OpusDecoder, OpusEncoder, WIDEBAND_RATE};
 
 /// Both networks and the quality meter, built once and shared by every track.

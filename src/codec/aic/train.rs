@@ -3,6 +3,7 @@
 //!    as large as each mode's quantization error (the decoder is told the mode);
 //! 2. the residual quantizer's codebooks, by k-means on the encoder's latents, stage by stage;
 //! 3. the decoder again, on really quantized latents of every mode.
+//!
 //! Every random choice comes from the seed, so a run is repeatable on the same machine.
 
 use std::collections::BTreeMap;

@@ -97,7 +97,7 @@ fn dataset(clips: &train::Clips, enhancer: &Enhancer) -> Result<(Tensor, Vec<(Mo
             let plain = (d.re.sqr()? + d.im.sqr()?)?;
             losses.push(quality::band_distance(&plain, &original, &bands)?.mean_all()?.to_scalar::<f32>()?);
             // Neighbouring frames say nearly the same; every other one halves the memory.
-            let keep: Vec<u32> = (0..x.dim(0)? as u32).filter(|t| (*t as usize + i) % 2 == 0).collect();
+            let keep: Vec<u32> = (0..x.dim(0)? as u32).filter(|t| (*t as usize + i).is_multiple_of(2)).collect();
             let keep = Tensor::from_vec(keep.clone(), keep.len(), device)?;
             rows.push(Tensor::cat(&[&x, &plain, &original], 1)?.index_select(&keep, 0)?);
         }

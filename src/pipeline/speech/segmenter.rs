@@ -159,7 +159,7 @@ impl Segmenter {
         self.loud_run = 0;
         let pcm = std::mem::take(&mut self.pcm);
         let continues = std::mem::take(&mut self.continues);
-        was_speech.then(|| Segment {
+        was_speech.then_some(Segment {
             start_ms: self.start_ms,
             end_ms: self.speech_end_ms,
             pcm,

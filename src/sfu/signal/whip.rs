@@ -274,7 +274,7 @@ fn sfu_error(e: SfuError) -> ApiError {
         SfuError::BadSdp(_) | SfuError::Negotiation(_) | SfuError::NoPendingOffer | SfuError::NotAudio => {
             StatusCode::BAD_REQUEST
         }
-        SfuError::NoParticipant | SfuError::NoTrack => StatusCode::NOT_FOUND,
+        SfuError::NoParticipant | SfuError::NoTrack | SfuError::NoRoom => StatusCode::NOT_FOUND,
     };
     ApiError::new(status, e.code(), e.to_string())
 }

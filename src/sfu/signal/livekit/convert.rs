@@ -64,6 +64,9 @@ pub fn participant_info(p: &ParticipantInfo, reg: &Registry, state: PState) -> p
         version: reg.next_version(),
         permission: Some(meta.permission),
         attributes: meta.attributes,
+        // What the server publishes itself is an agent's work to LiveKit clients.
+        kind: if p.server { proto::participant_info::Kind::Agent } else { proto::participant_info::Kind::Standard }
+            as i32,
         ..Default::default()
     }
 }

@@ -734,7 +734,8 @@ impl Session {
         };
         self.state.registry.set_track(track, meta.clone());
         let rids = if req.layers.len() > 1 { req.layers.iter().map(|l| l.rid.clone()).collect() } else { Vec::new() };
-        let info = TrackInfo { id: track, owner: self.participant, kind, muted: req.muted, layers: rids };
+        let info =
+            TrackInfo { id: track, owner: self.participant, kind, muted: req.muted, layers: rids, server: false };
         Ok(vec![Resp::TrackPublished(proto::TrackPublishedResponse {
             cid: req.cid,
             track: Some(convert::track_info(&info, Some(&meta))),
