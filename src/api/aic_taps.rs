@@ -134,15 +134,13 @@ impl AicTaps {
         };
         self.finish(room, ended).await;
         let Some((receiver, track_stats, revoked)) = started else { return };
-        let local = match config.loopback {
-            true => match self.join_loopback(room, track).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(%room, %track, error = %e, "AIC loopback not published");
-                    None
-                }
-            },
-            false => None,
+        let local = if config.loopback {
+            self.join_loopback(room, track)
+                .await
+                .inspect_err(|e| tracing::warn!(%room, %track, error = %e, "AIC loopback not published"))
+                .ok()
+        } else {
+            None
         };
         match self.start(model, receiver, track_stats, Arc::clone(&revoked), track, local).await {
             Ok(()) => tracing::info!(%room, %track, mode = config.mode.as_str(), "AIC stage on track"),
