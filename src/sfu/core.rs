@@ -1151,32 +1151,22 @@ impl Sfu {
                 server: false,
             };
             p.published.push(track);
-            let room = p.room.clone();
             self.by_mid.insert((id, m.mid), track);
-            self.tracks.insert(
-                track,
-                Track {
-                    info: info.clone(),
-                    room: room.clone(),
-                    session: id,
-                    identity: p.identity.clone(),
-                    mid: m.mid,
-                    layers,
-                    meter: RateMeter { start: now, bytes: HashMap::new() },
-                    paused: false,
-                    subscribers: Vec::new(),
-                    taps: Vec::new(),
-                    last_keyframe_request: HashMap::new(),
-                },
-            );
-            if let Some(r) = self.rooms.get_mut(&room) {
-                r.tracks.push(track);
-            }
-            self.events.push_back(SfuEvent::TrackPublished { room, track: info });
+            let t = Track::new(info, p.room.clone(), id, p.identity.clone(), m.mid, layers, now);
+            self.add_track(t);
         }
         if let Some(room) = self.peers.get(&id).map(|p| p.room.clone()) {
             self.fill_slots(now, &room);
         }
+    }
+
+    /// Puts a published track in its room and tells signaling.
+    fn add_track(&mut self, t: Track) {
+        if let Some(r) = self.rooms.get_mut(&t.room) {
+            r.tracks.push(t.info.id);
+        }
+        self.events.push_back(SfuEvent::TrackPublished { room: t.room.clone(), track: t.info.clone() });
+        self.tracks.insert(t.info.id, t);
     }
 
     /// Binds free slots of every session in the room to tracks it wants, oldest tracks first.
@@ -1719,6 +1709,30 @@ impl Sfu {
 }
 
 impl Track {
+    fn new(
+        info: TrackInfo,
+        room: RoomName,
+        session: ParticipantId,
+        identity: Identity,
+        mid: Mid,
+        layers: Vec<LayerRate>,
+        now: Instant,
+    ) -> Track {
+        Track {
+            info,
+            room,
+            session,
+            identity,
+            mid,
+            layers,
+            meter: RateMeter { start: now, bytes: HashMap::new() },
+            paused: false,
+            subscribers: Vec::new(),
+            last_keyframe_request: HashMap::new(),
+            taps: Vec::new(),
+        }
+    }
+
     /// Counts a frame; true when a window closed and the layer order may have changed.
     fn measure(&mut self, rid: Option<Rid>, len: usize, now: Instant) -> bool {
         *self.meter.bytes.entry(rid).or_default() += len as u64;

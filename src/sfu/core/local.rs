@@ -3,13 +3,12 @@
 //! connection; their tracks' frames come from `write_local` and are forwarded as a client
 //! publisher's are.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid};
 
-use super::{LeaveReason, Outgoing, RateMeter, Sfu, SfuError, SfuEvent, Track, TrackInfo};
+use super::{LeaveReason, Outgoing, Sfu, SfuError, SfuEvent, Track, TrackInfo};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
 pub(super) struct Local {
@@ -48,27 +47,10 @@ impl Sfu {
             layers: Vec::new(),
             server: true,
         };
-        self.tracks.insert(
-            track,
-            Track {
-                info: info.clone(),
-                room: room.clone(),
-                // Never looked up by mid: no connection receives it.
-                session: participant,
-                identity: local.identity.clone(),
-                mid: Mid::from("local"),
-                layers: Vec::new(),
-                meter: RateMeter { start: now, bytes: HashMap::new() },
-                paused: false,
-                subscribers: Vec::new(),
-                last_keyframe_request: HashMap::new(),
-                taps: Vec::new(),
-            },
-        );
-        if let Some(r) = self.rooms.get_mut(&room) {
-            r.tracks.push(track);
-        }
-        self.events.push_back(SfuEvent::TrackPublished { room: room.clone(), track: info });
+        // Never looked up by mid: no connection receives it.
+        let t =
+            Track::new(info, room.clone(), participant, local.identity.clone(), Mid::from("local"), Vec::new(), now);
+        self.add_track(t);
         self.fill_slots(now, &room);
         self.drive(now);
         Ok(track)
