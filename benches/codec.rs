@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use auralink::codec::aic::bitstream::{AIC_V1, Frames, Packet};
+use auralink::codec::aic::bitstream::{AIC_V1, Frame, Packet};
 use auralink::codec::aic::enhance::{self, Enhancer};
 use auralink::codec::aic::mdct::HOP;
 use auralink::codec::aic::model::{AicDecoder, AicEncoder, AicModel};
@@ -140,11 +140,10 @@ fn aic(model: &Arc<AicModel>, mode: Mode, clean: &[f32], t: &mut Tally) {
     input.resize(clean.len().div_ceil(HOP) * HOP + HOP, 0.0);
     for (seq, frame) in input.chunks(HOP).enumerate() {
         let start = Instant::now();
-        let codes = enc.encode(frame, mode).unwrap();
-        let frames = Frames::Codes(codes);
-        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: seq as u8, frames }.encode().unwrap();
-        let Frames::Codes(codes) = Packet::decode(&packet).unwrap().frames else { unreachable!("aic-v1 sends codes") };
-        out.extend(dec.decode(&codes, mode).unwrap());
+        let frame = Frame::Codes(enc.encode(frame, mode).unwrap().remove(0));
+        let packet = Packet { mode, model_id: AIC_V1.model_id, sequence: seq as u8, frame }.encode().unwrap();
+        let Frame::Codes(codes) = Packet::decode(&packet).unwrap().frame else { unreachable!("aic-v1 sends codes") };
+        out.extend(dec.decode(&[codes], mode).unwrap());
         let us = start.elapsed().as_secs_f64() * 1e6;
         t.frame_us.push(us);
         t.busy += us / 1e6;
@@ -191,8 +190,8 @@ fn aic_v2(models: &AicModels, mode: Mode, core_only: bool, clean: &[f32], t: &mu
         let start = Instant::now();
         let packet = enc.encode(frame, mode, ModelType::AicV2).unwrap();
         if core_only {
-            let Frames::Opus(f) = Packet::decode(&packet).unwrap().frames else { unreachable!("the Opus core") };
-            out.extend(core.decode(Some(&f[0])).unwrap());
+            let Frame::Opus(f) = Packet::decode(&packet).unwrap().frame else { unreachable!("the Opus core") };
+            out.extend(core.decode(Some(&f)).unwrap());
         } else {
             out.extend(dec.decode(&packet).unwrap());
         }

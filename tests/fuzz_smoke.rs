@@ -405,23 +405,25 @@ fn join_request_entry_survives_mutated_wrappers() {
 
 #[test]
 fn aic_packet_entry_survives_mutated_packets() {
-    use auralink::codec::aic::bitstream::{AIC_V1, Frames, OPUS_CORE, Packet};
+    use auralink::codec::aic::bitstream::{AIC_V1, Frame, OPUS_CORE, Packet};
     use auralink::codec::modes::Mode;
     let mut rng = StdRng::seed_from_u64(0xa1c);
     let mut seeds: Vec<Vec<u8>> = Mode::ALL
         .into_iter()
         .map(|mode| {
-            let frames = Frames::Codes(vec![vec![7u16; AIC_V1.levels(mode)]; 2]);
-            Packet { mode, model_id: AIC_V1.model_id, sequence: 9, frames }.encode().unwrap()
+            let frame = Frame::Codes(vec![7u16; AIC_V1.levels(mode)]);
+            Packet { mode, model_id: AIC_V1.model_id, sequence: 1, frame }.encode().unwrap()
         })
         .collect();
-    let opus = Frames::Opus(vec![vec![0x0b; 20], vec![0x0b; 31]]);
-    seeds.push(Packet { mode: Mode::Adaptive, model_id: OPUS_CORE, sequence: 9, frames: opus }.encode().unwrap());
+    let mut opus = vec![0x0b; 31];
+    opus[0] = 0x08; // ADAPTIVE's TOC byte
+    seeds.push(Packet { mode: Mode::Adaptive, model_id: OPUS_CORE, sequence: 1, frame: Frame::Opus(opus) }.encode().unwrap());
     for i in 0..CASES {
         let input = if i % 5 == 4 {
             random_bytes(&mut rng, 80)
         } else {
-            mutate(&mut rng, &seeds[i % 4], &[b"\x41", b"\x02", b"\x14"])
+            // Headers of other versions, modes and models.
+            mutate(&mut rng, &seeds[i % 4], &[b"\x84", b"\x98", b"\xa8", b"\x44"])
         };
         entries::aic_packet(&input);
     }

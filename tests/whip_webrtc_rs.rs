@@ -1075,7 +1075,7 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     assert_eq!(tracks.len(), 1, "{m}");
     let t = &tracks[0];
     assert!(t["frames_aic"].as_f64().unwrap() >= 50.0 && t["fallen_back"] == false, "{m}");
-    // aic-v2 ADAPTIVE: Opus asked for 4.8 kbit/s, and a 3-byte header every 20 ms.
+    // aic-v2 ADAPTIVE: Opus asked for 4.8 kbit/s, the header in place of its TOC byte.
     let bps = t["bitrate_bps"].as_f64().unwrap();
     assert!((3000.0..=8000.0).contains(&bps), "{bps} bit/s\n{m}");
     assert!(t["compression_ratio"].as_f64().unwrap() < 0.5 && t["quality_estimate"].as_f64().is_some(), "{m}");

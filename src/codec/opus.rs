@@ -40,6 +40,11 @@ impl OpusEncoder {
         self.inner.set_bitrate(opus::Bitrate::Bits(bitrate_bps as i32)).map_err(codec_error)
     }
 
+    /// Holds the encoder to one audio bandwidth instead of choosing by bitrate.
+    pub fn set_bandwidth(&mut self, bandwidth: opus::Bandwidth) -> Result<(), CodecError> {
+        self.inner.set_bandwidth(bandwidth).map_err(codec_error)
+    }
+
     pub fn reset_state(&mut self) -> Result<(), CodecError> {
         self.inner.reset_state().map_err(codec_error)
     }

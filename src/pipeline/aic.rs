@@ -307,13 +307,13 @@ mod tests {
         run(&mut s, 10);
         assert_eq!(stats.frames_aic.load(Relaxed), 10);
         assert_eq!(stats.latency_count.load(Relaxed), 10);
-        // aic-v1 ADAPTIVE: 96 bits of codes and a 3-byte header per frame.
-        assert_eq!(stats.aic_bytes.load(Relaxed), 10 * 15);
+        // aic-v1 ADAPTIVE: 96 bits of codes and a 1-byte header per frame.
+        assert_eq!(stats.aic_bytes.load(Relaxed), 10 * 13);
         // aic-v2 ADAPTIVE from the next frame: Opus at 4.8 kbit/s (12 bytes a frame, give or
-        // take what its rate control spends) and the header.
+        // take what its rate control spends), the header in place of its TOC byte.
         settings.send_modify(|c| c.model_type = ModelType::AicV2);
         run(&mut s, 10);
-        let v2_bytes = stats.aic_bytes.load(Relaxed) - 10 * 15;
+        let v2_bytes = stats.aic_bytes.load(Relaxed) - 10 * 13;
         assert!((10 * 8..=10 * 25).contains(&v2_bytes), "{v2_bytes} bytes in 10 frames");
         assert_eq!(stats.errors.load(Relaxed), 0);
         s.reset().unwrap();

@@ -1,24 +1,27 @@
-//! The AIC bitstream: a 3-byte header, then 1 to 16 frames of 20 ms: for aic-v1, the codes of
-//! the residual quantizer's first `levels` stages packed MSB first; for aic-v2's Opus core,
-//! Opus packets. See docs/aic.md.
+//! The AIC bitstream: one 20 ms frame per packet behind a 1-byte header: for aic-v1, the codes
+//! of the residual quantizer's first `levels` stages packed MSB first; for aic-v2's Opus core,
+//! an Opus packet without its first byte. See docs/aic.md.
 //!
 //! ```text
-//! byte 0   vv mm nnnn   version (1), mode (0 CONSERVATIVE, 1 ADAPTIVE, 2 AGGRESSIVE),
-//!                       frames in the packet minus one
-//! byte 1   model id     which trained model made the frames (1 = aic-v1, 2 = aic-v2 Opus core)
-//! byte 2   sequence     number of the packet's first frame, mod 256 (loss detection)
-//! ...      model 1:     frames × levels × bits_per_code bits, zero-padded to a byte
-//!          model 2:     each frame but the last: its length (1 byte, 1-255), its Opus packet;
-//!                       the last frame: its Opus packet (1-255 bytes), to the end
+//! byte 0   vv mm kk ss   version (2), mode (0 CONSERVATIVE, 1 ADAPTIVE, 2 AGGRESSIVE),
+//!                        model id (1 = aic-v1, 2 = aic-v2's Opus core), sequence mod 4
+//! ...      model 1:      levels × bits_per_code bits, zero-padded to a byte
+//!          model 2:      the Opus packet after its TOC byte, which the mode fixes
 //! ```
+//!
+//! Each packet is one frame because every transport AIC rides (RTP, QUIC datagrams) sends
+//! 20 ms at a time, and at 5 kbit/s each header byte costs 0.4 kbit/s. For the same reason the
+//! Opus core is held to one configuration per mode (SILK, 20 ms, mono, one frame; wideband in
+//! CONSERVATIVE, narrowband in ADAPTIVE), so its TOC byte says nothing the header does not and
+//! the header takes its place: an Opus-core packet is exactly as long as the Opus packet it
+//! carries. The 2-bit sequence tells a decoder that up to 3 packets went missing; the
+//! transports number packets for longer losses.
 
 use crate::codec::modes::Mode;
 
 /// The version this code writes and the only one it reads.
-pub const VERSION: u8 = 1;
-pub const HEADER_LEN: usize = 3;
-/// Frames one packet may carry (the 4-bit count).
-pub const MAX_FRAMES: usize = 16;
+pub const VERSION: u8 = 2;
+pub const HEADER_LEN: usize = 1;
 
 /// How a model's codes are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +52,33 @@ pub const LAYOUTS: [Layout; 1] = [AIC_V1];
 /// aic-v2's Opus-core frames (CONSERVATIVE and ADAPTIVE): 16 kHz Opus packets that the
 /// decoder's network enhances.
 pub const OPUS_CORE: u8 = 2;
-/// The longest Opus frame a packet carries (one length byte); the core's rates need under 40.
-pub const MAX_OPUS_FRAME: usize = 255;
+
+/// The audio bandwidth the Opus core is held to in `mode`; `None` where it has no such mode
+/// (Opus cannot go down to AGGRESSIVE's rate in 20 ms frames).
+pub fn core_bandwidth(mode: Mode) -> Option<opus::Bandwidth> {
+    match mode {
+        Mode::Conservative => Some(opus::Bandwidth::Wideband),
+        Mode::Adaptive => Some(opus::Bandwidth::Narrowband),
+        Mode::Aggressive => None,
+    }
+}
+
+/// The TOC byte (RFC 6716, 3.1) of the Opus core's packets in `mode`: SILK-only, 20 ms
+/// (configurations 1, 5 and 9 for narrow-, medium- and wideband), mono, one frame.
+fn core_toc(mode: Mode) -> Option<u8> {
+    core_bandwidth(mode).map(|b| {
+        let config = match b {
+            opus::Bandwidth::Narrowband => 1,
+            opus::Bandwidth::Mediumband => 5,
+            _ => 9,
+        };
+        config << 3
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BitstreamError {
-    #[error("AIC packet shorter than its header")]
+    #[error("empty AIC packet")]
     Truncated,
     #[error("AIC bitstream version {0} is not supported (this build reads version {VERSION})")]
     Version(u8),
@@ -64,54 +88,33 @@ pub enum BitstreamError {
     Model(u8),
     #[error("AIC packet carries {got} bytes of codes where {want} were expected")]
     Length { want: usize, got: usize },
-    #[error("an AIC packet holds 1 to {MAX_FRAMES} frames of {levels} codes below {limit}")]
+    #[error("an AIC frame holds {levels} codes below {limit}")]
     Codes { levels: usize, limit: u32 },
-    #[error("an AIC Opus-core packet holds 1 to {MAX_FRAMES} Opus frames of 1 to {MAX_OPUS_FRAME} bytes")]
-    OpusFrames,
+    #[error("AIC {mode:?} frames are Opus packets that begin with TOC byte {want:#04x}")]
+    OpusToc { mode: Mode, want: u8 },
     #[error("AIC model {model} has no {mode:?} mode")]
     ModelMode { model: u8, mode: Mode },
     #[error("AIC model {model} does not carry {kind}")]
     Kind { model: u8, kind: &'static str },
 }
 
-/// One packet: which mode and model, the first frame's sequence number, and its frames.
+/// One packet: which mode and model, its sequence number, and its 20 ms frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
     pub mode: Mode,
     pub model_id: u8,
+    /// Mod 4: `encode` keeps the low two bits.
     pub sequence: u8,
-    pub frames: Frames,
+    pub frame: Frame,
 }
 
-/// A packet's 20 ms frames.
+/// A packet's 20 ms frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frames {
-    /// Per frame, the codes of the quantizer's stages (aic-v1).
-    Codes(Vec<Vec<u16>>),
-    /// Per frame, one Opus packet (aic-v2's Opus core).
-    Opus(Vec<Vec<u8>>),
-}
-
-impl Frames {
-    pub fn len(&self) -> usize {
-        match self {
-            Frames::Codes(f) => f.len(),
-            Frames::Opus(f) => f.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Whether `model`'s frames may be sent in `mode`: the Opus core has no AGGRESSIVE mode
-/// (Opus cannot go that low in 20 ms frames).
-fn check_mode(model: u8, mode: Mode) -> Result<(), BitstreamError> {
-    if model == OPUS_CORE && mode == Mode::Aggressive {
-        return Err(BitstreamError::ModelMode { model, mode });
-    }
-    Ok(())
+pub enum Frame {
+    /// The codes of the quantizer's stages (aic-v1).
+    Codes(Vec<u16>),
+    /// One whole Opus packet, TOC byte included (aic-v2's Opus core).
+    Opus(Vec<u8>),
 }
 
 fn mode_bits(mode: Mode) -> u8 {
@@ -126,60 +129,50 @@ fn layout(model_id: u8) -> Result<&'static Layout, BitstreamError> {
     LAYOUTS.iter().find(|l| l.model_id == model_id).ok_or(BitstreamError::Model(model_id))
 }
 
+/// The Opus core's TOC byte in `mode`, refusing the mode it does not have.
+fn toc(model: u8, mode: Mode) -> Result<u8, BitstreamError> {
+    core_toc(mode).ok_or(BitstreamError::ModelMode { model, mode })
+}
+
 impl Packet {
     pub fn encode(&self) -> Result<Vec<u8>, BitstreamError> {
-        check_mode(self.model_id, self.mode)?;
-        if !(1..=MAX_FRAMES).contains(&self.frames.len()) {
-            return Err(match self.frames {
-                Frames::Opus(_) => BitstreamError::OpusFrames,
-                Frames::Codes(_) => {
-                    let layout = layout(self.model_id)?;
-                    BitstreamError::Codes { levels: layout.levels(self.mode), limit: 1 << layout.bits_per_code }
-                }
-            });
-        }
-        let mut out = vec![
-            VERSION << 6 | mode_bits(self.mode) << 4 | (self.frames.len() - 1) as u8,
-            self.model_id,
-            self.sequence,
-        ];
-        match &self.frames {
-            Frames::Codes(frames) => {
+        let mut out = vec![VERSION << 6 | mode_bits(self.mode) << 4 | self.model_id << 2 | (self.sequence & 0b11)];
+        match &self.frame {
+            Frame::Codes(codes) => {
                 if self.model_id == OPUS_CORE {
                     return Err(BitstreamError::Kind { model: self.model_id, kind: "codes" });
                 }
                 let layout = layout(self.model_id)?;
                 let levels = layout.levels(self.mode);
                 let limit = 1u32 << layout.bits_per_code;
-                if !frames.iter().all(|f| f.len() == levels && f.iter().all(|&c| u32::from(c) < limit)) {
+                if codes.len() != levels || !codes.iter().all(|&c| u32::from(c) < limit) {
                     return Err(BitstreamError::Codes { levels, limit });
                 }
                 let mut bits = BitWriter::default();
-                for code in frames.iter().flatten() {
+                for code in codes {
                     bits.put(u32::from(*code), layout.bits_per_code);
                 }
                 out.extend(bits.finish());
             }
-            Frames::Opus(frames) => {
+            Frame::Opus(packet) => {
                 if self.model_id != OPUS_CORE {
                     return Err(BitstreamError::Kind { model: self.model_id, kind: "Opus frames" });
                 }
-                if !frames.iter().all(|f| (1..=MAX_OPUS_FRAME).contains(&f.len())) {
-                    return Err(BitstreamError::OpusFrames);
+                let want = toc(self.model_id, self.mode)?;
+                let [first, rest @ ..] = packet.as_slice() else {
+                    return Err(BitstreamError::OpusToc { mode: self.mode, want });
+                };
+                if *first != want {
+                    return Err(BitstreamError::OpusToc { mode: self.mode, want });
                 }
-                let (last, rest) = frames.split_last().expect("at least one frame");
-                for f in rest {
-                    out.push(f.len() as u8);
-                    out.extend_from_slice(f);
-                }
-                out.extend_from_slice(last);
+                out.extend_from_slice(rest);
             }
         }
         Ok(out)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Packet, BitstreamError> {
-        let [head, model_id, sequence, payload @ ..] = bytes else { return Err(BitstreamError::Truncated) };
+        let [head, payload @ ..] = bytes else { return Err(BitstreamError::Truncated) };
         let version = head >> 6;
         if version != VERSION {
             return Err(BitstreamError::Version(version));
@@ -190,43 +183,24 @@ impl Packet {
             2 => Mode::Aggressive,
             m => return Err(BitstreamError::Mode(m)),
         };
-        let count = (head & 0x0f) as usize + 1;
-        let frames = if *model_id == OPUS_CORE {
-            check_mode(*model_id, mode)?;
-            Frames::Opus(opus_frames(payload, count)?)
+        let model_id = (head >> 2) & 0b11;
+        let frame = if model_id == OPUS_CORE {
+            let mut packet = Vec::with_capacity(1 + payload.len());
+            packet.push(toc(model_id, mode)?);
+            packet.extend_from_slice(payload);
+            Frame::Opus(packet)
         } else {
-            let layout = layout(*model_id)?;
+            let layout = layout(model_id)?;
             let levels = layout.levels(mode);
-            let want = (count * layout.frame_bits(mode)).div_ceil(8);
+            let want = layout.frame_bits(mode).div_ceil(8);
             if payload.len() != want {
                 return Err(BitstreamError::Length { want, got: payload.len() });
             }
             let mut bits = BitReader { bytes: payload, pos: 0 };
-            Frames::Codes(
-                (0..count).map(|_| (0..levels).map(|_| bits.take(layout.bits_per_code) as u16).collect()).collect(),
-            )
+            Frame::Codes((0..levels).map(|_| bits.take(layout.bits_per_code) as u16).collect())
         };
-        Ok(Packet { mode, model_id: *model_id, sequence: *sequence, frames })
+        Ok(Packet { mode, model_id, sequence: head & 0b11, frame })
     }
-}
-
-/// Splits an Opus-core payload into its `count` frames.
-fn opus_frames(mut payload: &[u8], count: usize) -> Result<Vec<Vec<u8>>, BitstreamError> {
-    let mut frames = Vec::with_capacity(count);
-    for _ in 1..count {
-        let [len, rest @ ..] = payload else { return Err(BitstreamError::OpusFrames) };
-        let len = usize::from(*len);
-        if len == 0 || rest.len() < len {
-            return Err(BitstreamError::OpusFrames);
-        }
-        frames.push(rest[..len].to_vec());
-        payload = &rest[len..];
-    }
-    if !(1..=MAX_OPUS_FRAME).contains(&payload.len()) {
-        return Err(BitstreamError::OpusFrames);
-    }
-    frames.push(payload.to_vec());
-    Ok(frames)
 }
 
 #[derive(Default)]
@@ -276,87 +250,95 @@ impl BitReader<'_> {
 mod tests {
     use super::*;
 
-    fn packet(mode: Mode, frames: usize) -> Packet {
-        let levels = AIC_V1.levels(mode);
-        let frames = (0..frames).map(|f| (0..levels).map(|l| ((f * 997 + l * 131) % 4096) as u16).collect()).collect();
-        Packet { mode, model_id: 1, sequence: 250, frames: Frames::Codes(frames) }
+    fn packet(mode: Mode) -> Packet {
+        let codes = (0..AIC_V1.levels(mode)).map(|l| ((l * 997 + 131) % 4096) as u16).collect();
+        Packet { mode, model_id: 1, sequence: 2, frame: Frame::Codes(codes) }
     }
 
     #[test]
     fn every_mode_round_trips_at_its_rate() {
         for (mode, frame_bytes) in [(Mode::Conservative, 30), (Mode::Adaptive, 12), (Mode::Aggressive, 6)] {
-            let p = packet(mode, 1);
+            let p = packet(mode);
             let bytes = p.encode().unwrap();
             // 20 ms of codes: 12, 4.8 and 2.4 kbit/s.
             assert_eq!(bytes.len(), HEADER_LEN + frame_bytes, "{mode:?}");
             assert_eq!(Packet::decode(&bytes).unwrap(), p);
-            let p = packet(mode, 3);
-            assert_eq!(Packet::decode(&p.encode().unwrap()).unwrap(), p);
         }
+        // The sequence number is sent mod 4.
+        let mut p = packet(Mode::Adaptive);
+        p.sequence = 255;
+        assert_eq!(Packet::decode(&p.encode().unwrap()).unwrap().sequence, 3);
     }
 
     #[test]
     fn unknown_versions_modes_and_models_are_refused_with_their_reason() {
-        let good = packet(Mode::Adaptive, 1).encode().unwrap();
-        let with = |i: usize, v: u8| {
+        let good = packet(Mode::Adaptive).encode().unwrap();
+        let with_head = |v: u8| {
             let mut b = good.clone();
-            b[i] = v;
+            b[0] = v;
             Packet::decode(&b)
         };
-        assert_eq!(with(0, 2 << 6 | 1 << 4), Err(BitstreamError::Version(2)));
-        assert_eq!(with(0, 1 << 6 | 3 << 4), Err(BitstreamError::Mode(3)));
-        assert_eq!(with(1, 9), Err(BitstreamError::Model(9)));
-        assert_eq!(with(0, 1 << 6 | 1 << 4 | 1), Err(BitstreamError::Length { want: 24, got: 12 }));
-        assert_eq!(Packet::decode(&good[..2]), Err(BitstreamError::Truncated));
+        assert_eq!(with_head(1 << 6 | 1 << 4 | 1 << 2), Err(BitstreamError::Version(1)));
+        assert_eq!(with_head(2 << 6 | 3 << 4 | 1 << 2), Err(BitstreamError::Mode(3)));
+        assert_eq!(with_head(2 << 6 | 1 << 4 | 3 << 2), Err(BitstreamError::Model(3)));
+        assert_eq!(with_head(2 << 6 | 1 << 4), Err(BitstreamError::Model(0)));
+        // ADAPTIVE's 12 bytes read as CONSERVATIVE's 30.
+        assert_eq!(with_head(2 << 6 | 1 << 2), Err(BitstreamError::Length { want: 30, got: 12 }));
+        assert_eq!(Packet::decode(&[]), Err(BitstreamError::Truncated));
         assert_eq!(Packet::decode(&good[..good.len() - 1]), Err(BitstreamError::Length { want: 12, got: 11 }));
-        let mut bad = packet(Mode::Adaptive, 1);
-        let Frames::Codes(f) = &mut bad.frames else { unreachable!() };
-        f[0][0] = 4096;
-        assert!(matches!(bad.encode(), Err(BitstreamError::Codes { .. })));
-        assert!(matches!(packet(Mode::Adaptive, 17).encode(), Err(BitstreamError::Codes { .. })));
+        let with_codes = |change: &dyn Fn(&mut Vec<u16>)| {
+            let mut p = packet(Mode::Adaptive);
+            let Frame::Codes(f) = &mut p.frame else { unreachable!() };
+            change(f);
+            p.encode()
+        };
+        assert!(matches!(with_codes(&|f| f[0] = 4096), Err(BitstreamError::Codes { .. })));
+        assert!(matches!(with_codes(&|f| f.push(1)), Err(BitstreamError::Codes { .. })));
+        let mut unknown = packet(Mode::Adaptive);
+        unknown.model_id = 9;
+        assert_eq!(unknown.encode(), Err(BitstreamError::Model(9)));
     }
 
-    fn opus_packet(mode: Mode, lens: &[usize]) -> Packet {
-        let frames = lens.iter().map(|&n| (0..n).map(|i| (i * 37 + n) as u8).collect()).collect();
-        Packet { mode, model_id: OPUS_CORE, sequence: 3, frames: Frames::Opus(frames) }
+    fn opus_packet(mode: Mode, len: usize) -> Packet {
+        let toc = core_toc(mode).unwrap_or(0x08);
+        let frame = std::iter::once(toc).chain((1..len).map(|i| (i * 37 + len) as u8)).collect();
+        Packet { mode, model_id: OPUS_CORE, sequence: 3, frame: Frame::Opus(frame) }
     }
 
     #[test]
-    fn opus_core_frames_round_trip_with_their_lengths() {
-        for lens in [&[29][..], &[1, 255], &[30, 12, 41]] {
-            let p = opus_packet(Mode::Conservative, lens);
-            let bytes = p.encode().unwrap();
-            // The header, a length byte for every frame but the last, the frames.
-            assert_eq!(bytes.len(), HEADER_LEN + lens.len() - 1 + lens.iter().sum::<usize>());
-            assert_eq!(Packet::decode(&bytes).unwrap(), p);
+    fn opus_core_packets_are_as_long_as_the_opus_packets_they_carry() {
+        for (mode, toc) in [(Mode::Conservative, 0x48), (Mode::Adaptive, 0x08)] {
+            for len in [1, 13, 29, 300] {
+                let p = opus_packet(mode, len);
+                let bytes = p.encode().unwrap();
+                assert_eq!(bytes.len(), len);
+                assert_eq!(bytes[0], 2 << 6 | mode_bits(mode) << 4 | OPUS_CORE << 2 | 3);
+                let back = Packet::decode(&bytes).unwrap();
+                assert_eq!(back, p);
+                let Frame::Opus(f) = back.frame else { unreachable!() };
+                assert_eq!(f[0], toc, "{mode:?}: the mode's TOC byte is restored");
+            }
         }
     }
 
     #[test]
     fn bad_opus_core_packets_are_refused_with_their_reason() {
-        let good = opus_packet(Mode::Adaptive, &[20, 10]).encode().unwrap();
-        // A length past the end, a zero length, an empty last frame.
-        let mut past = good.clone();
-        past[HEADER_LEN] = 200;
-        assert_eq!(Packet::decode(&past), Err(BitstreamError::OpusFrames));
-        let mut zero = good.clone();
-        zero[HEADER_LEN] = 0;
-        assert_eq!(Packet::decode(&zero), Err(BitstreamError::OpusFrames));
-        assert_eq!(Packet::decode(&good[..HEADER_LEN + 21]), Err(BitstreamError::OpusFrames));
-        assert_eq!(Packet::decode(&good[..HEADER_LEN]), Err(BitstreamError::OpusFrames));
+        // An Opus packet in another configuration than the mode's (here wideband in ADAPTIVE),
+        // or none at all.
+        let refused = Err(BitstreamError::OpusToc { mode: Mode::Adaptive, want: 0x08 });
+        for frame in [vec![0x48; 20], vec![]] {
+            let p = Packet { frame: Frame::Opus(frame), ..opus_packet(Mode::Adaptive, 20) };
+            assert_eq!(p.encode(), refused);
+        }
         // The Opus core has no AGGRESSIVE mode, either way.
-        let mut aggressive = good.clone();
-        aggressive[0] = 1 << 6 | 2 << 4 | 1;
         let refused = BitstreamError::ModelMode { model: OPUS_CORE, mode: Mode::Aggressive };
-        assert_eq!(Packet::decode(&aggressive), Err(refused.clone()));
-        assert_eq!(opus_packet(Mode::Aggressive, &[5]).encode(), Err(refused));
-        assert_eq!(opus_packet(Mode::Adaptive, &[256]).encode(), Err(BitstreamError::OpusFrames));
-        assert_eq!(opus_packet(Mode::Adaptive, &[]).encode(), Err(BitstreamError::OpusFrames));
+        assert_eq!(Packet::decode(&[2 << 6 | 2 << 4 | OPUS_CORE << 2, 7, 7]), Err(refused.clone()));
+        assert_eq!(opus_packet(Mode::Aggressive, 5).encode(), Err(refused));
         // Frames of the wrong kind for the model.
-        let mut codes_as_opus = packet(Mode::Adaptive, 1);
+        let mut codes_as_opus = packet(Mode::Adaptive);
         codes_as_opus.model_id = OPUS_CORE;
         assert!(matches!(codes_as_opus.encode(), Err(BitstreamError::Kind { .. })));
-        let mut opus_as_codes = opus_packet(Mode::Adaptive, &[5]);
+        let mut opus_as_codes = opus_packet(Mode::Adaptive, 5);
         opus_as_codes.model_id = AIC_V1.model_id;
         assert!(matches!(opus_as_codes.encode(), Err(BitstreamError::Kind { .. })));
     }

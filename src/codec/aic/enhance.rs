@@ -12,12 +12,13 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ModelError;
+use super::{ModelError, bitstream};
 use super::mdct::{self, HOP};
 use super::model::{self, Mlp};
 use super::quality::{self, BANDS};
 use super::stft::{BINS, Stft};
 use crate::codec::modes::Mode;
+use crate::codec::opus::OpusEncoder;
 
 /// Per frame: the decoded spectrum's magnitudes, compressed, as unit-RMS shape and log RMS.
 pub const FEATURES: usize = BINS + 1;
@@ -32,10 +33,20 @@ const MAX_GAIN: f64 = 2.0;
 /// none (Opus cannot go that low in 20 ms frames) and sends aic-v1's codes.
 pub fn opus_rate(mode: Mode) -> Option<u32> {
     match mode {
-        Mode::Conservative => Some(11_200),
+        Mode::Conservative => Some(12_000),
         Mode::Adaptive => Some(4_800),
         Mode::Aggressive => None,
     }
+}
+
+/// Sets `enc` up as `mode`'s Opus core: its rate, and the bandwidth the bitstream holds the
+/// mode to (a mode without an Opus core leaves it as it is).
+pub fn set_core(enc: &mut OpusEncoder, mode: Mode) -> Result<(), ModelError> {
+    if let (Some(rate), Some(bandwidth)) = (opus_rate(mode), bitstream::core_bandwidth(mode)) {
+        enc.set_bitrate(rate)?;
+        enc.set_bandwidth(bandwidth)?;
+    }
+    Ok(())
 }
 
 /// One frame's spectrum: real and imaginary parts `[T, BINS]`, and the network's features.

@@ -262,7 +262,7 @@ mod tests {
     use std::sync::{Arc, OnceLock};
 
     use super::*;
-    use crate::codec::aic::bitstream::{Frames, Packet};
+    use crate::codec::aic::bitstream::{Frame, HEADER_LEN, Packet};
 
     /// The committed weights, loaded once for all tests.
     fn model() -> Arc<AicModel> {
@@ -308,16 +308,17 @@ mod tests {
         let mut out = Vec::new();
         for (i, frame) in pcm.chunks(HOP).enumerate() {
             let mode = Mode::ALL[i / 10];
-            let codes = enc.encode(frame, mode).unwrap();
+            let mut codes = enc.encode(frame, mode).unwrap();
+            assert_eq!(codes.len(), 1);
             assert_eq!(codes[0].len(), AIC_V1.levels(mode));
-            let frames = Frames::Codes(codes);
+            let frame = Frame::Codes(codes.pop().unwrap());
             let bytes =
-                Packet { mode, model_id: AIC_V1.model_id, sequence: i as u8, frames: frames.clone() }.encode().unwrap();
-            assert_eq!(bytes.len(), 3 + (AIC_V1.frame_bits(mode)).div_ceil(8));
+                Packet { mode, model_id: AIC_V1.model_id, sequence: i as u8, frame: frame.clone() }.encode().unwrap();
+            assert_eq!(bytes.len(), HEADER_LEN + (AIC_V1.frame_bits(mode)).div_ceil(8));
             let got = Packet::decode(&bytes).unwrap();
-            assert_eq!(got.frames, frames);
-            let Frames::Codes(codes) = &got.frames else { unreachable!("aic-v1 sends codes") };
-            out.extend(dec.decode(codes, got.mode).unwrap());
+            assert_eq!(got.frame, frame);
+            let Frame::Codes(codes) = got.frame else { unreachable!("aic-v1 sends codes") };
+            out.extend(dec.decode(&[codes], got.mode).unwrap());
         }
         assert_eq!(out.len(), pcm.len());
         assert!(out.iter().all(|s| s.is_finite()));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::ModelError;
-use super::bitstream::{AIC_V1, Frames, OPUS_CORE, Packet};
+use super::bitstream::{AIC_V1, Frame, OPUS_CORE, Packet};
 use super::enhance::{self, Enhancer, EnhancerState};
 use super::mdct::HOP;
 use super::model::{AicDecoder, AicEncoder, AicModel};
@@ -48,8 +48,8 @@ pub struct TrackEncoder {
     codes: AicEncoder,
     opus: OpusEncoder,
     opus_delay: usize,
-    /// The Opus rate of the last frame, `None` after codes.
-    last: Option<u32>,
+    /// The mode of the last frame if it was Opus, `None` after codes.
+    last: Option<Mode>,
     sequence: u8,
 }
 
@@ -66,25 +66,29 @@ impl TrackEncoder {
         if pcm.len() != HOP {
             return Err(ModelError::FrameSize(pcm.len()));
         }
-        let rate = opus_rate(model, mode);
-        let frames = match rate {
-            Some(r) => {
-                if self.last != Some(r) {
-                    self.opus.set_bitrate(r)?;
+        let on_opus = opus_rate(model, mode).is_some();
+        let frame = match on_opus {
+            true => {
+                // Opus moves to another bandwidth over several frames; from a reset it starts
+                // on the one it is held to, as the bitstream needs (the mode fixes the TOC).
+                if self.last != Some(mode) {
+                    self.opus.reset_state()?;
+                    enhance::set_core(&mut self.opus, mode)?;
                 }
-                Frames::Opus(vec![self.opus.encode(pcm)?])
+                Frame::Opus(self.opus.encode(pcm)?)
             }
-            None => {
+            false => {
                 // Its analysis state is stale after Opus frames.
                 if self.last.is_some() {
                     self.codes.reset_state()?;
                 }
-                Frames::Codes(self.codes.encode(pcm, mode)?)
+                let mut codes = self.codes.encode(pcm, mode)?;
+                Frame::Codes(codes.pop().expect("one frame in, one frame of codes out"))
             }
         };
-        self.last = rate;
-        let model_id = if rate.is_some() { OPUS_CORE } else { AIC_V1.model_id };
-        let packet = Packet { mode, model_id, sequence: self.sequence, frames }.encode()?;
+        self.last = on_opus.then_some(mode);
+        let model_id = if on_opus { OPUS_CORE } else { AIC_V1.model_id };
+        let packet = Packet { mode, model_id, sequence: self.sequence, frame }.encode()?;
         self.sequence = self.sequence.wrapping_add(1);
         Ok(packet)
     }
@@ -128,20 +132,10 @@ impl TrackDecoder {
             self.reset_state()?;
         }
         self.last_model = Some(p.model_id);
-        match &p.frames {
-            Frames::Codes(codes) => self.codes.decode(codes, p.mode),
-            Frames::Opus(frames) => {
-                let mut pcm = Vec::with_capacity(frames.len() * HOP);
-                for f in frames {
-                    let out = self.opus.decode(Some(f))?;
-                    // A packet of another duration would shift every frame after it.
-                    if out.len() != HOP {
-                        return Err(ModelError::FrameSize(out.len()));
-                    }
-                    pcm.extend(out);
-                }
-                self.enhancer.process(&pcm, p.mode)
-            }
+        match p.frame {
+            Frame::Codes(codes) => self.codes.decode(&[codes], p.mode),
+            // The mode's TOC byte says one 20 ms frame; the enhancer refuses any other length.
+            Frame::Opus(packet) => self.enhancer.process(&self.opus.decode(Some(&packet))?, p.mode),
         }
     }
 
@@ -157,7 +151,7 @@ impl TrackDecoder {
 mod tests {
     use super::*;
     use crate::codec::CodecError;
-    use crate::codec::aic::bitstream::BitstreamError;
+    use crate::codec::aic::bitstream::{self, BitstreamError};
 
     fn models() -> AicModels {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic");
@@ -184,8 +178,8 @@ mod tests {
             let mut out = Vec::new();
             for (n, frame) in part.chunks(HOP).enumerate() {
                 let packet = enc.encode(frame, mode, model).unwrap();
-                assert_eq!(packet[1], id, "part {i}: the packet names its model");
-                assert_eq!(usize::from(packet[2]), (i * 20 + n) % 256, "sequence");
+                assert_eq!(packet[0] >> 2 & 0b11, id, "part {i}: the packet names its model");
+                assert_eq!(usize::from(packet[0] & 0b11), (i * 20 + n) % 4, "sequence");
                 out.extend(dec.decode(&packet).unwrap());
             }
             assert!(out.iter().all(|s| s.is_finite()));
@@ -197,19 +191,43 @@ mod tests {
     }
 
     #[test]
+    fn the_opus_core_keeps_its_modes_configuration_on_speech_noise_and_silence() {
+        // The bitstream drops the TOC byte on the strength of this: every packet the encoder
+        // makes in a mode must carry that mode's TOC, or encoding fails.
+        let m = models();
+        let mut enc = TrackEncoder::new(&m).unwrap();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let speech = crate::codec::vowel(1.0);
+        for mode in [Mode::Conservative, Mode::Adaptive, Mode::Conservative] {
+            for (n, frame) in speech.chunks(HOP).take(50).enumerate() {
+                let input: Vec<f32> = match n / 10 {
+                    0 => vec![0.0; HOP],
+                    1 => (0..HOP).map(|_| noise()).collect(),
+                    2 => (0..HOP).map(|_| noise() * 1e-3).collect(),
+                    _ => frame.to_vec(),
+                };
+                let packet = enc.encode(&input, mode, ModelType::AicV2).unwrap();
+                assert!(matches!(Packet::decode(&packet).unwrap().frame, Frame::Opus(_)), "{mode:?} frame {n}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_packets_and_frames_are_errors_not_panics() {
         let m = models();
         let (mut enc, mut dec) = (TrackEncoder::new(&m).unwrap(), TrackDecoder::new(&m).unwrap());
         assert!(matches!(enc.encode(&[0.0; 100], Mode::Adaptive, ModelType::AicV2), Err(ModelError::FrameSize(100))));
-        assert!(matches!(dec.decode(&[0x40, 2]), Err(ModelError::Bitstream(BitstreamError::Truncated))));
-        // A well-formed AIC packet around bytes Opus cannot read.
-        assert!(matches!(dec.decode(&[0x50, OPUS_CORE, 0, 0xff, 0xff]), Err(ModelError::Codec(CodecError::Opus(_)))));
-        // An Opus packet of 40 ms where AIC frames are 20 ms.
-        let mut long = opus::Encoder::new(WIDEBAND_RATE, opus::Channels::Mono, opus::Application::Voip).unwrap();
-        let payload = long.encode_vec_float(&[0.0; 2 * HOP], 400).unwrap();
-        let mut packet = vec![0x50, OPUS_CORE, 0];
-        packet.extend(payload);
-        assert!(matches!(dec.decode(&packet), Err(ModelError::FrameSize(640))));
+        assert!(matches!(dec.decode(&[]), Err(ModelError::Bitstream(BitstreamError::Truncated))));
+        // A well-formed AIC packet around more bytes than an Opus frame may have (1275).
+        let mut long = vec![bitstream::VERSION << 6 | 1 << 4 | OPUS_CORE << 2];
+        long.resize(1300, 0x55);
+        assert!(matches!(dec.decode(&long), Err(ModelError::Codec(CodecError::Opus(_)))));
         // The decoder still works after all that.
         let good = enc.encode(&[0.0; HOP], Mode::Adaptive, ModelType::AicV2).unwrap();
         assert_eq!(dec.decode(&good).unwrap().len(), HOP);

@@ -59,10 +59,11 @@ fn opus_modes() -> impl Iterator<Item = (Mode, u32)> {
     Mode::ALL.into_iter().filter_map(|m| enhance::opus_rate(m).map(|r| (m, r)))
 }
 
-/// What the Opus decoder makes of `pcm` at `bitrate`, and `pcm` delayed as the decoder's
-/// output is, so that frame t of one lines up with frame t of the other.
-fn through_opus(pcm: &[f32], bitrate: u32) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+/// What the Opus decoder makes of `pcm` through `mode`'s core, and `pcm` delayed as the
+/// decoder's output is, so that frame t of one lines up with frame t of the other.
+fn through_opus(pcm: &[f32], mode: Mode, bitrate: u32) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let mut enc = OpusEncoder::at(WIDEBAND_RATE, bitrate)?;
+    enhance::set_core(&mut enc, mode)?;
     let mut dec = OpusDecoder::at(WIDEBAND_RATE)?;
     let delay = enc.lookahead()?;
     let mut decoded = Vec::with_capacity(pcm.len());
@@ -89,7 +90,7 @@ fn dataset(clips: &train::Clips, enhancer: &Enhancer) -> Result<(Tensor, Vec<(Mo
         let mut losses = Vec::new();
         let first = rows.len();
         for (i, pcm) in clips.pcm.iter().enumerate() {
-            let (decoded, target) = through_opus(pcm, rate)?;
+            let (decoded, target) = through_opus(pcm, mode, rate)?;
             let d = enhancer.analyze(&decoded, &[0.0; HOP])?;
             let o = enhancer.analyze(&target, &[0.0; HOP])?;
             let original = (o.re.sqr()? + o.im.sqr()?)?;
@@ -229,7 +230,7 @@ mod tests {
         assert_eq!(t["command"].as_str(), Some("auralink aic train-enhancer"));
         assert_eq!((t["files"].as_integer(), t["seconds"].as_integer()), (Some(3), Some(10)));
         assert_eq!(t["steps"].as_integer(), Some(8000));
-        assert_eq!(t["opus_rates_bps"]["conservative"].as_integer(), Some(11_200));
+        assert_eq!(t["opus_rates_bps"]["conservative"].as_integer(), Some(12_000));
         assert_eq!(t["plain_opus_band_distance"]["adaptive"].as_float(), Some(14.0));
         assert_eq!(t["minutes"]["espeak"].as_float(), Some(72.2));
     }
