@@ -417,7 +417,9 @@ fn aic_packet_entry_survives_mutated_packets() {
         .collect();
     let mut opus = vec![0x0b; 31];
     opus[0] = 0x08; // ADAPTIVE's TOC byte
-    seeds.push(Packet { mode: Mode::Adaptive, model_id: OPUS_CORE, sequence: 1, frame: Frame::Opus(opus) }.encode().unwrap());
+    seeds.push(
+        Packet { mode: Mode::Adaptive, model_id: OPUS_CORE, sequence: 1, frame: Frame::Opus(opus) }.encode().unwrap(),
+    );
     for i in 0..CASES {
         let input = if i % 5 == 4 {
             random_bytes(&mut rng, 80)

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::{ModelError, bitstream};
 use super::mdct::{self, HOP};
 use super::model::{self, Mlp};
 use super::quality::{self, BANDS};
 use super::stft::{BINS, Stft};
+use super::{ModelError, bitstream};
 use crate::codec::modes::Mode;
 use crate::codec::opus::OpusEncoder;
 

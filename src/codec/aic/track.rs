@@ -67,24 +67,21 @@ impl TrackEncoder {
             return Err(ModelError::FrameSize(pcm.len()));
         }
         let on_opus = opus_rate(model, mode).is_some();
-        let frame = match on_opus {
-            true => {
-                // Opus moves to another bandwidth over several frames; from a reset it starts
-                // on the one it is held to, as the bitstream needs (the mode fixes the TOC).
-                if self.last != Some(mode) {
-                    self.opus.reset_state()?;
-                    enhance::set_core(&mut self.opus, mode)?;
-                }
-                Frame::Opus(self.opus.encode(pcm)?)
+        let frame = if on_opus {
+            // Opus moves to another bandwidth over several frames; from a reset it starts
+            // on the one it is held to, as the bitstream needs (the mode fixes the TOC).
+            if self.last != Some(mode) {
+                self.opus.reset_state()?;
+                enhance::set_core(&mut self.opus, mode)?;
             }
-            false => {
-                // Its analysis state is stale after Opus frames.
-                if self.last.is_some() {
-                    self.codes.reset_state()?;
-                }
-                let mut codes = self.codes.encode(pcm, mode)?;
-                Frame::Codes(codes.pop().expect("one frame in, one frame of codes out"))
+            Frame::Opus(self.opus.encode(pcm)?)
+        } else {
+            // Its analysis state is stale after Opus frames.
+            if self.last.is_some() {
+                self.codes.reset_state()?;
             }
+            let mut codes = self.codes.encode(pcm, mode)?;
+            Frame::Codes(codes.pop().expect("one frame in, one frame of codes out"))
         };
         self.last = on_opus.then_some(mode);
         let model_id = if on_opus { OPUS_CORE } else { AIC_V1.model_id };
