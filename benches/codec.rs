@@ -1,6 +1,6 @@
 //! AIC against Opus on the held-out set (scripts/aic-data.sh builds it; training never reads
-//! it): for each AIC mode (aic-v1, and aic-v2 with and without its enhancer where it sends
-//! Opus) and for Opus at the same packet bitrate and at 24 kbit/s, the
+//! it): for each AIC mode (aic-v1, and aic-v2: where it sends Opus, with and without its
+//! enhancer) and for Opus at the same packet bitrate and at 24 kbit/s, the
 //! bitrate, PESQ-WB (P.862.2, the `pesq` crate) and STOI, and AIC's per-frame latency
 //! (encode + decode, p50/p99) and real-time factor on one thread; and, when the Whisper models
 //! are there (scripts/models.sh), the word error rate of Whisper tiny.en reading each codec's
@@ -50,9 +50,10 @@ struct Tally {
 }
 
 impl Tally {
-    /// Scores `out` against `clean`.
-    fn score(&mut self, clean: &[f32], out: &[f32]) {
-        let delay = delay(clean, out);
+    /// Scores `out` against `clean`, `delay` samples late (found by correlation where the
+    /// codec does not say: a vocoder's waveform does not correlate with the original's).
+    fn score(&mut self, clean: &[f32], out: &[f32], delay: Option<usize>) {
+        let delay = delay.unwrap_or_else(|| find_delay(clean, out));
         let out = &out[delay..];
         let n = clean.len().min(out.len());
         self.decoded.push(out[..n].to_vec());
@@ -122,7 +123,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// The codec's delay in samples (0..50 ms), by cross-correlation.
-fn delay(clean: &[f32], out: &[f32]) -> usize {
+fn find_delay(clean: &[f32], out: &[f32]) -> usize {
     (0..800.min(out.len()))
         .max_by(|&a, &b| {
             let c = |d: usize| clean.iter().zip(&out[d..]).map(|(x, y)| f64::from(x * y)).sum::<f64>();
@@ -150,7 +151,7 @@ fn aic(model: &Arc<AicModel>, mode: Mode, clean: &[f32], t: &mut Tally) {
         t.bits += packet.len() as f64 * 8.0;
     }
     t.seconds += input.len() as f64 / 16_000.0;
-    t.score(clean, &out);
+    t.score(clean, &out, None);
 }
 
 /// Mean band distance (what the runtime quality estimate is made from) over voiced frames.
@@ -176,8 +177,8 @@ fn line_fit(points: &[(f64, f64)]) -> (f64, f64, f64) {
     (my - b * mx, b, sxy / (sxx * syy).sqrt())
 }
 
-/// aic-v2 in an Opus-core mode through one track's encoder and decoder; with `core_only`,
-/// the same packets' Opus decoded without the enhancer.
+/// aic-v2 through one track's encoder and decoder; with `core_only`, the same packets' Opus
+/// decoded without the enhancer.
 fn aic_v2(models: &AicModels, mode: Mode, core_only: bool, clean: &[f32], t: &mut Tally) {
     let mut enc = TrackEncoder::new(models).unwrap();
     let mut dec = TrackDecoder::new(models).unwrap();
@@ -201,7 +202,8 @@ fn aic_v2(models: &AicModels, mode: Mode, core_only: bool, clean: &[f32], t: &mu
         t.bits += (packet.len() * 8) as f64;
     }
     t.seconds += input.len() as f64 / 16_000.0;
-    t.score(clean, &out);
+    let delay = enc.delay(mode, ModelType::AicV2) - if core_only { HOP } else { 0 };
+    t.score(clean, &out, Some(delay));
 }
 
 fn opus(bitrate: u32, clean: &[f32], t: &mut Tally) {
@@ -218,7 +220,7 @@ fn opus(bitrate: u32, clean: &[f32], t: &mut Tally) {
         out48.extend(dec.decode(Some(&packet)).unwrap());
     }
     t.seconds += input.len() as f64 / 48_000.0;
-    t.score(clean, &down.process(&out48));
+    t.score(clean, &down.process(&out48), None);
 }
 
 fn main() {
@@ -282,10 +284,12 @@ fn main() {
                 aic(&model, mode, c, &mut v1);
             }
             let mut rows = vec![(format!("aic-v1 {}", mode.as_str()), v1)];
-            if let (Some(m), Some(_)) = (&models, enhance::opus_rate(mode)) {
-                for (name, core_only) in
-                    [("Opus core alone".to_string(), true), (format!("aic-v2 {}", mode.as_str()), false)]
-                {
+            if let Some(m) = &models {
+                let mut designs = vec![(format!("aic-v2 {}", mode.as_str()), false)];
+                if enhance::opus_rate(mode).is_some() {
+                    designs.insert(0, ("Opus core alone".to_string(), true));
+                }
+                for (name, core_only) in designs {
                     let mut t = Tally::default();
                     for c in clips {
                         aic_v2(m, mode, core_only, c, &mut t);

@@ -405,7 +405,7 @@ fn join_request_entry_survives_mutated_wrappers() {
 
 #[test]
 fn aic_packet_entry_survives_mutated_packets() {
-    use auralink::codec::aic::bitstream::{AIC_V1, Frame, OPUS_CORE, Packet};
+    use auralink::codec::aic::bitstream::{AIC_V1, Frame, OPUS_CORE, Packet, VOCODER_CORE};
     use auralink::codec::modes::Mode;
     let mut rng = StdRng::seed_from_u64(0xa1c);
     let mut seeds: Vec<Vec<u8>> = Mode::ALL
@@ -420,12 +420,15 @@ fn aic_packet_entry_survives_mutated_packets() {
     seeds.push(
         Packet { mode: Mode::Adaptive, model_id: OPUS_CORE, sequence: 1, frame: Frame::Opus(opus) }.encode().unwrap(),
     );
+    let vocoder = Frame::Vocoder([0x5a, 0xc3, 0x0f, 0xf0, 0x99, 0x17]);
+    seeds
+        .push(Packet { mode: Mode::Aggressive, model_id: VOCODER_CORE, sequence: 2, frame: vocoder }.encode().unwrap());
     for i in 0..CASES {
         let input = if i % 5 == 4 {
             random_bytes(&mut rng, 80)
         } else {
             // Headers of other versions, modes and models.
-            mutate(&mut rng, &seeds[i % 4], &[b"\x84", b"\x98", b"\xa8", b"\x44"])
+            mutate(&mut rng, &seeds[i % seeds.len()], &[b"\x84", b"\x98", b"\xa8", b"\x44", b"\xac"])
         };
         entries::aic_packet(&input);
     }

@@ -275,10 +275,18 @@ pub fn livekit_join(data: &[u8]) {
 /// `aic::bitstream::Packet::decode` on arbitrary bytes; what decodes re-encodes to a packet
 /// that decodes to the same thing.
 pub fn aic_packet(data: &[u8]) {
-    use auralink::codec::aic::bitstream::Packet;
+    use auralink::codec::aic::bitstream::{Frame, Packet};
+    use auralink::codec::aic::lpc::LpcDecoder;
     if let Ok(p) = Packet::decode(data) {
         let again = p.encode().expect("a decoded packet encodes");
         assert_eq!(Packet::decode(&again).expect("our own packet decodes"), p);
+        // Any six bytes are a vocoder frame whose filter is stable.
+        if let Frame::Vocoder(params) = p.frame {
+            let mut dec = LpcDecoder::default();
+            for _ in 0..5 {
+                assert!(dec.decode(&params).iter().all(|s| s.is_finite() && s.abs() < 100.0));
+            }
+        }
     }
 }
 

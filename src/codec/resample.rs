@@ -1,19 +1,19 @@
-//! 48 kHz ↔ 16 kHz, streaming, for models that work on wideband speech (AIC, Whisper) and
-//! tracks that travel at Opus's 48 kHz. One windowed-sinc low-pass serves both directions:
-//! before dropping two samples in three, and after stuffing two zeros between samples.
+//! Integer-factor resampling, streaming: 48 kHz ↔ 16 kHz for models that work on wideband
+//! speech (AIC, Whisper) and tracks that travel at Opus's 48 kHz, and 16 kHz ↔ 8 kHz for
+//! AIC's narrowband vocoder. One windowed-sinc low-pass serves both directions: before
+//! dropping samples, and after stuffing zeros between them.
 
-/// 48 000 / 16 000.
+/// 48 000 / 16 000: what `default()` resamples by.
 pub const FACTOR: usize = 3;
-/// Filter length: a transition band of about 1.8 kHz at 48 kHz, 1.5 ms of delay each way.
-const TAPS: usize = 145;
-/// Cut-off below 8 kHz (the 16 kHz Nyquist frequency) so what folds back is attenuated.
-const CUTOFF_HZ: f64 = 7_200.0;
 
-/// Blackman-windowed sinc low-pass at 48 kHz, unity gain at DC.
-fn lowpass() -> Vec<f32> {
-    let fc = CUTOFF_HZ / 48_000.0;
-    let mid = (TAPS - 1) as f64 / 2.0;
-    let mut h: Vec<f64> = (0..TAPS)
+/// Blackman-windowed sinc low-pass for resampling by `factor`, unity gain at DC: 48 taps per
+/// unit of factor (a transition band of about a ninth of the lower rate), cut off at 0.9 of
+/// the lower rate's Nyquist frequency so what folds back is attenuated.
+fn lowpass(factor: usize) -> Vec<f32> {
+    let taps = 48 * factor + 1;
+    let fc = 0.45 / factor as f64;
+    let mid = (taps - 1) as f64 / 2.0;
+    let mut h: Vec<f64> = (0..taps)
         .map(|n| {
             let t = n as f64 - mid;
             let sinc = if t == 0.0 {
@@ -21,7 +21,7 @@ fn lowpass() -> Vec<f32> {
             } else {
                 (2.0 * std::f64::consts::PI * fc * t).sin() / (std::f64::consts::PI * t)
             };
-            let w = 2.0 * std::f64::consts::PI * n as f64 / (TAPS - 1) as f64;
+            let w = 2.0 * std::f64::consts::PI * n as f64 / (taps - 1) as f64;
             sinc * (0.42 - 0.5 * w.cos() + 0.08 * (2.0 * w).cos())
         })
         .collect();
@@ -30,10 +30,17 @@ fn lowpass() -> Vec<f32> {
     h.into_iter().map(|x| x as f32).collect()
 }
 
-/// 48 kHz in, 16 kHz out; keeps what it needs of earlier input between calls.
+/// Samples of delay each way: half the filter.
+pub const fn delay(factor: usize) -> usize {
+    24 * factor
+}
+
+/// A high rate in, a rate `factor` times lower out; keeps what it needs of earlier input
+/// between calls.
 pub struct Downsampler {
+    factor: usize,
     h: Vec<f32>,
-    /// The last `TAPS - 1` input samples, then the new ones.
+    /// The last `taps - 1` input samples, then the new ones.
     buf: Vec<f32>,
     /// Input samples to skip before the next output (the phase across calls).
     skip: usize,
@@ -41,21 +48,25 @@ pub struct Downsampler {
 
 impl Default for Downsampler {
     fn default() -> Self {
-        Downsampler { h: lowpass(), buf: vec![0.0; TAPS - 1], skip: 0 }
+        Downsampler::new(FACTOR)
     }
 }
 
 impl Downsampler {
+    pub fn new(factor: usize) -> Downsampler {
+        let h = lowpass(factor);
+        Downsampler { factor, buf: vec![0.0; h.len() - 1], h, skip: 0 }
+    }
+
     pub fn process(&mut self, input: &[f32]) -> Vec<f32> {
         self.buf.extend_from_slice(input);
-        let mut out = Vec::with_capacity(input.len() / FACTOR + 1);
-        // Output i is centred on input `TAPS - 1 + pos` (the newest sample of its window).
+        let mut out = Vec::with_capacity(input.len() / self.factor + 1);
+        // Output i is centred on input `taps - 1 + pos` (the newest sample of its window).
         let mut pos = self.skip;
         while pos < input.len() {
-            let end = pos + TAPS;
-            let window = &self.buf[pos..end];
+            let window = &self.buf[pos..pos + self.h.len()];
             out.push(window.iter().rev().zip(&self.h).map(|(x, h)| x * h).sum());
-            pos += FACTOR;
+            pos += self.factor;
         }
         self.skip = pos - input.len();
         self.buf.drain(..input.len());
@@ -63,9 +74,9 @@ impl Downsampler {
     }
 }
 
-/// 16 kHz in, 48 kHz out.
+/// A low rate in, a rate `factor` times higher out.
 pub struct Upsampler {
-    /// The filter split by phase: output `3i + j` uses taps `j, j + 3, j + 6, …`.
+    /// The filter split by phase: output `factor·i + j` uses taps `j, j + factor, …`.
     phases: Vec<Vec<f32>>,
     /// The last input samples, newest last, as many as the longest phase needs.
     history: Vec<f32>,
@@ -73,17 +84,21 @@ pub struct Upsampler {
 
 impl Default for Upsampler {
     fn default() -> Self {
-        let h = lowpass();
-        let phases: Vec<Vec<f32>> =
-            (0..FACTOR).map(|j| h.iter().skip(j).step_by(FACTOR).map(|x| x * FACTOR as f32).collect()).collect();
-        let len = phases[0].len();
-        Upsampler { phases, history: vec![0.0; len] }
+        Upsampler::new(FACTOR)
     }
 }
 
 impl Upsampler {
+    pub fn new(factor: usize) -> Upsampler {
+        let h = lowpass(factor);
+        let phases: Vec<Vec<f32>> =
+            (0..factor).map(|j| h.iter().skip(j).step_by(factor).map(|x| x * factor as f32).collect()).collect();
+        let len = phases[0].len();
+        Upsampler { phases, history: vec![0.0; len] }
+    }
+
     pub fn process(&mut self, input: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(input.len() * FACTOR);
+        let mut out = Vec::with_capacity(input.len() * self.phases.len());
         for &x in input {
             self.history.remove(0);
             self.history.push(x);
@@ -120,6 +135,22 @@ mod tests {
         assert!((rms(&back[3_000..]) / rms(&input) - 1.0).abs() < 0.01);
         // 12 kHz would fold onto 4 kHz at 16 kHz: it must all but vanish (> 60 dB down).
         let high = Downsampler::default().process(&sine(12_000.0, 48_000.0, 48_000));
+        assert!(rms(&high[1_000..]) < 0.001, "{}", rms(&high[1_000..]));
+    }
+
+    #[test]
+    fn halving_and_doubling_pass_narrowband_speech_and_remove_what_would_alias() {
+        let input = sine(1_000.0, 16_000.0, 16_000);
+        let low = Downsampler::new(2).process(&input);
+        assert_eq!(low.len(), 8_000);
+        assert!((rms(&low[1_000..]) / rms(&input) - 1.0).abs() < 0.01);
+        let back = Upsampler::new(2).process(&low);
+        assert_eq!(back.len(), 16_000);
+        assert!((rms(&back[2_000..]) / rms(&input) - 1.0).abs() < 0.01);
+        // 1 kHz comes back where it was, `delay` samples late each way.
+        let d = 2 * delay(2);
+        assert!(back[2_000..].iter().zip(&input[2_000 - d..]).all(|(a, b)| (a - b).abs() < 0.01));
+        let high = Downsampler::new(2).process(&sine(6_000.0, 16_000.0, 16_000));
         assert!(rms(&high[1_000..]) < 0.001, "{}", rms(&high[1_000..]));
     }
 

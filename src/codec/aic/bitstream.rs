@@ -1,12 +1,15 @@
 //! The AIC bitstream: one 20 ms frame per packet behind a 1-byte header: for aic-v1, the codes
 //! of the residual quantizer's first `levels` stages packed MSB first; for aic-v2's Opus core,
-//! an Opus packet without its first byte. See docs/aic.md.
+//! an Opus packet without its first byte; for aic-v2's vocoder core, its parameters. See
+//! docs/aic.md.
 //!
 //! ```text
 //! byte 0   vv mm kk ss   version (2), mode (0 CONSERVATIVE, 1 ADAPTIVE, 2 AGGRESSIVE),
-//!                        model id (1 = aic-v1, 2 = aic-v2's Opus core), sequence mod 4
+//!                        model id (1 = aic-v1, 2 = aic-v2's Opus core, 3 = aic-v2's vocoder
+//!                        core), sequence mod 4
 //! ...      model 1:      levels × bits_per_code bits, zero-padded to a byte
 //!          model 2:      the Opus packet after its TOC byte, which the mode fixes
+//!          model 3:      6 bytes: 10 line spectral frequencies, level, voicing, pitch (lpc.rs)
 //! ```
 //!
 //! Each packet is one frame because every transport AIC rides (RTP, QUIC datagrams) sends
@@ -17,6 +20,7 @@
 //! carries. The 2-bit sequence tells a decoder that up to 3 packets went missing; the
 //! transports number packets for longer losses.
 
+use super::lpc;
 use crate::codec::modes::Mode;
 
 /// The version this code writes and the only one it reads.
@@ -52,6 +56,10 @@ pub const LAYOUTS: [Layout; 1] = [AIC_V1];
 /// aic-v2's Opus-core frames (CONSERVATIVE and ADAPTIVE): 16 kHz Opus packets that the
 /// decoder's network enhances.
 pub const OPUS_CORE: u8 = 2;
+
+/// aic-v2's vocoder-core frames (AGGRESSIVE): [`lpc::FRAME_BYTES`] of a linear-prediction
+/// vocoder's parameters that the decoder's network enhances.
+pub const VOCODER_CORE: u8 = 3;
 
 /// The audio bandwidth the Opus core is held to in `mode`; `None` where it has no such mode
 /// (Opus cannot go down to AGGRESSIVE's rate in 20 ms frames).
@@ -115,6 +123,8 @@ pub enum Frame {
     Codes(Vec<u16>),
     /// One whole Opus packet, TOC byte included (aic-v2's Opus core).
     Opus(Vec<u8>),
+    /// The vocoder's parameters (aic-v2's vocoder core).
+    Vocoder([u8; lpc::FRAME_BYTES]),
 }
 
 fn mode_bits(mode: Mode) -> u8 {
@@ -129,6 +139,14 @@ fn layout(model_id: u8) -> Result<&'static Layout, BitstreamError> {
     LAYOUTS.iter().find(|l| l.model_id == model_id).ok_or(BitstreamError::Model(model_id))
 }
 
+/// Refuses a mode other than AGGRESSIVE for the vocoder core: the better modes have Opus.
+fn vocoder_mode(mode: Mode) -> Result<(), BitstreamError> {
+    match mode {
+        Mode::Aggressive => Ok(()),
+        _ => Err(BitstreamError::ModelMode { model: VOCODER_CORE, mode }),
+    }
+}
+
 /// The Opus core's TOC byte in `mode`, refusing the mode it does not have.
 fn toc(model: u8, mode: Mode) -> Result<u8, BitstreamError> {
     core_toc(mode).ok_or(BitstreamError::ModelMode { model, mode })
@@ -139,7 +157,7 @@ impl Packet {
         let mut out = vec![VERSION << 6 | mode_bits(self.mode) << 4 | self.model_id << 2 | (self.sequence & 0b11)];
         match &self.frame {
             Frame::Codes(codes) => {
-                if self.model_id == OPUS_CORE {
+                if self.model_id == OPUS_CORE || self.model_id == VOCODER_CORE {
                     return Err(BitstreamError::Kind { model: self.model_id, kind: "codes" });
                 }
                 let layout = layout(self.model_id)?;
@@ -167,6 +185,13 @@ impl Packet {
                 }
                 out.extend_from_slice(rest);
             }
+            Frame::Vocoder(params) => {
+                if self.model_id != VOCODER_CORE {
+                    return Err(BitstreamError::Kind { model: self.model_id, kind: "vocoder frames" });
+                }
+                vocoder_mode(self.mode)?;
+                out.extend_from_slice(params);
+            }
         }
         Ok(out)
     }
@@ -189,6 +214,12 @@ impl Packet {
             packet.push(toc(model_id, mode)?);
             packet.extend_from_slice(payload);
             Frame::Opus(packet)
+        } else if model_id == VOCODER_CORE {
+            vocoder_mode(mode)?;
+            let params = payload
+                .try_into()
+                .map_err(|_| BitstreamError::Length { want: lpc::FRAME_BYTES, got: payload.len() })?;
+            Frame::Vocoder(params)
         } else {
             let layout = layout(model_id)?;
             let levels = layout.levels(mode);
@@ -196,22 +227,23 @@ impl Packet {
             if payload.len() != want {
                 return Err(BitstreamError::Length { want, got: payload.len() });
             }
-            let mut bits = BitReader { bytes: payload, pos: 0 };
+            let mut bits = BitReader::new(payload);
             Frame::Codes((0..levels).map(|_| bits.take(layout.bits_per_code) as u16).collect())
         };
         Ok(Packet { mode, model_id, sequence: head & 0b11, frame })
     }
 }
 
+/// Packs values MSB first (here and in [`lpc`]).
 #[derive(Default)]
-struct BitWriter {
+pub(super) struct BitWriter {
     out: Vec<u8>,
     acc: u64,
     n: u32,
 }
 
 impl BitWriter {
-    fn put(&mut self, value: u32, bits: u8) {
+    pub(super) fn put(&mut self, value: u32, bits: u8) {
         self.acc = self.acc << bits | u64::from(value);
         self.n += u32::from(bits);
         while self.n >= 8 {
@@ -220,7 +252,7 @@ impl BitWriter {
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(super) fn finish(mut self) -> Vec<u8> {
         if self.n > 0 {
             self.out.push((self.acc << (8 - self.n)) as u8);
         }
@@ -228,14 +260,18 @@ impl BitWriter {
     }
 }
 
-struct BitReader<'a> {
+pub(super) struct BitReader<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl BitReader<'_> {
+    pub(super) fn new(bytes: &[u8]) -> BitReader<'_> {
+        BitReader { bytes, pos: 0 }
+    }
+
     /// The next `bits` bits; the caller checked there are enough.
-    fn take(&mut self, bits: u8) -> u32 {
+    pub(super) fn take(&mut self, bits: u8) -> u32 {
         let mut v = 0u32;
         for _ in 0..bits {
             let bit = self.bytes[self.pos / 8] >> (7 - self.pos % 8) & 1;
@@ -280,7 +316,9 @@ mod tests {
         };
         assert_eq!(with_head(1 << 6 | 1 << 4 | 1 << 2), Err(BitstreamError::Version(1)));
         assert_eq!(with_head(2 << 6 | 3 << 4 | 1 << 2), Err(BitstreamError::Mode(3)));
-        assert_eq!(with_head(2 << 6 | 1 << 4 | 3 << 2), Err(BitstreamError::Model(3)));
+        // The vocoder core has AGGRESSIVE only.
+        let refused = BitstreamError::ModelMode { model: VOCODER_CORE, mode: Mode::Adaptive };
+        assert_eq!(with_head(2 << 6 | 1 << 4 | 3 << 2), Err(refused));
         assert_eq!(with_head(2 << 6 | 1 << 4), Err(BitstreamError::Model(0)));
         // ADAPTIVE's 12 bytes read as CONSERVATIVE's 30.
         assert_eq!(with_head(2 << 6 | 1 << 2), Err(BitstreamError::Length { want: 30, got: 12 }));
@@ -297,6 +335,28 @@ mod tests {
         let mut unknown = packet(Mode::Adaptive);
         unknown.model_id = 9;
         assert_eq!(unknown.encode(), Err(BitstreamError::Model(9)));
+    }
+
+    #[test]
+    fn vocoder_core_packets_carry_its_six_bytes_in_aggressive_only() {
+        let params = [0x9c, 0x01, 0xff, 0x42, 0x00, 0x7e];
+        let p = Packet { mode: Mode::Aggressive, model_id: VOCODER_CORE, sequence: 1, frame: Frame::Vocoder(params) };
+        let bytes = p.encode().unwrap();
+        // 2.8 kbit/s with the header.
+        assert_eq!(bytes.len(), HEADER_LEN + lpc::FRAME_BYTES);
+        assert_eq!(bytes[0], 2 << 6 | 2 << 4 | VOCODER_CORE << 2 | 1);
+        assert_eq!(Packet::decode(&bytes).unwrap(), p);
+        for len in [0, 5, 7] {
+            let mut b = bytes[..1].to_vec();
+            b.resize(1 + len, 0);
+            assert_eq!(Packet::decode(&b), Err(BitstreamError::Length { want: lpc::FRAME_BYTES, got: len }));
+        }
+        let adaptive = Packet { mode: Mode::Adaptive, ..p.clone() };
+        assert_eq!(adaptive.encode(), Err(BitstreamError::ModelMode { model: VOCODER_CORE, mode: Mode::Adaptive }));
+        let as_codes = Packet { frame: Frame::Codes(vec![1; 4]), ..p.clone() };
+        assert!(matches!(as_codes.encode(), Err(BitstreamError::Kind { .. })));
+        let wrong_model = Packet { model_id: OPUS_CORE, ..p };
+        assert!(matches!(wrong_model.encode(), Err(BitstreamError::Kind { .. })));
     }
 
     fn opus_packet(mode: Mode, len: usize) -> Packet {

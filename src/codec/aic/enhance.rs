@@ -29,13 +29,30 @@ pub const ENH_IN: usize = CONTEXT * FEATURES + 3;
 /// Gains lie in (0, MAX_GAIN): the network may halve or double a band, never flip it.
 const MAX_GAIN: f64 = 2.0;
 
-/// The rate Opus is asked for in a mode where the bitstream carries Opus; AGGRESSIVE has
-/// none (Opus cannot go that low in 20 ms frames) and sends aic-v1's codes.
-pub fn opus_rate(mode: Mode) -> Option<u32> {
+/// What carries a mode's audio in aic-v2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Core {
+    /// Opus asked for this many bit/s, enhanced by the network.
+    Opus(u32),
+    /// The vocoder ([`super::lpc`]) as it is: Opus cannot go below about 4.4 kbit/s, even
+    /// in 60 ms frames, and the network trained on the vocoder's output cost Whisper's word
+    /// error rate more than it gained in STOI (docs/benchmarks.md).
+    Vocoder,
+}
+
+pub fn core(mode: Mode) -> Core {
     match mode {
-        Mode::Conservative => Some(12_000),
-        Mode::Adaptive => Some(4_800),
-        Mode::Aggressive => None,
+        Mode::Conservative => Core::Opus(12_000),
+        Mode::Adaptive => Core::Opus(4_800),
+        Mode::Aggressive => Core::Vocoder,
+    }
+}
+
+/// The rate Opus is asked for in a mode whose core is Opus.
+pub fn opus_rate(mode: Mode) -> Option<u32> {
+    match core(mode) {
+        Core::Opus(rate) => Some(rate),
+        Core::Vocoder => None,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod bitstream;
 pub mod enhance;
 pub mod guard;
+pub mod lpc;
 pub mod mdct;
 pub mod model;
 pub mod quality;

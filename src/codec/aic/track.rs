@@ -1,7 +1,7 @@
 //! One track's AIC encoder and decoder, whichever design its mode runs: aic-v2 sends
 //! CONSERVATIVE and ADAPTIVE as 16 kHz Opus that the decoder's network enhances
-//! ([`super::enhance`]) and AGGRESSIVE as aic-v1's codes; aic-v1 sends codes in every mode.
-//! Packets name the model that made them, so the decoder follows the encoder's switches.
+//! ([`super::enhance`]) and AGGRESSIVE as a vocoder's parameters ([`super::lpc`]); aic-v1
+//! sends codes in every mode. Packets name the model that made them, so the decoder follows the encoder's switches.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,8 +9,9 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::ModelError;
-use super::bitstream::{AIC_V1, Frame, OPUS_CORE, Packet};
-use super::enhance::{self, Enhancer, EnhancerState};
+use super::bitstream::{AIC_V1, Frame, OPUS_CORE, Packet, VOCODER_CORE};
+use super::enhance::{self, Core, Enhancer, EnhancerState};
+use super::lpc::{self, LpcDecoder, LpcEncoder};
 use super::mdct::HOP;
 use super::model::{AicDecoder, AicEncoder, AicModel};
 use super::quality::QualityMeter;
@@ -36,11 +37,11 @@ impl AicModels {
     }
 }
 
-/// The Opus rate `model` sends `mode` at, or `None` where it sends codes.
-fn opus_rate(model: ModelType, mode: Mode) -> Option<u32> {
+/// The core `model` sends `mode` with, or `None` where it sends codes.
+fn core(model: ModelType, mode: Mode) -> Option<Core> {
     match model {
         ModelType::AicV1 => None,
-        ModelType::AicV2 => enhance::opus_rate(mode),
+        ModelType::AicV2 => Some(enhance::core(mode)),
     }
 }
 
@@ -48,8 +49,9 @@ pub struct TrackEncoder {
     codes: AicEncoder,
     opus: OpusEncoder,
     opus_delay: usize,
-    /// The mode of the last frame if it was Opus, `None` after codes.
-    last: Option<Mode>,
+    vocoder: LpcEncoder,
+    /// The model id and mode of the last frame.
+    last: Option<(u8, Mode)>,
     sequence: u8,
 }
 
@@ -58,7 +60,14 @@ impl TrackEncoder {
         let rate = enhance::opus_rate(Mode::Conservative).expect("CONSERVATIVE runs on Opus");
         let mut opus = OpusEncoder::at(WIDEBAND_RATE, rate)?;
         let opus_delay = opus.lookahead()?;
-        Ok(TrackEncoder { codes: AicEncoder::new(models.codes.clone())?, opus, opus_delay, last: None, sequence: 0 })
+        Ok(TrackEncoder {
+            codes: AicEncoder::new(models.codes.clone())?,
+            opus,
+            opus_delay,
+            vocoder: LpcEncoder::default(),
+            last: None,
+            sequence: 0,
+        })
     }
 
     /// One packet for one 20 ms frame (HOP samples at 16 kHz).
@@ -66,39 +75,53 @@ impl TrackEncoder {
         if pcm.len() != HOP {
             return Err(ModelError::FrameSize(pcm.len()));
         }
-        let on_opus = opus_rate(model, mode).is_some();
-        let frame = if on_opus {
-            // Opus moves to another bandwidth over several frames; from a reset it starts
-            // on the one it is held to, as the bitstream needs (the mode fixes the TOC).
-            if self.last != Some(mode) {
-                self.opus.reset_state()?;
-                enhance::set_core(&mut self.opus, mode)?;
+        let last_model = self.last.map(|(m, _)| m);
+        let (model_id, frame) = match core(model, mode) {
+            Some(Core::Opus(_)) => {
+                // Opus moves to another bandwidth over several frames; from a reset it
+                // starts on the one it is held to, as the bitstream needs (the mode fixes the
+                // TOC).
+                if self.last != Some((OPUS_CORE, mode)) {
+                    self.opus.reset_state()?;
+                    enhance::set_core(&mut self.opus, mode)?;
+                }
+                (OPUS_CORE, Frame::Opus(self.opus.encode(pcm)?))
             }
-            Frame::Opus(self.opus.encode(pcm)?)
-        } else {
-            // Its analysis state is stale after Opus frames.
-            if self.last.is_some() {
-                self.codes.reset_state()?;
+            Some(Core::Vocoder) => {
+                // Its analysis looks back 20 ms: stale after another design's frames.
+                if last_model != Some(VOCODER_CORE) {
+                    self.vocoder = LpcEncoder::default();
+                }
+                (VOCODER_CORE, Frame::Vocoder(self.vocoder.encode(pcm)?))
             }
-            let mut codes = self.codes.encode(pcm, mode)?;
-            Frame::Codes(codes.pop().expect("one frame in, one frame of codes out"))
+            None => {
+                if last_model.is_some_and(|m| m != AIC_V1.model_id) {
+                    self.codes.reset_state()?;
+                }
+                let mut codes = self.codes.encode(pcm, mode)?;
+                (AIC_V1.model_id, Frame::Codes(codes.pop().expect("one frame in, one frame of codes out")))
+            }
         };
-        self.last = on_opus.then_some(mode);
-        let model_id = if on_opus { OPUS_CORE } else { AIC_V1.model_id };
+        self.last = Some((model_id, mode));
         let packet = Packet { mode, model_id, sequence: self.sequence, frame }.encode()?;
         self.sequence = self.sequence.wrapping_add(1);
         Ok(packet)
     }
 
-    /// How many samples the decoded audio lags the input by in `mode`: the MDCT's frame,
-    /// and Opus's lookahead where the core is Opus.
+    /// How many samples the decoded audio lags the input by in `mode`: aic-v1's MDCT frame;
+    /// Opus's lookahead and the enhancer's frame; the vocoder's resamplers.
     pub fn delay(&self, mode: Mode, model: ModelType) -> usize {
-        HOP + if opus_rate(model, mode).is_some() { self.opus_delay } else { 0 }
+        match core(model, mode) {
+            Some(Core::Opus(_)) => self.opus_delay + HOP,
+            Some(Core::Vocoder) => lpc::DELAY,
+            None => HOP,
+        }
     }
 
     pub fn reset_state(&mut self) -> Result<(), ModelError> {
         self.codes.reset_state()?;
         self.opus.reset_state()?;
+        self.vocoder = LpcEncoder::default();
         self.last = None;
         Ok(())
     }
@@ -107,6 +130,7 @@ impl TrackEncoder {
 pub struct TrackDecoder {
     codes: AicDecoder,
     opus: OpusDecoder,
+    vocoder: LpcDecoder,
     enhancer: EnhancerState,
     last_model: Option<u8>,
 }
@@ -116,6 +140,7 @@ impl TrackDecoder {
         Ok(TrackDecoder {
             codes: AicDecoder::new(models.codes.clone()),
             opus: OpusDecoder::at(WIDEBAND_RATE)?,
+            vocoder: LpcDecoder::default(),
             enhancer: EnhancerState::new(models.enhancer.clone())?,
             last_model: None,
         })
@@ -133,12 +158,14 @@ impl TrackDecoder {
             Frame::Codes(codes) => self.codes.decode(&[codes], p.mode),
             // The mode's TOC byte says one 20 ms frame; the enhancer refuses any other length.
             Frame::Opus(packet) => self.enhancer.process(&self.opus.decode(Some(&packet))?, p.mode),
+            Frame::Vocoder(params) => Ok(self.vocoder.decode(&params)),
         }
     }
 
     pub fn reset_state(&mut self) -> Result<(), ModelError> {
         self.codes.reset_state();
         self.opus = OpusDecoder::at(WIDEBAND_RATE)?;
+        self.vocoder = LpcDecoder::default();
         self.enhancer.reset_state()?;
         Ok(())
     }
@@ -164,7 +191,7 @@ mod tests {
         let plan = [
             (Mode::Conservative, ModelType::AicV2, OPUS_CORE),
             (Mode::Adaptive, ModelType::AicV2, OPUS_CORE),
-            (Mode::Aggressive, ModelType::AicV2, AIC_V1.model_id),
+            (Mode::Aggressive, ModelType::AicV2, VOCODER_CORE),
             (Mode::Adaptive, ModelType::AicV1, AIC_V1.model_id),
             (Mode::Adaptive, ModelType::AicV2, OPUS_CORE),
             (Mode::Conservative, ModelType::AicV2, OPUS_CORE),
