@@ -6,11 +6,15 @@
 /// 48 000 / 16 000: what `default()` resamples by.
 pub const FACTOR: usize = 3;
 
-/// Blackman-windowed sinc low-pass for resampling by `factor`, unity gain at DC: 48 taps per
-/// unit of factor (a transition band of about a ninth of the lower rate), cut off at 0.9 of
-/// the lower rate's Nyquist frequency so what folds back is attenuated.
+/// Filter taps per unit of factor, plus one: a transition band of about a ninth of the lower
+/// rate.
+const TAPS_PER_FACTOR: usize = 48;
+
+/// Blackman-windowed sinc low-pass for resampling by `factor`, unity gain at DC, cut off at 0.9
+/// of the lower rate's Nyquist frequency so what folds back is attenuated.
 fn lowpass(factor: usize) -> Vec<f32> {
-    let taps = 48 * factor + 1;
+    assert!(factor > 0, "a resampling factor is at least 1");
+    let taps = TAPS_PER_FACTOR * factor + 1;
     let fc = 0.45 / factor as f64;
     let mid = (taps - 1) as f64 / 2.0;
     let mut h: Vec<f64> = (0..taps)
@@ -30,9 +34,9 @@ fn lowpass(factor: usize) -> Vec<f32> {
     h.into_iter().map(|x| x as f32).collect()
 }
 
-/// Samples of delay each way: half the filter.
+/// Samples of delay each way, at the higher rate: half the filter.
 pub const fn delay(factor: usize) -> usize {
-    24 * factor
+    TAPS_PER_FACTOR / 2 * factor
 }
 
 /// A high rate in, a rate `factor` times lower out; keeps what it needs of earlier input

@@ -58,7 +58,7 @@ pub const LAYOUTS: [Layout; 1] = [AIC_V1];
 pub const OPUS_CORE: u8 = 2;
 
 /// aic-v2's vocoder-core frames (AGGRESSIVE): [`lpc::FRAME_BYTES`] of a linear-prediction
-/// vocoder's parameters that the decoder's network enhances.
+/// vocoder's parameters, decoded as they are (no enhancer).
 pub const VOCODER_CORE: u8 = 3;
 
 /// The audio bandwidth the Opus core is held to in `mode`; `None` where it has no such mode

@@ -44,7 +44,8 @@ const LSF_RANGE: [(f32, f32); ORDER] = [
 /// Lines closer than this are pushed apart: two nearly equal lines make a resonance that
 /// rings.
 const MIN_GAP_HZ: f32 = 50.0;
-/// Frame level in dB (full scale) in 5 bits.
+/// Frame level in dB (full scale) in 5 bits; code 0 (−78 dBFS, inaudible) stands for silence
+/// too.
 const LEVEL_MIN_DB: f32 = -78.0;
 const LEVEL_STEP_DB: f32 = 2.25;
 /// Normalized correlation of the prediction residual above which a frame counts as voiced.
@@ -54,18 +55,18 @@ const BREATH: f32 = 0.15;
 
 /// One frame's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Params {
+struct Params {
     /// Line spectral frequencies, Hz, ascending.
-    pub lsf: [f32; ORDER],
+    lsf: [f32; ORDER],
     /// RMS of the frame.
-    pub level: f32,
-    pub voiced: bool,
-    pub lag: usize,
+    level: f32,
+    voiced: bool,
+    lag: usize,
 }
 
 impl Params {
     /// The 48-bit frame, most significant bit first.
-    pub fn encode(&self) -> [u8; FRAME_BYTES] {
+    fn encode(&self) -> [u8; FRAME_BYTES] {
         let mut bits = BitWriter::default();
         for i in 0..ORDER {
             let (lo, hi) = LSF_RANGE[i];
@@ -80,7 +81,8 @@ impl Params {
         bits.finish().try_into().expect("48 bits")
     }
 
-    pub fn decode(frame: &[u8; FRAME_BYTES]) -> Params {
+    /// Any 48 bits are a frame: lags come out in range and lines in order.
+    fn decode(frame: &[u8; FRAME_BYTES]) -> Params {
         let mut bits = BitReader::new(frame);
         let mut lsf = [0f32; ORDER];
         for (i, f) in lsf.iter_mut().enumerate() {
@@ -112,9 +114,8 @@ fn spread(lsf: &mut [f32; ORDER]) {
 }
 
 /// Prediction coefficients `a` (A(z) = 1 + Σ a_k z^-k) of `x`, Hamming-windowed, with 60 Hz of
-/// bandwidth expansion so sharp resonances survive quantization; and the residual energy
-/// relative to the signal's.
-fn analyze(x: &[f32]) -> ([f32; ORDER], f32) {
+/// bandwidth expansion so sharp resonances survive quantization.
+fn analyze(x: &[f32]) -> [f32; ORDER] {
     let n = x.len();
     let w: Vec<f64> = (0..n)
         .map(|i| f64::from(x[i]) * (0.54 - 0.46 * (std::f64::consts::TAU * i as f64 / (n - 1) as f64).cos()))
@@ -138,17 +139,14 @@ fn analyze(x: &[f32]) -> ([f32; ORDER], f32) {
         a[i] = k;
         err *= 1.0 - k * k;
     }
-    let mut out = [0f32; ORDER];
-    for k in 0..ORDER {
-        out[k] = a[k + 1] as f32;
-    }
-    (out, (err / r[0]) as f32)
+    std::array::from_fn(|k| a[k + 1] as f32)
 }
 
 /// The sum and difference polynomials' real-valued forms on the unit circle: the LSFs are
 /// their zeros in (0, π), interlaced.
 fn lsf_functions(a: &[f32; ORDER], w: f64) -> (f64, f64) {
-    // P = A + z^-(p+1) A(1/z), Q = A − z^-(p+1) A(1/z); times e^{jω(p+1)/2} they are real.
+    // P = A + z^-(p+1) A(1/z) is symmetric and Q = A − z^-(p+1) A(1/z) antisymmetric: times
+    // e^{jω(p+1)/2}, P is a sum of cosines and Q j times a sum of sines.
     let coef = |k: usize| {
         if k == 0 {
             1.0
@@ -284,7 +282,7 @@ fn flat() -> [f32; ORDER] {
 }
 
 impl LpcEncoder {
-    pub fn analyze(&mut self, pcm: &[f32]) -> Result<Params, ModelError> {
+    fn analyze(&mut self, pcm: &[f32]) -> Result<Params, ModelError> {
         if pcm.len() != HOP {
             return Err(ModelError::FrameSize(pcm.len()));
         }
@@ -292,7 +290,7 @@ impl LpcEncoder {
         self.history.drain(..N);
         self.history.extend_from_slice(&x);
         let h = &self.history;
-        let (a, _) = analyze(&h[h.len() - WINDOW..]);
+        let a = analyze(&h[h.len() - WINDOW..]);
         let lsf = to_lsf(&a).unwrap_or(self.last_lsf);
         self.last_lsf = lsf;
         let residual: Vec<f32> =
@@ -331,7 +329,7 @@ impl LpcDecoder {
         self.synthesize(&Params::decode(frame))
     }
 
-    pub fn synthesize(&mut self, p: &Params) -> Vec<f32> {
+    fn synthesize(&mut self, p: &Params) -> Vec<f32> {
         let mut out = Vec::with_capacity(N);
         for s in 0..SUBFRAMES {
             let w = (s + 1) as f32 / SUBFRAMES as f32;
@@ -349,6 +347,9 @@ impl LpcDecoder {
             // White excitation of variance σ² comes out of 1/A with σ² times its impulse
             // response's energy.
             let sigma = level / power_gain(&a).sqrt();
+            // The first pulse of a voiced stretch comes at once, and a shorter period at the
+            // latest one period on.
+            self.to_pulse = if p.voiced { self.to_pulse.min(lag) } else { 0 };
             for _ in 0..SUB {
                 let noise = self.noise();
                 let e = if p.voiced {
@@ -370,7 +371,8 @@ impl LpcDecoder {
             }
         }
         self.last = *p;
-        self.up.process(&out)
+        // A loud, low-pitched frame's pulses can peak past full scale; the original did not.
+        self.up.process(&out).into_iter().map(|s| s.clamp(-1.0, 1.0)).collect()
     }
 
     /// Uniform noise of unit variance.
@@ -380,11 +382,12 @@ impl LpcDecoder {
     }
 }
 
-/// Energy of 1/A's impulse response (its first 32 ms).
+/// Energy of 1/A's impulse response (its first 64 ms: the sharpest resonances the quantizers
+/// allow keep ringing past 32 ms).
 fn power_gain(a: &[f32; ORDER]) -> f32 {
     let mut memory = [0f32; ORDER];
     let mut energy = 0.0;
-    for n in 0..256 {
+    for n in 0..512 {
         let x = if n == 0 { 1.0 } else { 0.0 };
         let y = x - (0..ORDER).map(|k| a[k] * memory[k]).sum::<f32>();
         memory.rotate_right(1);
@@ -402,8 +405,7 @@ mod tests {
     fn lines_round_trip_to_the_same_filter() {
         let vowel = crate::codec::vowel(0.1);
         let x = Downsampler::new(2).process(&vowel);
-        let (a, err) = analyze(&x[x.len() - WINDOW..]);
-        assert!(err < 0.2, "a vowel is predictable: residual {err}");
+        let a = analyze(&x[x.len() - WINDOW..]);
         let lsf = to_lsf(&a).expect("ten lines");
         assert!(lsf.windows(2).all(|w| w[0] < w[1]) && lsf[0] > 0.0 && lsf[9] < 4000.0, "{lsf:?}");
         let back = to_lpc(&lsf);
