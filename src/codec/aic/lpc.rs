@@ -309,7 +309,7 @@ impl LpcEncoder {
 pub struct LpcDecoder {
     up: Upsampler,
     last: Params,
-    /// The synthesis filter's last outputs, newest first.
+    /// The synthesis filter's last outputs, newest first ([`all_pole`]).
     memory: [f32; ORDER],
     /// Samples until the next pulse.
     to_pulse: usize,
@@ -333,11 +333,7 @@ impl LpcDecoder {
         let mut out = Vec::with_capacity(N);
         for s in 0..SUBFRAMES {
             let w = (s + 1) as f32 / SUBFRAMES as f32;
-            let mut lsf = [0f32; ORDER];
-            for i in 0..ORDER {
-                lsf[i] = (1.0 - w) * self.last.lsf[i] + w * p.lsf[i];
-            }
-            let a = to_lpc(&lsf);
+            let a = to_lpc(&std::array::from_fn(|i| (1.0 - w) * self.last.lsf[i] + w * p.lsf[i]));
             let level = (1.0 - w) * self.last.level + w * p.level;
             let lag = if self.last.voiced && p.voiced {
                 ((1.0 - w) * self.last.lag as f32 + w * p.lag as f32).round() as usize
@@ -364,10 +360,7 @@ impl LpcDecoder {
                 } else {
                     sigma * noise
                 };
-                let y = e - (0..ORDER).map(|k| a[k] * self.memory[k]).sum::<f32>();
-                self.memory.rotate_right(1);
-                self.memory[0] = y;
-                out.push(y);
+                out.push(all_pole(&a, &mut self.memory, e));
             }
         }
         self.last = *p;
@@ -382,19 +375,20 @@ impl LpcDecoder {
     }
 }
 
+/// One sample through the synthesis filter 1/A(z), whose last outputs `memory` holds, newest
+/// first.
+fn all_pole(a: &[f32; ORDER], memory: &mut [f32; ORDER], x: f32) -> f32 {
+    let y = x - (0..ORDER).map(|k| a[k] * memory[k]).sum::<f32>();
+    memory.rotate_right(1);
+    memory[0] = y;
+    y
+}
+
 /// Energy of 1/A's impulse response (its first 64 ms: the sharpest resonances the quantizers
 /// allow keep ringing past 32 ms).
 fn power_gain(a: &[f32; ORDER]) -> f32 {
     let mut memory = [0f32; ORDER];
-    let mut energy = 0.0;
-    for n in 0..512 {
-        let x = if n == 0 { 1.0 } else { 0.0 };
-        let y = x - (0..ORDER).map(|k| a[k] * memory[k]).sum::<f32>();
-        memory.rotate_right(1);
-        memory[0] = y;
-        energy += y * y;
-    }
-    energy
+    (0..512).map(|n| all_pole(a, &mut memory, if n == 0 { 1.0 } else { 0.0 }).powi(2)).sum()
 }
 
 #[cfg(test)]
