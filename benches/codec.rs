@@ -8,7 +8,8 @@
 //!
 //! `cargo bench --bench codec` (`AURALINK_AIC_DATA` names the data folder, default
 //! ~/.cache/auralink-aic-data; `AURALINK_AIC_MODEL` and `AURALINK_AIC_ENHANCER` the weights,
-//! default models/aic/aic-v1.safetensors and aic-v2-enhancer.safetensors). Without `--bench` (as `cargo test --all-targets` runs it)
+//! default models/aic/aic-v1.safetensors and aic-v2-enhancer.safetensors; `AURALINK_AIC_MODES`
+//! the modes to score, comma-separated, default all three). Without `--bench` (as `cargo test --all-targets` runs it)
 //! it scores two seconds of a synthetic vowel, to show every path works.
 
 use std::path::{Path, PathBuf};
@@ -261,6 +262,13 @@ fn main() {
     if bench && whisper.is_none() {
         println!("no {} (scripts/models.sh): no word error rates", whisper_dir.display());
     }
+    let modes: Vec<Mode> = std::env::var("AURALINK_AIC_MODES").map_or_else(
+        |_| Mode::ALL.to_vec(),
+        |list| {
+            let parse = |m: &str| Mode::parse(m.trim()).unwrap_or_else(|| panic!("AURALINK_AIC_MODES: no mode {m:?}"));
+            list.split(',').map(parse).collect()
+        },
+    );
     let mut fit = Vec::new();
     for (set, clips) in &sets {
         let minutes = clips.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0 / 60.0;
@@ -278,7 +286,7 @@ fn main() {
             "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7} {:>7} {:>6}",
             "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF", "WER %", "dist"
         );
-        for mode in Mode::ALL {
+        for &mode in &modes {
             let mut v1 = Tally::default();
             for c in clips {
                 aic(&model, mode, c, &mut v1);

@@ -57,10 +57,13 @@ enum AicCommand {
     Train(TrainArgs),
     /// Train the network that enhances Opus in aic-v2's Opus-core modes (docs/aic.md).
     TrainEnhancer(EnhancerArgs),
+    /// Fit the line quantizer of aic-v2's AGGRESSIVE vocoder (docs/aic.md); the build embeds it.
+    TrainVocoder(VocoderArgs),
 }
 
+/// Where every training command reads and writes.
 #[derive(Args)]
-struct EnhancerArgs {
+struct TrainingRun {
     /// The data folder (its `train/` is read; `heldout/` never is).
     #[arg(long, env = "AURALINK_AIC_DATA")]
     data: PathBuf,
@@ -69,20 +72,28 @@ struct EnhancerArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+#[derive(Args)]
+struct VocoderArgs {
+    #[command(flatten)]
+    run: TrainingRun,
+    #[arg(long, default_value_t = 30)]
+    iterations: usize,
+}
+
+#[derive(Args)]
+struct EnhancerArgs {
+    #[command(flatten)]
+    run: TrainingRun,
     #[arg(long, default_value_t = 8000)]
     steps: usize,
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// The data folder (its `train/` is read; `heldout/` never is).
-    #[arg(long, env = "AURALINK_AIC_DATA")]
-    data: PathBuf,
-    /// Where the weights and their manifest go.
-    #[arg(long, default_value = "models/aic")]
-    out: PathBuf,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    run: TrainingRun,
     #[arg(long, default_value_t = 6000)]
     autoencoder_steps: usize,
     #[arg(long, default_value_t = 2000)]
@@ -205,9 +216,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Aic(AicCommand::Train(a)) => {
             use auralink::codec::aic::train;
             let cfg = train::TrainConfig {
-                data: a.data,
-                out: a.out,
-                seed: a.seed,
+                data: a.run.data,
+                out: a.run.out,
+                seed: a.run.seed,
                 autoencoder_steps: a.autoencoder_steps,
                 decoder_steps: a.decoder_steps,
                 ..Default::default()
@@ -218,15 +229,27 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Aic(AicCommand::TrainEnhancer(a)) => {
             use auralink::codec::aic::train_enhance;
             let cfg = train_enhance::EnhanceConfig {
-                data: a.data,
-                out: a.out,
-                seed: a.seed,
+                data: a.run.data,
+                out: a.run.out,
+                seed: a.run.seed,
                 steps: a.steps,
                 ..Default::default()
             };
             let report = train_enhance::train(&cfg)?;
             let manifest = train_enhance::manifest(&cfg, &report, &command_line())?;
             save_manifest(&cfg.out.join("aic-v2-enhancer.toml"), &manifest)
+        }
+        Command::Aic(AicCommand::TrainVocoder(a)) => {
+            use auralink::codec::aic::train_vocoder;
+            let cfg = train_vocoder::VocoderConfig {
+                data: a.run.data,
+                out: a.run.out,
+                seed: a.run.seed,
+                iterations: a.iterations,
+            };
+            let report = train_vocoder::train(&cfg)?;
+            let manifest = train_vocoder::manifest(&cfg, &report, &command_line())?;
+            save_manifest(&cfg.out.join("aic-v2-lsf.toml"), &manifest)
         }
         Command::Whisper(WhisperCommand::Convert { from, out }) => {
             auralink::pipeline::whisper::ct2::convert(&from, &out)?;

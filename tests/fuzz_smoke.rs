@@ -420,7 +420,7 @@ fn aic_packet_entry_survives_mutated_packets() {
     seeds.push(
         Packet { mode: Mode::Adaptive, model_id: OPUS_CORE, sequence: 1, frame: Frame::Opus(opus) }.encode().unwrap(),
     );
-    let vocoder = Frame::Vocoder([0x5a, 0xc3, 0x0f, 0xf0, 0x99, 0x17]);
+    let vocoder = Frame::Vocoder([0x5a, 0xc3, 0x0f, 0xf0, 0x99]);
     seeds
         .push(Packet { mode: Mode::Aggressive, model_id: VOCODER_CORE, sequence: 2, frame: vocoder }.encode().unwrap());
     for i in 0..CASES {

@@ -280,7 +280,7 @@ pub fn aic_packet(data: &[u8]) {
     if let Ok(p) = Packet::decode(data) {
         let again = p.encode().expect("a decoded packet encodes");
         assert_eq!(Packet::decode(&again).expect("our own packet decodes"), p);
-        // Any six bytes are a vocoder frame whose filter is stable.
+        // Any five bytes are a vocoder frame whose filter is stable.
         if let Frame::Vocoder(params) = p.frame {
             let mut dec = LpcDecoder::default();
             for _ in 0..5 {

@@ -9,7 +9,7 @@
 //!                        core), sequence mod 4
 //! ...      model 1:      levels × bits_per_code bits, zero-padded to a byte
 //!          model 2:      the Opus packet after its TOC byte, which the mode fixes
-//!          model 3:      6 bytes: 10 line spectral frequencies, level, voicing, pitch (lpc.rs)
+//!          model 3:      5 bytes: 10 line spectral frequencies, level, voicing, pitch (lpc.rs)
 //! ```
 //!
 //! Each packet is one frame because every transport AIC rides (RTP, QUIC datagrams) sends
@@ -338,15 +338,15 @@ mod tests {
     }
 
     #[test]
-    fn vocoder_core_packets_carry_its_six_bytes_in_aggressive_only() {
-        let params = [0x9c, 0x01, 0xff, 0x42, 0x00, 0x7e];
+    fn vocoder_core_packets_carry_its_five_bytes_in_aggressive_only() {
+        let params = [0x9c, 0x01, 0xff, 0x42, 0x7e];
         let p = Packet { mode: Mode::Aggressive, model_id: VOCODER_CORE, sequence: 1, frame: Frame::Vocoder(params) };
         let bytes = p.encode().unwrap();
-        // 2.8 kbit/s with the header.
+        // 2.4 kbit/s with the header.
         assert_eq!(bytes.len(), HEADER_LEN + lpc::FRAME_BYTES);
         assert_eq!(bytes[0], 2 << 6 | 2 << 4 | VOCODER_CORE << 2 | 1);
         assert_eq!(Packet::decode(&bytes).unwrap(), p);
-        for len in [0, 5, 7] {
+        for len in [0, 4, 6] {
             let mut b = bytes[..1].to_vec();
             b.resize(1 + len, 0);
             assert_eq!(Packet::decode(&b), Err(BitstreamError::Length { want: lpc::FRAME_BYTES, got: len }));

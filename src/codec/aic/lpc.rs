@@ -1,19 +1,22 @@
-//! aic-v2's AGGRESSIVE core: a linear-prediction vocoder at 8 kHz in 48 bits per 20 ms frame
-//! (2.4 kbit/s). Opus cannot go below about 4.4 kbit/s even in 60 ms frames, and aic-v1's
-//! codes at this rate are not intelligible; a vocoder sends what intelligibility rests on (the
-//! spectral envelope, pitch, voicing, level) and synthesizes the rest.
+//! aic-v2's AGGRESSIVE core: a linear-prediction vocoder at 8 kHz in 40 bits per 20 ms frame
+//! (2.4 kbit/s with the packet's header). Opus cannot go below about 4.4 kbit/s even in 60 ms
+//! frames, and aic-v1's codes at this rate are not intelligible; a vocoder sends what
+//! intelligibility rests on (the spectral envelope, pitch, voicing, level) and synthesizes the
+//! rest.
 //!
-//! A frame: ten line spectral frequencies (35 bits, scalar), the level (5), voicing (1) and
-//! the pitch lag (7). The decoder interpolates envelope, level and pitch over four 5 ms
-//! subframes and drives the all-pole filter with a pulse train (voiced) or noise.
+//! A frame: ten line spectral frequencies (27 bits, [`super::lsf`]'s split vector quantizer),
+//! the level (5), voicing (1) and the pitch lag (7). The decoder interpolates envelope, level
+//! and pitch over four 5 ms subframes and drives the all-pole filter with a pulse train
+//! (voiced) or noise.
 
 use super::ModelError;
 use super::bitstream::{BitReader, BitWriter};
+use super::lsf::{ORDER, SPLIT_BITS, codebook, flat, to_lpc, to_lsf};
 use super::mdct::HOP;
 use crate::codec::resample::{self, Downsampler, Upsampler};
 
 /// Payload bytes per frame.
-pub const FRAME_BYTES: usize = 6;
+pub const FRAME_BYTES: usize = 5;
 /// Samples of 16 kHz audio the decoded frame lags the encoded one by: the resamplers'.
 pub const DELAY: usize = 2 * resample::delay(2);
 
@@ -21,29 +24,11 @@ pub const DELAY: usize = 2 * resample::delay(2);
 const N: usize = HOP / 2;
 const SUBFRAMES: usize = 4;
 const SUB: usize = N / SUBFRAMES;
-const ORDER: usize = 10;
 /// The envelope's analysis window: this frame and the 10 ms before it.
 const WINDOW: usize = 240;
 /// Pitch lags 20..=147 (400 Hz down to 54 Hz) in 7 bits.
 const MIN_LAG: usize = 20;
 const MAX_LAG: usize = MIN_LAG + 127;
-/// Bits and range (Hz) of each line spectral frequency's quantizer.
-const LSF_BITS: [u8; ORDER] = [4, 4, 4, 4, 4, 4, 3, 3, 3, 2];
-const LSF_RANGE: [(f32, f32); ORDER] = [
-    (100.0, 700.0),
-    (200.0, 1100.0),
-    (400.0, 1600.0),
-    (700.0, 2000.0),
-    (1000.0, 2400.0),
-    (1300.0, 2800.0),
-    (1700.0, 3100.0),
-    (2100.0, 3400.0),
-    (2500.0, 3650.0),
-    (2900.0, 3850.0),
-];
-/// Lines closer than this are pushed apart: two nearly equal lines make a resonance that
-/// rings.
-const MIN_GAP_HZ: f32 = 50.0;
 /// Frame level in dB (full scale) in 5 bits; code 0 (−78 dBFS, inaudible) stands for silence
 /// too.
 const LEVEL_MIN_DB: f32 = -78.0;
@@ -65,51 +50,27 @@ struct Params {
 }
 
 impl Params {
-    /// The 48-bit frame, most significant bit first.
+    /// The 40-bit frame, most significant bit first.
     fn encode(&self) -> [u8; FRAME_BYTES] {
         let mut bits = BitWriter::default();
-        for i in 0..ORDER {
-            let (lo, hi) = LSF_RANGE[i];
-            let levels = (1u32 << LSF_BITS[i]) - 1;
-            let q = ((self.lsf[i] - lo) / (hi - lo) * levels as f32).round().clamp(0.0, levels as f32);
-            bits.put(q as u32, LSF_BITS[i]);
+        for i in codebook().quantize(&self.lsf) {
+            bits.put(u32::from(i), SPLIT_BITS);
         }
         let db = 20.0 * self.level.max(1e-9).log10();
         bits.put(((db - LEVEL_MIN_DB) / LEVEL_STEP_DB).round().clamp(0.0, 31.0) as u32, 5);
         bits.put(u32::from(self.voiced), 1);
         bits.put((self.lag.clamp(MIN_LAG, MAX_LAG) - MIN_LAG) as u32, 7);
-        bits.finish().try_into().expect("48 bits")
+        bits.finish().try_into().expect("40 bits")
     }
 
-    /// Any 48 bits are a frame: lags come out in range and lines in order.
+    /// Any 40 bits are a frame: lags come out in range and lines in order.
     fn decode(frame: &[u8; FRAME_BYTES]) -> Params {
         let mut bits = BitReader::new(frame);
-        let mut lsf = [0f32; ORDER];
-        for (i, f) in lsf.iter_mut().enumerate() {
-            let (lo, hi) = LSF_RANGE[i];
-            let levels = ((1u32 << LSF_BITS[i]) - 1) as f32;
-            *f = lo + (hi - lo) * bits.take(LSF_BITS[i]) as f32 / levels;
-        }
-        spread(&mut lsf);
+        let lsf = codebook().lines(std::array::from_fn(|_| bits.take(SPLIT_BITS) as u16));
         let level = 10f32.powf((LEVEL_MIN_DB + LEVEL_STEP_DB * bits.take(5) as f32) / 20.0);
         let voiced = bits.take(1) == 1;
         let lag = MIN_LAG + bits.take(7) as usize;
         Params { lsf, level, voiced, lag }
-    }
-}
-
-/// Sorts lines and keeps them `MIN_GAP_HZ` apart and inside (0, 4 kHz).
-fn spread(lsf: &mut [f32; ORDER]) {
-    lsf.sort_by(f32::total_cmp);
-    let mut floor = MIN_GAP_HZ;
-    for f in lsf.iter_mut() {
-        *f = f.max(floor);
-        floor = *f + MIN_GAP_HZ;
-    }
-    let mut ceiling = 4000.0 - MIN_GAP_HZ;
-    for f in lsf.iter_mut().rev() {
-        *f = f.min(ceiling);
-        ceiling = *f - MIN_GAP_HZ;
     }
 }
 
@@ -140,93 +101,6 @@ fn analyze(x: &[f32]) -> [f32; ORDER] {
         err *= 1.0 - k * k;
     }
     std::array::from_fn(|k| a[k + 1] as f32)
-}
-
-/// The sum and difference polynomials' real-valued forms on the unit circle: the LSFs are
-/// their zeros in (0, π), interlaced.
-fn lsf_functions(a: &[f32; ORDER], w: f64) -> (f64, f64) {
-    // P = A + z^-(p+1) A(1/z) is symmetric and Q = A − z^-(p+1) A(1/z) antisymmetric: times
-    // e^{jω(p+1)/2}, P is a sum of cosines and Q j times a sum of sines.
-    let coef = |k: usize| {
-        if k == 0 {
-            1.0
-        } else if k <= ORDER {
-            f64::from(a[k - 1])
-        } else {
-            0.0
-        }
-    };
-    let half = (ORDER + 1) as f64 / 2.0;
-    let (mut p, mut q) = (0.0, 0.0);
-    for k in 0..=ORDER + 1 {
-        let (c, r) = (coef(k), coef(ORDER + 1 - k));
-        let t = (k as f64 - half) * w;
-        p += (c + r) * t.cos();
-        q += (c - r) * t.sin();
-    }
-    (p, q)
-}
-
-/// Line spectral frequencies (Hz) of `a`, or `None` where the search does not find all ten.
-fn to_lsf(a: &[f32; ORDER]) -> Option<[f32; ORDER]> {
-    const GRID: usize = 512;
-    let mut found = Vec::with_capacity(ORDER);
-    for which in 0..2 {
-        let f = |w: f64| {
-            let (p, q) = lsf_functions(a, w);
-            if which == 0 { p } else { q }
-        };
-        let step = std::f64::consts::PI / GRID as f64;
-        // The trivial zeros (P at π, Q at 0) lie outside the open grid.
-        let mut lo = step * 0.5;
-        let mut f_lo = f(lo);
-        for i in 1..GRID {
-            let hi = step * (i as f64 + 0.5);
-            let f_hi = f(hi);
-            if f_lo.signum() != f_hi.signum() {
-                let (mut l, mut h, mut fl) = (lo, hi, f_lo);
-                for _ in 0..16 {
-                    let m = 0.5 * (l + h);
-                    let fm = f(m);
-                    if fm.signum() == fl.signum() {
-                        (l, fl) = (m, fm);
-                    } else {
-                        h = m;
-                    }
-                }
-                found.push((0.5 * (l + h) * 4000.0 / std::f64::consts::PI) as f32);
-            }
-            (lo, f_lo) = (hi, f_hi);
-        }
-    }
-    let mut lsf: [f32; ORDER] = found.try_into().ok()?;
-    lsf.sort_by(f32::total_cmp);
-    Some(lsf)
-}
-
-/// Prediction coefficients of ascending line spectral frequencies (Hz).
-fn to_lpc(lsf: &[f32; ORDER]) -> [f32; ORDER] {
-    // Odd lines (1st, 3rd, …) are P's zeros, even ones Q's; P has a zero at z = −1, Q at 1.
-    let product = |first: usize, trivial: f64| {
-        let mut poly = vec![1.0, trivial];
-        for f in lsf.iter().skip(first).step_by(2) {
-            let c = -2.0 * (f64::from(*f) * std::f64::consts::PI / 4000.0).cos();
-            let mut next = vec![0.0; poly.len() + 2];
-            for (i, p) in poly.iter().enumerate() {
-                next[i] += p;
-                next[i + 1] += p * c;
-                next[i + 2] += p;
-            }
-            poly = next;
-        }
-        poly
-    };
-    let (p, q) = (product(0, 1.0), product(1, -1.0));
-    let mut a = [0f32; ORDER];
-    for k in 0..ORDER {
-        a[k] = (0.5 * (p[k + 1] + q[k + 1])) as f32;
-    }
-    a
 }
 
 /// Normalized correlation of `e`'s last `N` samples with those `lag` before, for every lag.
@@ -276,11 +150,6 @@ impl Default for LpcEncoder {
     }
 }
 
-/// Evenly spaced lines: a flat envelope.
-fn flat() -> [f32; ORDER] {
-    std::array::from_fn(|i| 4000.0 * (i + 1) as f32 / (ORDER + 1) as f32)
-}
-
 impl LpcEncoder {
     fn analyze(&mut self, pcm: &[f32]) -> Result<Params, ModelError> {
         if pcm.len() != HOP {
@@ -302,6 +171,21 @@ impl LpcEncoder {
 
     pub fn encode(&mut self, pcm: &[f32]) -> Result<[u8; FRAME_BYTES], ModelError> {
         Ok(self.analyze(pcm)?.encode())
+    }
+
+    /// The lines the encoder finds in every frame of `pcm` (whole frames) louder than
+    /// `floor_db` (dBFS): what the line quantizer is fitted to.
+    pub(super) fn lines(pcm: &[f32], floor_db: f32) -> Result<Vec<[f32; ORDER]>, ModelError> {
+        let mut enc = LpcEncoder::default();
+        let floor = 10f32.powf(floor_db / 20.0);
+        let mut out = Vec::with_capacity(pcm.len() / HOP);
+        for frame in pcm.chunks(HOP) {
+            let p = enc.analyze(frame)?;
+            if p.level > floor {
+                out.push(p.lsf);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -409,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_round_trips_within_its_quantizers_steps() {
+    fn a_frame_round_trips_through_the_quantizers() {
         let p = Params {
             lsf: [300.0, 650.0, 1000.0, 1400.0, 1800.0, 2150.0, 2500.0, 2900.0, 3250.0, 3600.0],
             level: 0.05,
@@ -417,14 +301,13 @@ mod tests {
             lag: 80,
         };
         let q = Params::decode(&p.encode());
-        for i in 0..ORDER {
-            let (lo, hi) = LSF_RANGE[i];
-            let step = (hi - lo) / ((1u32 << LSF_BITS[i]) - 1) as f32;
-            assert!((q.lsf[i] - p.lsf[i]).abs() <= step / 2.0 + 1e-3, "line {i}: {} vs {}", q.lsf[i], p.lsf[i]);
-        }
+        assert_eq!(q.lsf, codebook().lines(codebook().quantize(&p.lsf)), "the lines are the codebooks' nearest");
         assert!((20.0 * (q.level / p.level).log10()).abs() <= LEVEL_STEP_DB / 2.0 + 1e-3);
         assert_eq!((q.voiced, q.lag), (true, 80));
-        assert_eq!(LSF_BITS.iter().map(|&b| u32::from(b)).sum::<u32>() + 5 + 1 + 7, 8 * FRAME_BYTES as u32);
+        assert_eq!(
+            crate::codec::aic::lsf::SPLITS.len() as u32 * u32::from(SPLIT_BITS) + 5 + 1 + 7,
+            8 * FRAME_BYTES as u32
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bitstream;
 pub mod enhance;
 pub mod guard;
 pub mod lpc;
+pub mod lsf;
 pub mod mdct;
 pub mod model;
 pub mod quality;
@@ -12,6 +13,7 @@ pub mod stft;
 pub mod track;
 pub mod train;
 pub mod train_enhance;
+pub mod train_vocoder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -181,15 +181,20 @@ pub(super) fn ends(losses: &[f32]) -> (f32, f32) {
     (mean(&losses[..k]), mean(&losses[losses.len() - k..]))
 }
 
-/// K-means codebook for `data` (`[N, LATENT]`), and each row's entry.
-fn kmeans(data: &Tensor, iterations: usize, rng: &mut StdRng) -> Result<(Tensor, Vec<u32>), ModelError> {
+/// A `k`-entry k-means codebook for `data` (`[N, dims]`), and each row's entry.
+pub(super) fn kmeans(
+    data: &Tensor,
+    k: usize,
+    iterations: usize,
+    rng: &mut StdRng,
+) -> Result<(Tensor, Vec<u32>), ModelError> {
     let rows = data.to_vec2::<f32>()?;
-    let n = rows.len();
+    let (n, dims) = data.dims2()?;
     let pick = |rng: &mut StdRng| rows[rng.gen_range(0..n)].clone();
-    let mut centroids: Vec<Vec<f32>> = (0..CODEBOOK).map(|_| pick(rng)).collect();
+    let mut centroids: Vec<Vec<f32>> = (0..k).map(|_| pick(rng)).collect();
     let mut assign = vec![0u32; n];
     for it in 0..=iterations {
-        let c = Tensor::from_vec(centroids.concat(), (CODEBOOK, LATENT), data.device())?;
+        let c = Tensor::from_vec(centroids.concat(), (k, dims), data.device())?;
         let norms = c.sqr()?.sum_keepdim(1)?.t()?;
         // In chunks: the full distance matrix would not fit.
         for start in (0..n).step_by(8192) {
@@ -200,19 +205,19 @@ fn kmeans(data: &Tensor, iterations: usize, rng: &mut StdRng) -> Result<(Tensor,
         if it == iterations {
             return Ok((c, assign));
         }
-        let mut sums = vec![vec![0f64; LATENT]; CODEBOOK];
-        let mut counts = vec![0usize; CODEBOOK];
+        let mut sums = vec![vec![0f64; dims]; k];
+        let mut counts = vec![0usize; k];
         for (row, &a) in rows.iter().zip(&assign) {
             counts[a as usize] += 1;
             for (s, x) in sums[a as usize].iter_mut().zip(row) {
                 *s += f64::from(*x);
             }
         }
-        for k in 0..CODEBOOK {
-            centroids[k] = if counts[k] == 0 {
+        for j in 0..k {
+            centroids[j] = if counts[j] == 0 {
                 pick(rng)
             } else {
-                sums[k].iter().map(|s| (s / counts[k] as f64) as f32).collect()
+                sums[j].iter().map(|s| (s / counts[j] as f64) as f32).collect()
             };
         }
     }
@@ -266,7 +271,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainReport, ModelError> {
     let mut residual = encoder.forward(&sample)?.tanh()?;
     let mut codebooks = Vec::with_capacity(STAGES);
     for stage in 0..STAGES {
-        let (c, assign) = kmeans(&residual, cfg.kmeans_iterations, &mut rng)?;
+        let (c, assign) = kmeans(&residual, CODEBOOK, cfg.kmeans_iterations, &mut rng)?;
         let idx = Tensor::from_vec(assign, residual.dim(0)?, &device)?;
         residual = (residual - c.index_select(&idx, 0)?)?;
         let rms = residual.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
