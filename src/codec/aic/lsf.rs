@@ -55,7 +55,7 @@ impl Codebook {
     }
 
     /// From tensors `split0..2`, each `[ENTRIES, SPLITS[s]]`.
-    pub fn from_tensors(t: &HashMap<String, Tensor>) -> Result<Codebook, ModelError> {
+    fn from_tensors(t: &HashMap<String, Tensor>) -> Result<Codebook, ModelError> {
         let split = |s: usize| -> Result<Vec<f32>, ModelError> {
             let name = split_name(s);
             let v = t.get(&name).ok_or_else(|| ModelError::Data(format!("line codebooks: no {name}")))?;

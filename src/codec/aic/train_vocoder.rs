@@ -116,3 +116,46 @@ pub fn manifest(cfg: &VocoderConfig, report: &VocoderReport, command: &str) -> R
     };
     train::manifest_toml("aic-v2-lsf", &report.file, &run, &details)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_fits_codebooks_that_load_and_a_manifest_that_names_them() {
+        let dir = std::env::temp_dir().join(format!("aic-vocoder-{}", std::process::id()));
+        let clips = dir.join("train/vowels");
+        std::fs::create_dir_all(&clips).unwrap();
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        for (i, seconds) in [1.0, 1.5].into_iter().enumerate() {
+            let mut w = hound::WavWriter::create(clips.join(format!("{i}.wav")), spec).unwrap();
+            for s in crate::codec::vowel(seconds) {
+                w.write_sample((s * 32767.0) as i16).unwrap();
+            }
+            w.finalize().unwrap();
+        }
+        let cfg = VocoderConfig { data: dir.clone(), out: dir.clone(), iterations: 3, ..Default::default() };
+        let report = train(&cfg).unwrap();
+        // A vowel's lines barely move: 512 entries per split hold them within a few Hz.
+        assert!(
+            report.frames > 100 && report.rms_error_hz < 20.0,
+            "{} frames, {} Hz",
+            report.frames,
+            report.rms_error_hz
+        );
+        let book = Codebook::from_bytes(&std::fs::read(&report.file).unwrap()).unwrap();
+        let lines = LpcEncoder::lines(&crate::codec::vowel(1.0), FLOOR_DB).unwrap();
+        let q = book.lines(book.quantize(&lines[20]));
+        assert!(q.iter().zip(&lines[20]).all(|(a, b)| (a - b).abs() < 60.0), "{q:?} for {:?}", lines[20]);
+        let doc: toml::Value = toml::from_str(&manifest(&cfg, &report, "auralink aic train-vocoder").unwrap()).unwrap();
+        assert_eq!(doc["model"]["file"].as_str(), Some(lsf::FILE));
+        assert_eq!(doc["training"]["files"].as_integer(), Some(2));
+        assert_eq!(doc["training"]["kmeans_iterations"].as_integer(), Some(3));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
