@@ -16,7 +16,7 @@ use crate::api::secrets::{SecretBox, SecretError};
 use crate::api::speech_taps::SpeechSetup;
 use crate::api::webhook::{self, WebhookConfig, Webhooks};
 use crate::api::{self, AppState, Clock};
-use crate::codec::aic::track::AicModels;
+use crate::codec::aic::track::AicDevices;
 use crate::config::{Config, ConfigError};
 use crate::db::redis::{Redis, RedisError};
 use crate::db::{Db, DbError};
@@ -199,7 +199,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let webhooks = webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system());
     let history = api::history::spawn(db.clone(), handle.subscribe(), Arc::clone(&livekit.registry), Clock::system());
     let devices = Arc::new(crate::codec::device::Devices::detect());
-    let aic_model = match AicModels::load(&config.aic_model, &config.aic_enhancer, &devices.pick(false)) {
+    let aic_model = match AicDevices::load(&config.aic_model, &config.aic_enhancer, &devices) {
         Ok(m) => Some(Arc::new(m)),
         Err(e) => {
             tracing::warn!(error = %e, "AIC model not loaded: AIC is unavailable, tracks stay Opus");

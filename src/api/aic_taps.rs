@@ -15,7 +15,7 @@ use crate::api::Clock;
 use crate::api::track_events::{self, TrackTaps};
 use crate::api::v1::aic::Counters;
 use crate::args;
-use crate::codec::aic::track::AicModels;
+use crate::codec::aic::track::AicDevices;
 use crate::codec::modes::{AicConfig, Mode};
 use crate::db::Db;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
@@ -47,7 +47,7 @@ pub struct AicTaps {
     clock: Clock,
     sfu: SfuHandle,
     /// `None` when the weights could not be loaded: AIC is unavailable.
-    model: Option<Arc<AicModels>>,
+    model: Option<Arc<AicDevices>>,
     pub stats: Arc<AicStats>,
     pub pipelines: Arc<PipelineStats>,
     rooms: Mutex<HashMap<RoomName, Room>>,
@@ -55,7 +55,7 @@ pub struct AicTaps {
 
 impl AicTaps {
     /// Follows router events until the router stops.
-    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicModels>>, clock: Clock) -> Arc<AicTaps> {
+    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicDevices>>, clock: Clock) -> Arc<AicTaps> {
         let taps = Arc::new(AicTaps {
             db,
             clock,
@@ -199,7 +199,7 @@ impl AicTaps {
 
     async fn start(
         &self,
-        model: &Arc<AicModels>,
+        model: &Arc<AicDevices>,
         settings: watch::Receiver<AicConfig>,
         stats: Arc<AicStats>,
         revoked: Arc<AtomicBool>,

@@ -17,7 +17,7 @@ use crate::codec::aic::ModelError;
 use crate::codec::aic::guard::{Guard, Route, Transition};
 use crate::codec::aic::mdct::HOP;
 use crate::codec::aic::quality;
-use crate::codec::aic::track::{AicModels, TrackDecoder, TrackEncoder};
+use crate::codec::aic::track::{AicDevices, AicModels, TrackDecoder, TrackEncoder};
 use crate::codec::modes::AicConfig;
 use crate::codec::resample::Downsampler;
 
@@ -70,6 +70,8 @@ impl AicStats {
 const HISTORY: usize = 4 * HOP;
 
 pub struct AicStage {
+    devices: Arc<AicDevices>,
+    /// The models on the device the settings pick, which `enc` and `dec` run.
     models: Arc<AicModels>,
     settings: watch::Receiver<AicConfig>,
     config: AicConfig,
@@ -88,13 +90,15 @@ pub struct AicStage {
 
 impl AicStage {
     pub fn new(
-        models: Arc<AicModels>,
+        devices: Arc<AicDevices>,
         mut settings: watch::Receiver<AicConfig>,
         stats: [Arc<AicStats>; 2],
         loopback: Option<Loopback>,
     ) -> Result<AicStage, ModelError> {
         let config = settings.borrow_and_update().clone();
+        let models = Arc::clone(devices.pick(config.use_gpu));
         Ok(AicStage {
+            devices,
             enc: TrackEncoder::new(&models)?,
             dec: TrackDecoder::new(&models)?,
             guard: Guard::new(Duration::from_millis(config.max_latency_ms.into()), config.min_quality),
@@ -161,6 +165,18 @@ impl AicStage {
         }
     }
 
+    /// Moves the track to the models on the device the settings now pick, starting its
+    /// codec over there (state lives with the models' device).
+    fn follow_device(&mut self) -> Result<(), ModelError> {
+        let models = self.devices.pick(self.config.use_gpu);
+        if Arc::ptr_eq(models, &self.models) {
+            return Ok(());
+        }
+        let (enc, dec) = (TrackEncoder::new(models)?, TrackDecoder::new(models)?);
+        (self.enc, self.dec, self.models) = (enc, dec, Arc::clone(models));
+        self.reset()
+    }
+
     fn reset(&mut self) -> Result<(), ModelError> {
         self.enc.reset_state()?;
         self.dec.reset_state()?;
@@ -185,6 +201,9 @@ impl Stage for AicStage {
         if self.settings.has_changed().unwrap_or(false) {
             self.config = self.settings.borrow_and_update().clone();
             self.guard.set_limits(Duration::from_millis(self.config.max_latency_ms.into()), self.config.min_quality);
+            if let Err(e) = self.follow_device() {
+                tracing::warn!(track = %frame.track, error = %e, "AIC stays on its device");
+            }
         }
         let pcm = self.down.process(frame.samples);
         // Concealment is the pipeline's guess, not the publisher's audio: nothing to compress
@@ -265,20 +284,52 @@ mod tests {
         stage_with(config, None)
     }
 
-    fn stage_with(
-        config: AicConfig,
-        loopback: Option<Loopback>,
-    ) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
+    fn models() -> Arc<AicModels> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/aic");
         let models = AicModels::load(
             &dir.join("aic-v1.safetensors"),
             &dir.join("aic-v2-enhancer.safetensors"),
             &candle_core::Device::Cpu,
-        )
-        .unwrap();
+        );
+        Arc::new(models.unwrap())
+    }
+
+    fn stage_with(
+        config: AicConfig,
+        loopback: Option<Loopback>,
+    ) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
+        stage_on(AicDevices { cpu: models(), gpu: None }, config, loopback)
+    }
+
+    fn stage_on(
+        devices: AicDevices,
+        config: AicConfig,
+        loopback: Option<Loopback>,
+    ) -> (AicStage, watch::Sender<AicConfig>, Arc<AicStats>) {
         let (tx, rx) = watch::channel(config);
         let stats = Arc::new(AicStats::default());
-        (AicStage::new(Arc::new(models), rx, [stats.clone(), Arc::default()], loopback).unwrap(), tx, stats)
+        (AicStage::new(Arc::new(devices), rx, [stats.clone(), Arc::default()], loopback).unwrap(), tx, stats)
+    }
+
+    #[test]
+    fn use_gpu_moves_a_running_track_to_the_gpus_models_and_without_a_gpu_it_stays_on_the_cpu() {
+        // A second copy on the CPU stands in for the GPU's: which copy runs is what is tested.
+        let (cpu, gpu) = (models(), models());
+        let devices = AicDevices { cpu: cpu.clone(), gpu: Some(gpu.clone()) };
+        let (mut s, tx, stats) = stage_on(devices, on(), None);
+        run(&mut s, 10);
+        assert!(Arc::ptr_eq(&s.models, &cpu));
+        tx.send_modify(|c| c.use_gpu = true);
+        run(&mut s, 10);
+        assert!(Arc::ptr_eq(&s.models, &gpu), "use_gpu picks the GPU's models");
+        tx.send_modify(|c| c.use_gpu = false);
+        run(&mut s, 10);
+        assert!(Arc::ptr_eq(&s.models, &cpu));
+        assert_eq!((stats.frames_aic.load(Relaxed), stats.errors.load(Relaxed)), (30, 0), "every frame ran AIC");
+
+        let (mut s, _tx, stats) = stage(AicConfig { use_gpu: true, ..on() });
+        run(&mut s, 5);
+        assert_eq!(stats.frames_aic.load(Relaxed), 5, "no GPU: the CPU's models run the track");
     }
 
     fn run(stage: &mut AicStage, frames: usize) {

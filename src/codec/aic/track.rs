@@ -15,6 +15,7 @@ use super::lpc::{self, LpcDecoder, LpcEncoder};
 use super::mdct::HOP;
 use super::model::{AicDecoder, AicEncoder, AicModel};
 use super::quality::QualityMeter;
+use crate::codec::device::Devices;
 use crate::codec::modes::{Mode, ModelType};
 use crate::codec::opus::{OpusDecoder, OpusEncoder, WIDEBAND_RATE};
 
@@ -34,6 +35,40 @@ impl AicModels {
     /// aic-v1's weights and the Opus enhancer's (`models/aic/`).
     pub fn load(codes: &Path, enhancer: &Path, device: &Device) -> Result<AicModels, ModelError> {
         AicModels::new(Arc::new(AicModel::load(codes, device)?), Arc::new(Enhancer::load(enhancer, device)?))
+    }
+}
+
+/// The models on each device this node has: the CPU always; the GPU too in a `cuda` build on a
+/// machine with one ([`Devices`]). A track's `use_gpu` setting picks.
+pub struct AicDevices {
+    pub cpu: Arc<AicModels>,
+    pub gpu: Option<Arc<AicModels>>,
+}
+
+impl AicDevices {
+    /// Loads the weights on the CPU and, where there is one, on the GPU; a GPU that cannot
+    /// take them leaves every track on the CPU.
+    pub fn load(codes: &Path, enhancer: &Path, devices: &Devices) -> Result<AicDevices, ModelError> {
+        let cpu = Arc::new(AicModels::load(codes, enhancer, &Device::Cpu)?);
+        let gpu = if devices.gpu_available() {
+            AicModels::load(codes, enhancer, &devices.pick(true))
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "AIC models not loaded on the GPU: every track runs on the CPU"),
+                )
+                .ok()
+                .map(Arc::new)
+        } else {
+            None
+        };
+        Ok(AicDevices { cpu, gpu })
+    }
+
+    /// The GPU's models where `use_gpu` asks for them and they are there, else the CPU's.
+    pub fn pick(&self, use_gpu: bool) -> &Arc<AicModels> {
+        match (&self.gpu, use_gpu) {
+            (Some(gpu), true) => gpu,
+            _ => &self.cpu,
+        }
     }
 }
 
