@@ -61,7 +61,7 @@ enum AicCommand {
     TrainVocoder(VocoderArgs),
 }
 
-/// Where every training command reads and writes.
+// Where every training command reads and writes.
 #[derive(Args)]
 struct TrainingRun {
     /// The data folder (its `train/` is read; `heldout/` never is).
@@ -78,6 +78,7 @@ struct TrainingRun {
 struct VocoderArgs {
     #[command(flatten)]
     run: TrainingRun,
+    /// K-means iterations per codebook.
     #[arg(long, default_value_t = 30)]
     iterations: usize,
 }

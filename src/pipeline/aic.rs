@@ -166,7 +166,8 @@ impl AicStage {
     }
 
     /// Moves the track to the models on the device the settings now pick, starting its
-    /// codec over there (state lives with the models' device).
+    /// codec over there (state lives with the models' device). The guard stays as it is: a
+    /// track that fell back on one device probes its way back on the other.
     fn follow_device(&mut self) -> Result<(), ModelError> {
         let models = self.devices.pick(self.config.use_gpu);
         if Arc::ptr_eq(models, &self.models) {
@@ -174,7 +175,9 @@ impl AicStage {
         }
         let (enc, dec) = (TrackEncoder::new(models)?, TrackDecoder::new(models)?);
         (self.enc, self.dec, self.models) = (enc, dec, Arc::clone(models));
-        self.reset()
+        self.history = vec![0.0; HISTORY];
+        self.output_before = [0.0; HOP];
+        Ok(())
     }
 
     fn reset(&mut self) -> Result<(), ModelError> {

@@ -135,7 +135,7 @@ fn pitch(residual: &[f32]) -> (usize, bool) {
     (chosen.0, chosen.1 > VOICED)
 }
 
-/// One track's vocoder encoder: 16 kHz frames in, 6-byte frames out.
+/// One track's vocoder encoder: 16 kHz frames in, [`FRAME_BYTES`]-byte frames out.
 pub struct LpcEncoder {
     down: Downsampler,
     /// The last samples at 8 kHz: this frame, the longest lag before it, and the filter's
@@ -179,7 +179,7 @@ impl LpcEncoder {
         let mut enc = LpcEncoder::default();
         let floor = 10f32.powf(floor_db / 20.0);
         let mut out = Vec::with_capacity(pcm.len() / HOP);
-        for frame in pcm.chunks(HOP) {
+        for frame in pcm.chunks_exact(HOP) {
             let p = enc.analyze(frame)?;
             if p.level > floor {
                 out.push(p.lsf);
@@ -189,7 +189,8 @@ impl LpcEncoder {
     }
 }
 
-/// One track's vocoder decoder: 6-byte frames in, 16 kHz frames out, [`DELAY`] late.
+/// One track's vocoder decoder: [`FRAME_BYTES`]-byte frames in, 16 kHz frames out, [`DELAY`]
+/// late.
 pub struct LpcDecoder {
     up: Upsampler,
     last: Params,

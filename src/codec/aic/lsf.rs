@@ -72,8 +72,8 @@ impl Codebook {
         std::array::from_fn(|s| {
             let target = &lsf[offset(s)..offset(s) + SPLITS[s]];
             let distance = |row: &[f32]| row.iter().zip(target).map(|(c, x)| (c - x) * (c - x)).sum::<f32>();
-            let rows = self.splits[s].chunks(SPLITS[s]);
-            rows.enumerate().min_by(|a, b| distance(a.1).total_cmp(&distance(b.1))).map_or(0, |(i, _)| i as u16)
+            let rows = self.splits[s].chunks(SPLITS[s]).map(distance).enumerate();
+            rows.min_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(i, _)| i as u16)
         })
     }
 

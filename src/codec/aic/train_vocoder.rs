@@ -48,12 +48,16 @@ pub struct VocoderReport {
 pub fn train(cfg: &VocoderConfig) -> Result<VocoderReport, ModelError> {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| ModelError::Io(cfg.out.display().to_string(), e))?;
     let clips = train::clips(&cfg.data)?;
     let mut lines = Vec::new();
     for pcm in &clips.pcm {
         lines.extend(LpcEncoder::lines(pcm, FLOOR_DB)?);
     }
     let frames = lines.len();
+    if frames == 0 {
+        return Err(ModelError::Data(format!("no frame of the training clips is louder than {FLOOR_DB} dBFS")));
+    }
     tracing::info!(frames, "vocoder lines");
     let all = Tensor::from_vec(lines.concat(), (frames, ORDER), &Device::Cpu)?;
     let mut tensors = HashMap::new();
@@ -156,6 +160,15 @@ mod tests {
         assert_eq!(doc["model"]["file"].as_str(), Some(lsf::FILE));
         assert_eq!(doc["training"]["files"].as_integer(), Some(2));
         assert_eq!(doc["training"]["kmeans_iterations"].as_integer(), Some(3));
+        // Silence alone has no lines to fit: an error, not a panic.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&clips).unwrap();
+        let mut w = hound::WavWriter::create(clips.join("quiet.wav"), spec).unwrap();
+        for _ in 0..16_000 {
+            w.write_sample(0i16).unwrap();
+        }
+        w.finalize().unwrap();
+        assert!(matches!(train(&cfg), Err(ModelError::Data(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
