@@ -203,8 +203,8 @@ mod tests {
     #[test]
     fn the_committed_codebooks_hold_ordered_lines_and_any_indices_decode_to_ordered_lines() {
         let c = codebook();
-        for s in 0..3 {
-            assert!(c.splits[s].chunks(SPLITS[s]).all(|r| r.windows(2).all(|w| w[0] <= w[1])), "codebook {s}");
+        for (s, (book, &width)) in c.splits.iter().zip(&SPLITS).enumerate() {
+            assert!(book.chunks(width).all(|r| r.windows(2).all(|w| w[0] <= w[1])), "codebook {s}");
         }
         for i in [0u16, 1, 255, 511] {
             let lsf = c.lines([i, 511 - i, i / 2]);
