@@ -4,6 +4,9 @@
 //! that `auralink aic train-vocoder` fits by k-means to the training set's lines
 //! ([`super::train_vocoder`]). The codebooks are compiled in: they define what a frame's bits
 //! mean, so two builds that decode each other must hold the same ones.
+//!
+//! Private to `aic`: the vocoder and its trainer are its only users, and `lines` trusts its
+//! indices to be 9-bit, as the frame's bits make them.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;

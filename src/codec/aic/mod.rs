@@ -5,7 +5,7 @@ pub mod bitstream;
 pub mod enhance;
 pub mod guard;
 pub mod lpc;
-pub mod lsf;
+mod lsf;
 pub mod mdct;
 pub mod model;
 pub mod quality;
