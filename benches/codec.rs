@@ -1,7 +1,8 @@
 //! AIC against Opus on the held-out set (scripts/aic-data.sh builds it; training never reads
 //! it): for each AIC mode (aic-v1, and aic-v2: where it sends Opus, with and without its
 //! enhancer) and for Opus at the same packet bitrate and at 24 kbit/s, the
-//! bitrate, PESQ-WB (P.862.2, the `pesq` crate) and STOI, and AIC's per-frame latency
+//! bitrate, PESQ-WB (P.862.2, the `pesq` crate), ViSQOL (v3 speech mode, the `visqol-rs`
+//! crate) and STOI, and AIC's per-frame latency
 //! (encode + decode, p50/p99) and real-time factor on one thread; and, when the Whisper models
 //! are there (scripts/models.sh), the word error rate of Whisper tiny.en reading each codec's
 //! output against its reading of the clean clip (the first `WER_CLIPS` clips of each set).
@@ -29,6 +30,10 @@ use auralink::codec::resample::{Downsampler, Upsampler};
 use auralink::codec::stoi::stoi;
 use auralink::pipeline::speech::wer::wer;
 use auralink::pipeline::whisper::{Task, Whisper};
+use visqol_rs::AudioSignal;
+use visqol_rs::constants::{DEFAULT_WINDOW_SIZE, NUM_BANDS_SPEECH};
+use visqol_rs::variant::Variant;
+use visqol_rs::visqol_manager::VisqolManager;
 
 /// Clips per set that Whisper reads for the word error rate (reading is the slow part).
 const WER_CLIPS: usize = 40;
@@ -41,6 +46,7 @@ struct Tally {
     bits: f64,
     seconds: f64,
     pesq: Vec<f64>,
+    visqol: Vec<f64>,
     stoi: Vec<f64>,
     /// Per-frame encode + decode time, microseconds.
     frame_us: Vec<f64>,
@@ -63,6 +69,9 @@ impl Tally {
         if let Some(s) = stoi(&clean[..n], &out[..n], 16_000) {
             self.stoi.push(s);
         }
+        if let Some(v) = visqol(&clean[..n], &out[..n]) {
+            self.visqol.push(v);
+        }
         let (reference, degraded) = (pcm(&clean[..n]), pcm(&out[..n]));
         // pesq 0.2 panics on some inputs (an index past its utterance buffer): a failure too.
         match std::panic::catch_unwind(|| pesq::pesq_wb(&reference, &degraded).ok()).ok().flatten() {
@@ -84,6 +93,23 @@ impl Tally {
     }
 }
 
+/// ViSQOL's MOS-LQO (speech mode, 16 kHz, scaled so that identical signals score 5);
+/// `None` where it cannot align the two or panics (counted as no score, as PESQ's failures).
+fn visqol(clean: &[f32], out: &[f32]) -> Option<f64> {
+    let f64s = |s: &[f32]| s.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    let (reference, degraded) = (f64s(clean), f64s(out));
+    std::panic::catch_unwind(|| {
+        let mut manager = VisqolManager::<NUM_BANDS_SPEECH>::new(
+            Variant::Wideband { use_unscaled_mos_mapping: false },
+            DEFAULT_WINDOW_SIZE,
+        );
+        let (mut r, mut d) = (AudioSignal::new(&reference, 16_000), AudioSignal::new(&degraded, 16_000));
+        manager.compute_results(&mut r, &mut d).ok().map(|s| s.moslqo)
+    })
+    .ok()
+    .flatten()
+}
+
 /// Whisper's reading of the codec's output against its reading of the clean clips, as a
 /// word error rate in percent; `None` without the model.
 fn wer_vs_clean(whisper: &mut Option<(Whisper, Vec<String>)>, t: &Tally) -> Option<f64> {
@@ -100,9 +126,10 @@ fn wer_vs_clean(whisper: &mut Option<(Whisper, Vec<String>)>, t: &Tally) -> Opti
 
 fn opus_row(name: &str, o: &Tally, wer: Option<f64>) {
     println!(
-        "{name:<28} {:>8.2} {:>8.3} {:>7.3} {:>37} {:>6.3}",
+        "{name:<28} {:>8.2} {:>8.3} {:>7.3} {:>7.3} {:>37} {:>6.3}",
         o.kbps(),
         mean(&o.pesq),
+        mean(&o.visqol),
         mean(&o.stoi),
         show(wer),
         o.distance()
@@ -283,8 +310,8 @@ fn main() {
             (w, clean)
         });
         println!(
-            "{:<28} {:>8} {:>8} {:>7} {:>10} {:>10} {:>7} {:>7} {:>6}",
-            "codec", "kbit/s", "PESQ-WB", "STOI", "p50 µs", "p99 µs", "RTF", "WER %", "dist"
+            "{:<28} {:>8} {:>8} {:>7} {:>7} {:>10} {:>10} {:>7} {:>7} {:>6}",
+            "codec", "kbit/s", "PESQ-WB", "ViSQOL", "STOI", "p50 µs", "p99 µs", "RTF", "WER %", "dist"
         );
         for &mode in &modes {
             let mut v1 = Tally::default();
@@ -317,10 +344,11 @@ fn main() {
                     fit.extend(&t.fit);
                 }
                 println!(
-                    "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>6.3}",
+                    "{:<28} {:>8.2} {:>8.3} {:>7.3} {:>7.3} {:>10.0} {:>10.0} {:>7.3} {:>7} {:>6.3}",
                     name,
                     t.kbps(),
                     mean(&t.pesq),
+                    mean(&t.visqol),
                     mean(&t.stoi),
                     percentile(&t.frame_us, 0.5),
                     percentile(&t.frame_us, 0.99),
@@ -333,13 +361,17 @@ fn main() {
             opus_row(&format!("Opus asked for {:.1}", f64::from(same) / 1000.0), &o, wer);
             let (name, a) = rows.last().expect("a row per mode");
             println!(
-                "  ratio {name}/Opus: PESQ {:.2}, STOI {:.2} (PESQ failures: AIC {}, Opus {})",
+                "  ratio {name}/Opus: PESQ {:.2}, ViSQOL {:.2}, STOI {:.2} (PESQ failures: AIC {}, Opus {}; ViSQOL scored {} and {} clips)",
                 mean(&a.pesq) / mean(&o.pesq),
+                mean(&a.visqol) / mean(&o.visqol),
                 mean(&a.stoi) / mean(&o.stoi),
                 a.failed,
-                o.failed
+                o.failed,
+                a.visqol.len(),
+                o.visqol.len()
             );
             assert!(!a.pesq.is_empty() && !o.pesq.is_empty(), "PESQ scored nothing");
+            assert!(!a.visqol.is_empty() && !o.visqol.is_empty(), "ViSQOL scored nothing");
         }
         let mut o = Tally::default();
         for c in clips {
