@@ -93,9 +93,17 @@ impl Tally {
     }
 }
 
+/// Clips shorter than this are not scored by ViSQOL: visqol-rs 0.4 panics on most clips
+/// under about 1.5 s (too few patches left after aligning), and skipping by the clip's length
+/// keeps every codec's mean over the same clips.
+const VISQOL_MIN_SECONDS: f64 = 1.5;
+
 /// ViSQOL's MOS-LQO (speech mode, 16 kHz, scaled so that identical signals score 5);
-/// `None` where it cannot align the two or panics (counted as no score, as PESQ's failures).
+/// `None` for a short clip, or where it cannot align the two or panics.
 fn visqol(clean: &[f32], out: &[f32]) -> Option<f64> {
+    if (clean.len() as f64) < VISQOL_MIN_SECONDS * 16_000.0 {
+        return None;
+    }
     let f64s = |s: &[f32]| s.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
     let (reference, degraded) = (f64s(clean), f64s(out));
     std::panic::catch_unwind(|| {
@@ -299,7 +307,11 @@ fn main() {
     let mut fit = Vec::new();
     for (set, clips) in &sets {
         let minutes = clips.iter().map(|c| c.len()).sum::<usize>() as f64 / 16_000.0 / 60.0;
-        println!("\n{set}: {} clips, {minutes:.1} min", clips.len());
+        let long = clips.iter().filter(|c| c.len() as f64 >= VISQOL_MIN_SECONDS * 16_000.0).count();
+        println!(
+            "\n{set}: {} clips, {minutes:.1} min; ViSQOL scores the {long} of {VISQOL_MIN_SECONDS} s or more",
+            clips.len()
+        );
         // Whisper's reading of the clean clips is the reference the codecs' outputs are held to.
         let mut reader = whisper.take().map(|mut w| {
             let clean = clips
