@@ -221,6 +221,14 @@ fn aic(out: &mut String, s: &AppState) {
         "# HELP auralink_aic_compression_ratio AIC bytes over the same frames' Opus bytes.\n\
          # TYPE auralink_aic_compression_ratio gauge\nauralink_aic_compression_ratio {ratio}"
     );
+    // 50 frames a second; rate(auralink_aic_bytes_total) gives the node's bitrate now.
+    let frames = load(&a.frames_aic);
+    let bitrate = if frames == 0 { 0.0 } else { (aic_bytes * 8 * 50) as f64 / frames as f64 };
+    let _ = writeln!(
+        out,
+        "# HELP auralink_aic_bitrate_bps Mean bitrate of an AIC track's packets over the frames that went through AIC.\n\
+         # TYPE auralink_aic_bitrate_bps gauge\nauralink_aic_bitrate_bps {bitrate}"
+    );
 }
 
 /// The speech taps' series: utterances, drops, captions, caption lag, real-time factor.

@@ -28,9 +28,12 @@ impl Mode {
         }
     }
 
+    /// What `target_ratio` is relative to: Opus at 24 kbit/s.
+    pub const REFERENCE_BPS: u32 = 24_000;
+
     /// Size relative to Opus at 24 kbit/s.
     pub fn target_ratio(self) -> f64 {
-        f64::from(self.bitrate_bps()) / 24_000.0
+        f64::from(self.bitrate_bps()) / f64::from(Mode::REFERENCE_BPS)
     }
 
     /// The name stored in the database.

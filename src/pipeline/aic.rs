@@ -33,10 +33,8 @@ pub struct AicStats {
     pub frames_aic: AtomicU64,
     pub frames_opus: AtomicU64,
     pub aic_bytes: AtomicU64,
-    /// What the same frames took as the publisher's Opus.
+    /// What the same frames took as the publisher's Opus (bandwidth saved: the difference).
     pub opus_bytes: AtomicU64,
-    /// Per frame, Opus bytes minus AIC bytes where AIC was smaller.
-    pub saved_bytes: AtomicU64,
     pub fallbacks: AtomicU64,
     pub recoveries: AtomicU64,
     pub errors: AtomicU64,
@@ -97,9 +95,11 @@ impl AicStage {
     ) -> Result<AicStage, ModelError> {
         let config = settings.borrow_and_update().clone();
         let models = Arc::clone(devices.pick(config.use_gpu));
+        let mut enc = TrackEncoder::new(&models)?;
+        enc.set_target_ratio(config.target_ratio);
         Ok(AicStage {
             devices,
-            enc: TrackEncoder::new(&models)?,
+            enc,
             dec: TrackDecoder::new(&models)?,
             guard: Guard::new(Duration::from_millis(config.max_latency_ms.into()), config.min_quality),
             models,
@@ -173,7 +173,8 @@ impl AicStage {
         if Arc::ptr_eq(models, &self.models) {
             return Ok(());
         }
-        let (enc, dec) = (TrackEncoder::new(models)?, TrackDecoder::new(models)?);
+        let (mut enc, dec) = (TrackEncoder::new(models)?, TrackDecoder::new(models)?);
+        enc.set_target_ratio(self.config.target_ratio);
         (self.enc, self.dec, self.models) = (enc, dec, Arc::clone(models));
         self.history = vec![0.0; HISTORY];
         self.output_before = [0.0; HOP];
@@ -204,6 +205,7 @@ impl Stage for AicStage {
         if self.settings.has_changed().unwrap_or(false) {
             self.config = self.settings.borrow_and_update().clone();
             self.guard.set_limits(Duration::from_millis(self.config.max_latency_ms.into()), self.config.min_quality);
+            self.enc.set_target_ratio(self.config.target_ratio);
             if let Err(e) = self.follow_device() {
                 tracing::warn!(track = %frame.track, error = %e, "AIC stays on its device");
             }
@@ -241,7 +243,6 @@ impl Stage for AicStage {
             self.add(|s| &s.frames_aic, 1);
             self.add(|s| &s.aic_bytes, bytes as u64);
             self.add(|s| &s.opus_bytes, frame.opus_bytes as u64);
-            self.add(|s| &s.saved_bytes, frame.opus_bytes.saturating_sub(bytes) as u64);
             self.play(frame, Some(&decoded));
         } else {
             self.add(|s| &s.frames_opus, 1);

@@ -322,12 +322,15 @@ pub struct Counters {
 impl Counters {
     pub fn of(s: &AicStats) -> Counters {
         let load = |v: &AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
+        let (aic_bytes, opus_bytes) = (load(&s.aic_bytes), load(&s.opus_bytes));
         Counters {
             frames_aic: load(&s.frames_aic),
             frames_opus: load(&s.frames_opus),
-            aic_bytes: load(&s.aic_bytes),
-            opus_bytes: load(&s.opus_bytes),
-            saved_bytes: load(&s.saved_bytes),
+            aic_bytes,
+            opus_bytes,
+            // As /metrics counts it: what the same frames took as Opus, less what they took
+            // as AIC (none where AIC took more, as CONSERVATIVE can against a low-rate publisher).
+            saved_bytes: (opus_bytes - aic_bytes).max(0),
             latency_us_sum: load(&s.latency_sum_us),
             latency_count: load(&s.latency_count),
             quality_milli_sum: load(&s.quality_milli_sum),

@@ -56,10 +56,23 @@ pub fn opus_rate(mode: Mode) -> Option<u32> {
     }
 }
 
-/// Sets `enc` up as `mode`'s Opus core: its rate, and the bandwidth the bitstream holds the
-/// mode to (a mode without an Opus core leaves it as it is).
-pub fn set_core(enc: &mut OpusEncoder, mode: Mode) -> Result<(), ModelError> {
-    if let (Some(rate), Some(bandwidth)) = (opus_rate(mode), bitstream::core_bandwidth(mode)) {
+/// The rate Opus is asked for in a mode whose core is Opus when the track's settings ask for
+/// packets of `target_ratio` the size of Opus at 24 kbit/s (the mode's own ratio asks for its
+/// rate above), and at least `CORE_FLOOR_BPS`.
+pub fn opus_rate_at(mode: Mode, target_ratio: f64) -> Option<u32> {
+    let rate = (target_ratio.clamp(0.0, 1.0) * f64::from(Mode::REFERENCE_BPS)).round() as u32;
+    opus_rate(mode).map(|_| rate.max(CORE_FLOOR_BPS))
+}
+
+/// The least the Opus core is asked for. Asked for less, Opus spends no fewer bits (its floor
+/// in 20 ms frames is about 5 kbit/s), and under 1.2 kbit/s it sends bare TOC bytes of
+/// whatever bandwidth it last had, which the bitstream cannot carry.
+const CORE_FLOOR_BPS: u32 = 4_800;
+
+/// Sets `enc` up as `mode`'s Opus core at `target_ratio` ([`opus_rate_at`]) and the bandwidth
+/// the bitstream holds the mode to (a mode without an Opus core leaves it as it is).
+pub fn set_core(enc: &mut OpusEncoder, mode: Mode, target_ratio: f64) -> Result<(), ModelError> {
+    if let (Some(rate), Some(bandwidth)) = (opus_rate_at(mode, target_ratio), bitstream::core_bandwidth(mode)) {
         enc.set_bitrate(rate)?;
         enc.set_bandwidth(bandwidth)?;
     }

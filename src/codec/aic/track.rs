@@ -88,6 +88,10 @@ pub struct TrackEncoder {
     /// The model id and mode of the last frame.
     last: Option<(u8, Mode)>,
     sequence: u8,
+    /// The size the settings ask for, relative to Opus at 24 kbit/s (`None`: the mode's own),
+    /// and the rate the Opus core runs at.
+    target_ratio: Option<f64>,
+    opus_rate: u32,
 }
 
 impl TrackEncoder {
@@ -102,7 +106,16 @@ impl TrackEncoder {
             vocoder: LpcEncoder::default(),
             last: None,
             sequence: 0,
+            target_ratio: None,
+            opus_rate: rate,
         })
+    }
+
+    /// Packets of about `ratio` the size of Opus at 24 kbit/s from the next frame on, where
+    /// the mode's core is Opus: it sets the core's rate ([`enhance::opus_rate_at`]). The
+    /// vocoder and aic-v1's codes have one rate per mode.
+    pub fn set_target_ratio(&mut self, ratio: f64) {
+        self.target_ratio = Some(ratio);
     }
 
     /// One packet for one 20 ms frame (HOP samples at 16 kHz).
@@ -113,13 +126,18 @@ impl TrackEncoder {
         let last_model = self.last.map(|(m, _)| m);
         let (model_id, frame) = match core(model, mode) {
             Some(Core::Opus(_)) => {
+                let ratio = self.target_ratio.unwrap_or(mode.target_ratio());
+                let rate = enhance::opus_rate_at(mode, ratio).expect("the mode's core is Opus");
                 // Opus moves to another bandwidth over several frames; from a reset it
                 // starts on the one it is held to, as the bitstream needs (the mode fixes the
-                // TOC).
+                // TOC). A new rate in the same bandwidth needs no reset.
                 if self.last != Some((OPUS_CORE, mode)) {
                     self.opus.reset_state()?;
-                    enhance::set_core(&mut self.opus, mode)?;
+                    enhance::set_core(&mut self.opus, mode, ratio)?;
+                } else if rate != self.opus_rate {
+                    self.opus.set_bitrate(rate)?;
                 }
+                self.opus_rate = rate;
                 (OPUS_CORE, Frame::Opus(self.opus.encode(pcm)?))
             }
             Some(Core::Vocoder) => {
@@ -263,7 +281,16 @@ mod tests {
             (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
         let speech = crate::codec::vowel(1.0);
-        for mode in [Mode::Conservative, Mode::Adaptive, Mode::Conservative] {
+        // The whole range of target ratios the API takes, too.
+        for (mode, ratio) in [
+            (Mode::Conservative, 0.5),
+            (Mode::Adaptive, 0.2),
+            (Mode::Conservative, 0.01),
+            (Mode::Adaptive, 1.0),
+            (Mode::Conservative, 1.0),
+            (Mode::Adaptive, 0.01),
+        ] {
+            enc.set_target_ratio(ratio);
             for (n, frame) in speech.chunks(HOP).take(50).enumerate() {
                 let input: Vec<f32> = match n / 10 {
                     0 => vec![0.0; HOP],
@@ -272,9 +299,41 @@ mod tests {
                     _ => frame.to_vec(),
                 };
                 let packet = enc.encode(&input, mode, ModelType::AicV2).unwrap();
-                assert!(matches!(Packet::decode(&packet).unwrap().frame, Frame::Opus(_)), "{mode:?} frame {n}");
+                assert!(
+                    matches!(Packet::decode(&packet).unwrap().frame, Frame::Opus(_)),
+                    "{mode:?} at {ratio}, frame {n}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn the_target_ratio_sets_the_opus_cores_rate_mid_stream() {
+        let m = models();
+        let (mut enc, mut dec) = (TrackEncoder::new(&m).unwrap(), TrackDecoder::new(&m).unwrap());
+        let speech = crate::codec::vowel(2.0);
+        let mut kbps = |mode: Mode, ratio: f64| {
+            enc.set_target_ratio(ratio);
+            let mut bytes = 0;
+            for frame in speech.chunks(HOP).take(100) {
+                let packet = enc.encode(frame, mode, ModelType::AicV2).unwrap();
+                assert_eq!(dec.decode(&packet).unwrap().len(), HOP);
+                bytes += packet.len();
+            }
+            bytes as f64 * 8.0 / 2.0 / 1000.0
+        };
+        // One encoder and decoder throughout: the rate changes without a reset.
+        let adaptive = [kbps(Mode::Adaptive, 0.2), kbps(Mode::Adaptive, 0.4), kbps(Mode::Adaptive, 0.2)];
+        let conservative = [kbps(Mode::Conservative, 0.5), kbps(Mode::Conservative, 0.3)];
+        assert!(
+            adaptive[1] > adaptive[0] * 1.4 && adaptive[1] > adaptive[2] * 1.4,
+            "ADAPTIVE at 0.2, 0.4, 0.2: {adaptive:?} kbit/s"
+        );
+        assert!(conservative[0] > conservative[1] * 1.2, "CONSERVATIVE at 0.5, 0.3: {conservative:?} kbit/s");
+        assert!(
+            (adaptive[0] - 4.8).abs() < 1.5 && (conservative[0] - 12.0).abs() < 3.0,
+            "{adaptive:?} {conservative:?}"
+        );
     }
 
     #[test]
