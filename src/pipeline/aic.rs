@@ -395,6 +395,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fallen_back_track_that_meets_its_limits_again_comes_back_to_aic() {
+        let (mut s, _settings, stats) = stage(on());
+        s.guard.set_limits(Duration::ZERO, 1.0);
+        run(&mut s, 5);
+        assert_eq!(stats.fallen_back.load(Relaxed), 1);
+        let fell_at = stats.frames_aic.load(Relaxed);
+        // Limits it meets: every 50th frame after it fell back (at the third slow one) probes,
+        // and three good probes in a row bring it back, its codec starting over.
+        s.guard.set_limits(Duration::from_secs(1), 1.0);
+        run(&mut s, 147);
+        assert_eq!(stats.fallen_back.load(Relaxed), 1, "two probes are not enough");
+        run(&mut s, 1);
+        assert_eq!((stats.recoveries.load(Relaxed), stats.fallen_back.load(Relaxed)), (1, 0));
+        assert_eq!(stats.frames_aic.load(Relaxed), fell_at, "probes are not sent");
+        run(&mut s, 10);
+        assert_eq!(stats.frames_aic.load(Relaxed), fell_at + 10, "back on AIC");
+        assert_eq!((stats.fallbacks.load(Relaxed), stats.errors.load(Relaxed)), (1, 0));
+    }
+
+    #[test]
     fn the_loopback_plays_the_decoded_audio_and_the_publishers_while_fallen_back() {
         let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = Arc::clone(&sent);

@@ -44,12 +44,14 @@ struct Row {
 }
 
 impl Row {
+    /// Names the API never stores (it validates them) read as the defaults'.
     fn config(&self) -> AicConfig {
+        let default = AicConfig::default();
         AicConfig {
-            mode: Mode::parse(&self.mode).unwrap_or(Mode::Adaptive),
+            mode: Mode::parse(&self.mode).unwrap_or(default.mode),
             target_ratio: self.target_ratio_pct as f64 / 100.0,
             max_latency_ms: self.max_latency_ms as u32,
-            model_type: ModelType::parse(&self.model_type).unwrap_or(ModelType::AicV1),
+            model_type: ModelType::parse(&self.model_type).unwrap_or(default.model_type),
             use_gpu: self.use_gpu != 0,
             min_quality: self.min_quality_centi as f64 / 100.0,
             enabled: self.enabled != 0,
