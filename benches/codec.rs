@@ -382,6 +382,26 @@ fn main() {
                 a.visqol.len(),
                 o.visqol.len()
             );
+            // docs/aic.md's quality floor: Opus at 12 kbit/s for CONSERVATIVE, at 6 for ADAPTIVE.
+            let floor = match mode {
+                Mode::Conservative => Some(12_000),
+                Mode::Adaptive => Some(6_000),
+                Mode::Aggressive => None,
+            };
+            if let Some(bps) = floor {
+                let mut f = Tally::default();
+                for c in clips {
+                    opus(bps, c, &mut f);
+                }
+                let wer = wer_vs_clean(&mut reader, &f);
+                opus_row(&format!("Opus asked for {:.1} (floor)", f64::from(bps) / 1000.0), &f, wer);
+                println!(
+                    "  ratio {name}/floor: PESQ {:.2}, ViSQOL {:.2}, STOI {:.2}",
+                    mean(&a.pesq) / mean(&f.pesq),
+                    mean(&a.visqol) / mean(&f.visqol),
+                    mean(&a.stoi) / mean(&f.stoi)
+                );
+            }
             assert!(!a.pesq.is_empty() && !o.pesq.is_empty(), "PESQ scored nothing");
             assert!(!a.visqol.is_empty() && !o.visqol.is_empty(), "ViSQOL scored nothing");
         }

@@ -3,8 +3,9 @@
 //! critical band of the decoded audio's short-time spectrum ([`super::stft`]) to bring its
 //! band levels closer to the original's. Opus keeps the waveform (phase, pitch, timing), which
 //! a network trained in an hour on 2 cores cannot synthesize; the network only reshapes the
-//! spectrum's envelope, which costs no bits. The output runs one frame (the windows' overlap)
-//! behind Opus's.
+//! spectrum's envelope, which costs no bits. Where the core is narrowband (ADAPTIVE), noise
+//! in time with the speech fills the band above it ([`super::high_band`]). The output runs one
+//! frame (the windows' overlap) behind Opus's.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::high_band::HighBand;
 use super::mdct::{self, HOP};
 use super::model::{self, Mlp};
 use super::quality::{self, BANDS};
@@ -91,6 +93,7 @@ pub struct Enhancer {
     stft: Stft,
     /// `[BANDS, BINS]`: a band's gain onto its bins.
     spread: Tensor,
+    high_band: HighBand,
     pub net: Mlp,
 }
 
@@ -101,6 +104,7 @@ impl Enhancer {
         Ok(Enhancer {
             stft: Stft::new(&device)?,
             spread: quality::band_matrix(BINS, &device)?.t()?.contiguous()?,
+            high_band: HighBand::new(&device)?,
             net: Mlp::new(vb.pp("enh"), ENH_IN, BANDS)?,
             device,
         })
@@ -127,11 +131,6 @@ impl Enhancer {
     pub fn gains(&self, input: &Tensor) -> Result<Tensor, ModelError> {
         Ok(candle_nn::ops::sigmoid(&self.net.forward(input)?)?.affine(MAX_GAIN, 0.0)?.matmul(&self.spread)?)
     }
-
-    /// Windowed blocks of a spectrum scaled by `gains`, to overlap-add.
-    pub fn synthesize(&self, s: &Spectrum, gains: &Tensor) -> Result<Tensor, ModelError> {
-        self.stft.inverse(&(&s.re * gains)?, &(&s.im * gains)?)
-    }
 }
 
 /// The features of silence: what the context holds before the first frame.
@@ -156,12 +155,14 @@ pub struct EnhancerState {
     before: [f32; HOP],
     history: Tensor,
     tail: [f32; HOP],
+    /// The high band's noise ([`HighBand`]).
+    seed: u32,
 }
 
 impl EnhancerState {
     pub fn new(enhancer: Arc<Enhancer>) -> Result<EnhancerState, ModelError> {
         let history = silence(CONTEXT - 1, enhancer.device())?;
-        Ok(EnhancerState { enhancer, before: [0.0; HOP], history, tail: [0.0; HOP] })
+        Ok(EnhancerState { enhancer, before: [0.0; HOP], history, tail: [0.0; HOP], seed: 1 })
     }
 
     /// Enhanced audio for whole 20 ms frames of decoded 16 kHz audio, one frame behind.
@@ -172,7 +173,11 @@ impl EnhancerState {
         let e = &self.enhancer;
         let spectrum = e.analyze(pcm, &self.before)?;
         let gains = e.gains(&inputs(&spectrum.features, &self.history, mode)?)?;
-        let blocks = e.synthesize(&spectrum, &gains)?;
+        let (mut re, mut im) = ((&spectrum.re * &gains)?, (&spectrum.im * &gains)?);
+        if matches!(bitstream::core_bandwidth(mode), Some(opus::Bandwidth::Narrowband)) {
+            (re, im) = e.high_band.fill(&re, &im, &mut self.seed)?;
+        }
+        let blocks = e.stft.inverse(&re, &im)?;
         let all = Tensor::cat(&[&self.history, &spectrum.features], 0)?;
         self.history = all.narrow(0, all.dim(0)? - (CONTEXT - 1), CONTEXT - 1)?;
         self.before.copy_from_slice(&pcm[pcm.len() - HOP..]);

@@ -4,6 +4,7 @@
 pub mod bitstream;
 pub mod enhance;
 pub mod guard;
+mod high_band;
 pub mod lpc;
 mod lsf;
 pub mod mdct;
