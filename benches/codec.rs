@@ -69,7 +69,10 @@ impl Tally {
         if let Some(s) = stoi(&clean[..n], &out[..n], 16_000) {
             self.stoi.push(s);
         }
-        if let Some(v) = visqol(&clean[..n], &out[..n]) {
+        // By the clip's length, not the aligned part's, so that every codec scores the same clips.
+        if clean.len() as f64 >= VISQOL_MIN_SECONDS * 16_000.0
+            && let Some(v) = visqol(&clean[..n], &out[..n])
+        {
             self.visqol.push(v);
         }
         let (reference, degraded) = (pcm(&clean[..n]), pcm(&out[..n]));
@@ -99,11 +102,8 @@ impl Tally {
 const VISQOL_MIN_SECONDS: f64 = 1.5;
 
 /// ViSQOL's MOS-LQO (speech mode, 16 kHz, scaled so that identical signals score 5);
-/// `None` for a short clip, or where it cannot align the two or panics.
+/// `None` where it cannot align the two or panics.
 fn visqol(clean: &[f32], out: &[f32]) -> Option<f64> {
-    if (clean.len() as f64) < VISQOL_MIN_SECONDS * 16_000.0 {
-        return None;
-    }
     let f64s = |s: &[f32]| s.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
     let (reference, degraded) = (f64s(clean), f64s(out));
     std::panic::catch_unwind(|| {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[path = "support/speech.rs"]
 mod speech;
@@ -1043,10 +1043,12 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
             spawn_frame_reader(track, frames_tx.clone());
         }
     });
-    // Operators retune the running track: each change reaches its packets within a second.
-    // Bytes per AIC frame between two reads of the track's counters, 100 ms apart, tell what
-    // it runs: aic-v2 ADAPTIVE sends Opus asked for target_ratio × 24 kbit/s (a tone at 4.8
-    // takes about 13 bytes a frame, at 24 several times that), AGGRESSIVE 6-byte vocoder frames.
+    // Operators retune the running track: each change reaches its packets within a second of
+    // its audio (50 frames; counted in frames, so a slow debug build on busy cores does not
+    // make the test's own polling the measure). Bytes per AIC frame between two reads of the
+    // track's counters tell what it runs: aic-v2 ADAPTIVE sends Opus asked for target_ratio ×
+    // 24 kbit/s (a tone at 4.8 takes about 13 bytes a frame, at 24 several times that),
+    // AGGRESSIVE 6-byte vocoder frames.
     let retune = |change: serde_json::Value, runs: fn(f64) -> bool| {
         let (ts, key) = (&ts, &key);
         async move {
@@ -1056,20 +1058,24 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
                 (t["aic_bytes"].as_f64().expect("a running track"), t["frames_aic"].as_f64().expect("a running track"))
             };
             assert_eq!(api(ts, "PUT", "/v1/rooms/stage/aic", key, change.clone()).await.0, StatusCode::OK);
-            let start = Instant::now();
-            let mut before = read().await;
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = read().await;
-                let frames = now.1 - before.1;
-                let per_frame = (now.0 - before.0) / frames;
-                if frames >= 3.0 && runs(per_frame) {
-                    return;
+            let changed = read().await;
+            let mut before = changed;
+            within("the change to reach the track", async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let now = read().await;
+                    let frames = now.1 - before.1;
+                    if frames >= 3.0 && runs((now.0 - before.0) / frames) {
+                        // Those frames ran with it: it took effect `now.1 - frames - changed.1`
+                        // frames after the API answered, at most.
+                        let late = now.1 - frames - changed.1;
+                        assert!(late <= 50.0, "{change} took {late} frames");
+                        return;
+                    }
+                    before = now;
                 }
-                // A second, and the 100 ms window that shows it.
-                assert!(start.elapsed() < Duration::from_millis(1100), "{change} not applied: {per_frame} bytes/frame");
-                before = now;
-            }
+            })
+            .await
         }
     };
     retune(serde_json::json!({ "target_ratio": 1.0 }), |b| b > 25.0).await;
@@ -1094,7 +1100,7 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     let through = metric(&metrics, "auralink_aic_frames_total{route=\"aic\"} ");
     assert!(through >= 50.0, "{through} frames through AIC\n{metrics}");
     assert!(metric(&metrics, "auralink_pipeline_frames_decoded_total ") >= through, "real Opus was decoded");
-    assert!(metric(&metrics, "auralink_aic_bandwidth_saved_bytes_total ") > 0.0, "{metrics}");
+    assert!(metric(&metrics, "auralink_aic_bandwidth_saved_bytes ") > 0.0, "{metrics}");
     assert_eq!(metric(&metrics, "auralink_aic_fallbacks_total "), 0.0, "{metrics}");
     assert!(metric(&metrics, "auralink_aic_loopback_packets_total ") >= heard.len() as f64, "{metrics}");
     assert_eq!(metric(&metrics, "auralink_aic_tracks_fallen_back "), 0.0, "{metrics}");

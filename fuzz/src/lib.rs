@@ -274,17 +274,20 @@ pub fn livekit_join(data: &[u8]) {
 
 /// `aic::bitstream::Packet::decode` on arbitrary bytes; what decodes re-encodes to a packet
 /// that decodes to the same thing. And a track's whole decoder (libopus and the enhancer,
-/// aic-v1's codes, the vocoder), one across inputs as a track's sees a stream: a frame of
-/// finite audio or an error.
+/// aic-v1's codes, the vocoder), a new one per input so that a crash reproduces from its
+/// input alone, given the packet twice (the second time over the state the first left): each
+/// time a frame of finite audio or an error.
 pub fn aic_packet(data: &[u8]) {
-    TRACK_DECODER.with(|dec| {
-        if let Ok(out) = dec.borrow_mut().decode(data) {
+    use auralink::codec::aic::bitstream::{Frame, Packet};
+    use auralink::codec::aic::lpc::LpcDecoder;
+    use auralink::codec::aic::track::TrackDecoder;
+    let mut dec = TrackDecoder::new(aic_models()).expect("a track decoder");
+    for _ in 0..2 {
+        if let Ok(out) = dec.decode(data) {
             assert_eq!(out.len(), auralink::codec::aic::mdct::HOP);
             assert!(out.iter().all(|s| s.is_finite()));
         }
-    });
-    use auralink::codec::aic::bitstream::{Frame, Packet};
-    use auralink::codec::aic::lpc::LpcDecoder;
+    }
     if let Ok(p) = Packet::decode(data) {
         let again = p.encode().expect("a decoded packet encodes");
         assert_eq!(Packet::decode(&again).expect("our own packet decodes"), p);
@@ -298,24 +301,21 @@ pub fn aic_packet(data: &[u8]) {
     }
 }
 
-thread_local! {
-    static TRACK_DECODER: std::cell::RefCell<auralink::codec::aic::track::TrackDecoder> =
-        std::cell::RefCell::new(track_decoder());
-}
-
-/// A decoder over the committed weights (models/aic/, above this crate's folder: the fuzz
-/// crate's or the main crate's, whichever builds this file).
-fn track_decoder() -> auralink::codec::aic::track::TrackDecoder {
-    use auralink::codec::aic::track::{AicModels, TrackDecoder};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|d| d.join("models/aic"))
-        .find(|d| d.join("aic-v1.safetensors").exists())
-        .expect("models/aic/ above the crate");
-    let enhancer = dir.join(auralink::codec::aic::train_enhance::WEIGHTS);
-    let cpu = auralink::codec::device::Devices::detect().pick(false);
-    let models = AicModels::load(&dir.join("aic-v1.safetensors"), &enhancer, &cpu).expect("the committed weights load");
-    TrackDecoder::new(&models).expect("a track decoder")
+/// The committed weights (models/aic/, above this crate's folder: the fuzz crate's or the main
+/// crate's, whichever builds this file), loaded once.
+fn aic_models() -> &'static auralink::codec::aic::track::AicModels {
+    use auralink::codec::aic::track::AicModels;
+    static MODELS: std::sync::OnceLock<AicModels> = std::sync::OnceLock::new();
+    MODELS.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|d| d.join("models/aic"))
+            .find(|d| d.join("aic-v1.safetensors").exists())
+            .expect("models/aic/ above the crate");
+        let enhancer = dir.join(auralink::codec::aic::train_enhance::WEIGHTS);
+        let cpu = auralink::codec::device::Devices::detect().pick(false);
+        AicModels::load(&dir.join("aic-v1.safetensors"), &enhancer, &cpu).expect("the committed weights load")
+    })
 }
 
 pub fn livekit_signal(data: &[u8]) {

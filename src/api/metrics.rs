@@ -167,9 +167,9 @@ fn aic(out: &mut String, s: &AppState) {
     );
     let _ = writeln!(
         out,
-        "# HELP auralink_aic_bandwidth_saved_bytes_total Opus bytes minus AIC bytes over the same frames.\n\
-         # TYPE auralink_aic_bandwidth_saved_bytes_total counter\nauralink_aic_bandwidth_saved_bytes_total {}",
-        opus_bytes.saturating_sub(aic_bytes)
+        "# HELP auralink_aic_bandwidth_saved_bytes Opus bytes minus AIC bytes over the same frames (below zero \
+         where AIC took more).\n# TYPE auralink_aic_bandwidth_saved_bytes gauge\nauralink_aic_bandwidth_saved_bytes {}",
+        opus_bytes as i128 - aic_bytes as i128
     );
     for (name, help, v) in [
         ("auralink_aic_fallbacks_total", "Tracks sent back to Opus by the latency or quality guard.", &a.fallbacks),

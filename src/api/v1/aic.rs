@@ -330,9 +330,10 @@ impl Counters {
             frames_opus: load(&s.frames_opus),
             aic_bytes,
             opus_bytes,
-            // As /metrics counts it: what the same frames took as Opus, less what they took
-            // as AIC (none where AIC took more, as CONSERVATIVE can against a low-rate publisher).
-            saved_bytes: (opus_bytes - aic_bytes).max(0),
+            // As /metrics has it: what the same frames took as Opus, less what they took as
+            // AIC; below zero where AIC took more (a high target ratio against a low-rate
+            // publisher).
+            saved_bytes: opus_bytes - aic_bytes,
             latency_us_sum: load(&s.latency_sum_us),
             latency_count: load(&s.latency_count),
             quality_milli_sum: load(&s.quality_milli_sum),

@@ -42,10 +42,11 @@ pub enum Core {
     Vocoder,
 }
 
+/// What carries `mode`: Opus asked for the mode's bitstream rate (what [`opus_rate_at`] gives
+/// at the mode's own target ratio), or the vocoder.
 pub fn core(mode: Mode) -> Core {
     match mode {
-        Mode::Conservative => Core::Opus(12_000),
-        Mode::Adaptive => Core::Opus(4_800),
+        Mode::Conservative | Mode::Adaptive => Core::Opus(mode.bitrate_bps()),
         Mode::Aggressive => Core::Vocoder,
     }
 }
@@ -67,7 +68,7 @@ pub fn opus_rate_at(mode: Mode, target_ratio: f64) -> Option<u32> {
 }
 
 /// The least the Opus core is asked for. Asked for less, Opus spends no fewer bits (its floor
-/// in 20 ms frames is about 5 kbit/s), and under 1.2 kbit/s it sends bare TOC bytes of
+/// in 20 ms frames is 4.3–5 kbit/s, by the signal), and under 1.2 kbit/s it sends bare TOC bytes of
 /// whatever bandwidth it last had, which the bitstream cannot carry.
 const CORE_FLOOR_BPS: u32 = 4_800;
 

@@ -63,7 +63,7 @@ fn opus_modes() -> impl Iterator<Item = (Mode, u32)> {
 /// decoder's output is, so that frame t of one lines up with frame t of the other.
 fn through_opus(pcm: &[f32], mode: Mode, bitrate: u32) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let mut enc = OpusEncoder::at(WIDEBAND_RATE, bitrate)?;
-    enhance::set_core(&mut enc, mode, mode.target_ratio())?;
+    enhance::set_core(&mut enc, mode, f64::from(bitrate) / f64::from(Mode::REFERENCE_BPS))?;
     let mut dec = OpusDecoder::at(WIDEBAND_RATE)?;
     let delay = enc.lookahead()?;
     let mut decoded = Vec::with_capacity(pcm.len());
