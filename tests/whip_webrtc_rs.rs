@@ -1116,6 +1116,12 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     assert_eq!(tracks.len(), 1, "{m}");
     let t = &tracks[0];
     assert!(t["frames_aic"].as_f64().unwrap() >= 50.0 && t["fallen_back"] == false, "{m}");
+    // The per-frame latency histogram: cumulative, and (a debug build takes milliseconds a
+    // frame) most frames under its largest bound, half a second.
+    let histogram: Vec<f64> =
+        t["latency_histogram"].as_array().unwrap().iter().map(|b| b["frames"].as_f64().unwrap()).collect();
+    assert!(histogram.windows(2).all(|w| w[0] <= w[1]), "{m}");
+    assert!(histogram.last().unwrap() * 2.0 >= t["frames_aic"].as_f64().unwrap(), "{m}");
     // aic-v2 ADAPTIVE: Opus asked for 4.8 kbit/s, the header in place of its TOC byte (and
     // a second or so at higher and lower rates, above).
     let bps = t["bitrate_bps"].as_f64().unwrap();

@@ -21,7 +21,7 @@ use crate::codec::modes::{AicConfig, Mode, ModelType};
 use crate::db::{Db, Tx};
 use crate::error::ApiError;
 use crate::ids::{RoomName, TrackId, record_id};
-use crate::pipeline::aic::AicStats;
+use crate::pipeline::aic::{AicStats, LATENCY_BUCKETS};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -300,6 +300,11 @@ async fn read_metrics(
             let mut v = Counters::of(&st).json();
             v["track"] = json!(track.to_string());
             v["fallen_back"] = json!(st.fallen_back.load(Relaxed) > 0);
+            // The per-frame latency histogram, as /metrics has the node's: frames at or under
+            // each bound (cumulative), for running tracks (`aic_metrics` keeps the mean).
+            let buckets = st.latency_buckets.iter().zip(LATENCY_BUCKETS);
+            v["latency_histogram"] =
+                buckets.map(|(n, le)| json!({ "le_ms": le * 1000.0, "frames": n.load(Relaxed) })).collect();
             v
         })
         .collect();
