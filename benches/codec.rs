@@ -225,7 +225,7 @@ fn aic_v2(models: &AicModels, mode: Mode, core_only: bool, clean: &[f32], t: &mu
     input.resize(clean.len().div_ceil(HOP) * HOP + 2 * HOP, 0.0);
     for frame in input.chunks(HOP) {
         let start = Instant::now();
-        let packet = enc.encode(frame, mode, ModelType::AicV2).unwrap();
+        let packet = enc.encode(frame, mode, ModelType::AicV2, mode.target_ratio()).unwrap();
         if core_only {
             let Frame::Opus(f) = Packet::decode(&packet).unwrap().frame else { unreachable!("the Opus core") };
             out.extend(core.decode(Some(&f)).unwrap());

@@ -95,11 +95,9 @@ impl AicStage {
     ) -> Result<AicStage, ModelError> {
         let config = settings.borrow_and_update().clone();
         let models = Arc::clone(devices.pick(config.use_gpu));
-        let mut enc = TrackEncoder::new(&models)?;
-        enc.set_target_ratio(config.target_ratio);
         Ok(AicStage {
             devices,
-            enc,
+            enc: TrackEncoder::new(&models)?,
             dec: TrackDecoder::new(&models)?,
             guard: Guard::new(Duration::from_millis(config.max_latency_ms.into()), config.min_quality),
             models,
@@ -122,7 +120,7 @@ impl AicStage {
     fn transcode(&mut self, pcm: &[f32]) -> Result<(Duration, Option<f64>, usize, Vec<f32>), ModelError> {
         let (mode, model_type) = (self.config.mode, self.config.model_type);
         let start = Instant::now();
-        let packet = self.enc.encode(pcm, mode, model_type)?;
+        let packet = self.enc.encode(pcm, mode, model_type, self.config.target_ratio)?;
         let out = self.dec.decode(&packet)?;
         let latency = start.elapsed();
 
@@ -173,8 +171,7 @@ impl AicStage {
         if Arc::ptr_eq(models, &self.models) {
             return Ok(());
         }
-        let (mut enc, dec) = (TrackEncoder::new(models)?, TrackDecoder::new(models)?);
-        enc.set_target_ratio(self.config.target_ratio);
+        let (enc, dec) = (TrackEncoder::new(models)?, TrackDecoder::new(models)?);
         (self.enc, self.dec, self.models) = (enc, dec, Arc::clone(models));
         self.history = vec![0.0; HISTORY];
         self.output_before = [0.0; HOP];
@@ -205,7 +202,6 @@ impl Stage for AicStage {
         if self.settings.has_changed().unwrap_or(false) {
             self.config = self.settings.borrow_and_update().clone();
             self.guard.set_limits(Duration::from_millis(self.config.max_latency_ms.into()), self.config.min_quality);
-            self.enc.set_target_ratio(self.config.target_ratio);
             if let Err(e) = self.follow_device() {
                 tracing::warn!(track = %frame.track, error = %e, "AIC stays on its device");
             }

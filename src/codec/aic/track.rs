@@ -88,9 +88,7 @@ pub struct TrackEncoder {
     /// The model id and mode of the last frame.
     last: Option<(u8, Mode)>,
     sequence: u8,
-    /// The size the settings ask for, relative to Opus at 24 kbit/s (`None`: the mode's own),
-    /// and the rate the Opus core runs at.
-    target_ratio: Option<f64>,
+    /// The rate the Opus core runs at.
     opus_rate: u32,
 }
 
@@ -106,34 +104,34 @@ impl TrackEncoder {
             vocoder: LpcEncoder::default(),
             last: None,
             sequence: 0,
-            target_ratio: None,
             opus_rate: rate,
         })
     }
 
-    /// Packets of about `ratio` the size of Opus at 24 kbit/s from the next frame on, where
-    /// the mode's core is Opus: it sets the core's rate ([`enhance::opus_rate_at`]). The
-    /// vocoder and aic-v1's codes have one rate per mode.
-    pub fn set_target_ratio(&mut self, ratio: f64) {
-        self.target_ratio = Some(ratio);
-    }
-
-    /// One packet for one 20 ms frame (HOP samples at 16 kHz).
-    pub fn encode(&mut self, pcm: &[f32], mode: Mode, model: ModelType) -> Result<Vec<u8>, ModelError> {
+    /// One packet for one 20 ms frame (HOP samples at 16 kHz). Where the mode's core is Opus,
+    /// packets come to about `target_ratio` the size of Opus at 24 kbit/s: it sets the core's
+    /// rate ([`enhance::opus_rate_at`]; `mode.target_ratio()` is the mode's own). The vocoder and
+    /// aic-v1's codes have one rate per mode.
+    pub fn encode(
+        &mut self,
+        pcm: &[f32],
+        mode: Mode,
+        model: ModelType,
+        target_ratio: f64,
+    ) -> Result<Vec<u8>, ModelError> {
         if pcm.len() != HOP {
             return Err(ModelError::FrameSize(pcm.len()));
         }
         let last_model = self.last.map(|(m, _)| m);
         let (model_id, frame) = match core(model, mode) {
             Some(Core::Opus(_)) => {
-                let ratio = self.target_ratio.unwrap_or(mode.target_ratio());
-                let rate = enhance::opus_rate_at(mode, ratio).expect("the mode's core is Opus");
+                let rate = enhance::opus_rate_at(mode, target_ratio).expect("the mode's core is Opus");
                 // Opus moves to another bandwidth over several frames; from a reset it
                 // starts on the one it is held to, as the bitstream needs (the mode fixes the
                 // TOC). A new rate in the same bandwidth needs no reset.
                 if self.last != Some((OPUS_CORE, mode)) {
                     self.opus.reset_state()?;
-                    enhance::set_core(&mut self.opus, mode, ratio)?;
+                    enhance::set_core(&mut self.opus, mode, target_ratio)?;
                 } else if rate != self.opus_rate {
                     self.opus.set_bitrate(rate)?;
                 }
@@ -254,7 +252,7 @@ mod tests {
             let (mode, model, id) = plan[i];
             let mut out = Vec::new();
             for (n, frame) in part.chunks(HOP).enumerate() {
-                let packet = enc.encode(frame, mode, model).unwrap();
+                let packet = enc.encode(frame, mode, model, mode.target_ratio()).unwrap();
                 assert_eq!(packet[0] >> 2 & 0b11, id, "part {i}: the packet names its model");
                 assert_eq!(usize::from(packet[0] & 0b11), (i * 20 + n) % 4, "sequence");
                 out.extend(dec.decode(&packet).unwrap());
@@ -290,7 +288,6 @@ mod tests {
             (Mode::Conservative, 1.0),
             (Mode::Adaptive, 0.01),
         ] {
-            enc.set_target_ratio(ratio);
             for (n, frame) in speech.chunks(HOP).take(50).enumerate() {
                 let input: Vec<f32> = match n / 10 {
                     0 => vec![0.0; HOP],
@@ -298,7 +295,7 @@ mod tests {
                     2 => (0..HOP).map(|_| noise() * 1e-3).collect(),
                     _ => frame.to_vec(),
                 };
-                let packet = enc.encode(&input, mode, ModelType::AicV2).unwrap();
+                let packet = enc.encode(&input, mode, ModelType::AicV2, ratio).unwrap();
                 assert!(
                     matches!(Packet::decode(&packet).unwrap().frame, Frame::Opus(_)),
                     "{mode:?} at {ratio}, frame {n}"
@@ -313,10 +310,9 @@ mod tests {
         let (mut enc, mut dec) = (TrackEncoder::new(&m).unwrap(), TrackDecoder::new(&m).unwrap());
         let speech = crate::codec::vowel(2.0);
         let mut kbps = |mode: Mode, ratio: f64| {
-            enc.set_target_ratio(ratio);
             let mut bytes = 0;
             for frame in speech.chunks(HOP).take(100) {
-                let packet = enc.encode(frame, mode, ModelType::AicV2).unwrap();
+                let packet = enc.encode(frame, mode, ModelType::AicV2, ratio).unwrap();
                 assert_eq!(dec.decode(&packet).unwrap().len(), HOP);
                 bytes += packet.len();
             }
@@ -340,14 +336,17 @@ mod tests {
     fn bad_packets_and_frames_are_errors_not_panics() {
         let m = models();
         let (mut enc, mut dec) = (TrackEncoder::new(&m).unwrap(), TrackDecoder::new(&m).unwrap());
-        assert!(matches!(enc.encode(&[0.0; 100], Mode::Adaptive, ModelType::AicV2), Err(ModelError::FrameSize(100))));
+        assert!(matches!(
+            enc.encode(&[0.0; 100], Mode::Adaptive, ModelType::AicV2, 0.2),
+            Err(ModelError::FrameSize(100))
+        ));
         assert!(matches!(dec.decode(&[]), Err(ModelError::Bitstream(BitstreamError::Truncated))));
         // A well-formed AIC packet around more bytes than an Opus frame may have (1275).
         let mut long = vec![bitstream::VERSION << 6 | 1 << 4 | OPUS_CORE << 2];
         long.resize(1300, 0x55);
         assert!(matches!(dec.decode(&long), Err(ModelError::Codec(CodecError::Opus(_)))));
         // The decoder still works after all that.
-        let good = enc.encode(&[0.0; HOP], Mode::Adaptive, ModelType::AicV2).unwrap();
+        let good = enc.encode(&[0.0; HOP], Mode::Adaptive, ModelType::AicV2, 0.2).unwrap();
         assert_eq!(dec.decode(&good).unwrap().len(), HOP);
     }
 }
