@@ -105,6 +105,8 @@ pub struct RtcConfig {
     pub ice_servers: Vec<IceServer>,
     /// How long a participant may stay ICE-disconnected before it is removed.
     pub disconnect_timeout_secs: u64,
+    /// How long a new session may take to connect (ICE and DTLS) before it is removed.
+    pub connect_timeout_secs: u64,
     /// Starting bandwidth estimate for subscribers, before TWCC feedback arrives.
     pub initial_bwe_kbps: u64,
 }
@@ -188,6 +190,7 @@ impl Default for RtcConfig {
             node_ips: Vec::new(),
             ice_servers: Vec::new(),
             disconnect_timeout_secs: 20,
+            connect_timeout_secs: 30,
             initial_bwe_kbps: 1_500,
         }
     }
@@ -203,6 +206,11 @@ impl RtcConfig {
     /// See [`RtcConfig::disconnect_timeout_secs`].
     pub fn disconnect_timeout(&self) -> Duration {
         Duration::from_secs(self.disconnect_timeout_secs)
+    }
+
+    /// See [`RtcConfig::connect_timeout_secs`].
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
     }
 }
 

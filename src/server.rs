@@ -157,6 +157,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let sfu = Sfu::new(SfuConfig {
         candidates,
         disconnect_timeout: config.rtc.disconnect_timeout(),
+        connect_timeout: config.rtc.connect_timeout(),
         empty_room_timeout: config.room.empty_timeout(),
         initial_bwe: Bitrate::kbps(config.rtc.initial_bwe_kbps),
     });
@@ -180,8 +181,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         ice_servers: config.rtc.ice_servers.clone(),
         registry: Default::default(),
         sessions: Default::default(),
-        described: tokio::sync::broadcast::channel(256).0,
-        room_updates: tokio::sync::broadcast::channel(64).0,
+        notices: Default::default(),
         db: db.clone(),
     };
     let node_hooks = match config.keys.iter().next() {

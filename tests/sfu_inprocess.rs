@@ -70,6 +70,7 @@ impl World {
         let sfu = Sfu::new(SfuConfig {
             candidates: vec![Candidate::host(sfu_addr, "udp").unwrap()],
             disconnect_timeout,
+            connect_timeout: Duration::from_secs(30),
             empty_room_timeout: Duration::from_secs(10),
             initial_bwe: Bitrate::kbps(3000),
         });
@@ -124,7 +125,7 @@ impl World {
     fn join_client_offers(&mut self, identity: &str, media: &[MediaSpec]) -> usize {
         let addr: SocketAddr = format!("10.0.1.{}:6000", self.clients.len() + 1).parse().unwrap();
         let req = JoinRequest::new(RoomName::new("room").unwrap(), Identity::new(identity).unwrap(), perms());
-        let id = self.sfu.join_client_offers(self.now, req);
+        let id = self.sfu.join_client_offers(self.now, req).expect("admitted");
         self.ids.push(id);
         self.clients.push((addr, Client::new(self.now, addr)));
         let i = self.clients.len() - 1;
@@ -809,7 +810,7 @@ fn tracks_of_another_room_cannot_be_subscribed() {
     // Track ids are node-wide and guessable; rooms (and so orgs) still do not share them.
     let now = w.now;
     let other = JoinRequest::new(RoomName::new("org_b:room").unwrap(), Identity::new("mallory").unwrap(), perms());
-    let mallory = w.sfu.join_server_offered(now, other);
+    let mallory = w.sfu.join_server_offered(now, other).expect("admitted");
     assert!(matches!(w.sfu.set_subscribed(now, mallory, track, true), Err(auralink::sfu::core::SfuError::NoTrack)));
     assert!(w.sfu.subscriptions(mallory).is_empty());
 }
@@ -1049,4 +1050,107 @@ fn a_stuck_pipeline_stage_does_not_delay_forwarding() {
     // When the pipeline thread takes its first frame late, a later frame fills the freed slot
     // and the pipeline conceals the dropped ones between: the stage runs on those too.
     assert_eq!(seen, decoded + concealed, "the stage ran on every decoded and concealed frame");
+}
+
+fn left(w: &World, id: auralink::ids::ParticipantId) -> Option<LeaveReason> {
+    w.events.iter().find_map(|e| match e {
+        SfuEvent::ParticipantLeft { participant, reason, .. } if *participant == id => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn sessions_that_never_connect_end_at_the_connect_deadline() {
+    let mut w = World::new(23);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    // Alice's offer arrives, and nothing of her ever does (no STUN reaches the router).
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.cut.push(alice);
+    // A session the server offers to and nobody answers (a LiveKit subscriber whose client
+    // went away before its first answer).
+    let now = w.now;
+    let req = JoinRequest::new(RoomName::new("room").unwrap(), Identity::new("ghost").unwrap(), perms());
+    let ghost = w.sfu.join_server_offered(now, req).expect("admitted");
+    w.advance_by(Duration::from_secs(29));
+    assert_eq!(left(&w, w.ids[alice]), None, "still within the deadline");
+    assert_eq!(left(&w, ghost), None);
+    w.advance_by(Duration::from_secs(2));
+    assert_eq!(left(&w, w.ids[alice]), Some(LeaveReason::Timeout));
+    assert_eq!(left(&w, ghost), Some(LeaveReason::Timeout));
+    // A connected session has no such deadline.
+    w.advance_by(Duration::from_secs(60));
+    assert_eq!(left(&w, w.ids[bob]), None);
+    assert_eq!(w.sfu.gauges().1, 1, "only bob's session is left");
+}
+
+#[test]
+fn room_limits_apply_to_new_participants_only() {
+    let mut w = World::new(29);
+    let room = RoomName::new("room").unwrap();
+    let limits = auralink::sfu::core::RoomLimits { max_participants: 2, empty_timeout: Some(Duration::from_secs(1)) };
+    let req =
+        |who: &str| JoinRequest { limits, ..JoinRequest::new(room.clone(), Identity::new(who).unwrap(), perms()) };
+    let now = w.now;
+    let alice = w.sfu.join_client_offers(now, req("alice")).expect("room for alice");
+    w.sfu.join_client_offers(now, req("bob")).expect("room for bob");
+    assert!(matches!(w.sfu.join_client_offers(now, req("carol")), Err(SfuError::RoomFull)));
+    assert!(matches!(w.sfu.join_server_offered(now, req("carol")), Err(SfuError::RoomFull)));
+    // Another connection of a participant in the room is not a new participant.
+    let second = JoinRequest { participant: Some(alice), ..req("alice") };
+    w.sfu.join_server_offered(now, second).expect("alice's second connection");
+    assert_eq!(w.sfu.participants(&room).len(), 2);
+    w.sfu.remove_participant(now, alice, LeaveReason::ClientRequest);
+    w.sfu.join_client_offers(now, req("carol")).expect("alice's place");
+    // Empty, the room closes after its own timeout (1 s), not the node's (10 s).
+    for p in w.sfu.participants(&room) {
+        w.sfu.remove_participant(now, p.id, LeaveReason::ClientRequest);
+    }
+    w.advance_by(Duration::from_millis(1500));
+    assert!(w.events.iter().any(|e| matches!(e, SfuEvent::RoomClosed { room: r } if *r == room)));
+}
+
+#[test]
+fn candidates_and_announced_tracks_are_limited_per_connection() {
+    let mut w = World::new(31);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let id = w.ids[alice];
+    let now = w.now;
+    for n in 0..auralink::sfu::core::MAX_REMOTE_CANDIDATES {
+        let addr: SocketAddr = format!("10.9.{}.{}:7000", n / 200, n % 200 + 1).parse().unwrap();
+        w.sfu.add_remote_candidate(now, id, Candidate::host(addr, "udp").unwrap()).expect("within the limit");
+    }
+    let one_more = Candidate::host("10.9.9.9:7000".parse().unwrap(), "udp").unwrap();
+    assert!(matches!(w.sfu.add_remote_candidate(now, id, one_more), Err(SfuError::LimitExceeded(_))));
+    for n in 0..auralink::sfu::core::MAX_ANNOUNCED_TRACKS {
+        w.sfu.announce_track(id, &format!("track-{n}")).expect("within the limit");
+    }
+    assert!(matches!(w.sfu.announce_track(id, "track-x"), Err(SfuError::LimitExceeded(_))));
+    let again = w.sfu.announce_track(id, "track-0").expect("announcing a track again is no new track");
+    assert_eq!(w.sfu.announce_track(id, "track-0").unwrap(), again);
+    // The session still works.
+    w.connect_all();
+    assert!(w.clients[alice].1.connected);
+}
+
+#[test]
+fn hidden_participants_are_flagged_and_not_subscribed_to_unasked() {
+    let mut w = World::new(37);
+    let addr: SocketAddr = "10.0.1.1:6000".parse().unwrap();
+    let mut c = Client::new(w.now, addr);
+    let offer = c.offer(&[MediaSpec::send(MediaKind::Audio)], Some("chat"));
+    let hidden = Permissions { hidden: true, ..perms() };
+    let req = JoinRequest::new(RoomName::new("room").unwrap(), Identity::new("recorder").unwrap(), hidden);
+    let (id, answer) = w.sfu.join(w.now, req, &offer).unwrap();
+    c.accept_answer(&answer.to_sdp_string()).unwrap();
+    w.ids.push(id);
+    w.clients.push((addr, c));
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let room = RoomName::new("room").unwrap();
+    let all = w.sfu.participants(&room);
+    let recorder = all.iter().find(|p| p.identity.as_str() == "recorder").unwrap();
+    assert!(recorder.hidden && recorder.tracks.len() == 1);
+    assert!(!all.iter().find(|p| p.identity.as_str() == "bob").unwrap().hidden);
+    assert_eq!(w.sfu.subscriptions(w.ids[bob])[0].1, None, "bob is not given the hidden participant's track");
 }

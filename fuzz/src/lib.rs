@@ -74,6 +74,7 @@ pub fn sfu() -> Sfu {
     Sfu::new(SfuConfig {
         candidates: vec![Candidate::host(SFU_ADDR.parse().expect("an address"), "udp").expect("a host candidate")],
         disconnect_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(30),
         empty_room_timeout: Duration::from_secs(10),
         initial_bwe: Bitrate::kbps(1500),
     })

@@ -322,6 +322,13 @@ async fn dispatch(
             let room = need_admin(claims, org, &req.room)?;
             let p = find(&s, room.clone(), &req.identity).await?;
             // The permission is replaced as a whole, as in LiveKit.
+            // Empty means unchanged here, as in LiveKit's RoomService. Checked first, so that a
+            // refused description changes nothing.
+            let keep = |v: &str| (!v.is_empty()).then_some(v.to_string());
+            let (name, metadata) = (keep(&req.name), keep(&req.metadata));
+            s.livekit
+                .update_description(p.id, name.as_deref(), metadata.as_deref(), &req.attributes)
+                .map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()))?;
             if let Some(perm) = &req.permission {
                 let perms = Permissions {
                     publish: perm.can_publish,
@@ -333,10 +340,6 @@ async fn dispatch(
                     return Err(not_found("participant"));
                 }
             }
-            // Empty means unchanged here, as in LiveKit's RoomService.
-            let keep = |v: &str| (!v.is_empty()).then_some(v.to_string());
-            let (name, metadata) = (keep(&req.name), keep(&req.metadata));
-            s.livekit.update_description(p.id, name.as_deref(), metadata.as_deref(), &req.attributes);
             let p = find(&s, room, &req.identity).await?;
             Ok(encode(codec, &s.livekit.describe(&p)))
         }
@@ -500,5 +503,6 @@ async fn find(s: &AppState, room: RoomName, identity: &str) -> Result<Participan
         participants(s, room).await?.into_iter().filter(|p| p.identity == identity).collect();
     let main: ParticipantId = sessions.iter().map(|p| p.id).min().ok_or_else(|| not_found("participant"))?;
     let tracks = sessions.iter().flat_map(|p| p.tracks.clone()).collect();
-    Ok(ParticipantInfo { id: main, identity, tracks, server: sessions.iter().any(|p| p.server) })
+    let (server, hidden) = (sessions.iter().any(|p| p.server), sessions.iter().any(|p| p.hidden));
+    Ok(ParticipantInfo { id: main, identity, tracks, server, hidden })
 }

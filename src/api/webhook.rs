@@ -265,7 +265,13 @@ fn room(name: &str) -> proto::Room {
 /// The webhook for a router event, if LiveKit sends one for it, with the org whose room it is.
 fn to_webhook(e: &SfuEvent, livekit: &LiveKitState, now_ms: i64) -> Option<(String, proto::WebhookEvent)> {
     let described = |participant, identity: &crate::ids::Identity| {
-        let p = ParticipantInfo { id: participant, identity: identity.clone(), tracks: Vec::new(), server: false };
+        let p = ParticipantInfo {
+            id: participant,
+            identity: identity.clone(),
+            tracks: Vec::new(),
+            server: false,
+            hidden: false,
+        };
         livekit.describe(&p)
     };
     let (event, r, participant, track) = match e {

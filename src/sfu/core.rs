@@ -46,6 +46,13 @@ const MAX_CLIENT_LINES: usize = 64;
 /// Channels the router opens towards one raw (WHIP/WHEP) session at most; messages that
 /// would need another are dropped and counted.
 const MAX_OUT_CHANNELS: usize = 64;
+/// Remote ICE candidates one connection accepts: a real client sends a few per network
+/// interface, and str0m pairs each with every local candidate.
+pub const MAX_REMOTE_CANDIDATES: usize = 64;
+/// Tracks announced (LiveKit AddTrack) and not yet on an m-line, per connection.
+pub const MAX_ANNOUNCED_TRACKS: usize = 16;
+/// Tracks one connection publishes at once; receiving m-lines beyond carry nothing.
+pub const MAX_PUBLISHED_TRACKS: usize = 32;
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -53,6 +60,8 @@ pub struct SfuConfig {
     /// Host candidates every session advertises (the driver's sockets).
     pub candidates: Vec<Candidate>,
     pub disconnect_timeout: Duration,
+    /// A session that has not connected (ICE and DTLS) this long after it was created ends.
+    pub connect_timeout: Duration,
     pub empty_room_timeout: Duration,
     pub initial_bwe: Bitrate,
 }
@@ -73,6 +82,17 @@ pub struct JoinRequest {
     /// also keep the transport up when every media m-line is stopped: a bundle with nothing
     /// left in it is closed by the browser.
     pub server_channels: Vec<ChannelConfig>,
+    /// The room's settings as stored now; they replace those the room had.
+    pub limits: RoomLimits,
+}
+
+/// A room's settings from the control API, applied as participants join.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Participants the room holds at most (0: no limit); a join beyond is refused.
+    pub max_participants: u32,
+    /// How long the room stays open once empty; `None`: the node's default.
+    pub empty_timeout: Option<Duration>,
 }
 
 impl JoinRequest {
@@ -87,6 +107,7 @@ impl JoinRequest {
             subscribe: SubscribeFilter::All,
             negotiation: Negotiation::Fixed,
             server_channels: Vec::new(),
+            limits: RoomLimits::default(),
         }
     }
 }
@@ -151,6 +172,10 @@ pub enum SfuError {
     NoPendingOffer,
     #[error("only audio tracks can be tapped")]
     NotAudio,
+    #[error("the room is full")]
+    RoomFull,
+    #[error("too many {0}")]
+    LimitExceeded(&'static str),
 }
 
 impl SfuError {
@@ -164,6 +189,8 @@ impl SfuError {
             SfuError::NoRoom => "room_not_found",
             SfuError::NoPendingOffer => "no_pending_offer",
             SfuError::NotAudio => "track_not_audio",
+            SfuError::RoomFull => "room_full",
+            SfuError::LimitExceeded(_) => "limit_exceeded",
         }
     }
 }
@@ -195,6 +222,8 @@ pub struct ParticipantInfo {
     pub tracks: Vec<TrackInfo>,
     /// Played by the server itself (see `Sfu::join_local`), not a client.
     pub server: bool,
+    /// Joined with the `hidden` grant: other clients are not told about it.
+    pub hidden: bool,
 }
 
 /// What happened, for signaling layers, webhooks and metrics.
@@ -326,6 +355,7 @@ struct Room {
     /// In publication order: older tracks are offered to free slots first.
     tracks: Vec<TrackId>,
     empty_since: Option<Instant>,
+    limits: RoomLimits,
     speakers: SpeakerDetector,
 }
 
@@ -378,6 +408,7 @@ impl Sfu {
         offer: &str,
     ) -> Result<(ParticipantId, SdpAnswer), SfuError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
+        self.admit(&req)?;
         let mut rtc = self.new_rtc(now);
         let answer = negotiate(|| rtc.sdp_api().accept_offer(offer)).map_err(SfuError::from)?;
         let id = self.add_session(now, req, rtc);
@@ -386,7 +417,8 @@ impl Sfu {
 
     /// Adds a session whose first offer comes from the server, once there is something to
     /// send (a LiveKit subscriber connection). Renegotiation is implied.
-    pub fn join_server_offered(&mut self, now: Instant, mut req: JoinRequest) -> ParticipantId {
+    pub fn join_server_offered(&mut self, now: Instant, mut req: JoinRequest) -> Result<ParticipantId, SfuError> {
+        self.admit(&req)?;
         req.negotiation = Negotiation::ServerOffers;
         let room = req.room.clone();
         let rtc = self.new_rtc(now);
@@ -395,20 +427,36 @@ impl Sfu {
         self.fill_slots(now, &room);
         self.offer_later(id);
         self.drive(now);
-        id
+        Ok(id)
     }
 
     /// Adds a session whose m-lines come from the client's offers, all of them answered with
     /// [`Sfu::answer_offer`] (a LiveKit single peer connection). Tracks it should receive wait
     /// for its first offer.
-    pub fn join_client_offers(&mut self, now: Instant, mut req: JoinRequest) -> ParticipantId {
+    pub fn join_client_offers(&mut self, now: Instant, mut req: JoinRequest) -> Result<ParticipantId, SfuError> {
+        self.admit(&req)?;
         req.negotiation = Negotiation::ClientOffers;
         let room = req.room.clone();
         let rtc = self.new_rtc(now);
         let id = self.add_session(now, req, rtc);
         self.fill_slots(now, &room);
         self.drive(now);
-        id
+        Ok(id)
+    }
+
+    /// Refuses a new participant that the room's `max_participants` has no place for; another
+    /// connection of a participant already there always comes in.
+    fn admit(&self, req: &JoinRequest) -> Result<(), SfuError> {
+        let max = req.limits.max_participants as usize;
+        let existing = req.participant.is_some_and(|pp| self.peers.values().any(|p| p.participant == pp));
+        if max == 0 || existing {
+            return Ok(());
+        }
+        let mut present: Vec<ParticipantId> =
+            self.peers.values().filter(|p| p.room == req.room).map(|p| p.participant).collect();
+        present.sort();
+        present.dedup();
+        if present.len() >= max { Err(SfuError::RoomFull) } else { Ok(()) }
     }
 
     /// Answers an offer of a session: as [`Sfu::renegotiate`], and for a client-offering
@@ -486,11 +534,16 @@ impl Sfu {
                 participants: Vec::new(),
                 tracks: Vec::new(),
                 empty_since: None,
+                limits: req.limits,
                 speakers: SpeakerDetector::new(now),
             }
         });
         room.participants.push(id);
         room.empty_since = None;
+        // Settings come with new participants; another connection of one brings none.
+        if participant == id {
+            room.limits = req.limits;
+        }
         self.peers.insert(
             id,
             Peer {
@@ -507,6 +560,9 @@ impl Sfu {
                 rtc,
                 next_timeout: now,
                 disconnected_since: None,
+                joined_at: now,
+                connected: false,
+                remote_candidates: 0,
                 estimate_bps: None,
                 slots: Vec::new(),
                 published: Vec::new(),
@@ -606,9 +662,16 @@ impl Sfu {
 
     /// Registers a track the client announced (LiveKit AddTrack) before its m-line arrives;
     /// the m-line whose msid track id is `client_track_id` will publish as the returned id.
+    /// Announcing the same id again gives the same track.
     pub fn announce_track(&mut self, id: ParticipantId, client_track_id: &str) -> Result<TrackId, SfuError> {
         let track = TrackId(self.next_id);
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        if let Some(&known) = peer.announced.get(client_track_id) {
+            return Ok(known);
+        }
+        if peer.announced.len() >= MAX_ANNOUNCED_TRACKS {
+            return Err(SfuError::LimitExceeded("announced tracks"));
+        }
         self.next_id += 1;
         peer.announced.insert(client_track_id.to_string(), track);
         Ok(track)
@@ -617,7 +680,15 @@ impl Sfu {
     /// Adds a trickled remote candidate.
     pub fn add_remote_candidate(&mut self, now: Instant, id: ParticipantId, c: Candidate) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
-        peer.rtc.add_remote_candidate(c);
+        if peer.remote_candidates >= MAX_REMOTE_CANDIDATES {
+            return Err(SfuError::LimitExceeded("ICE candidates"));
+        }
+        peer.remote_candidates += 1;
+        if guard("add_remote_candidate", || peer.rtc.add_remote_candidate(c)).is_err() {
+            self.remove_peer(now, id, LeaveReason::TransportError);
+            self.drive(now);
+            return Err(SfuError::Negotiation("the candidate could not be applied".into()));
+        }
         self.mark(id);
         self.drive(now);
         Ok(())
@@ -835,19 +906,21 @@ impl Sfu {
     pub fn handle_receive(&mut self, now: Instant, r: Receive<'_>) -> bool {
         let source = r.source;
         let input = Input::Receive(now, r);
-        let cached =
-            self.by_source.get(&source).copied().filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
-        let Some(id) = cached.or_else(|| self.peers.values().find(|p| p.rtc.accepts(&input)).map(|p| p.id)) else {
+        let accepts = |p: &Peer| guard("accepts", || p.rtc.accepts(&input)).unwrap_or(false);
+        let cached = self.by_source.get(&source).copied().filter(|id| self.peers.get(id).is_some_and(accepts));
+        let Some(id) = cached.or_else(|| self.peers.values().find(|p| accepts(p)).map(|p| p.id)) else {
             self.stats.datagrams_unrouted += 1;
             return false;
         };
         self.by_source.insert(source, id);
         let peer = self.peers.get_mut(&id).expect("found above");
-        if let Err(e) = peer.rtc.handle_input(input) {
-            tracing::debug!(participant = %id, error = %e, "input refused; closing session");
-            self.remove_peer(now, id, LeaveReason::TransportError);
-        } else {
-            self.mark(id);
+        match guard("handle_input", || peer.rtc.handle_input(input)) {
+            Ok(Ok(())) => self.mark(id),
+            Ok(Err(e)) => {
+                tracing::debug!(participant = %id, error = %e, "input refused; closing session");
+                self.remove_peer(now, id, LeaveReason::TransportError);
+            }
+            Err(Panicked) => self.remove_peer(now, id, LeaveReason::TransportError),
         }
         self.drive(now);
         true
@@ -857,24 +930,25 @@ impl Sfu {
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<ParticipantId> = self.peers.values().filter(|p| p.next_timeout <= now).map(|p| p.id).collect();
         for id in due {
-            let peer = self.peers.get_mut(&id).expect("listed above");
-            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(participant = %id, error = %e, "timeout handling failed; closing session");
-                self.remove_peer(now, id, LeaveReason::TransportError);
-            } else {
-                self.mark(id);
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            match guard("handle_timeout", || peer.rtc.handle_input(Input::Timeout(now))) {
+                Ok(Ok(())) => self.mark(id),
+                Ok(Err(e)) => {
+                    tracing::debug!(participant = %id, error = %e, "timeout handling failed; closing session");
+                    self.remove_peer(now, id, LeaveReason::TransportError);
+                }
+                Err(Panicked) => self.remove_peer(now, id, LeaveReason::TransportError),
             }
         }
         self.drive(now);
 
-        let timeout = self.config.disconnect_timeout;
         let gone: Vec<(ParticipantId, LeaveReason)> = self
             .peers
             .values()
             .filter_map(|p| {
                 if !p.rtc.is_alive() {
                     Some((p.id, LeaveReason::TransportError))
-                } else if p.disconnected_since.is_some_and(|t| now >= t + timeout) {
+                } else if self.deadline(p).is_some_and(|t| now >= t) {
                     Some((p.id, LeaveReason::Timeout))
                 } else {
                     None
@@ -885,9 +959,9 @@ impl Sfu {
             self.remove_peer(now, id, reason);
         }
 
-        let empty_timeout = self.config.empty_room_timeout;
         let mut closed = Vec::new();
         for (name, room) in self.rooms.iter_mut() {
+            let empty_timeout = room.limits.empty_timeout.unwrap_or(self.config.empty_room_timeout);
             if room.empty_since.is_some_and(|t| now >= t + empty_timeout) {
                 closed.push(name.clone());
                 continue;
@@ -920,15 +994,21 @@ impl Sfu {
 
     /// When `handle_timeout` must be called next; `None` when nothing is scheduled.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let peers = self.peers.values().flat_map(|p| {
-            let ice = p.disconnected_since.map(|t| t + self.config.disconnect_timeout);
-            std::iter::once(p.next_timeout).chain(ice)
-        });
+        let peers = self.peers.values().flat_map(|p| std::iter::once(p.next_timeout).chain(self.deadline(p)));
         let rooms = self.rooms.values().map(|r| match r.empty_since {
-            Some(t) => t + self.config.empty_room_timeout,
+            Some(t) => t + r.limits.empty_timeout.unwrap_or(self.config.empty_room_timeout),
             None => r.speakers.poll_timeout(),
         });
         peers.chain(rooms).min()
+    }
+
+    /// When a session ends unless its connection comes (back) up: it never connected in time,
+    /// or it stayed disconnected too long.
+    fn deadline(&self, p: &Peer) -> Option<Instant> {
+        if !p.connected {
+            return Some(p.joined_at + self.config.connect_timeout);
+        }
+        p.disconnected_since.map(|t| t + self.config.disconnect_timeout)
     }
 
     /// Sessions in a room with their tracks.
@@ -946,6 +1026,7 @@ impl Sfu {
                     identity: p.identity.clone(),
                     tracks: tracks.collect(),
                     server: false,
+                    hidden: p.permissions.hidden,
                 }),
             }
         }
@@ -954,6 +1035,7 @@ impl Sfu {
             identity: l.identity.clone(),
             tracks: l.published.iter().filter_map(|t| self.tracks.get(t)).map(|t| t.info.clone()).collect(),
             server: true,
+            hidden: false,
         }));
         out
     }
@@ -995,7 +1077,7 @@ impl Sfu {
                 break;
             }
             for id in offers {
-                self.make_offer(id);
+                self.make_offer(now, id);
             }
         }
         for id in std::mem::take(&mut self.needs_sections) {
@@ -1007,15 +1089,19 @@ impl Sfu {
         while let Some(id) = self.dirty.pop_front() {
             self.dirty_set.remove(&id);
             while let Some(peer) = self.peers.get_mut(&id) {
-                match peer.rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => {
+                match guard("poll_output", || peer.rtc.poll_output()) {
+                    Ok(Ok(Output::Timeout(t))) => {
                         peer.next_timeout = t;
                         break;
                     }
-                    Ok(Output::Transmit(t)) => self.transmits.push_back(t),
-                    Ok(Output::Event(e)) => self.handle_event(now, id, e),
-                    Err(e) => {
+                    Ok(Ok(Output::Transmit(t))) => self.transmits.push_back(t),
+                    Ok(Ok(Output::Event(e))) => self.handle_event(now, id, e),
+                    Ok(Err(e)) => {
                         tracing::debug!(participant = %id, error = %e, "session failed");
+                        self.remove_peer(now, id, LeaveReason::TransportError);
+                        break;
+                    }
+                    Err(Panicked) => {
                         self.remove_peer(now, id, LeaveReason::TransportError);
                         break;
                     }
@@ -1027,7 +1113,8 @@ impl Sfu {
     fn handle_event(&mut self, now: Instant, id: ParticipantId, e: Event) {
         match e {
             Event::Connected => {
-                if let Some(p) = self.peers.get(&id) {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.connected = true;
                     self.events.push_back(SfuEvent::ParticipantConnected { room: p.room.clone(), participant: id });
                 }
             }
@@ -1083,8 +1170,8 @@ impl Sfu {
             }
             // The client closed DTLS (or SCTP): it is gone, by its own choice.
             Event::Closed => self.remove_peer(now, id, LeaveReason::ClientRequest),
-            Event::ChannelOpen(cid, _label) => self.handle_channel_open(id, cid),
-            Event::ChannelData(d) => self.relay_data(id, d),
+            Event::ChannelOpen(cid, _label) => self.handle_channel_open(now, id, cid),
+            Event::ChannelData(d) => self.relay_data(now, id, d),
             Event::ChannelClose(cid) => {
                 let Some(p) = self.peers.get_mut(&id) else { return };
                 p.channels_in.remove(&cid);
@@ -1119,7 +1206,9 @@ impl Sfu {
         {
             p.slots.push(Slot::new(m.mid, m.kind));
         }
-        if receives && p.permissions.publish {
+        if receives && p.permissions.publish && p.published.len() >= MAX_PUBLISHED_TRACKS {
+            tracing::info!(participant = %id, mid = %m.mid, "publishes too many tracks; m-line not published");
+        } else if receives && p.permissions.publish {
             let rids: Vec<Rid> = m
                 .simulcast
                 .map(|s| if s.recv.is_empty() { s.send } else { s.recv })
@@ -1183,9 +1272,11 @@ impl Sfu {
             for &track in waiting.iter().chain(&tracks) {
                 let Some(t) = self.tracks.get(&track) else { continue };
                 let (kind, owner_identity) = (t.info.kind, t.identity.clone());
+                // Nobody is told a hidden participant is there, so nobody gets its tracks unasked.
+                let hidden = self.peers.get(&t.session).is_some_and(|o| o.permissions.hidden);
                 let Some(p) = self.peers.get_mut(&id) else { break };
                 let asked = waiting.contains(&track);
-                if !(asked || p.wants(&owner_identity)) || p.has(track) {
+                if !(asked || (p.wants(&owner_identity) && !hidden)) || p.has(track) {
                     continue;
                 }
                 self.place(now, id, track, kind);
@@ -1248,7 +1339,7 @@ impl Sfu {
     }
 
     /// Offers the m-lines a renegotiating session is waiting for, unless an offer is out.
-    fn make_offer(&mut self, id: ParticipantId) {
+    fn make_offer(&mut self, now: Instant, id: ParticipantId) {
         let Some(p) = self.peers.get_mut(&id) else { return };
         if p.negotiation != Negotiation::ServerOffers {
             return;
@@ -1280,7 +1371,11 @@ impl Sfu {
         for mid in p.to_stop.drain(..) {
             api.stop_media(mid);
         }
-        if let Some((offer, pending)) = api.apply() {
+        let Ok(applied) = guard("offer", || api.apply()) else {
+            self.remove_peer(now, id, LeaveReason::TransportError);
+            return;
+        };
+        if let Some((offer, pending)) = applied {
             p.pending = Some((pending, planned));
             self.events.push_back(SfuEvent::Offer { participant: id, sdp: offer.to_sdp_string() });
             self.mark(id);
@@ -1456,6 +1551,7 @@ impl Sfu {
         // list is not copied for every frame; it goes back at the end.
         let subscribers = std::mem::take(&mut t.subscribers);
         let mut need_keyframe = Vec::new();
+        let mut broken = Vec::new();
         for &(sub, mid) in &subscribers {
             let Some(p) = self.peers.get_mut(&sub) else { continue };
             let Some(slot) = p.slot_mut(mid) else { continue };
@@ -1474,10 +1570,17 @@ impl Sfu {
                         Some((level, active)) => w.audio_level(level, active),
                         None => w,
                     };
-                    if let Err(e) = w.write(pt, f.network_time, time, Arc::clone(&f.data)) {
-                        tracing::debug!(subscriber = %sub, error = %e, "write failed");
-                        self.stats.frames_dropped += 1;
-                        continue;
+                    match guard("write", || w.write(pt, f.network_time, time, Arc::clone(&f.data))) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(subscriber = %sub, error = %e, "write failed");
+                            self.stats.frames_dropped += 1;
+                            continue;
+                        }
+                        Err(Panicked) => {
+                            broken.push(sub);
+                            continue;
+                        }
                     }
                     self.stats.frames_forwarded += 1;
                     self.stats.bytes_forwarded += f.data.len() as u64;
@@ -1495,6 +1598,9 @@ impl Sfu {
         }
         for layer in need_keyframe {
             self.request_keyframe(now, track, layer);
+        }
+        for sub in broken {
+            self.remove_peer(now, sub, LeaveReason::TransportError);
         }
     }
 
@@ -1537,17 +1643,22 @@ impl Sfu {
         Ok(())
     }
 
-    fn handle_channel_open(&mut self, id: ParticipantId, cid: ChannelId) {
+    fn handle_channel_open(&mut self, now: Instant, id: ParticipantId, cid: ChannelId) {
         let Some(p) = self.peers.get_mut(&id) else { return };
         if let Some(out) = p.channels_out.values_mut().find(|c| c.id == cid) {
             out.open = true;
             let pending: Vec<_> = out.pending.drain(..).collect();
-            if let Some(mut ch) = p.rtc.channel(cid) {
-                for (binary, data) in pending {
-                    let _ = ch.write(binary, &data);
+            let flushed = guard("channel write", || {
+                if let Some(mut ch) = p.rtc.channel(cid) {
+                    for (binary, data) in pending {
+                        let _ = ch.write(binary, &data);
+                    }
                 }
+            });
+            match flushed {
+                Ok(()) => self.mark(id),
+                Err(Panicked) => self.remove_peer(now, id, LeaveReason::TransportError),
             }
-            self.mark(id);
             return;
         }
         if p.own_channels.contains(&cid) {
@@ -1560,7 +1671,7 @@ impl Sfu {
     /// Relays a data channel message to the other participants of the room: in their own
     /// envelope for sessions with a codec, else on a per-sender channel of the same label and
     /// reliability whose protocol names the sender.
-    fn relay_data(&mut self, from: ParticipantId, d: ChannelData) {
+    fn relay_data(&mut self, now: Instant, from: ParticipantId, d: ChannelData) {
         let Some(p) = self.peers.get(&from) else { return };
         if !p.permissions.publish_data {
             return;
@@ -1583,13 +1694,13 @@ impl Sfu {
             return;
         };
         let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
-        self.deliver(&room, Some((from, &sender, sender_id)), &msg);
+        self.deliver(now, &room, Some((from, &sender, sender_id)), &msg);
     }
 
     /// Sends a message from the server (an API call) to the room's participants, or to those
     /// among them `msg.destinations` names; returns how many it went to.
     pub fn send_data(&mut self, now: Instant, room: &RoomName, msg: &DataMessage) -> usize {
-        let n = self.deliver(room, None, msg);
+        let n = self.deliver(now, room, None, msg);
         self.drive(now);
         n
     }
@@ -1598,6 +1709,7 @@ impl Sfu {
     /// server) to everyone else in the room it is meant for.
     fn deliver(
         &mut self,
+        now: Instant,
         room: &RoomName,
         sender: Option<(ParticipantId, &Identity, ParticipantId)>,
         msg: &DataMessage,
@@ -1618,50 +1730,71 @@ impl Sfu {
         recipients.sort();
         recipients.dedup_by(|a, b| a.0 == b.0);
         let delivered = recipients.len();
+        let mut broken = Vec::new();
         for (_, _, to) in recipients {
             let Some(q) = self.peers.get_mut(&to) else { continue };
-            match q.data_codec.clone() {
-                Some(codec) => {
-                    let Some((label, bytes)) = codec.encode(msg, sender.map(|s| (s.1, s.2))) else { continue };
-                    let Some(cid) = q.channels_in.iter().find(|(_, c)| c.label == label).map(|(id, _)| *id) else {
-                        continue;
-                    };
-                    if let Some(mut ch) = q.rtc.channel(cid) {
-                        let _ = ch.write(true, &bytes);
-                    }
+            let written = guard("channel write", || Self::write_message(q, msg, sender, &mut self.stats));
+            match written {
+                Ok(true) => {
+                    self.stats.data_messages_relayed += 1;
+                    self.mark(to);
                 }
-                None => {
-                    let key = (sender.map(|s| s.0), msg.topic.clone());
-                    if !q.channels_out.contains_key(&key) && q.channels_out.len() >= MAX_OUT_CHANNELS {
-                        self.stats.data_messages_dropped += 1;
-                        continue;
-                    }
-                    let out = q.channels_out.entry(key).or_insert_with(|| {
-                        let id =
-                            q.rtc.direct_api().create_data_channel(data::per_sender_channel(msg, sender.map(|s| s.1)));
-                        OutChannel { id, open: false, pending: VecDeque::new() }
-                    });
-                    if out.open {
-                        if let Some(mut ch) = q.rtc.channel(out.id) {
-                            let _ = ch.write(msg.binary, &msg.payload);
-                        }
-                    } else {
-                        if out.pending.len() == MAX_PENDING_MESSAGES {
-                            out.pending.pop_front();
-                        }
-                        out.pending.push_back((msg.binary, msg.payload.clone()));
-                    }
-                }
+                Ok(false) => {}
+                Err(Panicked) => broken.push(to),
             }
-            self.stats.data_messages_relayed += 1;
-            self.mark(to);
+        }
+        for id in broken {
+            self.remove_peer(now, id, LeaveReason::TransportError);
         }
         delivered
     }
 
+    /// Writes `msg` to one recipient's channel for it (opening one for a raw session); false
+    /// when there is none to write to.
+    fn write_message(
+        q: &mut Peer,
+        msg: &DataMessage,
+        sender: Option<(ParticipantId, &Identity, ParticipantId)>,
+        stats: &mut SfuStats,
+    ) -> bool {
+        match q.data_codec.clone() {
+            Some(codec) => {
+                let Some((label, bytes)) = codec.encode(msg, sender.map(|s| (s.1, s.2))) else { return false };
+                let Some(cid) = q.channels_in.iter().find(|(_, c)| c.label == label).map(|(id, _)| *id) else {
+                    return false;
+                };
+                if let Some(mut ch) = q.rtc.channel(cid) {
+                    let _ = ch.write(true, &bytes);
+                }
+            }
+            None => {
+                let key = (sender.map(|s| s.0), msg.topic.clone());
+                if !q.channels_out.contains_key(&key) && q.channels_out.len() >= MAX_OUT_CHANNELS {
+                    stats.data_messages_dropped += 1;
+                    return false;
+                }
+                let out = q.channels_out.entry(key).or_insert_with(|| {
+                    let id = q.rtc.direct_api().create_data_channel(data::per_sender_channel(msg, sender.map(|s| s.1)));
+                    OutChannel { id, open: false, pending: VecDeque::new() }
+                });
+                if out.open {
+                    if let Some(mut ch) = q.rtc.channel(out.id) {
+                        let _ = ch.write(msg.binary, &msg.payload);
+                    }
+                } else {
+                    if out.pending.len() == MAX_PENDING_MESSAGES {
+                        out.pending.pop_front();
+                    }
+                    out.pending.push_back((msg.binary, msg.payload.clone()));
+                }
+            }
+        }
+        true
+    }
+
     fn remove_peer(&mut self, now: Instant, id: ParticipantId, reason: LeaveReason) {
         let Some(mut peer) = self.peers.remove(&id) else { return };
-        peer.rtc.disconnect();
+        let _ = guard("disconnect", || peer.rtc.disconnect());
         self.by_source.retain(|_, p| *p != id);
         // Its subscriptions.
         for slot in &peer.slots {
@@ -1771,13 +1904,23 @@ impl From<NegotiationFailure> for SfuError {
 /// Applies SDP through str0m, which asserts on some inputs a client controls: one client
 /// must not be able to take the router, and every room with it, down.
 fn negotiate<T>(f: impl FnOnce() -> Result<T, RtcError>) -> Result<T, NegotiationFailure> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    match guard("negotiation", f) {
         Ok(r) => r.map_err(NegotiationFailure::Refused),
-        Err(_) => {
-            tracing::warn!("str0m panicked applying SDP; the session is refused");
-            Err(NegotiationFailure::Panicked)
-        }
+        Err(Panicked) => Err(NegotiationFailure::Panicked),
     }
+}
+
+/// str0m panicked: its state for that connection is not to be trusted any more.
+struct Panicked;
+
+/// Every entry into str0m goes through here. A panic there is a bug in str0m, but input a
+/// client controls may reach it, and it must end only that client's connection, not the
+/// router and every room with it.
+fn guard<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        tracing::warn!(call = what, "str0m panicked; the connection is closed");
+        Panicked
+    })
 }
 
 /// The parser's message without the memory address it embeds ("at PointerOffset(0x…)"),

@@ -78,6 +78,12 @@ pub(crate) struct Peer {
     /// When the `Rtc` wants `Input::Timeout` next.
     pub next_timeout: Instant,
     pub disconnected_since: Option<Instant>,
+    /// When the session was created: it must connect within the connect timeout.
+    pub joined_at: Instant,
+    /// ICE and DTLS came up at least once.
+    pub connected: bool,
+    /// Remote candidates added so far (trickled or restarted), at most `MAX_REMOTE_CANDIDATES`.
+    pub remote_candidates: usize,
     pub estimate_bps: Option<u64>,
     pub slots: Vec<Slot>,
     pub published: Vec<TrackId>,

@@ -3,6 +3,7 @@
 
 pub mod livekit;
 pub mod revocation;
+pub mod room_settings;
 pub mod sdpfrag;
 pub mod token;
 pub mod whip;

@@ -275,6 +275,8 @@ fn sfu_error(e: SfuError) -> ApiError {
             StatusCode::BAD_REQUEST
         }
         SfuError::NoParticipant | SfuError::NoTrack | SfuError::NoRoom => StatusCode::NOT_FOUND,
+        SfuError::RoomFull => StatusCode::FORBIDDEN,
+        SfuError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
     };
     ApiError::new(status, e.code(), e.to_string())
 }

@@ -50,8 +50,12 @@ impl DataCodec for LiveKitData {
                 destinations.extend(u.destination_identities.iter().cloned());
                 (u.topic.clone().unwrap_or_default(), u.payload.clone())
             }
+            // Captions and speaker lists come from the server (and its agents) only: from a
+            // client they would pass for the server's word about another participant.
+            Some(proto::data_packet::Value::Transcription(_) | proto::data_packet::Value::Speaker(_)) | None => {
+                return None;
+            }
             Some(_) => (String::new(), Vec::new()),
-            None => return None,
         };
         Some(DataMessage {
             reliable: label == RELIABLE,
@@ -140,6 +144,8 @@ mod tests {
         let got = proto::DataPacket::decode(bytes.as_slice()).unwrap();
         assert_eq!((got.participant_identity.as_str(), got.participant_sid.as_str()), ("alice", "PA_7"));
         assert!(LiveKitData.decode(RELIABLE, true, b"\xff\xff garbage").is_none());
+        let (_, forged) = transcription("bob", "TR_1", proto::TranscriptionSegment::default(), true);
+        assert!(LiveKitData.decode(RELIABLE, true, &forged).is_none(), "only the server sends captions");
         assert!(LiveKitData.decode("other", true, &sent.encode_to_vec()).is_none());
     }
 

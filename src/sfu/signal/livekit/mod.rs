@@ -11,6 +11,7 @@
 mod convert;
 mod data;
 pub mod join_request;
+mod notices;
 mod registry;
 mod resume;
 mod session;
@@ -26,7 +27,8 @@ use axum::routing::get;
 use serde::Deserialize;
 
 pub use self::data::{LiveKitData, transcription};
-pub use self::registry::Registry;
+pub use self::notices::Notices;
+pub use self::registry::{Registry, TooLarge};
 pub use self::resume::Sessions;
 use super::token::{Claims, TokenError, TokenVerifier};
 use crate::config::IceServer;
@@ -44,12 +46,8 @@ pub struct LiveKitState {
     pub registry: Arc<Registry>,
     /// Sessions a client may resume on a new signal connection.
     pub sessions: Arc<Sessions>,
-    /// Participants whose name, metadata or attributes changed: every session of the room
-    /// sends the new description.
-    pub described: tokio::sync::broadcast::Sender<crate::ids::ParticipantId>,
-    /// Rooms whose metadata changed (router name, new metadata): every session in the room
-    /// sends `room_update`.
-    pub room_updates: tokio::sync::broadcast::Sender<(crate::ids::RoomName, String)>,
+    /// Descriptions and room metadata that changed, for the sessions of each room.
+    pub notices: Arc<Notices>,
     /// Where room metadata lives; read when a participant joins.
     pub db: crate::db::Db,
 }
@@ -66,7 +64,7 @@ impl LiveKitState {
 
     /// Tells every session in `room` (the router's name) its new metadata.
     pub fn room_metadata_changed(&self, room: crate::ids::RoomName, metadata: String) {
-        let _ = self.room_updates.send((room, metadata));
+        self.notices.send(&room, notices::Notice::Metadata(metadata));
     }
 
     /// Changes what a participant may do (RoomService `UpdateParticipant` permission, or the
@@ -84,7 +82,7 @@ impl LiveKitState {
         self.registry.update_participant(id, |m| {
             m.permission = livekit_protocol::ParticipantPermission { can_update_metadata, ..convert::permission(perms) }
         });
-        let _ = self.described.send(id);
+        self.described(id);
         Ok(true)
     }
 
@@ -94,31 +92,26 @@ impl LiveKitState {
         self.registry.participant(id).is_some_and(|m| m.permission.can_update_metadata)
     }
 
-    /// Changes a participant's self-description (`None` keeps a field; an empty attribute
-    /// value removes the attribute, as in LiveKit) and has every session of its room send it.
+    /// Changes a participant's self-description (see [`Registry::describe`]) and has every
+    /// session of its room send it; refused whole when the result would be over a limit.
     pub fn update_description(
         &self,
         id: crate::ids::ParticipantId,
         name: Option<&str>,
         metadata: Option<&str>,
         attributes: &std::collections::HashMap<String, String>,
-    ) {
-        self.registry.update_participant(id, |m| {
-            if let Some(n) = name {
-                m.name = n.to_string();
-            }
-            if let Some(md) = metadata {
-                m.metadata = md.to_string();
-            }
-            for (k, v) in attributes {
-                if v.is_empty() {
-                    m.attributes.remove(k);
-                } else {
-                    m.attributes.insert(k.clone(), v.clone());
-                }
-            }
-        });
-        let _ = self.described.send(id);
+    ) -> Result<(), TooLarge> {
+        if self.registry.describe(id, name, metadata, attributes)? {
+            self.described(id);
+        }
+        Ok(())
+    }
+
+    /// Has the sessions of `id`'s room send its description again.
+    fn described(&self, id: crate::ids::ParticipantId) {
+        if let Some(room) = self.registry.room_of(id) {
+            self.notices.send(&room, notices::Notice::Described(id));
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! with two (`/rtc`) the client offers on its publisher connection and the server on the
 //! subscriber connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +25,16 @@ use tokio::sync::{broadcast, mpsc};
 use super::LiveKitState;
 use super::convert;
 use super::data::{self, LiveKitData};
-use super::registry::{ParticipantMeta, TrackMeta};
+use super::notices::Notice;
+use super::registry::{self, ParticipantMeta, TrackMeta};
 use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
-use crate::sfu::core::{ClientAnswer, JoinRequest, LeaveReason, ParticipantInfo, SfuError, SfuEvent, TrackInfo};
+use crate::sfu::core::{
+    ClientAnswer, JoinRequest, LeaveReason, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError, SfuEvent, TrackInfo,
+};
 use crate::sfu::driver::DriverGone;
+use crate::sfu::signal::room_settings::stored as stored_room;
 use crate::sfu::signal::token::{self, Claims, Permissions};
 
 /// The protocol version we speak (LiveKit's `protocol` query parameter and ServerInfo).
@@ -73,7 +78,7 @@ enum SessionError {
     OutOfOrder(&'static str),
     #[error("invalid value: {0}")]
     Invalid(String),
-    #[error("negotiation failed: {0}")]
+    #[error("{0}")]
     Sfu(#[from] SfuError),
     #[error("media router is not running")]
     Gone(#[from] DriverGone),
@@ -110,6 +115,7 @@ impl SessionError {
 
 struct Session {
     state: LiveKitState,
+    org: String,
     room: RoomName,
     identity: Identity,
     perms: Permissions,
@@ -123,6 +129,9 @@ struct Session {
     early_candidates: Vec<Candidate>,
     offer_id: u32,
     speakers: Vec<ParticipantId>,
+    /// The other participants this client has been told about: hidden ones never are, and
+    /// it hears of a departure, a speaker or a quality change only of those it knows.
+    known: HashMap<ParticipantId, Identity>,
     can_update_metadata: bool,
     /// What the client missed while its signal connection was down.
     backlog: Vec<Resp>,
@@ -143,8 +152,7 @@ enum End {
 /// What a session listens to besides its WebSocket; they outlive any one connection.
 struct Feeds {
     events: broadcast::Receiver<SfuEvent>,
-    described: broadcast::Receiver<ParticipantId>,
-    rooms: broadcast::Receiver<(RoomName, String)>,
+    notices: broadcast::Receiver<Notice>,
     resumes: mpsc::Receiver<WebSocket>,
 }
 
@@ -152,8 +160,9 @@ struct Feeds {
 enum Input {
     Client(Option<Result<Message, axum::Error>>),
     Event(SfuEvent),
-    Described(ParticipantId),
-    RoomMetadata(RoomName, String),
+    Notice(Notice),
+    /// Events or notices were lost (the session fell behind): catch up from the router.
+    Resync,
     Resume(Box<WebSocket>),
     Deadline,
 }
@@ -162,30 +171,34 @@ impl Feeds {
     /// Waits for the client (when connected), the router, a resume or `deadline`.
     async fn next(&mut self, rx: Option<&mut Rx>, deadline: tokio::time::Instant) -> Result<Input, SessionError> {
         let mut rx = rx;
-        loop {
-            let client = async {
-                match rx.as_mut() {
-                    Some(rx) => rx.next().await,
-                    None => std::future::pending().await,
+        let client = async {
+            match rx.as_mut() {
+                Some(rx) => rx.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        Ok(tokio::select! {
+            Some(socket) = self.resumes.recv() => Input::Resume(Box::new(socket)),
+            n = self.notices.recv() => match n {
+                Ok(n) => Input::Notice(n),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "signal session lagged behind room notices");
+                    Input::Resync
                 }
-            };
-            return Ok(tokio::select! {
-                Some(socket) = self.resumes.recv() => Input::Resume(Box::new(socket)),
-                // Lagging behind only delays one description: the next update carries it.
-                Ok(p) = self.described.recv() => Input::Described(p),
-                Ok((room, metadata)) = self.rooms.recv() => Input::RoomMetadata(room, metadata),
-                m = client => Input::Client(m),
-                e = self.events.recv() => match e {
-                    Ok(e) => Input::Event(e),
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "signal session lagged behind router events");
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return Err(DriverGone.into()),
-                },
-                () = tokio::time::sleep_until(deadline) => Input::Deadline,
-            });
-        }
+                // Held by the registry of notices for as long as anyone listens.
+                Err(RecvError::Closed) => return Err(DriverGone.into()),
+            },
+            m = client => Input::Client(m),
+            e = self.events.recv() => match e {
+                Ok(e) => Input::Event(e),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "signal session lagged behind router events");
+                    Input::Resync
+                }
+                Err(RecvError::Closed) => return Err(DriverGone.into()),
+            },
+            () = tokio::time::sleep_until(deadline) => Input::Deadline,
+        })
     }
 }
 
@@ -212,8 +225,7 @@ pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: Web
         }
     }
     let (mut tx, rx) = socket.split();
-    let (events, described, rooms) =
-        (state.sfu.subscribe(), state.described.subscribe(), state.room_updates.subscribe());
+    let events = state.sfu.subscribe();
     let mut session = match Session::join(state.clone(), &claims, &opts).await {
         Ok(s) => s,
         Err(e) => {
@@ -225,7 +237,10 @@ pub async fn run(state: LiveKitState, claims: Claims, opts: Options, socket: Web
     };
     state.tokens.note_join(&claims, session.participant);
     let resumes = state.sessions.register(session.participant, session.room.clone(), session.identity.clone());
-    let mut feeds = Feeds { events, described, rooms, resumes };
+    // The join response is built after this, from the registry as it is then: nothing said
+    // before is missed.
+    let notices = state.notices.subscribe(&session.room);
+    let mut feeds = Feeds { events, notices, resumes };
     session.serve_all(tx, rx, &mut feeds).await;
     state.sessions.remove(session.participant);
     session.finish().await;
@@ -277,7 +292,7 @@ impl Session {
         let room = RoomName::in_org(&org, &room);
         let identity =
             Identity::new(claims.sub.clone()).map_err(|e| SessionError::Invalid(format!("identity: {e}")))?;
-        let room_metadata = stored_metadata(&state.db, &org, room.local()).await;
+        let (room_metadata, limits) = stored_room(&state.db, &org, room.local()).await;
         let perms = claims.video.permissions();
         let subscribe =
             if opts.auto_subscribe && perms.subscribe { SubscribeFilter::All } else { SubscribeFilter::None };
@@ -301,6 +316,7 @@ impl Session {
             subscribe,
             server_channels,
             data_codec,
+            limits,
             ..JoinRequest::new(room.clone(), identity.clone(), perms)
         };
         let single_pc = opts.single_pc;
@@ -318,9 +334,10 @@ impl Session {
                 }
                 if single_pc { sfu.join_client_offers(now, req) } else { sfu.join_server_offered(now, req) }
             })
-            .await?;
+            .await??;
         state.registry.set_participant(
             participant,
+            room.clone(),
             ParticipantMeta {
                 name: claims.name.clone(),
                 metadata: claims.metadata.clone(),
@@ -334,6 +351,7 @@ impl Session {
         );
         Ok(Session {
             state,
+            org,
             room,
             identity,
             perms,
@@ -344,6 +362,7 @@ impl Session {
             early_candidates: Vec::new(),
             offer_id: 0,
             speakers: Vec::new(),
+            known: HashMap::new(),
             can_update_metadata: claims.video.can_update_own_metadata,
             backlog: Vec::new(),
             claims: claims.clone(),
@@ -371,20 +390,27 @@ impl Session {
         Ok(self.state.sfu.call(move |sfu, _| sfu.participants(&room)).await?)
     }
 
-    fn join_response(&self, all: &[ParticipantInfo]) -> Resp {
-        let reg = &self.state.registry;
+    /// The participants this client may see: everyone but itself and the hidden. They become
+    /// the ones it knows.
+    fn others<'a>(&mut self, all: &'a [ParticipantInfo]) -> Vec<&'a ParticipantInfo> {
+        let others: Vec<&ParticipantInfo> = all.iter().filter(|p| p.id != self.participant && !p.hidden).collect();
+        self.known = others.iter().map(|p| (p.id, p.identity.clone())).collect();
+        others
+    }
+
+    fn join_response(&mut self, all: &[ParticipantInfo]) -> Resp {
         let me = all
             .iter()
             .find(|p| p.id == self.participant)
-            .map(|p| convert::participant_info(p, reg, PState::Joined))
+            .map(|p| convert::participant_info(p, &self.state.registry, PState::Joined))
             .unwrap_or_default();
-        let others = all
-            .iter()
-            .filter(|p| p.id != self.participant)
-            .map(|p| convert::participant_info(p, reg, PState::Active))
+        let others: Vec<proto::ParticipantInfo> = self
+            .others(all)
+            .into_iter()
+            .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
             .collect();
         Resp::Join(proto::JoinResponse {
-            room: Some(self.room_info(all.len())),
+            room: Some(self.room_info(visible(all))),
             participant: Some(me),
             other_participants: others,
             server_version: LIVEKIT_VERSION.to_string(),
@@ -408,13 +434,53 @@ impl Session {
         }
     }
 
-    async fn room_update(&mut self, room: RoomName, metadata: String) -> Result<Vec<Resp>, SessionError> {
-        if room != self.room {
-            return Ok(vec![]);
-        }
+    async fn room_update(&mut self, metadata: String) -> Result<Vec<Resp>, SessionError> {
         self.room_metadata = metadata;
-        let n = self.participants().await?.len();
+        let n = visible(&self.participants().await?);
         Ok(vec![Resp::RoomUpdate(proto::RoomUpdate { room: Some(self.room_info(n)) })])
+    }
+
+    async fn handle_notice(&mut self, n: Notice) -> Result<Vec<Resp>, SessionError> {
+        match n {
+            Notice::Described(p) => self.described(p).await,
+            Notice::Metadata(metadata) => self.room_update(metadata).await,
+        }
+    }
+
+    /// Catches up after missing events or notices: everyone visible as they are now, those
+    /// it knew that are gone as disconnected, and the room's metadata as stored.
+    async fn resync(&mut self) -> Result<Vec<Resp>, SessionError> {
+        let all = self.participants().await?;
+        if !all.iter().any(|p| p.id == self.participant) {
+            return Err(SessionError::Removed(LeaveReason::Removed));
+        }
+        let before = std::mem::take(&mut self.known);
+        let mut infos: Vec<proto::ParticipantInfo> = self
+            .others(&all)
+            .into_iter()
+            .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
+            .collect();
+        for (id, identity) in before.into_iter().filter(|(id, _)| !self.known.contains_key(id)) {
+            infos.push(self.departed(id, &identity));
+        }
+        if let Some(me) = all.iter().find(|p| p.id == self.participant) {
+            infos.push(convert::participant_info(me, &self.state.registry, PState::Active));
+        }
+        let (metadata, _) = stored_room(&self.state.db, &self.org, self.room.local()).await;
+        let mut out = vec![Resp::Update(proto::ParticipantUpdate { participants: infos })];
+        out.extend(self.room_update(metadata).await?);
+        Ok(out)
+    }
+
+    /// How a participant that left is described to those that knew it.
+    fn departed(&self, id: ParticipantId, identity: &Identity) -> proto::ParticipantInfo {
+        proto::ParticipantInfo {
+            sid: id.to_string(),
+            identity: identity.to_string(),
+            state: PState::Disconnected as i32,
+            version: self.state.registry.next_version(),
+            ..Default::default()
+        }
     }
 
     fn ice_servers(&self) -> Vec<proto::IceServer> {
@@ -510,8 +576,8 @@ impl Session {
                     }
                     self.handle_request(msg).await?
                 }
-                Input::Described(p) => self.described(p).await?,
-                Input::RoomMetadata(room, metadata) => self.room_update(room, metadata).await?,
+                Input::Notice(n) => self.handle_notice(n).await?,
+                Input::Resync => self.resync().await?,
                 Input::Event(e) => self.handle_event(e).await?,
             };
             send_all(tx, out).await?;
@@ -526,8 +592,8 @@ impl Session {
             let out = match feeds.next(None, deadline).await.ok()? {
                 Input::Resume(socket) => return Some(*socket),
                 Input::Deadline | Input::Client(_) => return None,
-                Input::Described(p) => self.described(p).await.ok()?,
-                Input::RoomMetadata(room, metadata) => self.room_update(room, metadata).await.ok()?,
+                Input::Notice(n) => self.handle_notice(n).await.ok()?,
+                Input::Resync => self.resync().await.ok()?,
                 Input::Event(e) => self.handle_event(e).await.ok()?,
             };
             // Offers are not kept: the resume restarts ICE with an offer of everything.
@@ -551,9 +617,9 @@ impl Session {
         })];
         out.append(&mut self.backlog);
         let all = self.participants().await?;
-        let others: Vec<_> = all
-            .iter()
-            .filter(|p| p.id != self.participant)
+        let others: Vec<_> = self
+            .others(&all)
+            .into_iter()
             .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
             .collect();
         if !others.is_empty() {
@@ -623,6 +689,9 @@ impl Session {
                 };
                 match target {
                     Some(id) => sfu.call(move |sfu, now| sfu.add_remote_candidate(now, id, c)).await??,
+                    None if self.early_candidates.len() >= MAX_REMOTE_CANDIDATES => {
+                        return Err(SfuError::LimitExceeded("ICE candidates").into());
+                    }
                     None => self.early_candidates.push(c),
                 }
                 Ok(vec![])
@@ -673,22 +742,23 @@ impl Session {
             })]),
             Req::UpdateMetadata(u) => {
                 use proto::request_response::Reason;
-                let reason = if !self.can_update_metadata {
-                    Reason::NotAllowed
-                } else if u.name.len() > 256 || u.metadata.len() > 64 * 1024 || u.attributes.len() > 64 {
-                    Reason::LimitExceeded
+                let (reason, message) = if !self.can_update_metadata {
+                    (Reason::NotAllowed, "token does not grant canUpdateOwnMetadata".to_string())
                 } else {
-                    self.state.update_description(self.participant, Some(&u.name), Some(&u.metadata), &u.attributes);
-                    Reason::Ok
+                    match self.state.update_description(
+                        self.participant,
+                        Some(&u.name),
+                        Some(&u.metadata),
+                        &u.attributes,
+                    ) {
+                        Ok(()) => (Reason::Ok, String::new()),
+                        Err(e) => (Reason::LimitExceeded, e.to_string()),
+                    }
                 };
                 Ok(vec![Resp::RequestResponse(proto::RequestResponse {
                     request_id: u.request_id,
                     reason: reason as i32,
-                    message: if reason == Reason::NotAllowed {
-                        "token does not grant canUpdateOwnMetadata".into()
-                    } else {
-                        String::new()
-                    },
+                    message,
                     ..Default::default()
                 })])
             }
@@ -718,6 +788,10 @@ impl Session {
         if req.cid.is_empty() || req.cid.len() > 256 {
             return Err(SessionError::Invalid("track cid".into()));
         }
+        // A track's description is a name, a stream name and a few simulcast layers.
+        if req.name.len() > registry::MAX_NAME || req.stream.len() > registry::MAX_NAME || req.layers.len() > 8 {
+            return Err(SessionError::Invalid("track description too large".into()));
+        }
         let kind = if req.r#type == proto::TrackType::Audio as i32 { MediaKind::Audio } else { MediaKind::Video };
         let on = self.publisher.unwrap_or(self.participant);
         let cid = req.cid.clone();
@@ -732,7 +806,10 @@ impl Session {
             disable_dtx: req.disable_dtx,
             stream: req.stream.clone(),
         };
-        self.state.registry.set_track(track, meta.clone());
+        self.state
+            .registry
+            .set_track(track, self.participant, meta.clone())
+            .map_err(|e| SessionError::Invalid(e.to_string()))?;
         let rids = if req.layers.len() > 1 { req.layers.iter().map(|l| l.rid.clone()).collect() } else { Vec::new() };
         let info =
             TrackInfo { id: track, owner: self.participant, kind, muted: req.muted, layers: rids, server: false };
@@ -777,9 +854,15 @@ impl Session {
         self.update_for(participant).await
     }
 
-    async fn update_for(&self, participant: ParticipantId) -> Result<Vec<Resp>, SessionError> {
+    async fn update_for(&mut self, participant: ParticipantId) -> Result<Vec<Resp>, SessionError> {
         let all = self.participants().await?;
         let Some(p) = all.iter().find(|p| p.id == participant) else { return Ok(vec![]) };
+        if p.hidden && p.id != self.participant {
+            return Ok(vec![]);
+        }
+        if p.id != self.participant {
+            self.known.insert(p.id, p.identity.clone());
+        }
         let info = convert::participant_info(p, &self.state.registry, PState::Active);
         Ok(vec![Resp::Update(proto::ParticipantUpdate { participants: vec![info] })])
     }
@@ -808,13 +891,10 @@ impl Session {
                 self.update_for(participant).await
             }
             SfuEvent::ParticipantLeft { room, participant, identity, .. } if room == self.room => {
-                let info = proto::ParticipantInfo {
-                    sid: participant.to_string(),
-                    identity: identity.to_string(),
-                    state: PState::Disconnected as i32,
-                    version: self.state.registry.next_version(),
-                    ..Default::default()
-                };
+                if self.known.remove(&participant).is_none() {
+                    return Ok(vec![]);
+                }
+                let info = self.departed(participant, &identity);
                 Ok(vec![Resp::Update(proto::ParticipantUpdate { participants: vec![info] })])
             }
             SfuEvent::TrackPublished { room, track } | SfuEvent::TrackUnpublished { room, track }
@@ -825,13 +905,15 @@ impl Session {
             SfuEvent::TrackMuted { room, track, .. } if room == self.room => {
                 let all = self.participants().await?;
                 let Some(p) = all.iter().find(|p| p.tracks.iter().any(|t| t.id == track)) else { return Ok(vec![]) };
-                if p.id == self.participant {
+                if p.id == self.participant || p.hidden {
                     return Ok(vec![]);
                 }
                 let info = convert::participant_info(p, &self.state.registry, PState::Active);
                 Ok(vec![Resp::Update(proto::ParticipantUpdate { participants: vec![info] })])
             }
-            SfuEvent::ConnectionQuality { room, participant, quality } if room == self.room => {
+            SfuEvent::ConnectionQuality { room, participant, quality }
+                if room == self.room && (participant == self.participant || self.known.contains_key(&participant)) =>
+            {
                 use crate::sfu::quality::Quality as Q;
                 let (q, score) = match quality {
                     Q::Excellent => (proto::ConnectionQuality::Excellent, 5.0),
@@ -847,7 +929,8 @@ impl Session {
                     }],
                 })])
             }
-            SfuEvent::SpeakersChanged { room, speakers } if room == self.room => {
+            SfuEvent::SpeakersChanged { room, mut speakers } if room == self.room => {
+                speakers.retain(|s| s.participant == self.participant || self.known.contains_key(&s.participant));
                 let now: Vec<ParticipantId> = speakers.iter().map(|s| s.participant).collect();
                 let mut infos: Vec<proto::SpeakerInfo> = speakers
                     .iter()
@@ -869,44 +952,13 @@ impl Session {
     /// Leaves both connections and forgets the participant.
     async fn finish(self) {
         let participant = self.participant;
-        let room = self.room.clone();
-        let tracks = self
+        let _ = self
             .state
             .sfu
-            .call(move |sfu, now| {
-                let tracks: Vec<TrackId> = sfu
-                    .participants(&room)
-                    .into_iter()
-                    .filter(|p| p.id == participant)
-                    .flat_map(|p| p.tracks.into_iter().map(|t| t.id))
-                    .collect();
-                sfu.remove_participant(now, participant, LeaveReason::ClientRequest);
-                tracks
-            })
-            .await
-            .unwrap_or_default();
-        self.state.registry.remove_participant(participant, &tracks);
+            .call(move |sfu, now| sfu.remove_participant(now, participant, LeaveReason::ClientRequest))
+            .await;
+        self.state.registry.remove_participant(participant);
     }
-}
-
-/// The metadata the control API holds for the org's room; empty if there is no such row. A
-/// database that cannot answer does not keep anyone out of a room: media does not need it.
-async fn stored_metadata(db: &crate::db::Db, org: &str, room: &str) -> String {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        metadata: String,
-    }
-    let read = async {
-        let mut tx = db.begin(org).await?;
-        let sql = "SELECT metadata FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
-        let row: Option<Row> = tx.fetch_optional(sql, crate::args![org, room]).await?;
-        tx.commit().await?;
-        Ok::<_, crate::db::DbError>(row.map(|r| r.metadata).unwrap_or_default())
-    };
-    read.await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "room metadata unavailable; joining without it");
-        String::new()
-    })
 }
 
 /// When a token expiring at `exp` (Unix seconds) is refreshed: [`REFRESH_BEFORE_EXPIRY`]
@@ -915,6 +967,11 @@ fn refresh_time(exp: u64) -> tokio::time::Instant {
     // Tokens live at most a day or so; a signed one claiming centuries is not worth an overflow.
     let left = Duration::from_secs(exp.saturating_sub(crate::wall::unix_secs()).min(365 * 86_400));
     tokio::time::Instant::now() + left.saturating_sub(REFRESH_BEFORE_EXPIRY)
+}
+
+/// How many participants of `all` clients are told about.
+fn visible(all: &[ParticipantInfo]) -> usize {
+    all.iter().filter(|p| !p.hidden).count()
 }
 
 fn parse_track(sid: &str) -> Result<TrackId, SessionError> {
