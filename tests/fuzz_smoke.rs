@@ -433,3 +433,19 @@ fn aic_packet_entry_survives_mutated_packets() {
         entries::aic_packet(&input);
     }
 }
+
+#[test]
+fn livekit_describe_entry_keeps_limits_over_random_sequences() {
+    let mut rng = StdRng::seed_from_u64(0xde5c);
+    // Each case joins a few sessions (an Rtc each): fewer cases, longer sequences.
+    for i in 0..CASES / 8 {
+        // Long runs of one kind of request as well as mixes.
+        let len = 2 * rng.gen_range(1..400);
+        let input: Vec<u8> = match i % 3 {
+            0 => random_bytes(&mut rng, len),
+            1 => (0..len).map(|n| if n % 2 == 0 { (rng.r#gen::<u8>() & !3) | 1 } else { rng.r#gen() }).collect(),
+            _ => (0..len).map(|n| if n % 2 == 0 { rng.r#gen::<u8>() & !3 } else { rng.r#gen() }).collect(),
+        };
+        entries::livekit_describe(&input);
+    }
+}

@@ -336,3 +336,70 @@ pub fn livekit_signal(data: &[u8]) {
         }
     }
 }
+
+/// A sequence of LiveKit `AddTrack` and `UpdateParticipantMetadata` requests (and leaves)
+/// from three participants, applied as their signal sessions apply them: announcements to the
+/// router, descriptions to the node's registry. Nothing grows past its limit, a refused update
+/// changes nothing, and once everyone has left the registry holds nothing.
+pub fn livekit_describe(data: &[u8]) {
+    use std::collections::HashMap;
+
+    use auralink::sfu::core::MAX_ANNOUNCED_TRACKS;
+    use auralink::sfu::signal::livekit::{ParticipantMeta, Registry, TrackMeta, registry};
+
+    let reg = Registry::default();
+    let mut sfu = sfu();
+    let now = Instant::now();
+    let room = RoomName::new(TOKEN_ROOM).expect("a valid room");
+    let join = |sfu: &mut Sfu, reg: &Registry, who: usize| {
+        let id = sfu.join_client_offers(now, join_request(&format!("p{who}"))).expect("no room limit");
+        reg.set_participant(id, room.clone(), ParticipantMeta::default());
+        id
+    };
+    let mut ids: Vec<_> = (0..3).map(|who| join(&mut sfu, &reg, who)).collect();
+    let mut bytes = data.iter().copied();
+    while let (Some(op), Some(arg)) = (bytes.next(), bytes.next()) {
+        let who = (op as usize / 4) % ids.len();
+        let id = ids[who];
+        match op % 4 {
+            0 => {
+                // AddTrack: a client track id among 40, a name up to 1 KiB.
+                let cid = format!("cid-{}", arg % 40);
+                let name = "n".repeat(arg as usize * 4);
+                if let Ok(track) = sfu.announce_track(id, &cid) {
+                    let _ = reg.set_track(track, id, TrackMeta { name, ..Default::default() });
+                }
+            }
+            1 | 2 => {
+                // UpdateParticipantMetadata: `arg` attributes, set (op 1) or removed (op 2).
+                let value = if op % 4 == 1 { "v".repeat(arg as usize) } else { String::new() };
+                let attributes: HashMap<String, String> =
+                    (0..arg as usize % 80).map(|i| (format!("k{}", (i * 7 + arg as usize) % 150), value.clone())).collect();
+                let before = reg.participant(id).expect("joined");
+                if reg.describe(id, Some("name"), None, &attributes).is_err() {
+                    let after = reg.participant(id).expect("joined");
+                    assert_eq!(before.attributes, after.attributes, "a refused update changed attributes");
+                }
+            }
+            _ => {
+                // Leaves, and joins again as a new participant.
+                sfu.remove_participant(now, id, auralink::sfu::LeaveReason::ClientRequest);
+                reg.remove_participant(id);
+                ids[who] = join(&mut sfu, &reg, who);
+            }
+        }
+        let meta = reg.participant(id);
+        if let Some(m) = meta {
+            assert!(m.attributes.len() <= registry::MAX_ATTRIBUTES);
+            let size: usize = m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert!(size <= registry::MAX_ATTRIBUTE_BYTES);
+        }
+        // No m-line ever binds here, so each participant has only its announcements.
+        assert!(reg.len().1 <= ids.len() * MAX_ANNOUNCED_TRACKS);
+    }
+    for id in ids {
+        sfu.remove_participant(now, id, auralink::sfu::LeaveReason::ClientRequest);
+        reg.remove_participant(id);
+    }
+    assert_eq!(reg.len(), (0, 0), "everything described went with its participant");
+}

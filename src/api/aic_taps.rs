@@ -65,7 +65,7 @@ impl AicTaps {
             rooms: Mutex::new(HashMap::new()),
             sfu: sfu.clone(),
         });
-        track_events::follow(Arc::clone(&taps), sfu.subscribe(), "AIC");
+        track_events::follow(Arc::clone(&taps), sfu, "AIC");
         taps
     }
 
@@ -321,6 +321,11 @@ impl TrackTaps for AicTaps {
 
     fn room_closed(&self, room: &RoomName) {
         self.rooms.lock().expect("aic rooms lock").remove(room);
+    }
+
+    fn tracked(&self) -> Vec<(RoomName, Vec<TrackId>)> {
+        let rooms = self.rooms.lock().expect("aic rooms lock");
+        rooms.iter().map(|(name, r)| (name.clone(), r.tapped.keys().copied().collect())).collect()
     }
 }
 

@@ -94,7 +94,7 @@ impl SpeechTaps {
                 this.send(c).await;
             }
         });
-        track_events::follow(Arc::clone(&taps), sfu.subscribe(), "speech");
+        track_events::follow(Arc::clone(&taps), sfu, "speech");
         taps
     }
 
@@ -287,5 +287,10 @@ impl TrackTaps for SpeechTaps {
 
     fn room_closed(&self, room: &RoomName) {
         self.rooms.lock().expect("speech rooms lock").remove(room);
+    }
+
+    fn tracked(&self) -> Vec<(RoomName, Vec<TrackId>)> {
+        let rooms = self.rooms.lock().expect("speech rooms lock");
+        rooms.iter().map(|(name, r)| (name.clone(), r.tracks.keys().copied().collect())).collect()
     }
 }

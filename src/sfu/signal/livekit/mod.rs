@@ -12,7 +12,7 @@ mod convert;
 mod data;
 pub mod join_request;
 mod notices;
-mod registry;
+pub mod registry;
 mod resume;
 mod session;
 
@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 pub use self::data::{LiveKitData, transcription};
 pub use self::notices::Notices;
-pub use self::registry::{Registry, TooLarge};
+pub use self::registry::{ParticipantMeta, Registry, TooLarge, TrackMeta};
 pub use self::resume::Sessions;
 use super::token::{Claims, TokenError, TokenVerifier};
 use crate::config::IceServer;

@@ -78,8 +78,11 @@ enum SessionError {
     OutOfOrder(&'static str),
     #[error("invalid value: {0}")]
     Invalid(String),
+    #[error("negotiation failed: {0}")]
+    Sfu(SfuError),
+    /// A limit of the room's or the connection's (docs/limits.md).
     #[error("{0}")]
-    Sfu(#[from] SfuError),
+    Limit(SfuError),
     #[error("media router is not running")]
     Gone(#[from] DriverGone),
     #[error("no ping within {PING_TIMEOUT} s")]
@@ -90,6 +93,15 @@ enum SessionError {
     Removed(LeaveReason),
 }
 
+impl From<SfuError> for SessionError {
+    fn from(e: SfuError) -> Self {
+        match e {
+            SfuError::RoomFull | SfuError::LimitExceeded(_) => SessionError::Limit(e),
+            e => SessionError::Sfu(e),
+        }
+    }
+}
+
 impl SessionError {
     /// WebSocket close code: 1008 policy violation for bad input, 1011 for server trouble.
     fn close_code(&self) -> u16 {
@@ -98,7 +110,7 @@ impl SessionError {
             | SessionError::TextFrame
             | SessionError::OutOfOrder(_)
             | SessionError::Invalid(_) => 1008,
-            SessionError::Sfu(_) => 1008,
+            SessionError::Sfu(_) | SessionError::Limit(_) => 1008,
             // 1009: the message was too big (or the stream broke; then nobody reads this).
             SessionError::WebSocket(_) => 1009,
             SessionError::Gone(_) => 1011,
