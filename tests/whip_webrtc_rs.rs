@@ -954,7 +954,10 @@ async fn whip_sessions_and_candidates_are_bounded_and_owned() {
     let ts = start_server("limits").await;
     let room = "limits";
     let whip = format!("/whip/{room}");
-    let offer = new_peer().await.offer().await;
+    // One real offer, posted again and again: sessions are made, none connects.
+    let mut peer = new_peer().await;
+    peer.pc.create_data_channel("chat", None).await.expect("channel");
+    let offer = peer.offer().await;
     let post = |token: String, sdp: String| {
         let req = ts.http.post(format!("{}{whip}", ts.base)).bearer_auth(token);
         let req = req.header(reqwest::header::CONTENT_TYPE, "application/sdp").body(sdp);
@@ -1029,6 +1032,7 @@ async fn whip_sessions_and_candidates_are_bounded_and_owned() {
     }
     expect_error(post(shared("guest8"), offer.clone()).await, StatusCode::TOO_MANY_REQUESTS, "too_many_sessions").await;
 
+    let _ = peer.pc.close().await;
     ts.server.shutdown().await;
 }
 
