@@ -22,6 +22,7 @@ use crate::db::redis::{Redis, RedisError};
 use crate::db::{Db, DbError};
 use crate::pipeline::speech::{MODEL_ENGLISH, MODEL_MULTILINGUAL, SpeechWorkers};
 use crate::sfu::driver::{self, SfuHandle};
+use crate::sfu::ice_tcp::IceTcpLimits;
 use crate::sfu::signal::livekit::LiveKitState;
 use crate::sfu::signal::token::TokenVerifier;
 use crate::sfu::signal::whip::WhipState;
@@ -161,7 +162,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         empty_room_timeout: config.room.empty_timeout(),
         initial_bwe: Bitrate::kbps(config.rtc.initial_bwe_kbps),
     });
-    let handle = driver::spawn(sfu, udp, tcp);
+    let handle = driver::spawn(sfu, udp, tcp, IceTcpLimits::default());
 
     let tokens = TokenVerifier::new(config.keys.clone());
     if let Some(r) = &redis {

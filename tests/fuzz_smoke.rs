@@ -164,6 +164,53 @@ fn sdpfrag_entry_survives_mutated_fragments() {
     entries::sdpfrag("\n".repeat(300).as_bytes());
 }
 
+/// Fragments around the candidate cap: copies of real, mutated and random candidate lines.
+#[test]
+fn sdpfrag_candidates_entry_survives_many_candidates() {
+    let mut rng = StdRng::seed_from_u64(0xca_4d);
+    let seeds: &[&[u8]] = &[
+        b"a=candidate:1387637174 1 udp 2122260223 192.0.2.1 61764 typ host generation 0 ufrag EsAw network-id 1",
+        b"a=candidate:1 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active",
+        b"a=candidate:2 1 udp 1686052607 198.51.100.7 50000 typ srflx raddr 10.0.0.2 rport 50000",
+        b"a=end-of-candidates",
+    ];
+    let dictionary: &[&[u8]] = &[b"a=candidate:", b" typ ", b"host", b"relay", b"\r\n", b"\n", b" raddr ", b"::1"];
+    for i in 0..CASES {
+        let line = match i % 3 {
+            0 | 1 => {
+                let seed = seeds[rng.gen_range(0..seeds.len())];
+                mutate(&mut rng, seed, dictionary)
+            }
+            _ => random_text(&mut rng, b"a=cndidtet:0123456789 .udpchosrflxy\r\n", 120),
+        };
+        // Around the cap most of the time, anywhere otherwise.
+        let copies = if i % 2 == 0 { rng.gen_range(60..=70) } else { rng.r#gen::<u8>() };
+        let mut input = vec![copies];
+        input.extend(line);
+        entries::sdpfrag_candidates(&input);
+    }
+}
+
+/// RFC 4571 streams: well-framed packets, cut into reads of every size, then mutated (lengths
+/// set to extremes, bytes spliced in or dropped).
+#[test]
+fn ice_tcp_framing_entry_survives_mutated_streams() {
+    let mut rng = StdRng::seed_from_u64(0x4571);
+    let lengths: &[&[u8]] = &[b"\x08\x01", b"\xff\xff", b"\x00\x00"];
+    for i in 0..CASES {
+        let mut stream = Vec::new();
+        for _ in 0..rng.gen_range(0..8) {
+            let packet = random_bytes(&mut rng, 1500);
+            stream.extend((packet.len() as u16).to_be_bytes());
+            stream.extend(packet);
+        }
+        let mut input = vec![rng.r#gen::<u8>()];
+        input.extend(if i % 2 == 0 { stream } else { mutate(&mut rng, &stream, lengths) });
+        entries::ice_tcp_framing(&input);
+    }
+    entries::ice_tcp_framing(&[1, 0xff, 0xff, 0, 0]);
+}
+
 /// str0m 0.25.0 asserts in `PayloadParams::update_param` (src/format/payload_params.rs:41,
 /// "Pt locked multiple times") on this offer, a mutated client offer whose video m-lines lost
 /// their fmtp lines. The router runs SDP through a panic guard, so the offer is refused and
@@ -313,6 +360,8 @@ fn write_fuzz_seeds() {
     write("token", "claims", &serde_json::to_vec(&claims).unwrap());
     write("sdpfrag", "trickle", b"a=candidate:1 1 udp 2113937151 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n");
     write("sdpfrag", "restart", b"a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef012345\r\n");
+    write("sdpfrag_candidates", "host", b"\x41a=candidate:1 1 udp 2113937151 127.0.0.1 5000 typ host");
+    write("ice_tcp_framing", "two", b"\x03\x00\x04abcd\x00\x01z");
     write("whip_offer", "client", entries::valid_offer().as_bytes());
     let mut session = Session::connected();
     session.send_media(3);

@@ -274,8 +274,9 @@ async fn post_offer(ts: &TestServer, path: &str, token: &str, sdp: String) -> Se
     Session { location, answer: body }
 }
 
-async fn delete_session(ts: &TestServer, location: &str) -> StatusCode {
-    within("DELETE", ts.http.delete(format!("{}{location}", ts.base)).send())
+/// DELETE with the token that created the session, as RFC 9725 clients send it.
+async fn delete_session(ts: &TestServer, location: &str, token: &str) -> StatusCode {
+    within("DELETE", ts.http.delete(format!("{}{location}", ts.base)).bearer_auth(token).send())
         .await
         .expect("DELETE reaches the server")
         .status()
@@ -580,7 +581,8 @@ async fn webrtc_rs_publisher_and_player_exchange_media_and_data() {
     let video_sender = alice.pc.add_track(Arc::clone(&video_track) as Arc<dyn TrackLocal>).await.expect("add video");
     let alice_chat = alice.pc.create_data_channel("chat", None).await.expect("alice's channel");
     let offer = alice.offer().await;
-    let alice_session = post_offer(&ts, &format!("/whip/{room}"), &token(room, "alice"), offer).await;
+    let alice_token = token(room, "alice");
+    let alice_session = post_offer(&ts, &format!("/whip/{room}"), &alice_token, offer).await;
     assert!(alice_session.location.starts_with(&format!("/whip/{room}/")));
     alice.accept_answer(alice_session.answer.clone()).await;
 
@@ -592,7 +594,8 @@ async fn webrtc_rs_publisher_and_player_exchange_media_and_data() {
     }
     let bob_chat = bob.pc.create_data_channel("chat", None).await.expect("bob's channel");
     let offer = bob.offer().await;
-    let bob_session = post_offer(&ts, &format!("/whep/{room}/alice"), &token(room, "bob"), offer).await;
+    let bob_token = token(room, "bob");
+    let bob_session = post_offer(&ts, &format!("/whep/{room}/alice"), &bob_token, offer).await;
     bob.accept_answer(bob_session.answer.clone()).await;
 
     alice.connected("alice").await;
@@ -705,11 +708,11 @@ async fn webrtc_rs_publisher_and_player_exchange_media_and_data() {
     published.sort();
     assert_eq!(published, ["audio", "video"]);
 
-    assert_eq!(delete_session(&ts, &alice_session.location).await, StatusCode::OK);
-    assert_eq!(delete_session(&ts, &bob_session.location).await, StatusCode::OK);
+    assert_eq!(delete_session(&ts, &alice_session.location, &alice_token).await, StatusCode::OK);
+    assert_eq!(delete_session(&ts, &bob_session.location, &bob_token).await, StatusCode::OK);
     assert_eq!(participants(&ts, room).await, Vec::<serde_json::Value>::new());
     // The resource is gone for good.
-    assert_eq!(delete_session(&ts, &alice_session.location).await, StatusCode::NOT_FOUND);
+    assert_eq!(delete_session(&ts, &alice_session.location, &alice_token).await, StatusCode::NOT_FOUND);
 
     let _ = alice.pc.close().await;
     let _ = bob.pc.close().await;
@@ -878,7 +881,8 @@ async fn http_errors_and_garbage_datagrams_do_not_break_the_server() {
     let mut carol = new_peer().await;
     let carol_chat = carol.pc.create_data_channel("chat", None).await.expect("channel");
     let offer = carol.offer().await;
-    let carol_session = post_offer(&ts, &format!("/whip/{room}"), &token(room, "carol"), offer).await;
+    let carol_token = token(room, "carol");
+    let carol_session = post_offer(&ts, &format!("/whip/{room}"), &carol_token, offer).await;
     carol.accept_answer(carol_session.answer.clone()).await;
     carol.connected("carol").await;
     wait_open(&carol_chat, "carol").await;
@@ -910,10 +914,125 @@ async fn http_errors_and_garbage_datagrams_do_not_break_the_server() {
     });
     check_relay(&alice_chat, "alice", &mut carol_inbox).await;
 
-    assert_eq!(delete_session(&ts, &session.location).await, StatusCode::OK);
-    assert_eq!(delete_session(&ts, &carol_session.location).await, StatusCode::OK);
+    assert_eq!(delete_session(&ts, &session.location, &ok_token).await, StatusCode::OK);
+    assert_eq!(delete_session(&ts, &carol_session.location, &carol_token).await, StatusCode::OK);
     let _ = alice.pc.close().await;
     let _ = carol.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+/// `method location` with an optional Bearer token and an optional trickle fragment.
+async fn send_to_session(
+    ts: &TestServer,
+    method: reqwest::Method,
+    location: &str,
+    token: Option<&str>,
+    fragment: Option<String>,
+) -> reqwest::Response {
+    let mut req = ts.http.request(method, format!("{}{location}", ts.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(f) = fragment {
+        req = req.header(reqwest::header::CONTENT_TYPE, "application/trickle-ice-sdpfrag").body(f);
+    }
+    within("request to a session", req.send()).await.expect("reaches the server")
+}
+
+fn candidates(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("a=candidate:{i} 1 udp 2113937151 127.0.0.1 {} typ host\r\n", 10_000 + i))
+        .collect()
+}
+
+/// What one client can make the server hold through WHIP: sessions per identity and per
+/// token, candidates per session and per PATCH; and that PATCH and DELETE act only on the
+/// session at their own room with the token that created it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_sessions_and_candidates_are_bounded_and_owned() {
+    use reqwest::Method;
+    let ts = start_server("limits").await;
+    let room = "limits";
+    let whip = format!("/whip/{room}");
+    // One real offer, posted again and again: sessions are made, none connects.
+    let mut peer = new_peer().await;
+    peer.pc.create_data_channel("chat", None).await.expect("channel");
+    let offer = peer.offer().await;
+    let post = |token: String, sdp: String| {
+        let req = ts.http.post(format!("{}{whip}", ts.base)).bearer_auth(token);
+        let req = req.header(reqwest::header::CONTENT_TYPE, "application/sdp").body(sdp);
+        async move { within("POST", req.send()).await.expect("POST reaches the server") }
+    };
+
+    // Eight sessions of one identity, then no more until one ends.
+    let alice = token(room, "alice");
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(post_offer(&ts, &whip, &alice, offer.clone()).await.location);
+    }
+    expect_error(post(alice.clone(), offer.clone()).await, StatusCode::TOO_MANY_REQUESTS, "too_many_sessions").await;
+
+    // Another room's DELETE, or another identity's token, leaves the session alone.
+    let first = sessions.remove(0);
+    let resource = first.rsplit('/').next().unwrap();
+    let elsewhere = format!("/whip/other-room/{resource}");
+    let resp = send_to_session(&ts, Method::DELETE, &elsewhere, Some(&alice), None).await;
+    expect_error(resp, StatusCode::NOT_FOUND, "session_not_found").await;
+    let resp = send_to_session(&ts, Method::DELETE, &first, None, None).await;
+    expect_error(resp, StatusCode::UNAUTHORIZED, "token_missing").await;
+    let resp = send_to_session(&ts, Method::DELETE, &first, Some(&token(room, "mallory")), None).await;
+    expect_error(resp, StatusCode::FORBIDDEN, "session_token_mismatch").await;
+    assert_eq!(delete_session(&ts, &first, &alice).await, StatusCode::OK, "the owner's DELETE still finds it");
+    sessions.push(post_offer(&ts, &whip, &alice, offer.clone()).await.location);
+
+    // Candidates: the offer's count, and PATCHes add up to the cap; one body may not pass it.
+    let target = &sessions[0];
+    let resp = send_to_session(&ts, Method::PATCH, target, None, Some(candidates(0, 1))).await;
+    expect_error(resp, StatusCode::UNAUTHORIZED, "token_missing").await;
+    let target_elsewhere = format!("/whip/other-room/{}", target.rsplit('/').next().unwrap());
+    let resp = send_to_session(&ts, Method::PATCH, &target_elsewhere, Some(&alice), Some(candidates(0, 1))).await;
+    expect_error(resp, StatusCode::NOT_FOUND, "session_not_found").await;
+    let resp = send_to_session(&ts, Method::PATCH, target, Some(&alice), Some(candidates(0, 65))).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "too_many_candidates").await;
+    let in_offer = offer.lines().filter(|l| l.starts_with("a=candidate:")).count();
+    let mut next = 0;
+    while next + 16 <= 64 - in_offer {
+        assert_eq!(
+            send_to_session(&ts, Method::PATCH, target, Some(&alice), Some(candidates(next, 16))).await.status(),
+            StatusCode::NO_CONTENT
+        );
+        next += 16;
+    }
+    let resp = send_to_session(&ts, Method::PATCH, target, Some(&alice), Some(candidates(next, 16))).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "too_many_candidates").await;
+    while next < 64 - in_offer {
+        assert_eq!(
+            send_to_session(&ts, Method::PATCH, target, Some(&alice), Some(candidates(next, 1))).await.status(),
+            StatusCode::NO_CONTENT
+        );
+        next += 1;
+    }
+    let resp = send_to_session(&ts, Method::PATCH, target, Some(&alice), Some(candidates(next, 1))).await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "too_many_candidates").await;
+
+    // An offer with more candidates than a session may have is refused before the router.
+    let crowded = offer.replacen("a=candidate:", &format!("{}a=candidate:", candidates(100, 64)), 1);
+    expect_error(post(token(room, "dave"), crowded).await, StatusCode::BAD_REQUEST, "too_many_candidates").await;
+
+    // One token (one jti) for many identities is capped too.
+    let shared = |identity: &str| {
+        let claims = auralink::sfu::signal::token::Claims {
+            jti: Some("shared".into()),
+            ..join_claims(API_KEY, room, identity, unix_now(), 600)
+        };
+        mint(&claims, SECRET)
+    };
+    for i in 0..8 {
+        post_offer(&ts, &whip, &shared(&format!("guest{i}")), offer.clone()).await;
+    }
+    expect_error(post(shared("guest8"), offer.clone()).await, StatusCode::TOO_MANY_REQUESTS, "too_many_sessions").await;
+
+    let _ = peer.pc.close().await;
     ts.server.shutdown().await;
 }
 

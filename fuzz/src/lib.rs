@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, RoomName};
+use auralink::sfu::ice_tcp::{FrameDecoder, encode_frame};
 use auralink::sfu::signal::sdpfrag::{self, SdpFrag};
 use auralink::sfu::signal::token::{self, Claims, Permissions, TokenError, TokenVerifier};
 use auralink::sfu::{JoinRequest, Sfu, SfuConfig, SfuEvent};
@@ -67,6 +68,49 @@ pub fn sdpfrag(data: &[u8]) {
     let fragment = sdpfrag::answer_fragment(&replaced);
     assert!(fragment.ends_with("a=end-of-candidates\r\n"));
     let _ = SdpFrag::parse(&fragment);
+}
+
+/// A WHIP PATCH body of many trickled candidates: byte 0 is how many copies of the rest (a
+/// candidate line, or anything) the fragment repeats, so fragments reach the caps in a few
+/// mutations. What PATCH does with it: `SdpFrag::parse`, then str0m's candidate parser on
+/// each accepted line.
+pub fn sdpfrag_candidates(data: &[u8]) {
+    let Some((&copies, line)) = data.split_first() else { return };
+    let Ok(line) = std::str::from_utf8(line) else { return };
+    let text = format!("{line}\r\n").repeat(usize::from(copies));
+    let Ok(frag) = SdpFrag::parse(&text) else { return };
+    assert!(frag.candidates.len() <= sdpfrag::MAX_CANDIDATES, "{} candidates accepted", frag.candidates.len());
+    assert_eq!(sdpfrag::count_candidates(&text), frag.candidates.len(), "the offer count and the parser disagree");
+    for c in &frag.candidates {
+        let _ = Candidate::from_sdp_string(c);
+    }
+}
+
+/// An ICE-TCP byte stream through the RFC 4571 decoder: byte 0 is the size of the reads the
+/// rest arrives in. The frames re-encode to the bytes consumed, and the decoder never holds
+/// more than one partial frame and one read.
+pub fn ice_tcp_framing(data: &[u8]) {
+    const MAX_FRAME: usize = 2048;
+    let Some((&read, stream)) = data.split_first() else { return };
+    let read = usize::from(read).max(1);
+    let mut decoder = FrameDecoder::new(MAX_FRAME);
+    let mut reencoded = Vec::new();
+    for chunk in stream.chunks(read) {
+        decoder.push(chunk);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    assert!(frame.len() <= MAX_FRAME);
+                    reencoded.extend(encode_frame(frame).expect("a frame fits its length field"));
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        assert!(decoder.buffered() < 2 + MAX_FRAME + read, "decoder holds {} bytes", decoder.buffered());
+    }
+    assert_eq!(&stream[..reencoded.len()], &reencoded[..], "frames are the stream, in order");
+    assert_eq!(reencoded.len() + decoder.buffered(), stream.len(), "no byte lost or invented");
 }
 
 /// A router with one UDP host candidate, as the server builds it.

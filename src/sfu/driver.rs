@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::core::{Sfu, SfuEvent};
+use super::ice_tcp::{FrameDecoder, IceTcpError, IceTcpLimits, IceTcpStats, TcpGate, encode_frame};
 
 /// Datagrams drained per wake-up before timers get a turn.
 const RECV_BATCH: usize = 64;
@@ -21,6 +24,8 @@ const RECV_BATCH: usize = 64;
 const MAX_DATAGRAM: usize = 2048;
 /// RFC 4571 frames queued per TCP connection before new ones are dropped (UDP semantics).
 const TCP_QUEUE: usize = 256;
+/// Bytes read from a TCP connection at a time.
+const TCP_READ: usize = 4096;
 
 type Command = Box<dyn FnOnce(&mut Sfu, Instant) + Send>;
 
@@ -34,6 +39,7 @@ pub struct DriverGone;
 pub struct SfuHandle {
     tx: mpsc::Sender<Command>,
     events: broadcast::Sender<SfuEvent>,
+    tcp: Arc<Mutex<TcpGate>>,
 }
 
 impl SfuHandle {
@@ -60,33 +66,47 @@ impl SfuHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
     }
+
+    /// ICE-TCP connections: open now, and those refused or closed by the limits.
+    pub fn ice_tcp_stats(&self) -> IceTcpStats {
+        self.tcp.lock().expect("not poisoned").stats()
+    }
 }
 
 enum TcpEvent {
-    Open { local: SocketAddr, remote: SocketAddr, tx: mpsc::Sender<Vec<u8>> },
+    Open { local: SocketAddr, remote: SocketAddr, conn: TcpConn },
     Frame { local: SocketAddr, remote: SocketAddr, data: Vec<u8> },
     Closed { local: SocketAddr, remote: SocketAddr },
 }
 
-/// Spawns the router task over bound sockets.
-pub fn spawn(sfu: Sfu, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>) -> SfuHandle {
+/// The driver's side of an ICE-TCP connection.
+struct TcpConn {
+    /// Frames to write.
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Set once a session accepted a frame: the connection has a purpose and may stay.
+    accepted: Arc<AtomicBool>,
+}
+
+/// Spawns the router task over bound sockets; ICE-TCP connections are held to `tcp_limits`.
+pub fn spawn(sfu: Sfu, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>, tcp_limits: IceTcpLimits) -> SfuHandle {
     let (tx, rx) = mpsc::channel(1024);
     let (events, _) = broadcast::channel(1024);
     let (tcp_tx, tcp_rx) = mpsc::channel(4096);
+    let gate = Arc::new(Mutex::new(TcpGate::new(tcp_limits)));
     for listener in tcp {
-        tokio::spawn(accept_tcp(listener, tcp_tx.clone()));
+        tokio::spawn(accept_tcp(listener, tcp_tx.clone(), Arc::clone(&gate)));
     }
     let udp_addrs = udp.iter().map(|s| s.local_addr().expect("a bound socket has an address")).collect();
     let driver = Driver { sfu, udp, udp_addrs, tcp_conns: HashMap::new(), events: events.clone(), send_errors: 0 };
     tokio::spawn(driver.run(rx, tcp_rx));
-    SfuHandle { tx, events }
+    SfuHandle { tx, events, tcp: gate }
 }
 
 struct Driver {
     sfu: Sfu,
     udp: Vec<UdpSocket>,
     udp_addrs: Vec<SocketAddr>,
-    tcp_conns: HashMap<(SocketAddr, SocketAddr), mpsc::Sender<Vec<u8>>>,
+    tcp_conns: HashMap<(SocketAddr, SocketAddr), TcpConn>,
     events: broadcast::Sender<SfuEvent>,
     /// Datagrams the OS refused (full buffers, vanished TCP connections).
     send_errors: u64,
@@ -154,16 +174,22 @@ impl Driver {
         self.receive(Protocol::Udp, source, self.udp_addrs[socket], data);
     }
 
-    fn receive(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        self.sfu.handle_datagram(Instant::now(), proto, source, destination, data);
+    fn receive(&mut self, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
+        self.sfu.handle_datagram(Instant::now(), proto, source, destination, data)
     }
 
     fn handle_tcp(&mut self, ev: TcpEvent) {
         match ev {
-            TcpEvent::Open { local, remote, tx } => {
-                self.tcp_conns.insert((local, remote), tx);
+            TcpEvent::Open { local, remote, conn } => {
+                self.tcp_conns.insert((local, remote), conn);
             }
-            TcpEvent::Frame { local, remote, data } => self.receive(Protocol::Tcp, remote, local, &data),
+            TcpEvent::Frame { local, remote, data } => {
+                if self.receive(Protocol::Tcp, remote, local, &data)
+                    && let Some(c) = self.tcp_conns.get(&(local, remote))
+                {
+                    c.accepted.store(true, Ordering::Relaxed);
+                }
+            }
             TcpEvent::Closed { local, remote } => {
                 self.tcp_conns.remove(&(local, remote));
             }
@@ -198,7 +224,7 @@ impl Driver {
                 let sent = self
                     .tcp_conns
                     .get(&(t.source, t.destination))
-                    .is_some_and(|tx| tx.try_send(t.contents.to_vec()).is_ok());
+                    .is_some_and(|c| c.tx.try_send(t.contents.to_vec()).is_ok());
                 if !sent {
                     self.send_error();
                 }
@@ -243,12 +269,14 @@ fn is_transient(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::WouldBlock)
 }
 
-async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<TcpEvent>) {
+async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<TcpEvent>, gate: Arc<Mutex<TcpGate>>) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                // Refused by dropping: the client sees the connection closed at once.
+                let Ok(admitted) = Admitted::new(&gate, remote.ip()) else { continue };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_tcp(stream, remote, tx.clone()));
+                tokio::spawn(serve_tcp(stream, remote, tx.clone(), admitted));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "ice-tcp accept failed");
@@ -258,33 +286,84 @@ async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<TcpEvent>) {
     }
 }
 
-/// One ICE-TCP connection: RFC 4571 framing (16-bit length, then the packet).
-async fn serve_tcp(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<TcpEvent>) {
+/// A connection counted against the limits until it is dropped.
+struct Admitted {
+    gate: Arc<Mutex<TcpGate>>,
+    ip: IpAddr,
+}
+
+impl Admitted {
+    fn new(gate: &Arc<Mutex<TcpGate>>, ip: IpAddr) -> Result<Self, IceTcpError> {
+        gate.lock().expect("not poisoned").admit(ip)?;
+        Ok(Admitted { gate: Arc::clone(gate), ip })
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, TcpGate> {
+        self.gate.lock().expect("not poisoned")
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.gate().release(self.ip);
+    }
+}
+
+/// One ICE-TCP connection: RFC 4571 framing (16-bit length, then the packet). It ends when
+/// the client closes it, sends a frame longer than allowed, has no frame a session accepted
+/// within `first_stun`, or sends nothing for `idle`.
+async fn serve_tcp(stream: TcpStream, remote: SocketAddr, events: mpsc::Sender<TcpEvent>, admitted: Admitted) {
     let Ok(local) = stream.local_addr() else { return };
+    let limits = admitted.gate().limits();
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut out) = mpsc::channel::<Vec<u8>>(TCP_QUEUE);
-    if events.send(TcpEvent::Open { local, remote, tx }).await.is_err() {
+    let accepted = Arc::new(AtomicBool::new(false));
+    let conn = TcpConn { tx, accepted: Arc::clone(&accepted) };
+    if events.send(TcpEvent::Open { local, remote, conn }).await.is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
         while let Some(pkt) = out.recv().await {
-            let Ok(len) = u16::try_from(pkt.len()) else { continue };
-            if wr.write_all(&len.to_be_bytes()).await.is_err() || wr.write_all(&pkt).await.is_err() {
+            let Some(frame) = encode_frame(&pkt) else { continue };
+            if wr.write_all(&frame).await.is_err() {
                 break;
             }
         }
     });
-    loop {
-        let mut len = [0u8; 2];
-        if rd.read_exact(&mut len).await.is_err() {
-            break;
-        }
-        let mut data = vec![0u8; u16::from_be_bytes(len) as usize];
-        if rd.read_exact(&mut data).await.is_err() {
-            break;
-        }
-        if events.send(TcpEvent::Frame { local, remote, data }).await.is_err() {
-            break;
+    let first_stun = tokio::time::Instant::now() + limits.first_stun;
+    let mut last_frame = tokio::time::Instant::now();
+    let mut decoder = FrameDecoder::new(limits.max_frame);
+    let mut buf = vec![0u8; TCP_READ];
+    'conn: loop {
+        let idle_at = last_frame + limits.idle;
+        let deadline = if accepted.load(Ordering::Relaxed) { idle_at } else { idle_at.min(first_stun) };
+        let n = match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => n,
+            // Accepted meanwhile and not idle: wait on.
+            Err(_) if accepted.load(Ordering::Relaxed) && tokio::time::Instant::now() < idle_at => continue,
+            Err(_) => {
+                admitted.gate().timed_out();
+                break;
+            }
+        };
+        decoder.push(&buf[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    last_frame = tokio::time::Instant::now();
+                    let data = frame.to_vec();
+                    if events.send(TcpEvent::Frame { local, remote, data }).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "ice-tcp connection closed");
+                    admitted.gate().frame_too_long();
+                    break 'conn;
+                }
+            }
         }
     }
     writer.abort();

@@ -5,6 +5,7 @@ pub mod data;
 mod describe;
 pub mod driver;
 pub mod forward;
+pub mod ice_tcp;
 pub mod layer_select;
 mod peer;
 pub mod quality;

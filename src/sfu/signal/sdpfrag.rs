@@ -3,6 +3,9 @@
 
 /// Most lines a fragment may have; real ones have a handful.
 const MAX_LINES: usize = 256;
+/// Most candidates one fragment may carry: a client trickles each as it is gathered, a
+/// handful per interface. The session's own total is capped by the WHIP layer.
+pub const MAX_CANDIDATES: usize = 64;
 
 /// What a PATCH fragment carries.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,10 +22,22 @@ pub struct SdpFrag {
 pub enum SdpFragError {
     #[error("fragment has more than {MAX_LINES} lines")]
     TooLong,
+    #[error("fragment has more than {MAX_CANDIDATES} candidates")]
+    TooManyCandidates,
     #[error("a=ice-ufrag without a=ice-pwd (or the reverse)")]
     HalfCredentials,
     #[error("ICE credentials contain characters outside ice-char")]
     BadCredentials,
+}
+
+impl SdpFragError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SdpFragError::TooManyCandidates => "too_many_candidates",
+            SdpFragError::TooLong | SdpFragError::HalfCredentials | SdpFragError::BadCredentials => "sdpfrag_malformed",
+        }
+    }
 }
 
 impl SdpFrag {
@@ -40,6 +55,9 @@ impl SdpFrag {
                 pwd = Some(checked_ice_chars(v)?);
             } else if let Some(v) = line.strip_prefix("a=") {
                 if v.starts_with("candidate:") {
+                    if frag.candidates.len() == MAX_CANDIDATES {
+                        return Err(SdpFragError::TooManyCandidates);
+                    }
                     frag.candidates.push(v.to_string());
                 } else if v == "end-of-candidates" {
                     frag.end_of_candidates = true;
@@ -60,6 +78,11 @@ fn checked_ice_chars(v: &str) -> Result<String, SdpFragError> {
     let v = v.trim();
     let ok = !v.is_empty() && v.len() <= 256 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
     if ok { Ok(v.to_string()) } else { Err(SdpFragError::BadCredentials) }
+}
+
+/// How many `a=candidate` lines an SDP has (what the router would take from an offer).
+pub fn count_candidates(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.trim().starts_with("a=candidate:")).count()
 }
 
 /// The first `a=ice-ufrag` of an SDP.
@@ -114,6 +137,17 @@ mod tests {
         assert_eq!(SdpFrag::parse("a=ice-ufrag:abcd\n"), Err(SdpFragError::HalfCredentials));
         assert_eq!(SdpFrag::parse("a=ice-ufrag:a\"b\na=ice-pwd:x\n"), Err(SdpFragError::BadCredentials));
         assert_eq!(SdpFrag::parse(&"\n".repeat(300)), Err(SdpFragError::TooLong));
+    }
+
+    #[test]
+    fn candidates_are_capped_per_fragment() {
+        let line = "a=candidate:1 1 udp 2113937151 127.0.0.1 5000 typ host\r\n";
+        let full = line.repeat(MAX_CANDIDATES);
+        assert_eq!(SdpFrag::parse(&full).unwrap().candidates.len(), MAX_CANDIDATES);
+        assert_eq!(count_candidates(&full), MAX_CANDIDATES);
+        let over = SdpFrag::parse(&line.repeat(MAX_CANDIDATES + 1));
+        assert_eq!(over, Err(SdpFragError::TooManyCandidates));
+        assert_eq!(over.unwrap_err().code(), "too_many_candidates");
     }
 
     #[test]
