@@ -150,6 +150,7 @@ async fn tcp_router(limits: IceTcpLimits) -> (SfuHandle, SocketAddr) {
     let sfu = Sfu::new(SfuConfig {
         candidates: vec![candidate],
         disconnect_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(30),
         empty_room_timeout: Duration::from_secs(10),
         initial_bwe: Bitrate::kbps(1500),
     });

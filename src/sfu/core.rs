@@ -223,6 +223,7 @@ pub struct ParticipantInfo {
     /// Played by the server itself (see `Sfu::join_local`), not a client.
     pub server: bool,
     /// Joined with the `hidden` grant: other clients are not told about it.
+    #[serde(skip)]
     pub hidden: bool,
 }
 
@@ -254,6 +255,12 @@ pub enum SfuEvent {
         room: RoomName,
         participant: ParticipantId,
         identity: Identity,
+        reason: LeaveReason,
+    },
+    /// One connection of a participant ended (before `ParticipantLeft` when it was the last).
+    ConnectionClosed {
+        room: RoomName,
+        connection: ParticipantId,
         reason: LeaveReason,
     },
     TrackPublished {
@@ -1825,6 +1832,7 @@ impl Sfu {
             }
         }
         let room = peer.room.clone();
+        self.events.push_back(SfuEvent::ConnectionClosed { room: room.clone(), connection: id, reason });
         if last_connection {
             self.events.push_back(SfuEvent::ParticipantLeft {
                 room: room.clone(),

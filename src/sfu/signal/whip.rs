@@ -37,15 +37,23 @@ pub struct WhipState {
     pub tokens: TokenVerifier,
     pub ice_servers: Vec<IceServer>,
     pub max_body: usize,
+    /// Where rooms' settings live (`max_participants`, empty timeout), read at each join.
+    pub db: crate::db::Db,
     sessions: Arc<Mutex<SessionTable>>,
 }
 
 impl WhipState {
     /// The routes' state, with the [`WhipLimits`] defaults.
-    pub fn new(sfu: SfuHandle, tokens: TokenVerifier, ice_servers: Vec<IceServer>, max_body: usize) -> Self {
+    pub fn new(
+        sfu: SfuHandle,
+        tokens: TokenVerifier,
+        ice_servers: Vec<IceServer>,
+        max_body: usize,
+        db: crate::db::Db,
+    ) -> Self {
         let sessions = Arc::new(Mutex::new(SessionTable::new(WhipLimits::default())));
         tokio::spawn(follow_router(sfu.subscribe(), sfu.clone(), Arc::clone(&sessions)));
-        WhipState { sfu, tokens, ice_servers, max_body, sessions }
+        WhipState { sfu, tokens, ice_servers, max_body, db, sessions }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, SessionTable> {
@@ -61,6 +69,9 @@ async fn follow_router(mut events: broadcast::Receiver<SfuEvent>, sfu: SfuHandle
         match events.recv().await {
             Ok(SfuEvent::ParticipantLeft { participant, .. }) => {
                 sessions.lock().expect("not poisoned").remove_participants(&HashSet::from([participant]));
+            }
+            Ok(SfuEvent::ConnectionClosed { connection, .. }) => {
+                sessions.lock().expect("not poisoned").remove_connection(connection);
             }
             Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {
@@ -168,7 +179,6 @@ async fn create(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
     let (claims, room) = authorize(&s.tokens, &headers, &room).await?;
-    s.tokens.check_revoked(&claims).await.map_err(token_error)?;
     let perms = claims.video.permissions();
     if role == Role::Publish && !perms.publish {
         return Err(ApiError::forbidden("publish_not_allowed", "token does not grant canPublish"));
@@ -197,7 +207,8 @@ async fn create(
         (Role::Subscribe, Some(i)) => SubscribeFilter::Only(i),
         _ => SubscribeFilter::All,
     };
-    let req = JoinRequest { subscribe, ..JoinRequest::new(room.clone(), identity, perms) };
+    let (_, limits) = super::room_settings::stored(&s.db, room.org().unwrap_or_default(), room.local()).await;
+    let req = JoinRequest { subscribe, limits, ..JoinRequest::new(room.clone(), identity, perms) };
     let offer2 = offer.clone();
     let joined = s
         .sfu
@@ -327,12 +338,13 @@ async fn list_participants(
 ) -> Result<Response, ApiError> {
     let room = RoomName::new(room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
     let (_, room) = authorize(&s.tokens, &headers, &room).await?;
-    let list = s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())?;
+    let mut list = s.sfu.call(move |sfu, _| sfu.participants(&room)).await.map_err(|_| ApiError::unavailable())?;
+    list.retain(|p| !p.hidden);
     Ok(axum::Json(serde_json::json!({ "participants": list })).into_response())
 }
 
-/// Checks the token for `room` and returns its claims with the router's name for the room
-/// (scoped to the org whose key signed the token).
+/// Checks the token for `room`, and that it is not revoked, and returns its claims with the
+/// router's name for the room (scoped to the org whose key signed the token).
 async fn authorize(
     tokens: &TokenVerifier,
     headers: &HeaderMap,
@@ -343,6 +355,7 @@ async fn authorize(
     tokens.learn_key(token).await;
     let claims = tokens.verify_join(token, room.as_str(), now).map_err(token_error)?;
     let org = tokens.org_of(&claims.iss).ok_or_else(|| token_error(TokenError::UnknownKey))?;
+    tokens.check_revoked(&claims).await.map_err(token_error)?;
     Ok((claims, RoomName::in_org(&org, room)))
 }
 
@@ -447,6 +460,7 @@ mod tests {
         let sfu = Sfu::new(SfuConfig {
             candidates: vec![Candidate::host("127.0.0.1:3478".parse().unwrap(), "udp").unwrap()],
             disconnect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
             empty_room_timeout: Duration::from_secs(10),
             initial_bwe: str0m::bwe::Bitrate::kbps(1500),
         });
@@ -498,6 +512,19 @@ mod tests {
         until("both sessions forgotten", &table, |t| t.len() == 0).await;
         // Their owner's count is released with them.
         join(&sfu, &table, "alice", "pub").await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_router_closes_takes_only_its_own_session() {
+        let sfu = router();
+        let table = Arc::new(Mutex::new(SessionTable::new(WhipLimits::default())));
+        tokio::spawn(follow_router(sfu.subscribe(), sfu.clone(), Arc::clone(&table)));
+        join(&sfu, &table, "alice", "pub").await;
+        let player = join(&sfu, &table, "alice", "play").await.connection;
+        // The player's connection ends (it never connected, say); the publisher stays.
+        sfu.call(move |sfu, now| sfu.leave(now, player, LeaveReason::Timeout)).await.unwrap().unwrap();
+        until("the player's session forgotten", &table, |t| t.get("play").is_none()).await;
+        assert!(table.lock().unwrap().get("pub").is_some(), "the publisher is still there");
     }
 
     #[tokio::test]

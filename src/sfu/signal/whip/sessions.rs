@@ -160,8 +160,16 @@ impl SessionTable {
 
     /// Removes every session of these participants.
     pub fn remove_participants(&mut self, gone: &HashSet<ParticipantId>) {
-        let resources: Vec<String> =
-            self.sessions.iter().filter(|(_, s)| gone.contains(&s.participant)).map(|(r, _)| r.clone()).collect();
+        self.remove_matching(|s| gone.contains(&s.participant));
+    }
+
+    /// Removes the session of one connection the router closed (a participant may have more).
+    pub fn remove_connection(&mut self, connection: ParticipantId) {
+        self.remove_matching(|s| s.connection == connection);
+    }
+
+    fn remove_matching(&mut self, f: impl Fn(&Session) -> bool) {
+        let resources: Vec<String> = self.sessions.iter().filter(|(_, s)| f(s)).map(|(r, _)| r.clone()).collect();
         for r in resources {
             self.remove(&r);
         }
