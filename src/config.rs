@@ -400,7 +400,8 @@ impl Config {
             toml::to_string(&BTreeMap::from([generate_key_pair()])).expect("a string map serializes")
         })?;
         let path = self.data_dir.join("dev-keys.toml");
-        let keys = toml::from_str::<BTreeMap<String, String>>(&text).map_err(|source| ConfigError::Parse { path, source })?;
+        let keys =
+            toml::from_str::<BTreeMap<String, String>>(&text).map_err(|source| ConfigError::Parse { path, source })?;
         self.keys = keys;
         Ok(self.keys.iter().next().map(|(k, s)| (k.clone(), s.clone())))
     }

@@ -946,15 +946,22 @@ async fn room_service_keeps_the_control_apis_limits(api: Api) {
     let key = org["api_key"]["key"].as_str().unwrap();
     let huge = "m".repeat(64 * 1024 + 1);
     let r = room_service(&api, &org, "CreateRoom", create, "", json!({ "name": "big", "metadata": huge })).await;
-    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")), "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{:?}",
+        r.body
+    );
     let r = room_service(&api, &org, "CreateRoom", create, "", json!({ "name": "big", "metadata": "small" })).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let r = room_service(&api, &org, "UpdateRoomMetadata", admin, "big", json!({ "room": "big", "metadata": huge })).await;
+    let r =
+        room_service(&api, &org, "UpdateRoomMetadata", admin, "big", json!({ "room": "big", "metadata": huge })).await;
     assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
     let rooms = api.send("GET", "/v1/rooms", key, None).await;
     assert_eq!(rooms.body["rooms"][0]["metadata"], "small", "{:?}", rooms.body);
     // Participants are described within the signal path's limits.
-    let attributes: serde_json::Map<String, serde_json::Value> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let attributes: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
     for update in [
         json!({ "room": "big", "identity": "ann", "name": "n".repeat(257) }),
         json!({ "room": "big", "identity": "ann", "metadata": huge }),
@@ -964,7 +971,15 @@ async fn room_service_keeps_the_control_apis_limits(api: Api) {
         assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
     }
     // Within them, the participant is looked for (and is not there).
-    let r = room_service(&api, &org, "UpdateParticipant", admin, "big", json!({ "room": "big", "identity": "ann", "name": "Ann" })).await;
+    let r = room_service(
+        &api,
+        &org,
+        "UpdateParticipant",
+        admin,
+        "big",
+        json!({ "room": "big", "identity": "ann", "name": "Ann" }),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     // A revoked token is refused here as at a join.
     let mut claims = token::join_claims(org["livekit_key"]["api_key"].as_str().unwrap(), "", "", api.now_secs(), 600);
@@ -1086,7 +1101,8 @@ async fn key_lookups_do_not_wait_for_the_write_lock() {
 async fn deleted_rooms_tokens_stop_joining(api: Api) {
     let org = api.org_created("deleted-rooms").await;
     let key = org["api_key"]["key"].as_str().unwrap();
-    let (lk_key, lk_secret) = (org["livekit_key"]["api_key"].as_str().unwrap(), org["livekit_key"]["api_secret"].as_str().unwrap());
+    let (lk_key, lk_secret) =
+        (org["livekit_key"]["api_key"].as_str().unwrap(), org["livekit_key"]["api_secret"].as_str().unwrap());
     api.send("POST", "/v1/rooms", key, Some(json!({ "name": "stage" }))).await;
     let mint = |identity: &str| {
         let api = &api;

@@ -25,10 +25,10 @@ use super::ratelimit::{self, Limited};
 use super::v1::check_room_fields;
 use crate::args;
 use crate::db::{Db, DbError};
+use crate::error::ApiError;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
 use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
-use crate::error::ApiError;
 use crate::sfu::signal::token::{
     Claims, MAX_ATTRIBUTES, MAX_METADATA_LEN, MAX_NAME_LEN, Permissions, TokenError, description_fits,
 };

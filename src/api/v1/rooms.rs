@@ -100,7 +100,11 @@ struct CreateRoom {
 }
 
 /// The limits on a room's settings, wherever they are set (here and LiveKit's RoomService).
-pub(crate) fn check_room_fields(metadata: Option<&str>, timeout: Option<i64>, max: Option<i64>) -> Result<(), ApiError> {
+pub(crate) fn check_room_fields(
+    metadata: Option<&str>,
+    timeout: Option<i64>,
+    max: Option<i64>,
+) -> Result<(), ApiError> {
     if metadata.is_some_and(|m| m.len() > 64 * 1024) {
         return Err(ApiError::unprocessable("invalid_field", "metadata must be at most 64 KiB"));
     }
