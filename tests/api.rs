@@ -1171,3 +1171,92 @@ async fn audit_keeps_user_agents_short(api: Api) {
     assert_eq!(ua, "x".repeat(256));
     api.finish().await;
 }
+
+/// Migration 7 on a database with keys from before it: each key learns the key that minted
+/// it, and keys minted (directly or not) by a key revoked earlier are revoked with it.
+async fn key_lineage_migration(dialect: &str, url: &str, hash: &str) {
+    use sqlx::{Connection, Executor};
+    let dir = std::env::temp_dir().join(format!("auralink-mig-{dialect}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dialect);
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap() < "20261207" {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let before = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
+    let keys = [
+        ("key_root", "admin:admin", "500"),
+        ("key_child", "api_key:key_root", "NULL"),
+        ("key_grand", "api_key:key_child", "NULL"),
+        ("key_live", "admin:admin", "NULL"),
+        ("key_other", "api_key:key_live", "NULL"),
+    ];
+    let mut sql = String::from("INSERT INTO orgs (id, name, created_at, updated_at) VALUES ('org_m', 'm', 1, 1);");
+    for (i, (id, by, revoked)) in keys.iter().enumerate() {
+        sql += &format!(
+            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, role, scopes, created_by, created_at, \
+             revoked_at) VALUES ('{id}', 'org_m', '{id}', 'prefix{i}', {hash}, 'admin', '[\"*\"]', '{by}', 1, {revoked});"
+        );
+    }
+    if dialect == "sqlite" {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true)).await.unwrap();
+        before.run(&mut conn).await.unwrap();
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        before.run(&mut conn).await.unwrap();
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await.unwrap();
+    }
+    auralink::db::Db::migrate(url).await.unwrap();
+    let db = auralink::db::Db::open(url).await.unwrap();
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        created_by_key: Option<String>,
+        revoked_at: Option<i64>,
+        revoked_by: Option<String>,
+    }
+    let mut tx = db.begin("org_m").await.unwrap();
+    let sql = "SELECT id, created_by_key, revoked_at, revoked_by FROM api_keys WHERE org_id = $1 ORDER BY id";
+    let rows: Vec<Row> = tx.fetch_all(sql, auralink::args!["org_m"]).await.unwrap();
+    tx.commit().await.unwrap();
+    let got: Vec<(&str, Option<&str>, Option<i64>, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.id.as_str(), r.created_by_key.as_deref(), r.revoked_at, r.revoked_by.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("key_child", Some("key_root"), Some(500), Some("system:migration")),
+            ("key_grand", Some("key_child"), Some(500), Some("system:migration")),
+            ("key_live", None, None, None),
+            ("key_other", Some("key_live"), None, None),
+            ("key_root", None, Some(500), None),
+        ]
+    );
+    db.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lineage_migration_sqlite() {
+    let file = std::env::temp_dir().join(format!("auralink-mig-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    key_lineage_migration("sqlite", &format!("sqlite://{}", file.display()), "zeroblob(32)").await;
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lineage_migration_postgres() {
+    let Some(base) = support::pg_url() else {
+        eprintln!("AURALINK_TEST_PG not set: Postgres run skipped");
+        return;
+    };
+    let (name, url) = support::fresh_pg_database(&base).await;
+    key_lineage_migration("postgres", &url, "decode(repeat('00', 32), 'hex')").await;
+    support::drop_pg_database(&name).await;
+}
