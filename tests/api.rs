@@ -1224,7 +1224,7 @@ async fn key_lineage_migration(dialect: &str, url: &str, hash: &str) {
     let sql = "SELECT id, created_by_key, revoked_at, revoked_by FROM api_keys WHERE org_id = $1 ORDER BY id";
     let rows: Vec<Row> = tx.fetch_all(sql, auralink::args!["org_m"]).await.unwrap();
     tx.commit().await.unwrap();
-    let got: Vec<(&str, Option<&str>, Option<i64>, Option<&str>)> = rows
+    let got: Vec<_> = rows
         .iter()
         .map(|r| (r.id.as_str(), r.created_by_key.as_deref(), r.revoked_at, r.revoked_by.as_deref()))
         .collect();
