@@ -245,31 +245,22 @@ pub fn client_ip(req: &Request) -> Option<String> {
 }
 
 /// Resolves the bearer credential into a [`Caller`] for the routes behind it. Failures count
-/// against the client address's budget ([`ratelimit::may_try_auth`]), so keys cannot be
-/// tried at the rate requests arrive.
+/// against the client address's budget ([`ratelimit::guard_auth`]), so keys cannot be tried
+/// at the rate requests arrive.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let ip = client_ip(&req);
-    if let Err(limited) = ratelimit::may_try_auth(&s, ip.as_deref()).await {
-        return limited.into_response();
-    }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("unauthenticated", "send Authorization: Bearer <API key>"));
-    let principal = match bearer {
-        Ok(bearer) => resolve(&s, bearer, ip.as_deref()).await,
-        Err(e) => Err(e),
+    let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // Owned: the request (whose body is not `Sync`) must not be borrowed across the lookup.
+    let bearer = bearer.and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let attempt = async {
+        let bearer = bearer.ok_or_else(|| unauthorized("unauthenticated", "send Authorization: Bearer <API key>"))?;
+        resolve(&s, &bearer, ip.as_deref()).await
     };
-    let principal = match principal {
-        Ok(p) => p,
-        Err(e) => {
-            if e.status == StatusCode::UNAUTHORIZED {
-                ratelimit::auth_failed(&s, ip.as_deref()).await;
-            }
-            return e.into_response();
-        }
+    let failed = |e: &ApiError| e.status == StatusCode::UNAUTHORIZED;
+    let principal = match ratelimit::guard_auth(&s, ip.as_deref(), attempt, failed).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return e.into_response(),
+        Err(limited) => return limited.into_response(),
     };
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     req.extensions_mut().insert(Caller { principal, ip, user_agent });

@@ -149,15 +149,25 @@ fn failures_key(ip: Option<&str>) -> String {
     format!("authfail:{}", ip.unwrap_or("unknown"))
 }
 
-/// Refuses an authentication attempt from an address whose failures used up its budget.
-pub async fn may_try_auth(s: &AppState, ip: Option<&str>) -> Result<(), Limited> {
-    s.auth_failures.peek(&failures_key(ip), s.clock.now_ms()).await.map_err(Limited::after)
-}
-
-/// Counts a failed authentication against its address.
-pub async fn auth_failed(s: &AppState, ip: Option<&str>) {
-    // Already refused or not, the failure is what counts; the next attempt is the one told.
-    let _ = s.auth_failures.check(&failures_key(ip), s.clock.now_ms()).await;
+/// Runs an authentication `attempt` from the client at `ip` under that address's budget of
+/// failures: refused without running while the budget is empty; an attempt whose error
+/// `is_failure` calls a failed authentication spends from it.
+pub async fn guard_auth<T, E>(
+    s: &AppState,
+    ip: Option<&str>,
+    attempt: impl Future<Output = Result<T, E>>,
+    is_failure: impl FnOnce(&E) -> bool,
+) -> Result<Result<T, E>, Limited> {
+    let key = failures_key(ip);
+    s.auth_failures.peek(&key, s.clock.now_ms()).await.map_err(Limited::after)?;
+    let outcome = attempt.await;
+    if let Err(e) = &outcome
+        && is_failure(e)
+    {
+        // Refused or not, the failure is what counts: the next attempt is the one told.
+        let _ = s.auth_failures.check(&key, s.clock.now_ms()).await;
+    }
+    Ok(outcome)
 }
 
 pub async fn limit(State(s): State<AppState>, req: Request, next: Next) -> Response {

@@ -181,17 +181,10 @@ async fn call(
     body: axum::body::Body,
 ) -> Result<Response, TwirpError> {
     let ip = connected.map(|c| c.0.0.ip().to_string());
-    if let Err(l) = ratelimit::may_try_auth(&s, ip.as_deref()).await {
-        return Ok(limited(l));
-    }
-    let (claims, org) = match authorize(&s, &headers).await {
-        Ok(v) => v,
-        Err(e) => {
-            if e.status == StatusCode::UNAUTHORIZED {
-                ratelimit::auth_failed(&s, ip.as_deref()).await;
-            }
-            return Err(e);
-        }
+    let failed = |e: &TwirpError| e.status == StatusCode::UNAUTHORIZED;
+    let (claims, org) = match ratelimit::guard_auth(&s, ip.as_deref(), authorize(&s, &headers), failed).await {
+        Ok(authorized) => authorized?,
+        Err(l) => return Ok(limited(l)),
     };
     if let Err(l) = ratelimit::admit(&s, &format!("livekit_key:{}", claims.iss)).await {
         return Ok(limited(l));
@@ -495,8 +488,10 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
             now
         ];
         tx.execute(sql, args).await?;
-        crate::api::v1::room_created(s, org, &req.name, now).await?;
     }
+    // Existing or not (call history may have recorded a deleted room again), the room is
+    // wanted from now on.
+    crate::api::v1::room_created(s, org, &req.name, now).await?;
     tx.commit().await?;
     let room = list_rooms(s, org).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))?;
     if !req.metadata.is_empty() {
