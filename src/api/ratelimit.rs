@@ -217,4 +217,22 @@ mod tests {
         assert_eq!(Limited::after(1).retry_after_secs, 1);
         assert_eq!(Limited::after(1001).retry_after_secs, 2);
     }
+
+    /// With `AURALINK_TEST_REDIS`: a look on one node sees what another node spent.
+    #[tokio::test]
+    async fn peeking_reads_the_budget_other_nodes_spent() {
+        let Some(url) = std::env::var("AURALINK_TEST_REDIS").ok().filter(|s| !s.is_empty()) else {
+            eprintln!("AURALINK_TEST_REDIS not set: skipped");
+            return;
+        };
+        let redis = Redis::connect(&url).await.expect("AURALINK_TEST_REDIS is set but Redis is unreachable");
+        let (a, b) = (RateLimiter::new(60, 2, Some(redis.clone())), RateLimiter::new(60, 2, Some(redis)));
+        let key = crate::ids::record_id("authfail", 0);
+        let now = 1_000_000;
+        assert_eq!(a.check(&key, now).await, Ok(()));
+        assert_eq!(a.check(&key, now).await, Ok(()));
+        assert_eq!(b.peek(&key, now).await, Err(1000));
+        assert_eq!(b.peek(&key, now + 1000).await, Ok(()));
+        assert_eq!(b.redis_errors.load(Ordering::Relaxed), 0);
+    }
 }
