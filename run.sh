@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up and runs AuraLink: installs what the build needs (skipping what is there), builds
 # release, fetches and converts the Whisper models (models/whisper/), installs the
-# livekit-client bundle the demo page loads (web/vendor/), and starts `auralink serve` on the
-# embedded defaults (dev mode, data in ./data).
+# livekit-client bundle the demo page loads (web/vendor/), and starts `auralink serve --dev` on
+# the embedded defaults (dev mode: generated keys, HTTP on 127.0.0.1 unless --bind says
+# otherwise, data in ./data).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/common.sh
@@ -14,4 +15,4 @@ need_cargo
 cargo build --release --bin auralink
 AURALINK_BIN="$CARGO_TARGET_DIR/release/auralink" scripts/models.sh
 scripts/web-vendor.sh
-exec "$CARGO_TARGET_DIR/release/auralink" serve "$@"
+exec "$CARGO_TARGET_DIR/release/auralink" serve --dev "$@"

@@ -30,6 +30,10 @@ pub enum ConfigError {
         "secret_key (AURALINK_SECRET_KEY) is required outside dev mode: base64 of 32 random bytes, e.g. `openssl rand -base64 32`"
     )]
     MissingSecretKey,
+    #[error(
+        "no API keys configured: set keys (AURALINK_KEYS=\"key: secret\" or --keys), or pass --dev (AURALINK_DEV=true) for a local development server with generated keys"
+    )]
+    NoKeys,
 }
 
 /// Everything `auralink serve` needs.
@@ -54,7 +58,13 @@ pub struct Config {
     pub aic_enhancer: PathBuf,
     /// Speech taps (docs/speech.md).
     pub speech: SpeechConfig,
-    /// API key → API secret. Empty means dev mode: a pair is generated and kept in the data dir.
+    /// Development mode, only ever switched on explicitly (`--dev`, `AURALINK_DEV`): keys, the
+    /// admin key and the secret key that are not configured are generated and kept in the
+    /// data dir, `/dev/token` mints join tokens for anybody, and HTTP binds 127.0.0.1 unless
+    /// `http.bind` says otherwise.
+    pub dev: bool,
+    /// API key → API secret. Required outside dev mode; in dev mode, empty means a pair is
+    /// generated and kept in the data dir.
     pub keys: BTreeMap<String, String>,
     /// `sqlite:…` or `postgres://…`; default: `auralink.db` in the data dir.
     pub database_url: Option<String>,
@@ -77,13 +87,19 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Requests a caller may make at once before the average applies.
     pub rate_limit_burst: u32,
+    /// Failed authentications (control API, RoomService) per client address and minute, on
+    /// average; past them the address gets 429 until its budget refills.
+    pub auth_failures_per_minute: u32,
+    /// Failed authentications an address may make at once before the average applies.
+    pub auth_failure_burst: u32,
 }
 
 /// HTTP listener settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    pub bind: IpAddr,
+    /// Default: 0.0.0.0, or 127.0.0.1 in dev mode.
+    pub bind: Option<IpAddr>,
     pub port: u16,
     /// Largest signaling body (SDP offer, trickle fragment) accepted, in bytes.
     pub max_signal_body: usize,
@@ -163,6 +179,7 @@ impl Default for Config {
             aic_model: PathBuf::from("./models/aic/aic-v1.safetensors"),
             aic_enhancer: PathBuf::from("./models/aic/aic-v2-enhancer.safetensors"),
             speech: SpeechConfig::default(),
+            dev: false,
             keys: BTreeMap::new(),
             database_url: None,
             admin_key: None,
@@ -172,13 +189,15 @@ impl Default for Config {
             redis_url: None,
             rate_limit_per_minute: 1200,
             rate_limit_burst: 100,
+            auth_failures_per_minute: 30,
+            auth_failure_burst: 20,
         }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { bind: IpAddr::from([0, 0, 0, 0]), port: 7880, max_signal_body: 64 * 1024 }
+        HttpConfig { bind: None, port: 7880, max_signal_body: 64 * 1024 }
     }
 }
 
@@ -224,6 +243,9 @@ impl RoomConfig {
 /// Values from flags and `AURALINK_*` variables; each one set wins over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
+    /// Switches dev mode on (a flag: it cannot switch off what the file switched on).
+    pub dev: bool,
+    pub http_bind: Option<IpAddr>,
     pub http_port: Option<u16>,
     pub rtc_port: Option<u16>,
     pub node_ips: Option<Vec<IpAddr>>,
@@ -248,6 +270,10 @@ impl Config {
             }
             None => Config::default(),
         };
+        config.dev |= o.dev;
+        if o.http_bind.is_some() {
+            config.http.bind = o.http_bind;
+        }
         if let Some(p) = o.http_port {
             config.http.port = p;
         }
@@ -285,13 +311,45 @@ impl Config {
     /// Everything on 127.0.0.1 with ports the OS picks, dev mode: for tests, benchmarks and
     /// embedding.
     pub fn loopback(data_dir: impl Into<PathBuf>) -> Config {
-        let mut c = Config { data_dir: data_dir.into(), ..Config::default() };
-        c.http.bind = IpAddr::from([127, 0, 0, 1]);
+        let mut c = Config { data_dir: data_dir.into(), dev: true, ..Config::default() };
+        c.http.bind = Some(IpAddr::from([127, 0, 0, 1]));
         c.http.port = 0;
         c.rtc.udp_port = 0;
         c.rtc.tcp_port = 0;
         c.rtc.node_ips = vec![IpAddr::from([127, 0, 0, 1])];
         c
+    }
+
+    /// The address HTTP binds: configured, else every interface, or only loopback in dev
+    /// mode (its `/dev/token` hands out tokens to whoever asks).
+    pub fn http_bind(&self) -> IpAddr {
+        self.http.bind.unwrap_or(if self.dev { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) })
+    }
+
+    /// Creates the data dir readable by the server's user only (an existing one is left as
+    /// it is: it may be somebody else's folder too).
+    pub fn create_data_dir(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.data_dir)
+    }
+
+    /// The dev-mode secret in `name` in the data dir, made by `make` (and written, readable
+    /// by the server's user only) on first run.
+    fn dev_file(&self, name: &str, make: impl FnOnce() -> String) -> Result<String, ConfigError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = self.data_dir.join(name);
+        let fail = |source| ConfigError::DevKeys { path: path.clone(), source };
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            // Written by an earlier version, perhaps readable to all.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+            return Ok(text);
+        }
+        let text = make();
+        self.create_data_dir().map_err(fail)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(fail)?;
+        f.write_all(text.as_bytes()).map_err(fail)?;
+        Ok(text)
     }
 
     /// The database to open: the configured URL, or SQLite in the data dir.
@@ -308,17 +366,7 @@ impl Config {
         if !self.is_dev_mode() {
             return Err(ConfigError::MissingSecretKey);
         }
-        let path = self.data_dir.join("dev-secret-key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(k) => k.trim().to_string(),
-            Err(_) => {
-                let k = crate::api::secrets::SecretBox::generate_key();
-                std::fs::create_dir_all(&self.data_dir)
-                    .and_then(|()| std::fs::write(&path, &k))
-                    .map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
-                k
-            }
-        };
+        let key = self.dev_file("dev-secret-key", crate::api::secrets::SecretBox::generate_key)?.trim().to_string();
         self.secret_key = Some(key.clone());
         Ok(key)
     }
@@ -331,30 +379,21 @@ impl Config {
         if !self.is_dev_mode() {
             return Ok(());
         }
-        let path = self.data_dir.join("dev-admin-key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(k) => k.trim().to_string(),
-            Err(_) => {
-                let k = format!("adm_{}", random_alnum(&mut rand::thread_rng(), 43));
-                std::fs::create_dir_all(&self.data_dir)
-                    .and_then(|()| std::fs::write(&path, &k))
-                    .map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
-                k
-            }
-        };
-        self.admin_key = Some(key);
+        let key = self.dev_file("dev-admin-key", || format!("adm_{}", random_alnum(&mut rand::thread_rng(), 43)))?;
+        self.admin_key = Some(key.trim().to_string());
         Ok(())
     }
 
-    /// True when no API keys were configured: the server generates its own.
+    /// Whether dev mode is on; see [`Config::dev`].
     pub fn is_dev_mode(&self) -> bool {
-        self.keys.is_empty()
+        self.dev
     }
 
-    /// Checks secrets, or in dev mode loads (first run: generates) the dev key pair.
-    /// Returns the dev pair when one is in use, so the caller can print it.
+    /// Checks the configured keys, or in dev mode without any loads (first run: generates)
+    /// the dev key pair. Returns the dev pair when one is in use, so the caller can print it.
+    /// Without keys outside dev mode the server has nothing to verify tokens with: refused.
     pub fn resolve_keys(&mut self) -> Result<Option<(String, String)>, ConfigError> {
-        if !self.is_dev_mode() {
+        if !self.keys.is_empty() {
             for (key, secret) in &self.keys {
                 if secret.len() < MIN_SECRET_LEN {
                     return Err(ConfigError::ShortSecret { key: key.clone(), len: secret.len() });
@@ -362,19 +401,15 @@ impl Config {
             }
             return Ok(None);
         }
+        if !self.is_dev_mode() {
+            return Err(ConfigError::NoKeys);
+        }
+        let text = self.dev_file("dev-keys.toml", || {
+            toml::to_string(&BTreeMap::from([generate_key_pair()])).expect("a string map serializes")
+        })?;
         let path = self.data_dir.join("dev-keys.toml");
-        let keys = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<BTreeMap<String, String>>(&text)
-                .map_err(|source| ConfigError::Parse { path: path.clone(), source })?,
-            Err(_) => {
-                let keys = BTreeMap::from([generate_key_pair()]);
-                let text = toml::to_string(&keys).expect("a string map serializes");
-                std::fs::create_dir_all(&self.data_dir)
-                    .and_then(|()| std::fs::write(&path, text))
-                    .map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
-                keys
-            }
-        };
+        let keys =
+            toml::from_str::<BTreeMap<String, String>>(&text).map_err(|source| ConfigError::Parse { path, source })?;
         self.keys = keys;
         Ok(self.keys.iter().next().map(|(k, s)| (k.clone(), s.clone())))
     }
@@ -436,14 +471,36 @@ mod tests {
     }
 
     #[test]
-    fn dev_keys_are_generated_once_and_kept() {
+    fn dev_keys_are_generated_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("auralink-dev-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut c = Config { data_dir: dir.clone(), ..Default::default() };
+        let mut c = Config { data_dir: dir.clone(), dev: true, ..Default::default() };
         let first = c.resolve_keys().unwrap().unwrap();
         assert!(first.1.len() >= MIN_SECRET_LEN);
-        let mut again = Config { data_dir: dir.clone(), ..Default::default() };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("dev-keys.toml")), 0o600);
+        // A file an earlier version left readable to all is closed on the next start.
+        std::fs::set_permissions(dir.join("dev-keys.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut again = Config { data_dir: dir.clone(), dev: true, ..Default::default() };
         assert_eq!(again.resolve_keys().unwrap().unwrap(), first);
+        assert_eq!(mode(&dir.join("dev-keys.toml")), 0o600);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dev_mode_is_explicit_and_binds_loopback() {
+        let dir = std::env::temp_dir().join(format!("auralink-nodev-{}", std::process::id()));
+        let mut c = Config { data_dir: dir.clone(), ..Default::default() };
+        assert!(matches!(c.resolve_keys(), Err(ConfigError::NoKeys)));
+        assert!(ConfigError::NoKeys.to_string().contains("--dev"));
+        assert!(!dir.exists(), "nothing is written without dev mode");
+        assert_eq!(c.http_bind(), IpAddr::from([0, 0, 0, 0]));
+        let o = Overrides { dev: true, ..Default::default() };
+        let mut dev = Config::load(None, o).unwrap();
+        assert_eq!(dev.http_bind(), IpAddr::from([127, 0, 0, 1]));
+        dev.http.bind = Some(IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(dev.http_bind(), IpAddr::from([0, 0, 0, 0]), "an explicit address wins");
     }
 }

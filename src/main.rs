@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use auralink::config::{Config, Overrides};
+use auralink::config::{Config, ConfigError, Overrides};
 use auralink::sfu::signal::token;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -112,6 +112,13 @@ struct MigrateArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// Development mode: generates the keys that are not configured (kept in the data dir),
+    /// serves `/dev/token` and binds HTTP to 127.0.0.1 unless --bind says otherwise.
+    #[arg(long, env = "AURALINK_DEV")]
+    dev: bool,
+    /// HTTP address to bind (default 0.0.0.0; 127.0.0.1 in dev mode).
+    #[arg(long, env = "AURALINK_HTTP_BIND")]
+    bind: Option<IpAddr>,
     /// HTTP port (API, signaling, demo page).
     #[arg(long, env = "AURALINK_HTTP_PORT")]
     http_port: Option<u16>,
@@ -124,7 +131,7 @@ struct ServeArgs {
     /// Data directory (database, dev keys).
     #[arg(long, env = "AURALINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// API keys, "key: secret[, key: secret]". Without any, the server runs in dev mode.
+    /// API keys, "key: secret[, key: secret]". Required unless --dev.
     #[arg(long, env = "AURALINK_KEYS", hide_env_values = true)]
     keys: Option<String>,
     /// `sqlite:…` or `postgres://…`; default: SQLite in the data dir.
@@ -166,6 +173,9 @@ struct TokenArgs {
     api_secret: Option<String>,
     #[arg(long, env = "AURALINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Sign with the dev key pair in the data dir (made if missing) when no key is configured.
+    #[arg(long, env = "AURALINK_DEV")]
+    dev: bool,
 }
 
 fn init_logs(json: bool) {
@@ -190,6 +200,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve(a) => {
             let o = Overrides {
+                dev: a.dev,
+                http_bind: a.bind,
                 http_port: a.http_port,
                 rtc_port: a.rtc_port,
                 node_ips: a.node_ips,
@@ -208,7 +220,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Migrate(a) => {
             let o = Overrides { data_dir: a.data_dir, database_url: a.database_url, ..Default::default() };
             let config = Config::load(cli.config.as_deref(), o)?;
-            std::fs::create_dir_all(&config.data_dir)?;
+            config.create_data_dir()?;
             let rt = tokio::runtime::Runtime::new()?;
             let version = rt.block_on(auralink::db::Db::migrate(&config.database_url()))?;
             println!("database schema at version {version}");
@@ -258,13 +270,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Token(a) => {
-            let o = Overrides { data_dir: a.data_dir.clone(), ..Default::default() };
+            let o = Overrides { data_dir: a.data_dir.clone(), dev: a.dev, ..Default::default() };
             let mut config = Config::load(cli.config.as_deref(), o)?;
             let (key, secret) = match (a.api_key, a.api_secret) {
                 (Some(k), Some(s)) => (k, s),
                 _ => {
                     let dev = config.resolve_keys()?;
-                    dev.or_else(|| config.keys.into_iter().next()).ok_or("no API key configured")?
+                    dev.or_else(|| config.keys.into_iter().next()).ok_or(ConfigError::NoKeys)?
                 }
             };
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

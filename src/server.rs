@@ -112,12 +112,11 @@ fn default_node_ips() -> Vec<IpAddr> {
 
 /// Binds everything and starts serving.
 pub async fn start(mut config: Config) -> Result<Server, StartError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
-    // Before the dev key pair fills `keys`: dev mode is decided by what was configured.
+    // Keys first: without them (and without dev mode) that is the thing to tell.
+    let dev_keys = config.resolve_keys()?;
     config.resolve_admin_key()?;
     let secret_key = config.resolve_secret_key()?;
-    let dev_keys = config.resolve_keys()?;
+    config.create_data_dir().map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     let secrets = SecretBox::from_base64(&secret_key)?;
     let db = Db::open(&config.database_url()).await?;
     let redis = match &config.redis_url {
@@ -125,6 +124,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         None => None,
     };
     let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, redis.clone()));
+    let auth_failures =
+        Arc::new(RateLimiter::new(config.auth_failures_per_minute, config.auth_failure_burst, redis.clone()));
     api::twirp::ensure_node_org(&db, crate::api::Clock::system().now_ms()).await?;
     tracing::info!(backend = db.backend(), "database ready");
     let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
@@ -240,13 +241,14 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         secrets,
         redis,
         limiter,
+        auth_failures,
         webhooks,
         history,
         devices,
         aic,
         speech,
     };
-    let addr = SocketAddr::new(config.http.bind, config.http.port);
+    let addr = SocketAddr::new(config.http_bind(), config.http.port);
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr, source })?;
     let http_addr = listener.local_addr().expect("bound listener has an address");
     let (tx, rx) = oneshot::channel::<()>();

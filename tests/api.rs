@@ -47,7 +47,11 @@ on_both!(
     idempotent_posts,
     keys_expire_and_revoke,
     roles_and_scopes_gate,
-    bad_input_gets_clear_errors
+    bad_input_gets_clear_errors,
+    minted_keys_go_with_their_minter,
+    room_service_keeps_the_control_apis_limits,
+    deleted_rooms_tokens_stop_joining,
+    audit_keeps_user_agents_short
 );
 
 async fn org_users_keys_and_rooms(api: Api) {
@@ -849,4 +853,414 @@ async fn revoked_tokens_are_refused_and_disconnect(api: Api) {
     let r = api.send("GET", &format!("/rtc/validate?access_token={jwt}"), "", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     api.finish().await;
+}
+
+/// Mints a key with `by`; returns `(id, key)`.
+async fn mint_key(api: &Api, by: &str, name: &str) -> (String, String) {
+    let r = api.send("POST", "/v1/api-keys", by, Some(json!({ "name": name }))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    (r.body["id"].as_str().unwrap().into(), r.body["key"].as_str().unwrap().into())
+}
+
+async fn minted_keys_go_with_their_minter(api: Api) {
+    let created = api.org_created("lineage").await;
+    let owner = created["api_key"]["key"].as_str().unwrap().to_string();
+    let owner_user = created["owner"]["id"].as_str().unwrap().to_string();
+    let (k1_id, k1) = mint_key(&api, &owner, "k1").await;
+    let (_, k2) = mint_key(&api, &k1, "k2").await;
+    let (_, k3) = mint_key(&api, &k2, "k3").await;
+    let (side_id, side) = mint_key(&api, &owner, "side").await;
+    let status = |key: String| {
+        let api = &api;
+        async move {
+            let r = api.send("GET", "/v1/rooms", &key, None).await;
+            (r.status, r.code().to_string())
+        }
+    };
+    let revoked = (StatusCode::UNAUTHORIZED, "key_revoked".to_string());
+    assert_eq!(status(k3.clone()).await.0, StatusCode::OK);
+    // Revoking k1 revokes what it minted, and what that minted.
+    let r = api.send("DELETE", &format!("/v1/api-keys/{k1_id}"), &owner, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    for key in [&k1, &k2, &k3] {
+        assert_eq!(status(key.clone()).await, revoked);
+    }
+    assert_eq!(status(side.clone()).await.0, StatusCode::OK, "a sibling line stays");
+    let listed = api.send("GET", "/v1/api-keys", &owner, None).await;
+    let mut live: Vec<&str> = listed.body["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["revoked_at"].is_null())
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    live.sort();
+    assert_eq!(live, ["owner key", "side"]);
+    let audit = api.send("GET", "/v1/audit", &owner, None).await;
+    let entry = audit.body["entries"].as_array().unwrap().iter().find(|e| e["action"] == "api_key.revoke").cloned();
+    assert_eq!(entry.unwrap()["after"]["revoked"].as_array().map(Vec::len), Some(3));
+    // Removing the owner (another owner stays) revokes the owner's key and its whole line,
+    // the caller's own key included.
+    let r = api.send("POST", "/v1/users", &owner, Some(json!({ "email": "co@lineage.test", "role": "owner" }))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = api.send("DELETE", &format!("/v1/users/{owner_user}"), &side, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+    assert_eq!(status(owner.clone()).await, revoked);
+    assert_eq!(status(side.clone()).await, revoked, "{side_id} was minted by the removed user's key");
+    api.finish().await;
+}
+
+/// A RoomService call with a token carrying `grant` for `room`, signed with the org's key.
+async fn room_service(
+    api: &Api,
+    org: &serde_json::Value,
+    method: &str,
+    grant: fn(&mut token::VideoGrant),
+    room: &str,
+    body: serde_json::Value,
+) -> support::Reply {
+    let mut claims = token::join_claims(org["livekit_key"]["api_key"].as_str().unwrap(), room, "", api.now_secs(), 600);
+    claims.video.room_join = false;
+    grant(&mut claims.video);
+    let jwt = token::mint(&claims, org["livekit_key"]["api_secret"].as_str().unwrap());
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("/twirp/livekit.RoomService/{method}"))
+        .header("authorization", format!("Bearer {jwt}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    api.raw(req).await
+}
+
+fn create(v: &mut token::VideoGrant) {
+    v.room_create = true;
+}
+
+fn admin(v: &mut token::VideoGrant) {
+    v.room_admin = true;
+}
+
+async fn room_service_keeps_the_control_apis_limits(api: Api) {
+    let org = api.org_created("svc-limits").await;
+    let key = org["api_key"]["key"].as_str().unwrap();
+    let huge = "m".repeat(64 * 1024 + 1);
+    let r = room_service(&api, &org, "CreateRoom", create, "", json!({ "name": "big", "metadata": huge })).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{:?}",
+        r.body
+    );
+    let r = room_service(&api, &org, "CreateRoom", create, "", json!({ "name": "big", "metadata": "small" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r =
+        room_service(&api, &org, "UpdateRoomMetadata", admin, "big", json!({ "room": "big", "metadata": huge })).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
+    let rooms = api.send("GET", "/v1/rooms", key, None).await;
+    assert_eq!(rooms.body["rooms"][0]["metadata"], "small", "{:?}", rooms.body);
+    // Participants are described within the signal path's limits.
+    let attributes: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for update in [
+        json!({ "room": "big", "identity": "ann", "name": "n".repeat(257) }),
+        json!({ "room": "big", "identity": "ann", "metadata": huge }),
+        json!({ "room": "big", "identity": "ann", "attributes": attributes }),
+    ] {
+        let r = room_service(&api, &org, "UpdateParticipant", admin, "big", update).await;
+        assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_argument")));
+    }
+    // Within them, the participant is looked for (and is not there).
+    let r = room_service(
+        &api,
+        &org,
+        "UpdateParticipant",
+        admin,
+        "big",
+        json!({ "room": "big", "identity": "ann", "name": "Ann" }),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A revoked token is refused here as at a join.
+    let mut claims = token::join_claims(org["livekit_key"]["api_key"].as_str().unwrap(), "", "", api.now_secs(), 600);
+    claims.video.room_join = false;
+    claims.video.room_list = true;
+    claims.jti = Some(auralink::ids::record_id("tok", 0));
+    let jwt = token::mint(&claims, org["livekit_key"]["api_secret"].as_str().unwrap());
+    let list = || {
+        axum::http::Request::builder()
+            .method("POST")
+            .uri("/twirp/livekit.RoomService/ListRooms")
+            .header("authorization", format!("Bearer {jwt}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{}"))
+            .unwrap()
+    };
+    assert_eq!(api.raw(list()).await.status, StatusCode::OK);
+    let now = auralink::api::Clock::system().now_ms();
+    let revocations = &api.server.state().livekit.tokens.revocations;
+    revocations.revoke(claims.jti.as_deref().unwrap(), now + 600_000, now).await.unwrap();
+    let r = api.raw(list()).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    api.finish().await;
+}
+
+/// RoomService spends the calling key's budget as the control API does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_service_is_rate_limited() {
+    let tweak = |c: &mut auralink::config::Config| {
+        c.rate_limit_per_minute = 60;
+        c.rate_limit_burst = 2;
+    };
+    let api = Api::start_with(Backend::Sqlite, "svc-ratelimit", tweak).await.unwrap();
+    let org = api.org_created("svc-limited").await;
+    let list = |v: &mut token::VideoGrant| v.room_list = true;
+    for _ in 0..2 {
+        assert_eq!(room_service(&api, &org, "ListRooms", list, "", json!({})).await.status, StatusCode::OK);
+    }
+    let r = room_service(&api, &org, "ListRooms", list, "", json!({})).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("resource_exhausted")));
+    assert_eq!(r.headers["retry-after"], "1");
+    api.advance_ms(1000);
+    assert_eq!(room_service(&api, &org, "ListRooms", list, "", json!({})).await.status, StatusCode::OK);
+    api.finish().await;
+}
+
+/// A request from `ip`, as the socket would tell it.
+fn from_ip(ip: &str, method: &str, path: &str, bearer: &str) -> axum::http::Request<axum::body::Body> {
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(if method == "POST" { "{}" } else { "" }))
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+    req
+}
+
+/// Failed authentications spend their address's budget; past it the address is told 429
+/// before any key it sends is looked at, and other addresses are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_rate_limited_per_address() {
+    let tweak = |c: &mut auralink::config::Config| {
+        c.auth_failures_per_minute = 60;
+        c.auth_failure_burst = 3;
+    };
+    let api = Api::start_with(Backend::Sqlite, "authfail", tweak).await.unwrap();
+    let (_, key) = api.org("authfail").await;
+    // The right prefix with a wrong secret: the case that reaches the database.
+    let wrong = format!("{}{}", &key[..key.len() - 1], if key.ends_with('x') { 'y' } else { 'x' });
+    for _ in 0..3 {
+        let r = api.raw(from_ip("198.51.100.7", "GET", "/v1/rooms", &wrong)).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_key"));
+    }
+    let r = api.raw(from_ip("198.51.100.7", "GET", "/v1/rooms", &wrong)).await;
+    assert_eq!((r.status, r.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = api.raw(from_ip("198.51.100.7", "GET", "/v1/rooms", &key)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "the address is refused, whatever it sends");
+    let r = api.raw(from_ip("198.51.100.7", "POST", "/twirp/livekit.RoomService/ListRooms", "not-a-token")).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("resource_exhausted")));
+    let r = api.raw(from_ip("203.0.113.9", "GET", "/v1/rooms", &wrong)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "another address has its own budget");
+    api.advance_ms(1000);
+    assert_eq!(api.raw(from_ip("198.51.100.7", "GET", "/v1/rooms", &key)).await.status, StatusCode::OK);
+    // RoomService failures count too.
+    for _ in 0..3 {
+        let r = api.raw(from_ip("192.0.2.1", "POST", "/twirp/livekit.RoomService/ListRooms", "not-a-token")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = api.raw(from_ip("192.0.2.1", "GET", "/v1/rooms", &key)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let metrics = api.send("GET", "/metrics", "", None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    api.finish().await;
+}
+
+/// Looking a key up takes no write lock: with another connection holding SQLite's, a wrong
+/// secret is answered at once (it used to wait out the busy timeout and fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lookups_do_not_wait_for_the_write_lock() {
+    use sqlx::{Connection, Executor};
+    let api = Api::start(Backend::Sqlite, "readlock").await.unwrap();
+    let (_, key) = api.org("readlock").await;
+    let wrong = format!("{}{}", &key[..key.len() - 1], if key.ends_with('x') { 'y' } else { 'x' });
+    let url = format!("sqlite://{}", api.config.data_dir.join("auralink.db").display());
+    let mut writer = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    writer.execute("BEGIN IMMEDIATE").await.unwrap();
+    let started = std::time::Instant::now();
+    let r = api.send("GET", "/v1/rooms", &wrong, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "invalid_key"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "waited {:?}", started.elapsed());
+    writer.execute("ROLLBACK").await.unwrap();
+    api.finish().await;
+}
+
+async fn deleted_rooms_tokens_stop_joining(api: Api) {
+    let org = api.org_created("deleted-rooms").await;
+    let key = org["api_key"]["key"].as_str().unwrap();
+    let (lk_key, lk_secret) =
+        (org["livekit_key"]["api_key"].as_str().unwrap(), org["livekit_key"]["api_secret"].as_str().unwrap());
+    api.send("POST", "/v1/rooms", key, Some(json!({ "name": "stage" }))).await;
+    let mint = |identity: &str| {
+        let api = &api;
+        let identity = identity.to_string();
+        async move {
+            let r = api.send("POST", "/v1/tokens", key, Some(json!({ "room": "stage", "identity": identity }))).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+            r.body["token"].as_str().unwrap().to_string()
+        }
+    };
+    let before = mint("pat").await;
+    // As LiveKit's server SDK mints them: `nbf: 0`, no `iat`.
+    let mut sdk = token::join_claims(lk_key, "stage", "sam", api.now_secs(), 600);
+    sdk.nbf = Some(0);
+    let sdk = token::mint(&sdk, lk_secret);
+    let validate = |jwt: &str| {
+        let api = &api;
+        let path = format!("/rtc/validate?access_token={jwt}");
+        async move { api.send("GET", &path, "", None).await.status }
+    };
+    assert_eq!(whip_join(&api, "stage", &before).await.status, StatusCode::CREATED);
+    assert_eq!(validate(&sdk).await, StatusCode::OK);
+    // Call history records the room's start off the media path; deleted before it does, the
+    // room would be recorded again by it.
+    let recorded = |b: &serde_json::Value| b["calls"].as_array().is_some_and(|c| !c.is_empty());
+    eventually(&api, key, "/v1/calls?room=stage", recorded).await;
+    let r = api.send("DELETE", "/v1/rooms/stage", key, None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // Its tokens no longer join: the deletion is not undone by the next join.
+    let r = whip_join(&api, "stage", &before).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "token_room_deleted"), "{:?}", r.body);
+    assert_eq!(validate(&sdk).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.send("GET", "/v1/rooms/stage", key, None).await.status, StatusCode::NOT_FOUND);
+    // Created again, the room takes tokens issued from now on; the old ones stay refused.
+    api.advance_ms(1000);
+    let r = api.send("POST", "/v1/rooms", key, Some(json!({ "name": "stage" }))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let after = mint("pat").await;
+    assert_eq!(whip_join(&api, "stage", &after).await.status, StatusCode::CREATED);
+    assert_eq!(whip_join(&api, "stage", &before).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(validate(&sdk).await, StatusCode::OK, "undated tokens join a room created again");
+    // RoomService's DeleteRoom revokes them as well.
+    let r = room_service(&api, &org, "DeleteRoom", create, "", json!({ "room": "stage" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = whip_join(&api, "stage", &after).await;
+    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "token_room_deleted"));
+    assert_eq!(validate(&sdk).await, StatusCode::UNAUTHORIZED);
+    // And CreateRoom makes it joinable again for tokens issued after.
+    api.advance_ms(1000);
+    let r = room_service(&api, &org, "CreateRoom", create, "", json!({ "name": "stage" })).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(whip_join(&api, "stage", &mint("kim").await).await.status, StatusCode::CREATED);
+    api.finish().await;
+}
+
+async fn audit_keeps_user_agents_short(api: Api) {
+    let (_, key) = api.org("ua").await;
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/rooms")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .header("user-agent", "x".repeat(60_000))
+        .body(axum::body::Body::from(r#"{"name":"ua-room"}"#))
+        .unwrap();
+    assert_eq!(api.raw(req).await.status, StatusCode::CREATED);
+    let audit = api.send("GET", "/v1/audit", &key, None).await;
+    let entry = audit.body["entries"].as_array().unwrap().iter().find(|e| e["action"] == "room.create").cloned();
+    let ua = entry.unwrap()["user_agent"].as_str().unwrap().to_string();
+    assert_eq!(ua, "x".repeat(256));
+    api.finish().await;
+}
+
+/// Migration 7 on a database with keys from before it: each key learns the key that minted
+/// it, and keys minted (directly or not) by a key revoked earlier are revoked with it.
+async fn key_lineage_migration(dialect: &str, url: &str, hash: &str) {
+    use sqlx::{Connection, Executor};
+    let dir = std::env::temp_dir().join(format!("auralink-mig-{dialect}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dialect);
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap() < "20261207" {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let before = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
+    let keys = [
+        ("key_root", "admin:admin", "500"),
+        ("key_child", "api_key:key_root", "NULL"),
+        ("key_grand", "api_key:key_child", "NULL"),
+        ("key_live", "admin:admin", "NULL"),
+        ("key_other", "api_key:key_live", "NULL"),
+    ];
+    let mut sql = String::from("INSERT INTO orgs (id, name, created_at, updated_at) VALUES ('org_m', 'm', 1, 1);");
+    for (i, (id, by, revoked)) in keys.iter().enumerate() {
+        sql += &format!(
+            "INSERT INTO api_keys (id, org_id, name, prefix, secret_hash, role, scopes, created_by, created_at, \
+             revoked_at) VALUES ('{id}', 'org_m', '{id}', 'prefix{i}', {hash}, 'admin', '[\"*\"]', '{by}', 1, {revoked});"
+        );
+    }
+    if dialect == "sqlite" {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true)).await.unwrap();
+        before.run(&mut conn).await.unwrap();
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        before.run(&mut conn).await.unwrap();
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await.unwrap();
+    }
+    auralink::db::Db::migrate(url).await.unwrap();
+    let db = auralink::db::Db::open(url).await.unwrap();
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        id: String,
+        created_by_key: Option<String>,
+        revoked_at: Option<i64>,
+        revoked_by: Option<String>,
+    }
+    let mut tx = db.begin("org_m").await.unwrap();
+    let sql = "SELECT id, created_by_key, revoked_at, revoked_by FROM api_keys WHERE org_id = $1 ORDER BY id";
+    let rows: Vec<Row> = tx.fetch_all(sql, auralink::args!["org_m"]).await.unwrap();
+    tx.commit().await.unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.id.as_str(), r.created_by_key.as_deref(), r.revoked_at, r.revoked_by.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("key_child", Some("key_root"), Some(500), Some("system:migration")),
+            ("key_grand", Some("key_child"), Some(500), Some("system:migration")),
+            ("key_live", None, None, None),
+            ("key_other", Some("key_live"), None, None),
+            ("key_root", None, Some(500), None),
+        ]
+    );
+    db.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lineage_migration_sqlite() {
+    let file = std::env::temp_dir().join(format!("auralink-mig-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    key_lineage_migration("sqlite", &format!("sqlite://{}", file.display()), "zeroblob(32)").await;
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_lineage_migration_postgres() {
+    let Some(base) = support::pg_url() else {
+        eprintln!("AURALINK_TEST_PG not set: Postgres run skipped");
+        return;
+    };
+    let (name, url) = support::fresh_pg_database(&base).await;
+    key_lineage_migration("postgres", &url, "decode(repeat('00', 32), 'hex')").await;
+    support::drop_pg_database(&name).await;
 }

@@ -5,6 +5,8 @@ use auralink::config::Config;
 fn config(dir: &str, keys: &[(&str, &str)]) -> Config {
     let mut c = Config::loopback(std::env::temp_dir().join(format!("auralink-{dir}-{}", std::process::id())));
     c.keys = keys.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
+    // Configured keys: a production start, which must be given what dev mode would generate.
+    c.dev = keys.is_empty();
     if !keys.is_empty() {
         c.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
     }
@@ -60,6 +62,34 @@ async fn configured_keys_disable_dev_routes_and_short_secrets_refuse_to_start() 
     no_secret_key.secret_key = None;
     let err = auralink::server::start(no_secret_key).await.err().expect("refused");
     assert!(err.to_string().contains("secret_key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_is_explicit_local_and_keeps_its_files_private() {
+    use std::os::unix::fs::PermissionsExt;
+    // Neither keys nor dev mode: refused, saying what to do, with nothing written.
+    let mut c = config("nodev", &[]);
+    c.dev = false;
+    let dir = c.data_dir.clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = auralink::server::start(c).await.err().expect("refused");
+    assert!(err.to_string().contains("--dev") && err.to_string().contains("keys"), "{err}");
+    assert!(!dir.exists());
+
+    // Dev mode with no address given binds loopback only; its secrets are the user's alone.
+    let mut c = config("private", &[]);
+    c.http.bind = None;
+    let dir = c.data_dir.clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = auralink::server::start(c).await.unwrap();
+    assert!(server.http_addr.ip().is_loopback(), "{}", server.http_addr);
+    let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(""), 0o700);
+    for file in ["dev-keys.toml", "dev-admin-key", "dev-secret-key", "auralink.db", "auralink.db-wal"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn now() -> u64 {

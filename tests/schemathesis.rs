@@ -39,6 +39,9 @@ async fn fuzz(database_url: Option<String>, tag: &str) {
     // The fuzzer is one caller sending many requests: rate limiting is tested elsewhere.
     config.rate_limit_per_minute = 1_000_000;
     config.rate_limit_burst = 100_000;
+    // It also sends requests without or with made-up keys, all from one address.
+    config.auth_failures_per_minute = 1_000_000;
+    config.auth_failure_burst = 100_000;
     let server = auralink::server::start(config).await.unwrap();
     let base = format!("http://{}", server.http_addr);
     let http = reqwest::Client::new();

@@ -92,7 +92,7 @@ async fn start_server_with(tag: &str, adjust: impl FnOnce(&mut Config)) -> TestS
     let dir = std::env::temp_dir().join(format!("auralink-whip-webrtc-rs-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::default();
-    config.http.bind = [127, 0, 0, 1].into();
+    config.http.bind = Some([127, 0, 0, 1].into());
     config.http.port = 0;
     config.rtc.udp_port = 0;
     config.rtc.tcp_port = 0;

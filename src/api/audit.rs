@@ -39,8 +39,22 @@ pub struct Actor<'a> {
     pub user_agent: Option<&'a str>,
 }
 
+/// Longest `User-Agent` kept in an entry: the header is the client's to fill, and the log
+/// keeps every entry forever.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let end = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    &s[..end]
+}
+
 pub async fn record_by(tx: &mut Tx, actor: &Actor<'_>, org: &str, now: i64, c: Change<'_>) -> Result<(), DbError> {
     let (actor_type, actor_id) = (actor.kind, actor.id);
+    let user_agent = actor.user_agent.map(|ua| clip(ua, MAX_USER_AGENT));
     let sql = "INSERT INTO audit_log (id, org_id, at, actor_type, actor_id, action, target_type, target_id, \
                before, after, ip, user_agent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
     let json = |v: Option<Value>| v.map(|v| v.to_string());
@@ -58,7 +72,7 @@ pub async fn record_by(tx: &mut Tx, actor: &Actor<'_>, org: &str, now: i64, c: C
             json(c.before),
             json(c.after),
             actor.ip,
-            actor.user_agent
+            user_agent
         ],
     )
     .await?;
@@ -108,4 +122,18 @@ async fn list(
     let entries: Vec<Entry> = tx.fetch_all(sql, args![org, q.before, limit]).await?;
     tx.commit().await?;
     Ok(Json(serde_json::json!({ "entries": entries })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_whole_characters() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcd", 3), "abc");
+        // "é" is two bytes: cutting inside it drops it whole.
+        assert_eq!(clip("aé", 2), "a");
+        assert_eq!(clip(&"€".repeat(100), MAX_USER_AGENT).len(), 255);
+    }
 }

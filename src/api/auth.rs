@@ -3,13 +3,13 @@
 //! intersection of the key's scopes and the role behind it.
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::AppState;
+use super::{AppState, ratelimit};
 use crate::args;
 use crate::error::ApiError;
 
@@ -216,7 +216,7 @@ fn split_key(key: &str) -> Option<(&str, &str)> {
 }
 
 fn unauthorized(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, code, message)
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }
 
 #[derive(sqlx::FromRow)]
@@ -239,19 +239,32 @@ struct RoleRow {
 /// `last_used_at` is written at most this often per key, not on every request.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
-/// Resolves the bearer credential into a [`Caller`] for the routes behind it.
-pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("unauthenticated", "send Authorization: Bearer <API key>"))?;
-    let ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
-    let principal = resolve(&s, bearer, ip.as_deref()).await?;
+/// The address a request came from, when it came over a socket.
+pub fn client_ip(req: &Request) -> Option<String> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())
+}
+
+/// Resolves the bearer credential into a [`Caller`] for the routes behind it. Failures count
+/// against the client address's budget ([`ratelimit::guard_auth`]), so keys cannot be tried
+/// at the rate requests arrive.
+pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = client_ip(&req);
+    let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // Owned: the request (whose body is not `Sync`) must not be borrowed across the lookup.
+    let bearer = bearer.and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let attempt = async {
+        let bearer = bearer.ok_or_else(|| unauthorized("unauthenticated", "send Authorization: Bearer <API key>"))?;
+        resolve(&s, &bearer, ip.as_deref()).await
+    };
+    let failed = |e: &ApiError| e.status == StatusCode::UNAUTHORIZED;
+    let principal = match ratelimit::guard_auth(&s, ip.as_deref(), attempt, failed).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return e.into_response(),
+        Err(limited) => return limited.into_response(),
+    };
     let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     req.extensions_mut().insert(Caller { principal, ip, user_agent });
-    Ok(next.run(req).await)
+    next.run(req).await
 }
 
 async fn resolve(s: &AppState, bearer: &str, ip: Option<&str>) -> Result<Principal, ApiError> {
@@ -263,7 +276,8 @@ async fn resolve(s: &AppState, bearer: &str, ip: Option<&str>) -> Result<Princip
     let (prefix, secret) = split_key(bearer).ok_or_else(|| unauthorized("invalid_key", "not a valid API key"))?;
     let org =
         s.db.org_of_key("api_key", prefix).await?.ok_or_else(|| unauthorized("invalid_key", "unknown API key"))?;
-    let mut tx = s.db.begin(&org).await?;
+    // Anybody who knows a prefix gets this far: a read that takes no write lock.
+    let mut tx = s.db.begin_read(&org).await?;
     let sql = "SELECT id, user_id, secret_hash, role, scopes, expires_at, revoked_at, last_used_at \
                FROM api_keys WHERE org_id = $1 AND prefix = $2";
     let key: KeyRow = tx
@@ -289,11 +303,14 @@ async fn resolve(s: &AppState, bearer: &str, ip: Option<&str>) -> Result<Princip
             .ok_or_else(|| unauthorized("key_orphaned", "the key's user is no longer a member"))?;
         role = role.min(Role::parse(&member.role).unwrap_or(Role::Viewer));
     }
+    tx.commit().await?;
+    // Only a caller holding the key writes, and at most once a minute per key.
     if key.last_used_at.is_none_or(|t| now - t >= LAST_USED_RESOLUTION_MS) {
+        let mut tx = s.db.begin(&org).await?;
         let sql = "UPDATE api_keys SET last_used_at = $1, last_used_ip = $2 WHERE org_id = $3 AND id = $4";
         tx.execute(sql, args![now, ip, &org, &key.id]).await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     let scopes = serde_json::from_str(&key.scopes).unwrap_or_default();
     Ok(Principal::Key { org, key_id: key.id, role, scopes })
 }

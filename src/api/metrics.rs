@@ -71,10 +71,16 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
             s.limiter.limited.load(Relaxed),
         ),
         (
+            "auralink_auth_rate_limited_total",
+            "counter",
+            "Authentication attempts refused with 429: their address failed too often.",
+            s.auth_failures.limited.load(Relaxed),
+        ),
+        (
             "auralink_redis_errors_total",
             "counter",
             "Redis calls that failed or timed out (the node's own budget applied).",
-            s.limiter.redis_errors.load(Relaxed),
+            s.limiter.redis_errors.load(Relaxed) + s.auth_failures.redis_errors.load(Relaxed),
         ),
         (
             "auralink_webhooks_delivered_total",

@@ -59,6 +59,8 @@ pub struct AppState {
     /// Redis, when configured.
     pub redis: Option<crate::db::redis::Redis>,
     pub limiter: Arc<ratelimit::RateLimiter>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<ratelimit::RateLimiter>,
     /// Webhook delivery counters (all zero without webhook URLs).
     pub webhooks: Arc<webhook::WebhookStats>,
     /// Call history counters.

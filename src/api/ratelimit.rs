@@ -2,6 +2,10 @@
 //! `per_minute` requests a minute on average, `burst` at once. With Redis the budget is
 //! shared by every node; without it, or while Redis fails, each node keeps its own (the
 //! failure is logged, counted in `/metrics` and fails `/readyz`: degraded, never silently).
+//!
+//! Two budgets use it: requests per authenticated caller (API key, LiveKit key), and failed
+//! authentications per client address, which is spent only by failures but, once empty,
+//! refuses every attempt from that address before its credential is looked at.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,10 +50,36 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `check` would let one more through now, spending nothing: `Err(ms)` when the
+    /// budget is empty for that long.
+    pub async fn peek(&self, key: &str, now: i64) -> Result<(), i64> {
+        if let Some(r) = &self.redis {
+            match r.get(&redis_key(key)).await {
+                Ok(tat) => {
+                    let tat = tat.and_then(|t| t.parse::<f64>().ok()).map(|t| t as i64);
+                    return self.counted(gcra(tat, now, self.interval_ms, self.burst).map(|_| ()));
+                }
+                Err(e) => {
+                    self.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "rate limit falls back to this node's budget");
+                }
+            }
+        }
+        let tat = self.local.lock().expect("not poisoned").get(key).copied();
+        self.counted(gcra(tat, now, self.interval_ms, self.burst).map(|_| ()))
+    }
+
+    fn counted(&self, verdict: Result<(), i64>) -> Result<(), i64> {
+        if verdict.is_err() {
+            self.limited.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+
     /// `Ok(())` to go ahead, `Err(ms)` to come back in that long.
     pub async fn check(&self, key: &str, now: i64) -> Result<(), i64> {
         if let Some(r) = &self.redis {
-            match r.gcra(&format!("auralink:rl:{key}"), now, self.interval_ms, self.burst).await {
+            match r.gcra(&redis_key(key), now, self.interval_ms, self.burst).await {
                 Ok(0) => return Ok(()),
                 Ok(wait) => {
                     self.limited.fetch_add(1, Ordering::Relaxed);
@@ -79,21 +109,76 @@ impl RateLimiter {
     }
 }
 
+fn redis_key(key: &str) -> String {
+    format!("auralink:rl:{key}")
+}
+
+/// Refused for `wait_ms`: how long to tell the client to wait, in whole seconds (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub retry_after_secs: i64,
+}
+
+impl Limited {
+    fn after(wait_ms: i64) -> Limited {
+        Limited { retry_after_secs: ((wait_ms + 999) / 1000).max(1) }
+    }
+
+    /// The control API's answer: 429 `rate_limited` with `Retry-After`.
+    pub fn into_response(self) -> Response {
+        let secs = self.retry_after_secs;
+        let r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("retry in {secs} s"));
+        self.with_retry_after(r.into_response())
+    }
+
+    /// `r` with this refusal's `Retry-After`.
+    pub fn with_retry_after(self, mut r: Response) -> Response {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+        r
+    }
+}
+
+/// Spends one request of an authenticated caller's budget (`caller` names the key).
+pub async fn admit(s: &AppState, caller: &str) -> Result<(), Limited> {
+    s.limiter.check(caller, s.clock.now_ms()).await.map_err(Limited::after)
+}
+
+/// The failed-authentication budget of a client address (`None`: not known, as for requests
+/// that reach the router without a socket; they share one budget).
+fn failures_key(ip: Option<&str>) -> String {
+    format!("authfail:{}", ip.unwrap_or("unknown"))
+}
+
+/// Runs an authentication `attempt` from the client at `ip` under that address's budget of
+/// failures: refused without running while the budget is empty; an attempt whose error
+/// `is_failure` calls a failed authentication spends from it.
+pub async fn guard_auth<T, E>(
+    s: &AppState,
+    ip: Option<&str>,
+    attempt: impl Future<Output = Result<T, E>>,
+    is_failure: impl FnOnce(&E) -> bool,
+) -> Result<Result<T, E>, Limited> {
+    let key = failures_key(ip);
+    s.auth_failures.peek(&key, s.clock.now_ms()).await.map_err(Limited::after)?;
+    let outcome = attempt.await;
+    if let Err(e) = &outcome
+        && is_failure(e)
+    {
+        // Refused or not, the failure is what counts: the next attempt is the one told.
+        let _ = s.auth_failures.check(&key, s.clock.now_ms()).await;
+    }
+    Ok(outcome)
+}
+
 pub async fn limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let caller = req.extensions().get::<Caller>().expect("authenticated before rate limiting");
     let key = match &caller.principal {
         Principal::Admin => "admin".to_string(),
         Principal::Key { key_id, .. } => key_id.clone(),
     };
-    match s.limiter.check(&key, s.clock.now_ms()).await {
+    match admit(&s, &key).await {
         Ok(()) => next.run(req).await,
-        Err(wait_ms) => {
-            let secs = (wait_ms + 999) / 1000;
-            let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("retry in {secs} s"))
-                .into_response();
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            r
-        }
+        Err(limited) => limited.into_response(),
     }
 }
 
@@ -117,5 +202,37 @@ mod tests {
         tat = Some(gcra(tat, 100_000, interval, burst).unwrap());
         tat = Some(gcra(tat, 100_000, interval, burst).unwrap());
         assert!(gcra(tat, 100_000, interval, burst).is_err());
+    }
+
+    #[tokio::test]
+    async fn peeking_spends_nothing() {
+        let limiter = RateLimiter::new(60, 2, None);
+        for _ in 0..5 {
+            assert_eq!(limiter.peek("a", 0).await, Ok(()));
+        }
+        assert_eq!(limiter.check("a", 0).await, Ok(()));
+        assert_eq!(limiter.check("a", 0).await, Ok(()));
+        assert_eq!(limiter.peek("a", 0).await, Err(1000));
+        assert_eq!(limiter.peek("a", 1000).await, Ok(()));
+        assert_eq!(Limited::after(1).retry_after_secs, 1);
+        assert_eq!(Limited::after(1001).retry_after_secs, 2);
+    }
+
+    /// With `AURALINK_TEST_REDIS`: a look on one node sees what another node spent.
+    #[tokio::test]
+    async fn peeking_reads_the_budget_other_nodes_spent() {
+        let Some(url) = std::env::var("AURALINK_TEST_REDIS").ok().filter(|s| !s.is_empty()) else {
+            eprintln!("AURALINK_TEST_REDIS not set: skipped");
+            return;
+        };
+        let redis = Redis::connect(&url).await.expect("AURALINK_TEST_REDIS is set but Redis is unreachable");
+        let (a, b) = (RateLimiter::new(60, 2, Some(redis.clone())), RateLimiter::new(60, 2, Some(redis)));
+        let key = crate::ids::record_id("authfail", 0);
+        let now = 1_000_000;
+        assert_eq!(a.check(&key, now).await, Ok(()));
+        assert_eq!(a.check(&key, now).await, Ok(()));
+        assert_eq!(b.peek(&key, now).await, Err(1000));
+        assert_eq!(b.peek(&key, now + 1000).await, Ok(()));
+        assert_eq!(b.redis_errors.load(Ordering::Relaxed), 0);
     }
 }

@@ -21,12 +21,17 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::audit::{self, Actor, Change};
+use super::ratelimit::{self, Limited};
+use super::v1::check_room_fields;
 use crate::args;
 use crate::db::{Db, DbError};
+use crate::error::ApiError;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
 use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
-use crate::sfu::signal::token::{Claims, Permissions};
+use crate::sfu::signal::token::{
+    Claims, MAX_ATTRIBUTES, MAX_METADATA_LEN, MAX_NAME_LEN, Permissions, TokenError, description_fits,
+};
 
 pub use crate::sfu::signal::token::NODE_ORG;
 
@@ -107,7 +112,8 @@ fn now_secs(s: &AppState) -> u64 {
     (s.clock.now_ms() / 1000) as u64
 }
 
-/// The token's claims and the org its key belongs to.
+/// The token's claims and the org its key belongs to. A revoked token is refused here as at
+/// a join.
 async fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(Claims, String), TwirpError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -121,8 +127,34 @@ async fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(Claims, String)
         .map_err(|e| err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
     let org =
         tokens.org_of(&claims.iss).ok_or_else(|| err(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown key"))?;
+    tokens.check_revoked(&claims).await.map_err(|e| match e {
+        TokenError::RevocationUnavailable => err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        e => err(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
+    })?;
     Ok((claims, org))
 }
+
+/// Twirp's answer to a caller over its budget: 429 `resource_exhausted`, with `Retry-After`.
+fn limited(l: Limited) -> Response {
+    let msg = format!("retry in {} s", l.retry_after_secs);
+    l.with_retry_after(err(StatusCode::TOO_MANY_REQUESTS, "resource_exhausted", msg).into_response())
+}
+
+/// What the control API's checks refuse, in Twirp's terms.
+impl From<ApiError> for TwirpError {
+    fn from(e: ApiError) -> Self {
+        match e.status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                err(StatusCode::BAD_REQUEST, "invalid_argument", e.message)
+            }
+            StatusCode::SERVICE_UNAVAILABLE => err(e.status, "unavailable", e.message),
+            status => err(status, "internal", e.message),
+        }
+    }
+}
+
+/// Largest request body read: room metadata (64 KiB) with room to spare for its JSON escaping.
+const MAX_BODY: usize = 256 * 1024;
 
 /// LiveKit answers a missing grant with 401 "permissions denied"; so does this.
 fn need(granted: bool) -> Result<(), TwirpError> {
@@ -139,22 +171,34 @@ fn room_name(room: &str) -> Result<RoomName, TwirpError> {
     RoomName::new(room.to_string()).map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_argument", format!("room {e}")))
 }
 
+/// Authenticates (failures count against the client address, as the control API's do),
+/// spends one request of the key's budget, then dispatches.
 async fn call(
     State(s): State<AppState>,
     Path(method): Path<String>,
     connected: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, TwirpError> {
+    let ip = connected.map(|c| c.0.0.ip().to_string());
+    let failed = |e: &TwirpError| e.status == StatusCode::UNAUTHORIZED;
+    let (claims, org) = match ratelimit::guard_auth(&s, ip.as_deref(), authorize(&s, &headers), failed).await {
+        Ok(authorized) => authorized?,
+        Err(l) => return Ok(limited(l)),
+    };
+    if let Err(l) = ratelimit::admit(&s, &format!("livekit_key:{}", claims.iss)).await {
+        return Ok(limited(l));
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        err(StatusCode::PAYLOAD_TOO_LARGE, "malformed", format!("request body larger than {} KiB", MAX_BODY / 1024))
+    })?;
     let codec = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(ct) if ct.starts_with("application/protobuf") => Codec::Protobuf,
         _ => Codec::Json,
     };
-    let (claims, org) = authorize(&s, &headers).await?;
     let response = dispatch(s.clone(), &claims, &org, &method, codec, body.clone()).await?;
     // Changes are audited as the API's are, by the LiveKit key that made them.
     if let Some((action, target_type, target, request)) = audit_entry(&method, codec, &body) {
-        let ip = connected.map(|c| c.0.0.ip().to_string());
         let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
         let actor = Actor { kind: "livekit_key", id: &claims.iss, ip: ip.as_deref(), user_agent };
         let now = s.clock.now_ms();
@@ -244,6 +288,7 @@ async fn dispatch(
         "UpdateRoomMetadata" => {
             let req: proto::UpdateRoomMetadataRequest = decode(codec, &body)?;
             let name = need_admin(claims, org, &req.room)?;
+            check_room_fields(Some(&req.metadata), None, None)?;
             let mut tx = s.db.begin(org).await?;
             let sql = "UPDATE rooms SET metadata = $1, updated_at = $2 WHERE org_id = $3 AND name = $4 \
                        AND deleted_at IS NULL";
@@ -320,6 +365,13 @@ async fn dispatch(
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
             let room = need_admin(claims, org, &req.room)?;
+            if !description_fits(&req.name, &req.metadata, req.attributes.len()) {
+                let msg = format!(
+                    "name must be at most {MAX_NAME_LEN} bytes, metadata {} KiB, attributes {MAX_ATTRIBUTES}",
+                    MAX_METADATA_LEN / 1024
+                );
+                return Err(err(StatusCode::BAD_REQUEST, "invalid_argument", msg));
+            }
             let p = find(&s, room.clone(), &req.identity).await?;
             // The permission is replaced as a whole, as in LiveKit.
             // Empty means unchanged here, as in LiveKit's RoomService. Checked first, so that a
@@ -417,8 +469,9 @@ fn room_info(r: &RoomRow, live: usize) -> proto::Room {
 /// Get-or-create, as LiveKit: an existing room keeps its settings except those given.
 async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> Result<proto::Room, TwirpError> {
     room_name(&req.name)?;
-    let now = s.clock.now_ms();
     let nonzero = |v: u32| (v > 0).then_some(v as i64);
+    check_room_fields(Some(&req.metadata), nonzero(req.empty_timeout), nonzero(req.max_participants))?;
+    let now = s.clock.now_ms();
     let metadata = (!req.metadata.is_empty()).then_some(req.metadata.clone());
     let mut tx = s.db.begin(org).await?;
     let sql = "UPDATE rooms SET metadata = COALESCE($1, metadata), empty_timeout_secs = COALESCE($2, empty_timeout_secs), \
@@ -439,6 +492,9 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
         ];
         tx.execute(sql, args).await?;
     }
+    // Existing or not (call history may have recorded a deleted room again), the room is
+    // wanted from now on.
+    crate::api::v1::room_created(s, org, &req.name, now).await?;
     tx.commit().await?;
     let room = list_rooms(s, org).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))?;
     if !req.metadata.is_empty() {
@@ -480,6 +536,8 @@ async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpEr
     Ok(rooms)
 }
 
+/// Deletes the room's record, disconnects everyone in it and revokes its tokens, as
+/// `DELETE /v1/rooms/{name}` does; 404 for a room neither recorded nor live.
 async fn delete_room(s: &AppState, org: &str, room: &str) -> Result<(), TwirpError> {
     let name = RoomName::in_org(org, &room_name(room)?);
     let now = s.clock.now_ms();
@@ -487,9 +545,16 @@ async fn delete_room(s: &AppState, org: &str, room: &str) -> Result<(), TwirpErr
     let sql =
         "UPDATE rooms SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND name = $3 AND deleted_at IS NULL";
     let recorded = tx.execute(sql, args![now, org, room]).await? > 0;
+    let open = name.clone();
+    let live = s.sfu.call(move |sfu, _| sfu.rooms().any(|r| *r == open)).await.map_err(|_| gone())?;
+    if !recorded && !live {
+        return Err(not_found("room"));
+    }
+    // Before the deletion is committed: a failure leaves the room for a retry.
+    crate::api::v1::revoke_room(s, org, room, now).await?;
     tx.commit().await?;
-    let live = s.sfu.call(move |sfu, now| sfu.close_room(now, &name) > 0).await.map_err(|_| gone())?;
-    if recorded || live { Ok(()) } else { Err(not_found("room")) }
+    s.sfu.call(move |sfu, now| sfu.close_room(now, &name)).await.map_err(|_| gone())?;
+    Ok(())
 }
 
 async fn participants(s: &AppState, room: RoomName) -> Result<Vec<ParticipantInfo>, TwirpError> {

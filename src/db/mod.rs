@@ -78,6 +78,27 @@ fn connection_lost(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "55000")
 }
 
+/// Makes the database file readable by its owner only (creating it empty if missing, which
+/// SQLite takes as a new database). SQLite gives its `-wal` and `-shm` files the database
+/// file's mode, so they follow. In-memory databases have no file.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.to_string_lossy();
+    if name.starts_with("file:") || name == ":memory:" {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // Left by an earlier run, perhaps one that made them readable to all.
+    for side in ["-wal", "-shm"] {
+        let side = std::path::PathBuf::from(format!("{name}{side}"));
+        if side.exists() {
+            std::fs::set_permissions(side, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// A pool on one of the two backends.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -145,6 +166,7 @@ impl Db {
     pub async fn migrate(url: &str) -> Result<i64, DbError> {
         match parse_url(url)? {
             Backend::Sqlite(opts) => {
+                private_file(opts.get_filename()).map_err(|e| DbError::Unavailable(sqlx::Error::Io(e)))?;
                 let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.map_err(DbError::Unavailable)?;
                 SQLITE_MIGRATIONS.run(&mut conn).await?;
                 Ok(latest(&SQLITE_MIGRATIONS))
@@ -176,14 +198,36 @@ impl Db {
 
     /// Opens a transaction scoped to `org`: every row it reads or writes must carry that org.
     pub async fn begin(&self, org: &str) -> Result<Tx, DbError> {
+        self.begin_as(org, Access::ReadWrite).await
+    }
+
+    /// Opens a transaction scoped to `org` that only reads. On SQLite it takes no write lock,
+    /// so it neither waits for writers nor makes them wait (WAL readers see the last commit):
+    /// what a lookup anybody can trigger, such as authenticating a request, must use.
+    /// PostgreSQL refuses any write in it.
+    pub async fn begin_read(&self, org: &str) -> Result<Tx, DbError> {
+        self.begin_as(org, Access::ReadOnly).await
+    }
+
+    async fn begin_as(&self, org: &str, access: Access) -> Result<Tx, DbError> {
         match self {
             // SQLite has one writer: a deferred transaction that reads and then writes fails
             // with SQLITE_BUSY when another got the write lock first (the busy timeout does
-            // not apply to that upgrade). Taking the lock at BEGIN makes concurrent requests
-            // wait their turn instead.
-            Db::Sqlite(p) => Ok(Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?)),
+            // not apply to that upgrade). Taking the lock at BEGIN makes concurrent writers
+            // wait their turn instead; a transaction that never writes needs no lock.
+            Db::Sqlite(p) => {
+                let begin = match access {
+                    Access::ReadWrite => "BEGIN IMMEDIATE",
+                    Access::ReadOnly => "BEGIN DEFERRED",
+                };
+                Ok(Tx::Sqlite(p.begin_with(begin).await?))
+            }
             Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
+                let begin = match access {
+                    Access::ReadWrite => "BEGIN",
+                    Access::ReadOnly => "BEGIN READ ONLY",
+                };
+                let mut tx = p.begin_with(begin).await?;
                 sqlx::query("SELECT set_config('app.org_id', $1, true)").bind(org).execute(&mut *tx).await?;
                 Ok(Tx::Postgres(tx))
             }
@@ -223,6 +267,13 @@ impl Db {
             Db::Postgres(p) => p.close().await,
         }
     }
+}
+
+/// What a transaction may do.
+#[derive(Clone, Copy)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
 }
 
 fn latest(m: &Migrator) -> i64 {

@@ -26,7 +26,9 @@ pub struct Redis {
 
 /// GCRA in one atomic step (see `crate::api::ratelimit::gcra` for the same rule in Rust):
 /// KEYS[1] holds the theoretical arrival time; ARGV: now, interval, burst (all ms / counts).
-/// Returns 0 when allowed, else the milliseconds until the next request would be.
+/// Returns 0 when allowed, else the milliseconds until the next request would be. The key
+/// holds the time as a plain integer, which [`Redis::get`] reads back for a look that spends
+/// nothing.
 const GCRA: &str = r#"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -79,11 +81,17 @@ impl Redis {
         Self::bounded(redis::cmd("PING").query_async::<String>(&mut c)).await.map(|_| ())
     }
 
-    /// Sets `key` for `ttl_ms` (at least 1 ms).
-    pub async fn set_until(&self, key: &str, ttl_ms: i64) -> Result<(), RedisError> {
+    /// Sets `key` to `value` for `ttl_ms` (at least 1 ms).
+    pub async fn set_until(&self, key: &str, value: &str, ttl_ms: i64) -> Result<(), RedisError> {
         let mut c = self.conn.clone();
-        let cmd = redis::cmd("SET").arg(key).arg(1).arg("PX").arg(ttl_ms.max(1)).to_owned();
+        let cmd = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_ms.max(1)).to_owned();
         Self::bounded(cmd.query_async::<()>(&mut c)).await
+    }
+
+    /// The value of `key`, if it is set.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, RedisError> {
+        let mut c = self.conn.clone();
+        Self::bounded(redis::cmd("GET").arg(key).query_async::<Option<String>>(&mut c)).await
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, RedisError> {

@@ -1,5 +1,6 @@
 //! API keys: `alk_<prefix>_<secret>`, shown once at creation and stored as the SHA-256 of
-//! the secret, with a role, scopes, an optional expiry, and revocation.
+//! the secret, with a role, scopes, an optional expiry, and revocation. A key minted by a key
+//! goes when its minting key goes (revoked, or its user removed), and so on down the line.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,7 +22,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/api-keys", get(list).post(create)).route("/v1/api-keys/{id}", delete(revoke))
 }
 
-/// Stores a new key and its lookup entry.
+/// Stores a new key and its lookup entry. `created_by` is the actor (`api_key:<id>`,
+/// `admin:admin`); `created_by_key` the API key that minted it, if one did.
 #[allow(clippy::too_many_arguments)]
 pub async fn insert(
     tx: &mut Tx,
@@ -34,10 +36,11 @@ pub async fn insert(
     scopes: &[String],
     expires_at: Option<i64>,
     created_by: &str,
+    created_by_key: Option<&str>,
     now: i64,
 ) -> Result<(), DbError> {
     let sql = "INSERT INTO api_keys (id, org_id, user_id, name, prefix, secret_hash, role, scopes, expires_at, \
-               created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+               created_by, created_by_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
     let scopes = serde_json::to_string(scopes).expect("strings serialize");
     tx.execute(
         sql,
@@ -52,6 +55,7 @@ pub async fn insert(
             scopes,
             expires_at,
             created_by,
+            created_by_key,
             now
         ],
     )
@@ -147,8 +151,13 @@ async fn create(
     let key = generate_key();
     let (actor_type, actor_id) = caller.actor();
     let created_by = format!("{actor_type}:{actor_id}");
+    let minted_by = match &caller.principal {
+        Principal::Key { key_id, .. } => Some(key_id.as_str()),
+        Principal::Admin => None,
+    };
     let mut tx = s.db.begin(org).await?;
-    insert(&mut tx, org, &id, None, req.name.trim(), &key, role, &scopes, expires_at, &created_by, now).await?;
+    let name = req.name.trim();
+    insert(&mut tx, org, &id, None, name, &key, role, &scopes, expires_at, &created_by, minted_by, now).await?;
     let stored: Key = tx.fetch_one(select_keys!(" AND id = $2"), args![org, &id]).await?;
     audit::record(
         &mut tx,
@@ -183,10 +192,7 @@ async fn revoke(
     if Role::parse(&before.role).is_some_and(|r| r > caller.role()) {
         return Err(ApiError::forbidden("insufficient_role", "cannot revoke a key above your own role"));
     }
-    let (actor_type, actor_id) = caller.actor();
-    let sql =
-        "UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE org_id = $3 AND id = $4 AND revoked_at IS NULL";
-    tx.execute(sql, args![now, format!("{actor_type}:{actor_id}"), org, &id]).await?;
+    let revoked = revoke_lineage(&mut tx, &caller, org, Lineage::Key(&id), now).await?;
     audit::record(
         &mut tx,
         &caller,
@@ -197,10 +203,58 @@ async fn revoke(
             target_type: "api_key",
             target_id: Some(&id),
             before: Some(json!(before)),
-            after: None,
+            after: Some(json!({ "revoked": revoked })),
         },
     )
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a revocation starts.
+pub(super) enum Lineage<'a> {
+    /// One key.
+    Key(&'a str),
+    /// Every key of a user.
+    User(&'a str),
+}
+
+/// The revocation of the keys `$seed` selects and, transitively, of every key they minted:
+/// one statement, so it is all in the caller's transaction. Keys already revoked are walked
+/// through (what they minted before revocation cascaded still goes) but keep their record.
+macro_rules! revoke_lineage_sql {
+    ($seed:literal) => {
+        concat!(
+            "WITH RECURSIVE lineage (id) AS (SELECT id FROM api_keys WHERE org_id = $3 AND ",
+            $seed,
+            " UNION SELECT k.id FROM api_keys k JOIN lineage l ON k.created_by_key = l.id WHERE k.org_id = $3) ",
+            "UPDATE api_keys SET revoked_at = $1, revoked_by = $2 ",
+            "WHERE org_id = $3 AND revoked_at IS NULL AND id IN (SELECT id FROM lineage) RETURNING id"
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct Revoked {
+    id: String,
+}
+
+/// Revokes the keys `from` names and every key minted from them; returns the ids it revoked
+/// now, sorted (for the audit entry).
+pub(super) async fn revoke_lineage(
+    tx: &mut Tx,
+    caller: &Caller,
+    org: &str,
+    from: Lineage<'_>,
+    now: i64,
+) -> Result<Vec<String>, DbError> {
+    let (actor_type, actor_id) = caller.actor();
+    let by = format!("{actor_type}:{actor_id}");
+    let rows: Vec<Revoked> = match from {
+        Lineage::Key(id) => tx.fetch_all(revoke_lineage_sql!("id = $4"), args![now, by, org, id]).await?,
+        Lineage::User(id) => tx.fetch_all(revoke_lineage_sql!("user_id = $4"), args![now, by, org, id]).await?,
+    };
+    let mut ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+    ids.sort();
+    Ok(ids)
 }

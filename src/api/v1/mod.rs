@@ -11,7 +11,9 @@ mod rooms;
 mod tokens;
 pub mod transcripts;
 
+pub(crate) use self::rooms::check_room_fields;
 pub use self::tokens::follow_revocations;
+pub(crate) use self::tokens::{revoke_room, room_created};
 mod users;
 
 use axum::Router;

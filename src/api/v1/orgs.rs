@@ -84,6 +84,7 @@ async fn create(
         &["*".into()],
         None,
         "admin",
+        None,
         now,
     )
     .await?;

@@ -99,7 +99,12 @@ struct CreateRoom {
     max_participants: Option<i64>,
 }
 
-fn check_room_fields(metadata: Option<&str>, timeout: Option<i64>, max: Option<i64>) -> Result<(), ApiError> {
+/// The limits on a room's settings, wherever they are set (here and LiveKit's RoomService).
+pub(crate) fn check_room_fields(
+    metadata: Option<&str>,
+    timeout: Option<i64>,
+    max: Option<i64>,
+) -> Result<(), ApiError> {
     if metadata.is_some_and(|m| m.len() > 64 * 1024) {
         return Err(ApiError::unprocessable("invalid_field", "metadata must be at most 64 KiB"));
     }
@@ -131,6 +136,7 @@ async fn create(
             crate::db::DbError::Conflict => ApiError::conflict("already_exists", format!("room {} exists", req.name)),
             e => e.into(),
         })?;
+    super::room_created(&s, org, &req.name, now).await?;
     let room = load(&mut tx, org, &req.name).await?;
     audit::record(
         &mut tx,
@@ -215,7 +221,8 @@ async fn update(
     Ok(Json(after))
 }
 
-/// Deletes the room and disconnects everyone in it.
+/// Deletes the room and disconnects everyone in it; the tokens issued for it stop joining it
+/// (see `sfu::signal::revocation`).
 async fn remove(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -229,6 +236,8 @@ async fn remove(
     let before = load(&mut tx, org, &name).await?;
     let sql = "UPDATE rooms SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND id = $3";
     tx.execute(sql, args![now, org, &before.id]).await?;
+    // Before the deletion is committed: a failure leaves the room for a retry.
+    super::revoke_room(&s, org, &name, now).await?;
     audit::record(
         &mut tx,
         &caller,

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::ids::{Identity, RoomName, record_id};
 use std::sync::Arc;
 
-use crate::db::redis::Redis;
+use crate::db::redis::{Redis, RedisError};
 use crate::sfu::driver::{DriverGone, SfuHandle};
 use crate::sfu::signal::revocation::{self, Revocations};
 use crate::sfu::signal::token;
@@ -144,10 +144,7 @@ async fn revoke(
     // holds refreshed copies (same jti) that outlive it by up to one refresh: so long it
     // stays revoked.
     let until = expires_at.max(now) + (token::LEEWAY_SECS + token::REFRESHED_TTL_SECS) as i64 * 1000;
-    tokens.revocations.revoke(&jti, until, now).await.map_err(|e| {
-        tracing::warn!(error = %e, "revocation not shared");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable", "Redis is unavailable; retry")
-    })?;
+    tokens.revocations.revoke(&jti, until, now).await.map_err(not_shared)?;
     let change = Change {
         action: "token.revoke",
         target_type: "token",
@@ -165,6 +162,24 @@ async fn revoke(
         tracing::warn!(error = %e, "revocation not announced to other nodes");
     }
     Ok(Json(json!({ "jti": jti, "revoked": true, "disconnected": disconnected })))
+}
+
+fn not_shared(e: RedisError) -> ApiError {
+    tracing::warn!(error = %e, "revocation not shared");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "revocation_unavailable", "Redis is unavailable; retry")
+}
+
+/// Refuses, from now on, the join tokens for `room` of `org` issued until `now`: the room is
+/// being deleted. Refused for as long as a token minted here can live, and its refreshes.
+pub(crate) async fn revoke_room(s: &AppState, org: &str, room: &str, now: i64) -> Result<(), ApiError> {
+    let until = now + (MAX_TTL_SECS + token::LEEWAY_SECS + token::REFRESHED_TTL_SECS) as i64 * 1000;
+    s.livekit.tokens.revocations.revoke_room(org, room, now, until).await.map_err(not_shared)
+}
+
+/// Lets tokens that do not say when they were issued join `room` of `org` again: the room is
+/// being created (again).
+pub(crate) async fn room_created(s: &AppState, org: &str, room: &str, now: i64) -> Result<(), ApiError> {
+    s.livekit.tokens.revocations.room_created(org, room, now).await.map_err(not_shared)
 }
 
 /// Ends the sessions that joined with `jti` on this node; how many.

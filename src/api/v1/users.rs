@@ -215,7 +215,7 @@ async fn update(
 }
 
 /// Removes the user from the org: the membership goes, the user row is kept (soft-deleted)
-/// for the history that names it, and its API keys are revoked.
+/// for the history that names it, and its API keys are revoked with every key they minted.
 async fn remove(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -227,14 +227,10 @@ async fn remove(
     let before = load(&mut tx, org, &id).await?;
     outranks(&caller, &before)?;
     keep_an_owner(&mut tx, org, &before).await?;
-    let (actor_type, actor_id) = caller.actor();
-    let revoked_by = format!("{actor_type}:{actor_id}");
     tx.execute("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2", args![org, &id]).await?;
     tx.execute("UPDATE users SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND id = $3", args![now, org, &id])
         .await?;
-    let sql = "UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE org_id = $3 AND user_id = $4 \
-               AND revoked_at IS NULL";
-    tx.execute(sql, args![now, revoked_by, org, &id]).await?;
+    let revoked = super::keys::revoke_lineage(&mut tx, &caller, org, super::keys::Lineage::User(&id), now).await?;
     audit::record(
         &mut tx,
         &caller,
@@ -245,7 +241,7 @@ async fn remove(
             target_type: "user",
             target_id: Some(&id),
             before: Some(json!(before)),
-            after: None,
+            after: Some(json!({ "revoked_keys": revoked })),
         },
     )
     .await?;

@@ -3,6 +3,14 @@
 //! configured, in Redis too, so every node refuses a token any node revoked. A join whose
 //! token carries a `jti` while Redis cannot be asked is refused (503): a revoked token must
 //! not slip through because Redis is down.
+//!
+//! Deleted rooms revoke their tokens too: a join token for room R of org O issued at or
+//! before R's deletion is refused, so a deletion cannot be undone by rejoining. A token that
+//! does not say when it was issued (LiveKit's server SDK writes `nbf: 0` and no `iat`) is
+//! refused while the room stays deleted, and accepted again once the room is created anew
+//! through the API. Tokens issued after the deletion join as usual. With Redis the deleted
+//! rooms live there alone (a room created again on another node must count here); joins
+//! while it cannot be asked are refused (503), as for `jti`s.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -20,10 +28,50 @@ pub struct Revocations {
     revoked: Mutex<HashMap<String, i64>>,
     /// jti → (token expiry in unix ms, participants that joined with it on this node).
     joined: Mutex<HashMap<String, (i64, Vec<ParticipantId>)>>,
+    /// [`room_key`] → its deletion, without Redis.
+    rooms: Mutex<HashMap<String, DeletedRoom>>,
 }
 
 fn key(jti: &str) -> String {
     format!("auralink:revoked:{jti}")
+}
+
+/// Org ids hold no `:`, so the room name after the second one is unambiguous.
+fn room_key(org: &str, room: &str) -> String {
+    format!("auralink:revoked-room:{org}:{room}")
+}
+
+/// A room's deletion, as far as its tokens are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeletedRoom {
+    /// Tokens issued at or before this (unix ms) are refused.
+    at: i64,
+    /// When the entry lapses (unix ms): the longest-lived token issued before `at` has expired.
+    until: i64,
+    /// Whether tokens that do not say when they were issued are refused too: until the room
+    /// is created again.
+    undated: bool,
+}
+
+impl DeletedRoom {
+    fn refuses(&self, issued_secs: Option<u64>, now_ms: i64) -> bool {
+        self.until > now_ms
+            && match issued_secs {
+                Some(t) => (t as i64).saturating_mul(1000) <= self.at,
+                None => self.undated,
+            }
+    }
+
+    /// `at until undated` as Redis holds it.
+    fn encode(&self) -> String {
+        format!("{} {} {}", self.at, self.until, u8::from(self.undated))
+    }
+
+    fn decode(v: &str) -> Option<DeletedRoom> {
+        let mut parts = v.split(' ');
+        let (at, until, undated) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(DeletedRoom { at: at.parse().ok()?, until: until.parse().ok()?, undated: undated == "1" })
+    }
 }
 
 /// Where a node says it revoked a token, so the others end their sessions joined with it.
@@ -39,7 +87,7 @@ impl Revocations {
     pub async fn revoke(&self, jti: &str, until_ms: i64, now_ms: i64) -> Result<(), RedisError> {
         self.revoked.lock().expect("not poisoned").insert(jti.to_string(), until_ms);
         if let Some(r) = self.redis.get() {
-            r.set_until(&key(jti), until_ms - now_ms).await?;
+            r.set_until(&key(jti), "1", until_ms - now_ms).await?;
         }
         Ok(())
     }
@@ -51,6 +99,56 @@ impl Revocations {
         match self.redis.get() {
             Some(r) => r.exists(&key(jti)).await,
             None => Ok(false),
+        }
+    }
+
+    /// Records that room `room` of `org` was deleted at `at_ms`: its tokens issued until then
+    /// are refused until `until_ms`.
+    pub async fn revoke_room(&self, org: &str, room: &str, at_ms: i64, until_ms: i64) -> Result<(), RedisError> {
+        self.put_room(org, room, DeletedRoom { at: at_ms, until: until_ms, undated: true }, at_ms).await
+    }
+
+    /// Records that room `room` of `org` was created (again) at `now_ms`: tokens that do not
+    /// say when they were issued join it again; those issued before its deletion still not.
+    pub async fn room_created(&self, org: &str, room: &str, now_ms: i64) -> Result<(), RedisError> {
+        match self.deleted_room(org, room).await? {
+            Some(d) if d.until > now_ms && d.undated => {
+                self.put_room(org, room, DeletedRoom { undated: false, ..d }, now_ms).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a join token for `room` of `org`, issued at `issued_secs` (unknown: `None`), is
+    /// refused because the room was deleted.
+    pub async fn room_refuses(
+        &self,
+        org: &str,
+        room: &str,
+        issued_secs: Option<u64>,
+        now_ms: i64,
+    ) -> Result<bool, RedisError> {
+        Ok(self.deleted_room(org, room).await?.is_some_and(|d| d.refuses(issued_secs, now_ms)))
+    }
+
+    async fn put_room(&self, org: &str, room: &str, d: DeletedRoom, now_ms: i64) -> Result<(), RedisError> {
+        match self.redis.get() {
+            Some(r) => r.set_until(&room_key(org, room), &d.encode(), d.until - now_ms).await,
+            None => {
+                let mut rooms = self.rooms.lock().expect("not poisoned");
+                if rooms.len() >= PRUNE_AT {
+                    rooms.retain(|_, d| d.until > now_ms);
+                }
+                rooms.insert(room_key(org, room), d);
+                Ok(())
+            }
+        }
+    }
+
+    async fn deleted_room(&self, org: &str, room: &str) -> Result<Option<DeletedRoom>, RedisError> {
+        match self.redis.get() {
+            Some(r) => Ok(r.get(&room_key(org, room)).await?.as_deref().and_then(DeletedRoom::decode)),
+            None => Ok(self.rooms.lock().expect("not poisoned").get(&room_key(org, room)).copied()),
         }
     }
 
@@ -92,5 +190,64 @@ mod tests {
         assert!(!r.is_revoked("tok_1", 5_000).await.unwrap(), "an expired token needs no entry");
         assert_eq!(r.take_joined("tok_1"), vec![ParticipantId(7), ParticipantId(8)]);
         assert!(r.take_joined("tok_1").is_empty());
+    }
+
+    /// Deleted at 10 s, until 100 s.
+    async fn deleted(r: &Revocations) {
+        r.revoke_room("org_a", "stage", 10_000, 100_000).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_deleted_rooms_tokens_are_refused_until_they_expire() {
+        let r = Revocations::default();
+        deleted(&r).await;
+        let refuses = |issued, now| {
+            let r = &r;
+            async move { r.room_refuses("org_a", "stage", issued, now).await.unwrap() }
+        };
+        assert!(refuses(Some(9), 20_000).await);
+        assert!(refuses(Some(10), 20_000).await, "issued in the second of the deletion");
+        assert!(!refuses(Some(11), 20_000).await);
+        assert!(refuses(None, 20_000).await);
+        assert!(!refuses(Some(9), 100_000).await, "lapsed");
+        assert!(!r.room_refuses("org_b", "stage", Some(9), 20_000).await.unwrap(), "another org's room");
+        assert!(!r.room_refuses("org_a", "other", Some(9), 20_000).await.unwrap());
+        // Created again: undated tokens join; those from before the deletion still do not.
+        r.room_created("org_a", "stage", 30_000).await.unwrap();
+        assert!(!refuses(None, 30_000).await);
+        assert!(refuses(Some(9), 30_000).await);
+        // Deleted again: undated tokens are refused again.
+        r.revoke_room("org_a", "stage", 40_000, 130_000).await.unwrap();
+        assert!(refuses(None, 40_000).await);
+        assert!(refuses(Some(39), 40_000).await);
+    }
+
+    #[test]
+    fn deleted_rooms_read_back_from_their_encoding() {
+        let d = DeletedRoom { at: 5, until: 9, undated: false };
+        assert_eq!(DeletedRoom::decode(&d.encode()), Some(d));
+        assert_eq!(DeletedRoom::decode("5 x 1"), None);
+        assert_eq!(DeletedRoom::decode(""), None);
+    }
+
+    /// With `AURALINK_TEST_REDIS`: a room deleted through one node is refused by another, and
+    /// created again through the other, accepted by the first.
+    #[tokio::test]
+    async fn deleted_rooms_are_shared_through_redis() {
+        let Some(url) = std::env::var("AURALINK_TEST_REDIS").ok().filter(|s| !s.is_empty()) else {
+            eprintln!("AURALINK_TEST_REDIS not set: skipped");
+            return;
+        };
+        let (a, b) = (Revocations::default(), Revocations::default());
+        a.use_redis(Redis::connect(&url).await.expect("AURALINK_TEST_REDIS is set but Redis is unreachable"));
+        b.use_redis(Redis::connect(&url).await.unwrap());
+        let org = crate::ids::record_id("org", 0);
+        let now = crate::wall::unix_ms();
+        a.revoke_room(&org, "stage", now, now + 60_000).await.unwrap();
+        assert!(b.room_refuses(&org, "stage", None, now).await.unwrap());
+        assert!(b.room_refuses(&org, "stage", Some((now / 1000) as u64), now).await.unwrap());
+        b.room_created(&org, "stage", now).await.unwrap();
+        assert!(!a.room_refuses(&org, "stage", None, now).await.unwrap());
+        assert!(!a.room_refuses(&org, "stage", Some((now / 1000 + 1) as u64), now).await.unwrap());
     }
 }

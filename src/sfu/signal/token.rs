@@ -13,6 +13,19 @@ use sha2::Sha256;
 /// Longest token accepted; LiveKit tokens are a few hundred bytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
+/// Longest participant name, in bytes, whoever sets it (the participant over its signal
+/// connection, or the server API): LiveKit's limits.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest participant metadata, in bytes.
+pub const MAX_METADATA_LEN: usize = 64 * 1024;
+/// Most attributes one update may set.
+pub const MAX_ATTRIBUTES: usize = 64;
+
+/// Whether a participant's new name, metadata and attributes are within the limits above.
+pub fn description_fits(name: &str, metadata: &str, attributes: usize) -> bool {
+    name.len() <= MAX_NAME_LEN && metadata.len() <= MAX_METADATA_LEN && attributes <= MAX_ATTRIBUTES
+}
+
 /// Room grants, in LiveKit's JSON layout. Absent publish/subscribe/data flags mean allowed,
 /// as in LiveKit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -55,6 +68,9 @@ pub struct Claims {
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// When it was issued, if it says (the signers of most tokens leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
@@ -67,6 +83,14 @@ pub struct Claims {
     /// Webhooks: base64 SHA-256 of the body the token signs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+}
+
+impl Claims {
+    /// When the token was issued, as far as it says: `iat`, else a `nbf` that is not zero
+    /// (tokens minted here set it to the minting time; LiveKit's server SDK writes `0`).
+    pub fn issued_at(&self) -> Option<u64> {
+        self.iat.or(self.nbf.filter(|t| *t > 0))
+    }
 }
 
 /// What a participant may do once joined.
@@ -113,6 +137,8 @@ pub enum TokenError {
     Revoked,
     #[error("the revocation list cannot be consulted; retry")]
     RevocationUnavailable,
+    #[error("token was revoked: its room was deleted")]
+    RoomDeleted,
 }
 
 impl TokenError {
@@ -129,6 +155,7 @@ impl TokenError {
             TokenError::NoIdentity => "token_no_identity",
             TokenError::Revoked => "token_revoked",
             TokenError::RevocationUnavailable => "revocation_unavailable",
+            TokenError::RoomDeleted => "token_room_deleted",
         }
     }
 }
@@ -279,17 +306,28 @@ impl TokenVerifier {
         }
     }
 
-    /// Refuses a revoked token. Tokens without a `jti` cannot be revoked.
+    /// Refuses a revoked token: revoked itself (by `jti`; tokens without one cannot be), or a
+    /// join token for a room deleted after it was issued.
     pub async fn check_revoked(&self, claims: &Claims) -> Result<(), TokenError> {
-        let Some(jti) = &claims.jti else { return Ok(()) };
-        match self.revocations.is_revoked(jti, crate::wall::unix_ms()).await {
-            Ok(false) => Ok(()),
-            Ok(true) => Err(TokenError::Revoked),
-            Err(e) => {
-                tracing::warn!(error = %e, "revocation list unavailable; join refused");
-                Err(TokenError::RevocationUnavailable)
-            }
+        let now = crate::wall::unix_ms();
+        let unavailable = |e: crate::db::redis::RedisError| {
+            tracing::warn!(error = %e, "revocation list unavailable; join refused");
+            TokenError::RevocationUnavailable
+        };
+        if let Some(jti) = &claims.jti
+            && self.revocations.is_revoked(jti, now).await.map_err(unavailable)?
+        {
+            return Err(TokenError::Revoked);
         }
+        let video = &claims.video;
+        if video.room_join
+            && !video.room.is_empty()
+            && let Some(org) = self.org_of(&claims.iss)
+            && self.revocations.room_refuses(&org, &video.room, claims.issued_at(), now).await.map_err(unavailable)?
+        {
+            return Err(TokenError::RoomDeleted);
+        }
+        Ok(())
     }
 
     /// Notes that `participant` joined with this token, so revoking it disconnects them.
