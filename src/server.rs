@@ -175,14 +175,13 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let stored = api::v1::livekit_keys::StoredKeys { db: db.clone(), secrets: secrets.clone() };
     // An org key revoked through another node stops working here within this.
     tokens.set_source(Arc::new(stored), std::time::Duration::from_secs(60));
-    let whip =
-        WhipState::new(
-            handle.clone(),
-            tokens.clone(),
-            config.rtc.ice_servers.clone(),
-            config.http.max_signal_body,
-            db.clone(),
-        );
+    let whip = WhipState::new(
+        handle.clone(),
+        tokens.clone(),
+        config.rtc.ice_servers.clone(),
+        config.http.max_signal_body,
+        db.clone(),
+    );
     let livekit = LiveKitState {
         sfu: handle.clone(),
         tokens,

@@ -23,6 +23,7 @@ async fn health_ready_metrics_and_dev_tokens() {
     assert_eq!(ready.status(), 200);
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("# TYPE auralink_sfu_frames_forwarded_total counter"));
+    assert!(metrics.contains("\nauralink_ice_tcp_connections 0\n"));
     assert!(metrics.contains("\nauralink_rooms 0\n"));
     // The default build runs neural stages on the CPU, and says so.
     assert!(

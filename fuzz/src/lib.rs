@@ -417,8 +417,9 @@ pub fn livekit_describe(data: &[u8]) {
             1 | 2 => {
                 // UpdateParticipantMetadata: `arg` attributes, set (op 1) or removed (op 2).
                 let value = if op % 4 == 1 { "v".repeat(arg as usize) } else { String::new() };
-                let attributes: HashMap<String, String> =
-                    (0..arg as usize % 80).map(|i| (format!("k{}", (i * 7 + arg as usize) % 150), value.clone())).collect();
+                let attributes: HashMap<String, String> = (0..arg as usize % 80)
+                    .map(|i| (format!("k{}", (i * 7 + arg as usize) % 150), value.clone()))
+                    .collect();
                 let before = reg.participant(id).expect("joined");
                 if reg.describe(id, Some("name"), None, &attributes).is_err() {
                     let after = reg.participant(id).expect("joined");

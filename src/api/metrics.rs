@@ -17,7 +17,27 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         return ApiError::unavailable().into_response();
     };
     let hooks = &s.webhooks;
+    let tcp = s.sfu.ice_tcp_stats();
     let series = [
+        ("auralink_ice_tcp_connections", "gauge", "Open ICE-TCP connections.", tcp.open),
+        (
+            "auralink_ice_tcp_connections_refused_total",
+            "counter",
+            "ICE-TCP connections closed on accept: the node or their address had its maximum.",
+            tcp.refused,
+        ),
+        (
+            "auralink_ice_tcp_connections_timed_out_total",
+            "counter",
+            "ICE-TCP connections closed because no session took them in time, or they went idle.",
+            tcp.timed_out,
+        ),
+        (
+            "auralink_ice_tcp_frames_too_long_total",
+            "counter",
+            "ICE-TCP connections closed for a frame longer than allowed.",
+            tcp.frames_too_long,
+        ),
         ("auralink_sfu_frames_in_total", "counter", "Media frames received from publishers.", stats.frames_in),
         (
             "auralink_sfu_frames_forwarded_total",

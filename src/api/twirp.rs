@@ -29,9 +29,7 @@ use crate::error::ApiError;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
 use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
-use crate::sfu::signal::token::{
-    Claims, MAX_ATTRIBUTES, MAX_METADATA_LEN, MAX_NAME_LEN, Permissions, TokenError, description_fits,
-};
+use crate::sfu::signal::token::{Claims, Permissions, TokenError};
 
 pub use crate::sfu::signal::token::NODE_ORG;
 
@@ -365,22 +363,21 @@ async fn dispatch(
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
             let room = need_admin(claims, org, &req.room)?;
-            if !description_fits(&req.name, &req.metadata, req.attributes.len()) {
-                let msg = format!(
-                    "name must be at most {MAX_NAME_LEN} bytes, metadata {} KiB, attributes {MAX_ATTRIBUTES}",
-                    MAX_METADATA_LEN / 1024
-                );
-                return Err(err(StatusCode::BAD_REQUEST, "invalid_argument", msg));
-            }
+            let too_large = |e: crate::sfu::signal::livekit::TooLarge| {
+                err(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
+            };
+            // What one request may carry is checked before the participant is looked for; what
+            // it adds up to with what the participant has, before anything changes.
+            crate::sfu::signal::livekit::registry::fits(&req.name, &req.metadata, &req.attributes)
+                .map_err(too_large)?;
             let p = find(&s, room.clone(), &req.identity).await?;
-            // The permission is replaced as a whole, as in LiveKit.
-            // Empty means unchanged here, as in LiveKit's RoomService. Checked first, so that a
-            // refused description changes nothing.
+            // Empty means unchanged here, as in LiveKit's RoomService.
             let keep = |v: &str| (!v.is_empty()).then_some(v.to_string());
             let (name, metadata) = (keep(&req.name), keep(&req.metadata));
             s.livekit
                 .update_description(p.id, name.as_deref(), metadata.as_deref(), &req.attributes)
-                .map_err(|e| err(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string()))?;
+                .map_err(too_large)?;
+            // The permission is replaced as a whole, as in LiveKit.
             if let Some(perm) = &req.permission {
                 let perms = Permissions {
                     publish: perm.can_publish,

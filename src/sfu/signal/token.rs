@@ -13,19 +13,6 @@ use sha2::Sha256;
 /// Longest token accepted; LiveKit tokens are a few hundred bytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-/// Longest participant name, in bytes, whoever sets it (the participant over its signal
-/// connection, or the server API): LiveKit's limits.
-pub const MAX_NAME_LEN: usize = 256;
-/// Longest participant metadata, in bytes.
-pub const MAX_METADATA_LEN: usize = 64 * 1024;
-/// Most attributes one update may set.
-pub const MAX_ATTRIBUTES: usize = 64;
-
-/// Whether a participant's new name, metadata and attributes are within the limits above.
-pub fn description_fits(name: &str, metadata: &str, attributes: usize) -> bool {
-    name.len() <= MAX_NAME_LEN && metadata.len() <= MAX_METADATA_LEN && attributes <= MAX_ATTRIBUTES
-}
-
 /// Room grants, in LiveKit's JSON layout. Absent publish/subscribe/data flags mean allowed,
 /// as in LiveKit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -50,6 +50,21 @@ pub const MAX_TRACKS: usize = 64;
 #[error("participant {0} over its limit")]
 pub struct TooLarge(pub &'static str);
 
+/// Whether one update (of a participant's own, or the server API's) is within the limits by
+/// itself; [`Registry::describe`] also checks what it adds up to.
+pub fn fits(name: &str, metadata: &str, attributes: &HashMap<String, String>) -> Result<(), TooLarge> {
+    if name.len() > MAX_NAME {
+        return Err(TooLarge("name"));
+    }
+    if metadata.len() > MAX_METADATA {
+        return Err(TooLarge("metadata"));
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(TooLarge("attributes"));
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 struct Inner {
     participants: HashMap<ParticipantId, (RoomName, ParticipantMeta)>,
@@ -96,13 +111,8 @@ impl Registry {
         attributes: &HashMap<String, String>,
     ) -> Result<bool, TooLarge> {
         let mut inner = self.lock();
+        fits(name.unwrap_or_default(), metadata.unwrap_or_default(), attributes)?;
         let Some((_, m)) = inner.participants.get_mut(&id) else { return Ok(false) };
-        if name.is_some_and(|n| n.len() > MAX_NAME) {
-            return Err(TooLarge("name"));
-        }
-        if metadata.is_some_and(|md| md.len() > MAX_METADATA) {
-            return Err(TooLarge("metadata"));
-        }
         let mut merged = m.attributes.clone();
         for (k, v) in attributes {
             if v.is_empty() {
