@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use auralink::config::Config;
 
+#[path = "support/args.rs"]
+mod args;
+use args::Args;
+
 const ADMIN: &str = "bench-admin-key-0123456789abcdef0123";
 
 struct Opts {
@@ -23,19 +27,11 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench = args.iter().any(|a| a == "--bench");
-    let flag = |name: &str, env: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).or_else(|| std::env::var(env).ok())
-    };
+    let args = Args::from_env();
     Opts {
-        seconds: flag("--seconds", "API_BENCH_SECONDS").and_then(|v| v.parse().ok()).unwrap_or(if bench {
-            5.0
-        } else {
-            0.3
-        }),
-        concurrency: flag("--concurrency", "API_BENCH_CONCURRENCY").and_then(|v| v.parse().ok()).unwrap_or(16),
-        smoke: !bench,
+        seconds: args.get("--seconds", "API_BENCH_SECONDS", 5.0, 0.3),
+        concurrency: args.get("--concurrency", "API_BENCH_CONCURRENCY", 16, 16),
+        smoke: !args.bench(),
     }
 }
 

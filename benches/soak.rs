@@ -23,6 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::config::Config;
+
+#[path = "support/args.rs"]
+mod args;
+use args::Args;
 use auralink::sfu::signal::token::{self, Claims};
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
@@ -43,19 +47,12 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bench = args.iter().any(|a| a == "--bench");
-    let flag = |name: &str, env: &str| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).or_else(|| std::env::var(env).ok())
-    };
-    let num = |name, env, bench_default: f64, smoke_default: f64| {
-        flag(name, env).and_then(|v| v.parse().ok()).unwrap_or(if bench { bench_default } else { smoke_default })
-    };
+    let args = Args::from_env();
     Opts {
-        seconds: num("--seconds", "SOAK_SECONDS", 1800.0, 1.0),
-        participants: num("--participants", "SOAK_PARTICIPANTS", 50.0, 5.0) as usize,
-        hold: Duration::from_secs_f64(num("--hold", "SOAK_HOLD", 8.0, 2.0)),
-        smoke: !bench,
+        seconds: args.get("--seconds", "SOAK_SECONDS", 1800.0, 1.0),
+        participants: args.get("--participants", "SOAK_PARTICIPANTS", 50, 5),
+        hold: Duration::from_secs_f64(args.get("--hold", "SOAK_HOLD", 8.0, 2.0)),
+        smoke: !args.bench(),
     }
 }
 

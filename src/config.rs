@@ -56,6 +56,10 @@ pub struct Config {
     pub aic_model: PathBuf,
     /// The Opus enhancer's weights, aic-v2's other half; AIC needs both.
     pub aic_enhancer: PathBuf,
+    /// Audio tracks this node runs through AIC at most (a thread and model state each), and
+    /// of those the most one org's rooms have; more stay Opus, counted.
+    pub aic_max_tracks: usize,
+    pub aic_max_tracks_per_org: usize,
     /// Speech taps (docs/speech.md).
     pub speech: SpeechConfig,
     /// Development mode, only ever switched on explicitly (`--dev`, `AURALINK_DEV`): keys, the
@@ -160,11 +164,19 @@ pub struct SpeechConfig {
     pub queue: usize,
     /// Audio tracks this node transcribes at most; more are refused with `capacity`.
     pub max_tracks: usize,
+    /// Of those, the most one org's rooms have.
+    pub max_tracks_per_org: usize,
 }
 
 impl Default for SpeechConfig {
     fn default() -> Self {
-        SpeechConfig { models: PathBuf::from("./models/whisper"), workers: 1, queue: 8, max_tracks: 8 }
+        SpeechConfig {
+            models: PathBuf::from("./models/whisper"),
+            workers: 1,
+            queue: 8,
+            max_tracks: 8,
+            max_tracks_per_org: 4,
+        }
     }
 }
 
@@ -178,6 +190,8 @@ impl Default for Config {
             web_dir: PathBuf::from("./web"),
             aic_model: PathBuf::from("./models/aic/aic-v1.safetensors"),
             aic_enhancer: PathBuf::from("./models/aic/aic-v2-enhancer.safetensors"),
+            aic_max_tracks: 32,
+            aic_max_tracks_per_org: 16,
             speech: SpeechConfig::default(),
             dev: false,
             keys: BTreeMap::new(),

@@ -213,7 +213,9 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
             None
         }
     };
-    let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model, Clock::system());
+    let aic_capacity =
+        api::tap_capacity::TapCapacity { node: config.aic_max_tracks, per_org: config.aic_max_tracks_per_org };
+    let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model, aic_capacity, Clock::system());
     let sc = &config.speech;
     let workers = SpeechWorkers::spawn(sc.models.clone(), devices.pick(true), sc.workers, sc.queue)
         .map_err(StartError::Speech)?;
@@ -223,8 +225,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
             Err(e) => tracing::warn!(model, error = %e, "speech model missing: rooms that need it cannot transcribe"),
         }
     }
-    let setup =
-        SpeechSetup { workers, translator: None, max_tracks: sc.max_tracks, pipelines: Arc::clone(&aic.pipelines) };
+    let capacity = api::tap_capacity::TapCapacity { node: sc.max_tracks, per_org: sc.max_tracks_per_org };
+    let setup = SpeechSetup { workers, translator: None, capacity, pipelines: Arc::clone(&aic.pipelines) };
     let speech = api::speech_taps::SpeechTaps::spawn(db.clone(), handle.clone(), setup, Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -5,13 +5,14 @@
 //! Stages run on their tracks' pipeline threads; this only wires them up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
 use tokio::sync::watch;
 
 use crate::api::Clock;
+use crate::api::tap_capacity::{TapCapacity, running};
 use crate::api::track_events::{self, TrackTaps};
 use crate::api::v1::aic::Counters;
 use crate::args;
@@ -50,18 +51,29 @@ pub struct AicTaps {
     model: Option<Arc<AicDevices>>,
     pub stats: Arc<AicStats>,
     pub pipelines: Arc<PipelineStats>,
+    capacity: TapCapacity,
+    /// Tracks that stayed Opus because the node or their org had its most.
+    pub refused: AtomicU64,
     rooms: Mutex<HashMap<RoomName, Room>>,
 }
 
 impl AicTaps {
     /// Follows router events until the router stops.
-    pub fn spawn(db: Db, sfu: SfuHandle, model: Option<Arc<AicDevices>>, clock: Clock) -> Arc<AicTaps> {
+    pub fn spawn(
+        db: Db,
+        sfu: SfuHandle,
+        model: Option<Arc<AicDevices>>,
+        capacity: TapCapacity,
+        clock: Clock,
+    ) -> Arc<AicTaps> {
         let taps = Arc::new(AicTaps {
             db,
             clock,
             model,
             stats: Default::default(),
             pipelines: Default::default(),
+            capacity,
+            refused: AtomicU64::new(0),
             rooms: Mutex::new(HashMap::new()),
             sfu: sfu.clone(),
         });
@@ -99,6 +111,7 @@ impl AicTaps {
         let mut ended = Vec::new();
         let started = {
             let mut rooms = self.rooms.lock().expect("aic rooms lock");
+            let running = running(rooms.iter().map(|(name, r)| (name, r.tapped.len())), room.org());
             let r = rooms
                 .entry(room.clone())
                 .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashMap::new() });
@@ -111,6 +124,10 @@ impl AicTaps {
                 }));
                 None
             } else if r.tapped.get(&track).is_some_and(|x| x.loopback == config.loopback) {
+                None
+            } else if !r.tapped.contains_key(&track) && !self.capacity.admits(running) {
+                tracing::warn!(%room, %track, ?running, "AIC capacity reached; the track stays Opus");
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 None
             } else {
                 // New, or its loopback was turned on or off: (re)started.

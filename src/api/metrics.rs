@@ -21,6 +21,12 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
     let series = [
         ("auralink_ice_tcp_connections", "gauge", "Open ICE-TCP connections.", tcp.open),
         (
+            "auralink_aic_tracks_refused_total",
+            "counter",
+            "Audio tracks that stayed Opus: the node, or the track's org, had its most AIC tracks.",
+            s.aic.refused.load(Relaxed),
+        ),
+        (
             "auralink_ice_tcp_connections_refused_total",
             "counter",
             "ICE-TCP connections closed on accept: the node or their address had its maximum.",
@@ -276,7 +282,7 @@ fn speech(out: &mut String, s: &AppState) {
         ("auralink_speech_captions_dropped_total", "Captions dropped: the sender was behind.", &st.captions_dropped),
         (
             "auralink_speech_tracks_refused_total",
-            "Tracks not transcribed: the node was at its limit.",
+            "Tracks not transcribed: the node, or the track's org, was at its limit.",
             &st.tracks_refused,
         ),
         ("auralink_speech_audio_seconds_total", "Audio Whisper read.", &st.audio_ms),
@@ -291,7 +297,7 @@ fn speech(out: &mut String, s: &AppState) {
         out,
         "# HELP auralink_speech_tracks Tracks transcribed on this node now.\n# TYPE auralink_speech_tracks gauge\n\
          auralink_speech_tracks {}",
-        s.speech.active()
+        s.speech.active(None).0
     );
     let name = "auralink_speech_caption_lag_seconds";
     let _ = writeln!(out, "# HELP {name} End of speech to final caption sent.\n# TYPE {name} histogram");

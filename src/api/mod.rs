@@ -12,6 +12,7 @@ mod metrics;
 pub mod ratelimit;
 pub mod secrets;
 pub mod speech_taps;
+pub mod tap_capacity;
 mod track_events;
 pub mod twirp;
 pub mod v1;

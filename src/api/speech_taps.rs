@@ -2,7 +2,8 @@
 //! takes the captions the stages make: each goes out on the room's data channel (JSON on topic
 //! `captions`; LiveKit clients get LiveKit's transcription packet) and, when final, into
 //! `transcripts`. A node transcribes at most
-//! `speech.max_tracks` tracks; more are refused and counted.
+//! `speech.max_tracks` tracks, one org's rooms at most `speech.max_tracks_per_org` of them;
+//! more are refused and counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -13,6 +14,7 @@ use str0m::media::MediaKind;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::Clock;
+use crate::api::tap_capacity::{TapCapacity, running};
 use crate::api::track_events::{self, TrackTaps};
 use crate::args;
 use crate::db::Db;
@@ -41,7 +43,7 @@ pub struct SpeechTaps {
     sfu: SfuHandle,
     pub workers: Arc<SpeechWorkers>,
     pub translator: Option<Arc<dyn TextTranslator>>,
-    pub max_tracks: usize,
+    pub capacity: TapCapacity,
     pipelines: Arc<PipelineStats>,
     captions: Arc<Captions>,
     rooms: Mutex<HashMap<RoomName, Room>>,
@@ -66,7 +68,7 @@ pub struct SpeechSetup {
     pub workers: Arc<SpeechWorkers>,
     /// For translation targets other than English; none ships yet.
     pub translator: Option<Arc<dyn TextTranslator>>,
-    pub max_tracks: usize,
+    pub capacity: TapCapacity,
     /// Counters shared with the node's other track pipelines.
     pub pipelines: Arc<PipelineStats>,
 }
@@ -82,7 +84,7 @@ impl SpeechTaps {
             captions: Arc::new(Captions { tx, workers: Arc::clone(&setup.workers) }),
             workers: setup.workers,
             translator: setup.translator,
-            max_tracks: setup.max_tracks,
+            capacity: setup.capacity,
             pipelines: setup.pipelines,
             rooms: Mutex::new(HashMap::new()),
         });
@@ -98,9 +100,10 @@ impl SpeechTaps {
         taps
     }
 
-    /// Tracks transcribed on this node, in all rooms.
-    pub fn active(&self) -> usize {
-        self.rooms.lock().expect("speech rooms lock").values().map(|r| r.tracks.len()).sum()
+    /// Tracks transcribed on this node, in all rooms and in the rooms of `org`.
+    pub fn active(&self, org: Option<&str>) -> (usize, usize) {
+        let rooms = self.rooms.lock().expect("speech rooms lock");
+        running(rooms.iter().map(|(name, r)| (name, r.tracks.len())), org)
     }
 
     /// Tracks of `room` transcribed on this node.
@@ -148,7 +151,7 @@ impl SpeechTaps {
     async fn apply(&self, room: &RoomName, config: SpeechConfig, tracks: &[TrackId]) {
         let starting = {
             let mut rooms = self.rooms.lock().expect("speech rooms lock");
-            let active: usize = rooms.values().map(|r| r.tracks.len()).sum();
+            let (node, org) = running(rooms.iter().map(|(name, r)| (name, r.tracks.len())), room.org());
             let r = rooms
                 .entry(room.clone())
                 .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tracks: HashMap::new() });
@@ -167,8 +170,8 @@ impl SpeechTaps {
                 if r.tracks.contains_key(&track) {
                     continue;
                 }
-                if active + starting.len() >= self.max_tracks {
-                    tracing::warn!(%room, %track, max = self.max_tracks, "speech capacity reached; track not transcribed");
+                if !self.capacity.admits((node + starting.len(), org + starting.len())) {
+                    tracing::warn!(%room, %track, capacity = ?self.capacity, "speech capacity reached; track not transcribed");
                     self.workers.stats.tracks_refused.fetch_add(1, Relaxed);
                     continue;
                 }

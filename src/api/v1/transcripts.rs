@@ -158,8 +158,11 @@ async fn update(
         // The room's untranscribed tracks must fit under the node's limit.
         if let Some(room) = &room {
             let waiting = s.speech.audio_tracks(room).await.len().saturating_sub(s.speech.active_in(room));
-            if s.speech.active() + waiting > s.speech.max_tracks {
-                let msg = format!("this node transcribes at most {} tracks", s.speech.max_tracks);
+            let (node, org) = s.speech.active(Some(org));
+            let cap = s.speech.capacity;
+            if node + waiting > cap.node || org + waiting > cap.per_org {
+                let msg =
+                    format!("this node transcribes at most {} tracks, {} of one org's rooms", cap.node, cap.per_org);
                 return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity", msg));
             }
         }
