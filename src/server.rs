@@ -132,7 +132,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
 
     let (mut udp, mut tcp, mut candidates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut udp_addrs, mut tcp_addrs) = (Vec::new(), Vec::new());
-    for ip in ips {
+    for &ip in &ips {
         let addr = SocketAddr::new(ip, config.rtc.udp_port);
         let sock =
             UdpSocket::bind(addr).await.map_err(|source| StartError::Bind { what: "media UDP", addr, source })?;
@@ -202,6 +202,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         db: db.clone(),
         secrets: secrets.clone(),
         allow_private_networks: config.webhook_allow_private_networks,
+        own_addresses: ips.clone(),
     };
     let webhooks = webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system());
     let history = api::history::spawn(db.clone(), handle.subscribe(), Arc::clone(&livekit.registry), Clock::system());

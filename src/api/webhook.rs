@@ -48,6 +48,9 @@ pub struct Webhooks {
     pub db: Db,
     pub secrets: SecretBox,
     pub allow_private_networks: bool,
+    /// The node's own addresses: an org's webhook must not make the server call itself, at
+    /// a public address as little as at loopback.
+    pub own_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Delivery counters for `/metrics`.
@@ -120,7 +123,11 @@ async fn deliver_org(
         for url in &config.urls {
             // The operator's own endpoints may be anywhere; an org's only on the internet,
             // at the address checked here (a second lookup could answer differently).
-            let pinned = if org == NODE_ORG || hooks.allow_private_networks { None } else { public_address(url).await };
+            let pinned = if org == NODE_ORG || hooks.allow_private_networks {
+                None
+            } else {
+                public_address(url, &hooks.own_addresses).await
+            };
             if org != NODE_ORG && !hooks.allow_private_networks && pinned.is_none() {
                 tracing::warn!(org, host = host_of(url), "webhook URL leads to a private network; not sent");
                 stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -174,15 +181,16 @@ async fn org_config(db: &Db, secrets: &SecretBox, org: &str) -> Result<Option<We
 }
 
 /// The host and address to send to if every address `url`'s host resolves to is on the public
-/// internet (not loopback, private, link-local such as cloud metadata, or otherwise special);
-/// `None` otherwise, or when the name does not resolve within two seconds.
-async fn public_address(url: &str) -> Option<(String, std::net::SocketAddr)> {
+/// internet (not loopback, private, link-local such as cloud metadata, or otherwise special)
+/// and none is one of the node's `own`; `None` otherwise, or when the name does not resolve
+/// within two seconds.
+async fn public_address(url: &str, own: &[std::net::IpAddr]) -> Option<(String, std::net::SocketAddr)> {
     let u = reqwest::Url::parse(url).ok()?;
     let (host, port) = (u.host_str()?, u.port_or_known_default()?);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
     let addrs: Vec<_> = lookup.ok()?.ok()?.collect();
-    if addrs.is_empty() || !addrs.iter().all(|a| is_public(a.ip())) {
+    if addrs.is_empty() || !addrs.iter().all(|a| is_public(a.ip()) && !own.contains(&a.ip())) {
         return None;
     }
     addrs.first().map(|a| (host.to_string(), *a))
@@ -195,6 +203,10 @@ fn is_public(ip: std::net::IpAddr) -> bool {
             let [first, second, ..] = a.octets();
             let shared = first == 100 && (second & 0xc0) == 64; // 100.64.0.0/10, carrier NAT
             let benchmarking = first == 198 && (second & 0xfe) == 18; // 198.18.0.0/15
+            let [.., third, _] = a.octets();
+            // 192.0.0.0/24 (protocol assignments), 192.88.99.0/24 (6to4 relays, which lead
+            // into IPv6 that may be private).
+            let special = first == 192 && ((second == 0 && third == 0) || (second == 88 && third == 99));
             !(a.is_loopback()
                 || a.is_private()
                 || a.is_link_local()
@@ -204,6 +216,7 @@ fn is_public(ip: std::net::IpAddr) -> bool {
                 || a.is_multicast()
                 || shared
                 || benchmarking
+                || special
                 || first == 0
                 || first >= 240)
         }
@@ -216,8 +229,21 @@ fn is_public(ip: std::net::IpAddr) -> bool {
             let link_local = (s[0] & 0xffc0) == 0xfe80;
             // Addresses that carry an IPv4 address somewhere (IPv4-compatible, NAT64, 6to4)
             // could reach a private one: not public.
-            let embeds_v4 = s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[0] == 0x2002;
-            !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || unique_local || link_local || embeds_v4)
+            // Teredo (2001::/32) too.
+            let embeds_v4 = s[..6] == [0; 6]
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || s[0] == 0x2002
+                || (s[0] == 0x2001 && s[1] == 0);
+            let documentation = s[0] == 0x2001 && s[1] == 0x0db8;
+            let discard = s[..4] == [0x100, 0, 0, 0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || unique_local
+                || link_local
+                || embeds_v4
+                || documentation
+                || discard)
         }
     }
 }
@@ -355,17 +381,27 @@ mod tests {
             "http://0.0.0.0/",
             "http://localhost/",
         ] {
-            assert!(public_address(private).await.is_none(), "{private}");
+            assert!(public_address(private, &[]).await.is_none(), "{private}");
         }
-        for private in
-            ["http://198.18.0.1/", "http://[64:ff9b::a00:1]/", "http://[2002:a00:1::]/", "http://[::10.0.0.1]/"]
-        {
-            assert!(public_address(private).await.is_none(), "{private}");
+        for private in [
+            "http://198.18.0.1/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[2002:a00:1::]/",
+            "http://[::10.0.0.1]/",
+            "http://192.0.0.170/",
+            "http://192.88.99.1/",
+            "http://[2001:0:4136:e378::1]/",
+            "http://[2001:db8::1]/",
+            "http://[100::1]/",
+        ] {
+            assert!(public_address(private, &[]).await.is_none(), "{private}");
         }
-        let pinned = public_address("http://93.184.215.14/hooks").await;
+        let pinned = public_address("http://93.184.215.14/hooks", &[]).await;
         assert_eq!(pinned, Some(("93.184.215.14".to_string(), "93.184.215.14:80".parse().unwrap())));
-        assert!(public_address("https://[2606:4700::1111]/").await.is_some());
-        assert!(public_address("not a url").await.is_none());
+        let own = ["93.184.215.14".parse().unwrap()];
+        assert!(public_address("http://93.184.215.14:7880/v1/rooms", &own).await.is_none(), "the node itself");
+        assert!(public_address("https://[2606:4700::1111]/", &[]).await.is_some());
+        assert!(public_address("not a url", &[]).await.is_none());
         assert_eq!(host_of("https://user:pw@hooks.example:8443/x?token=t"), "hooks.example:8443");
     }
 
