@@ -1116,12 +1116,25 @@ fn candidates_and_announced_tracks_are_limited_per_connection() {
     let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
     let id = w.ids[alice];
     let now = w.now;
-    for n in 0..auralink::sfu::core::MAX_REMOTE_CANDIDATES {
+    // The offer's own candidates count, then the trickled ones, up to the limit.
+    let max = auralink::sfu::core::MAX_REMOTE_CANDIDATES;
+    let mut accepted = 0;
+    for n in 0..=max {
         let addr: SocketAddr = format!("10.9.{}.{}:7000", n / 200, n % 200 + 1).parse().unwrap();
-        w.sfu.add_remote_candidate(now, id, Candidate::host(addr, "udp").unwrap()).expect("within the limit");
+        match w.sfu.add_remote_candidate(now, id, Candidate::host(addr, "udp").unwrap()) {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert!(matches!(e, SfuError::LimitExceeded(_)), "{e}");
+                break;
+            }
+        }
     }
-    let one_more = Candidate::host("10.9.9.9:7000".parse().unwrap(), "udp").unwrap();
-    assert!(matches!(w.sfu.add_remote_candidate(now, id, one_more), Err(SfuError::LimitExceeded(_))));
+    assert!((max - 4..max).contains(&accepted), "{accepted} trickled beside the offer's");
+    // An offer that carries more than the limit is refused whole.
+    let extra: String =
+        (0..=max).map(|n| format!("a=candidate:{n} 1 udp 2113937151 10.8.0.{} 9 typ host\r\n", n % 250 + 1)).collect();
+    let crowded = format!("{}{extra}", w.client(alice).restart_ice());
+    assert!(matches!(w.sfu.renegotiate(now, id, &crowded), Err(SfuError::LimitExceeded(_))));
     for n in 0..auralink::sfu::core::MAX_ANNOUNCED_TRACKS {
         w.sfu.announce_track(id, &format!("track-{n}")).expect("within the limit");
     }

@@ -190,7 +190,7 @@ async fn public_address(url: &str, own: &[std::net::IpAddr]) -> Option<(String, 
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let lookup = tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host((host, port))).await;
     let addrs: Vec<_> = lookup.ok()?.ok()?.collect();
-    if addrs.is_empty() || !addrs.iter().all(|a| is_public(a.ip()) && !own.contains(&a.ip())) {
+    if addrs.is_empty() || !addrs.iter().all(|a| is_public(a.ip()) && !own.contains(&a.ip().to_canonical())) {
         return None;
     }
     addrs.first().map(|a| (host.to_string(), *a))

@@ -414,11 +414,15 @@ impl Sfu {
         req: JoinRequest,
         offer: &str,
     ) -> Result<(ParticipantId, SdpAnswer), SfuError> {
+        let (candidates, ufrag) = remote_ice(offer)?;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         self.admit(&req)?;
         let mut rtc = self.new_rtc(now);
         let answer = negotiate(|| rtc.sdp_api().accept_offer(offer)).map_err(SfuError::from)?;
         let id = self.add_session(now, req, rtc);
+        if let Some(p) = self.peers.get_mut(&id) {
+            (p.remote_candidates, p.remote_ufrag) = (candidates, ufrag);
+        }
         Ok((id, answer))
     }
 
@@ -570,6 +574,7 @@ impl Sfu {
                 joined_at: now,
                 connected: false,
                 remote_candidates: 0,
+                remote_ufrag: None,
                 estimate_bps: None,
                 slots: Vec::new(),
                 published: Vec::new(),
@@ -601,8 +606,15 @@ impl Sfu {
     /// Applies a new offer from an existing session: added m-lines, or an ICE restart when the
     /// offer carries new ICE credentials.
     pub fn renegotiate(&mut self, now: Instant, id: ParticipantId, offer: &str) -> Result<SdpAnswer, SfuError> {
+        let (candidates, ufrag) = remote_ice(offer)?;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
+        // Offers repeat the candidates gathered so far; new credentials start a new set.
+        let known = if ufrag == peer.remote_ufrag { peer.remote_candidates } else { 0 };
+        if known.max(candidates) > MAX_REMOTE_CANDIDATES {
+            return Err(SfuError::LimitExceeded("ICE candidates"));
+        }
+        (peer.remote_candidates, peer.remote_ufrag) = (known.max(candidates), ufrag);
         // Glare: the client's offer wins; ours is dropped and its tracks go into the next one.
         peer.drop_pending_offer();
         let answer = match negotiate(|| peer.rtc.sdp_api().accept_offer(offer)) {
@@ -622,6 +634,8 @@ impl Sfu {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         peer.drop_pending_offer();
         peer.ice_restart = true;
+        // The client answers with new credentials and trickles a new set.
+        peer.remote_candidates = 0;
         self.offer_later(id);
         self.drive(now);
         Ok(())
@@ -1360,29 +1374,33 @@ impl Sfu {
         if p.pending.is_some() || nothing_to_do {
             return;
         }
-        let mut api = p.rtc.sdp_api();
-        if std::mem::take(&mut p.ice_restart) {
-            // The server's host candidates do not change with the credentials.
-            api.ice_restart(true);
-        }
-        for c in p.channels_to_open.drain(..) {
-            p.own_channels.push(api.add_channel_with_config(c));
-        }
-        let mut planned = Vec::new();
-        for track in p.to_add.drain(..) {
-            let Some(t) = self.tracks.get(&track) else { continue };
-            let stream = stream_id(t.info.owner, track);
-            let mid = api.add_media(t.info.kind, Direction::SendOnly, Some(stream), Some(track.to_string()), None);
-            planned.push((mid, track));
-        }
-        for mid in p.to_stop.drain(..) {
-            api.stop_media(mid);
-        }
-        let Ok(applied) = guard("offer", || api.apply()) else {
+        let tracks = &self.tracks;
+        let made = guard("offer", || {
+            let mut api = p.rtc.sdp_api();
+            if std::mem::take(&mut p.ice_restart) {
+                // The server's host candidates do not change with the credentials.
+                api.ice_restart(true);
+            }
+            for c in p.channels_to_open.drain(..) {
+                p.own_channels.push(api.add_channel_with_config(c));
+            }
+            let mut planned = Vec::new();
+            for track in p.to_add.drain(..) {
+                let Some(t) = tracks.get(&track) else { continue };
+                let stream = stream_id(t.info.owner, track);
+                let mid = api.add_media(t.info.kind, Direction::SendOnly, Some(stream), Some(track.to_string()), None);
+                planned.push((mid, track));
+            }
+            for mid in p.to_stop.drain(..) {
+                api.stop_media(mid);
+            }
+            api.apply().map(|applied| (applied, planned))
+        });
+        let Ok(made) = made else {
             self.remove_peer(now, id, LeaveReason::TransportError);
             return;
         };
-        if let Some((offer, pending)) = applied {
+        if let Some(((offer, pending), planned)) = made {
             p.pending = Some((pending, planned));
             self.events.push_back(SfuEvent::Offer { participant: id, sdp: offer.to_sdp_string() });
             self.mark(id);
@@ -1498,15 +1516,24 @@ impl Sfu {
             return;
         }
         let owner = t.session;
-        let Some(mut w) = self.peers.get_mut(&owner).and_then(|p| p.rtc.writer(t.mid)) else { return };
-        if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
-            if let Err(e) = w.request_keyframe(layer, KeyframeRequestKind::Pli) {
-                tracing::debug!(%track, error = %e, "keyframe request failed");
-                return;
+        let Some(p) = self.peers.get_mut(&owner) else { return };
+        let mid = t.mid;
+        let requested = guard("keyframe request", || {
+            let Some(mut w) = p.rtc.writer(mid) else { return Ok(false) };
+            if !w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+                return Ok(false);
             }
-            t.last_keyframe_request.insert(layer, now);
-            self.stats.keyframe_requests += 1;
-            self.mark(owner);
+            w.request_keyframe(layer, KeyframeRequestKind::Pli).map(|_| true)
+        });
+        match requested {
+            Ok(Ok(true)) => {
+                t.last_keyframe_request.insert(layer, now);
+                self.stats.keyframe_requests += 1;
+                self.mark(owner);
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::debug!(%track, error = %e, "keyframe request failed"),
+            Err(Panicked) => self.remove_peer(now, owner, LeaveReason::TransportError),
         }
     }
 
@@ -1916,6 +1943,17 @@ fn negotiate<T>(f: impl FnOnce() -> Result<T, RtcError>) -> Result<T, Negotiatio
         Ok(r) => r.map_err(NegotiationFailure::Refused),
         Err(Panicked) => Err(NegotiationFailure::Panicked),
     }
+}
+
+/// The remote candidates an offer carries, refused past [`MAX_REMOTE_CANDIDATES`], and its
+/// ICE username fragment.
+fn remote_ice(sdp: &str) -> Result<(usize, Option<String>), SfuError> {
+    let lines = || sdp.lines().map(str::trim);
+    let candidates = lines().filter(|l| l.starts_with("a=candidate:")).count();
+    if candidates > MAX_REMOTE_CANDIDATES {
+        return Err(SfuError::LimitExceeded("ICE candidates"));
+    }
+    Ok((candidates, lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).map(str::to_string)))
 }
 
 /// str0m panicked: its state for that connection is not to be trusted any more.

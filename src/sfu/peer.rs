@@ -82,8 +82,11 @@ pub(crate) struct Peer {
     pub joined_at: Instant,
     /// ICE and DTLS came up at least once.
     pub connected: bool,
-    /// Remote candidates added so far (trickled or restarted), at most `MAX_REMOTE_CANDIDATES`.
+    /// Remote candidates of the current ICE generation (in offers and trickled), at most
+    /// `MAX_REMOTE_CANDIDATES`.
     pub remote_candidates: usize,
+    /// The client's ICE username fragment in its last offer: a new one restarts the count.
+    pub remote_ufrag: Option<String>,
     pub estimate_bps: Option<u64>,
     pub slots: Vec<Slot>,
     pub published: Vec<TrackId>,

@@ -48,8 +48,8 @@ struct DeletedRoom {
     at: i64,
     /// When the entry lapses (unix ms): the longest-lived token issued before `at` has expired.
     until: i64,
-    /// Whether tokens that do not say when they were issued are refused too: until the room
-    /// is created again.
+    /// Whether tokens that do not say when they were issued are refused too (until the room
+    /// is created again, or `until`).
     undated: bool,
 }
 

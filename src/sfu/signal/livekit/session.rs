@@ -466,15 +466,7 @@ impl Session {
         if !all.iter().any(|p| p.id == self.participant) {
             return Err(SessionError::Removed(LeaveReason::Removed));
         }
-        let before = std::mem::take(&mut self.known);
-        let mut infos: Vec<proto::ParticipantInfo> = self
-            .others(&all)
-            .into_iter()
-            .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
-            .collect();
-        for (id, identity) in before.into_iter().filter(|(id, _)| !self.known.contains_key(id)) {
-            infos.push(self.departed(id, &identity));
-        }
+        let mut infos = self.catch_up(&all);
         if let Some(me) = all.iter().find(|p| p.id == self.participant) {
             infos.push(convert::participant_info(me, &self.state.registry, PState::Active));
         }
@@ -482,6 +474,21 @@ impl Session {
         let mut out = vec![Resp::Update(proto::ParticipantUpdate { participants: infos })];
         out.extend(self.room_update(metadata).await?);
         Ok(out)
+    }
+
+    /// Everyone the client may see as they are in `all`, and those it knew that are gone as
+    /// disconnected (their departure may have been missed); they become the ones it knows.
+    fn catch_up(&mut self, all: &[ParticipantInfo]) -> Vec<proto::ParticipantInfo> {
+        let before = std::mem::take(&mut self.known);
+        let mut infos: Vec<proto::ParticipantInfo> = self
+            .others(all)
+            .into_iter()
+            .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
+            .collect();
+        for (id, identity) in before.into_iter().filter(|(id, _)| !self.known.contains_key(id)) {
+            infos.push(self.departed(id, &identity));
+        }
+        infos
     }
 
     /// How a participant that left is described to those that knew it.
@@ -629,11 +636,7 @@ impl Session {
         })];
         out.append(&mut self.backlog);
         let all = self.participants().await?;
-        let others: Vec<_> = self
-            .others(&all)
-            .into_iter()
-            .map(|p| convert::participant_info(p, &self.state.registry, PState::Active))
-            .collect();
+        let others = self.catch_up(&all);
         if !others.is_empty() {
             out.push(Resp::Update(proto::ParticipantUpdate { participants: others }));
         }
@@ -870,7 +873,13 @@ impl Session {
         let all = self.participants().await?;
         let Some(p) = all.iter().find(|p| p.id == participant) else { return Ok(vec![]) };
         if p.hidden && p.id != self.participant {
-            return Ok(vec![]);
+            // Hidden since the client saw it (RoomService changed its permission): it leaves.
+            return Ok(match self.known.remove(&p.id) {
+                Some(identity) => {
+                    vec![Resp::Update(proto::ParticipantUpdate { participants: vec![self.departed(p.id, &identity)] })]
+                }
+                None => vec![],
+            });
         }
         if p.id != self.participant {
             self.known.insert(p.id, p.identity.clone());
@@ -897,6 +906,13 @@ impl Session {
                 })])
             }
             SfuEvent::ParticipantLeft { participant, reason, .. } if participant == self.participant => {
+                Err(SessionError::Removed(reason))
+            }
+            // Its publisher connection ended on its own (it never connected, or its transport
+            // failed): the client starts over rather than offer on a connection that is gone.
+            SfuEvent::ConnectionClosed { connection, reason, .. }
+                if Some(connection) == self.publisher && connection != self.participant =>
+            {
                 Err(SessionError::Removed(reason))
             }
             SfuEvent::ParticipantJoined { room, participant, .. } if room == self.room => {
