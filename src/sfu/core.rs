@@ -1504,7 +1504,7 @@ impl Sfu {
         }
         // Audio must always fit; the rest is what probing should aim for, with headroom for
         // headers and retransmissions.
-        p.rtc.bwe().set_bitrate(Bitrate::bps(audio), Bitrate::bps(all + all / 4));
+        let _ = guard("bitrate", || p.rtc.bwe().set_bitrate(Bitrate::bps(audio), Bitrate::bps(all + all / 4)));
     }
 
     fn request_keyframe(&mut self, now: Instant, track: TrackId, layer: Layer) {
@@ -1698,7 +1698,10 @@ impl Sfu {
         if p.own_channels.contains(&cid) {
             return;
         }
-        let config = p.rtc.channel(cid).and_then(|c| c.config().cloned()).unwrap_or_default();
+        let config = guard("channel config", || p.rtc.channel(cid).and_then(|c| c.config().cloned()))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         p.channels_in.insert(cid, config);
     }
 
@@ -1844,7 +1847,7 @@ impl Sfu {
             let keys: Vec<_> = other.channels_out.keys().filter(|k| k.0 == Some(id)).cloned().collect();
             for k in keys {
                 if let Some(c) = other.channels_out.remove(&k) {
-                    other.rtc.direct_api().close_data_channel(c.id);
+                    let _ = guard("close channel", || other.rtc.direct_api().close_data_channel(c.id));
                 }
             }
         }

@@ -99,6 +99,18 @@ pub fn encode_frame(packet: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Who a connection counts against: its IPv4 address, or its IPv6 /64, which one host
+/// typically holds whole (counted per address, one host could take the node's every slot).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// Open connections against the limits, and what happened to the others.
 #[derive(Debug, Default)]
 pub struct TcpGate {
@@ -132,6 +144,7 @@ impl TcpGate {
 
     /// Counts a new connection from `ip`, or refuses it (and counts that).
     pub fn admit(&mut self, ip: IpAddr) -> Result<(), IceTcpError> {
+        let ip = client_of(ip);
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         let refused = if self.open >= self.limits.max_connections {
             Some(IceTcpError::NodeFull)
@@ -151,6 +164,7 @@ impl TcpGate {
 
     /// A connection admitted from `ip` closed.
     pub fn release(&mut self, ip: IpAddr) {
+        let ip = client_of(ip);
         let Some(n) = self.per_ip.get_mut(&ip) else { return };
         *n -= 1;
         if *n == 0 {
@@ -225,5 +239,18 @@ mod tests {
         }
         assert_eq!(g.stats().open, 0);
         assert!(g.per_ip.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_by_its_64() {
+        let mut g = TcpGate::new(IceTcpLimits { max_connections: 10, max_per_ip: 2, ..IceTcpLimits::default() });
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        g.admit(one).unwrap();
+        g.admit(same_64).unwrap();
+        assert_eq!(g.admit("2001:db8:1:2::77".parse().unwrap()), Err(IceTcpError::AddressFull));
+        g.admit("2001:db8:1:3::1".parse().unwrap()).unwrap();
+        g.release(same_64);
+        g.admit(one).unwrap();
     }
 }
