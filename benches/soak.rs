@@ -303,8 +303,12 @@ fn main() {
         tokio::time::sleep(settle).await;
         let start = server.sample();
         let mut cycles = 1;
+        // Unsettled samples at the end of each cycle (every publisher gone, the abandoned
+        // sessions of the last cycle still there): whether memory levels off or keeps growing.
+        let mut trend = Vec::new();
         while started.elapsed().as_secs_f64() < o.seconds || cycles < 2 {
             cycle(&http, &base, &o, cycles, &sent).await;
+            trend.push((started.elapsed().as_secs(), server.sample()));
             cycles += 1;
         }
         tokio::time::sleep(settle).await;
@@ -328,6 +332,11 @@ fn main() {
         println!("| open fds | {} | {} | {} |", start.1, end.1, ratio(start.1 as f64, end.1 as f64));
         for (g, v) in &left {
             println!("| {g} | | {v} | |");
+        }
+        println!("\n| after | RSS (MiB) | open fds |\n|---|---|---|");
+        for q in 1..=4 {
+            let (secs, (rss, fds)) = trend[(trend.len() * q / 4).saturating_sub(1)];
+            println!("| {secs} s | {:.1} | {fds} |", rss as f64 / 1024.0);
         }
         assert!(sent.load(Ordering::Relaxed) > 0, "no audio was sent");
         assert!(left.iter().all(|(_, v)| *v == 0), "sessions left behind: {left:?}");
