@@ -1948,11 +1948,13 @@ fn negotiate<T>(f: impl FnOnce() -> Result<T, RtcError>) -> Result<T, Negotiatio
     }
 }
 
-/// The remote candidates an offer carries, refused past [`MAX_REMOTE_CANDIDATES`], and its
-/// ICE username fragment.
+/// The distinct remote candidates an offer carries, refused past [`MAX_REMOTE_CANDIDATES`],
+/// and its ICE username fragment. Browsers repeat a bundle's candidates in every m-section, so
+/// only distinct ones count.
 fn remote_ice(sdp: &str) -> Result<(usize, Option<String>), SfuError> {
     let lines = || sdp.lines().map(str::trim);
-    let candidates = lines().filter(|l| l.starts_with("a=candidate:")).count();
+    let candidates: HashSet<&str> = lines().filter_map(|l| l.strip_prefix("a=candidate:")).collect();
+    let candidates = candidates.len();
     if candidates > MAX_REMOTE_CANDIDATES {
         return Err(SfuError::LimitExceeded("ICE candidates"));
     }
