@@ -1988,6 +1988,18 @@ fn sdp_error_text(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_offer_counts_each_candidate_once() {
+        // Bundled m-sections repeat the same candidates.
+        let line = "a=candidate:1 1 udp 2113937151 10.0.0.1 5000 typ host\r\n";
+        let sdp = format!("v=0\r\na=ice-ufrag:u1\r\nm=audio 9 x\r\n{line}m=video 9 x\r\n{line}");
+        assert_eq!(super::remote_ice(&sdp).unwrap(), (1, Some("u1".to_string())));
+        let many: String = (0..=super::MAX_REMOTE_CANDIDATES)
+            .map(|n| format!("a=candidate:{n} 1 udp 1 10.0.0.1 {} typ host\r\n", 5000 + n))
+            .collect();
+        assert!(matches!(super::remote_ice(&many), Err(super::SfuError::LimitExceeded(_))));
+    }
+
+    #[test]
     fn sdp_errors_hide_addresses() {
         let raw = "SDP parse: Parse error at PointerOffset(0x7f0228001c90)\nUnexpected `g`\nExpected `v`\n";
         assert_eq!(super::sdp_error_text(raw), "SDP parse: Parse error; Unexpected `g`; Expected `v`");
