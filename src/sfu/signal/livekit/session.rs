@@ -702,10 +702,17 @@ impl Session {
                 } else {
                     self.publisher
                 };
+                // Candidates past the limit are dropped, not kept: a client that trickles the
+                // same ones again (as SDKs do after a resume) loses nothing it needs.
                 match target {
-                    Some(id) => sfu.call(move |sfu, now| sfu.add_remote_candidate(now, id, c)).await??,
+                    Some(id) => match sfu.call(move |sfu, now| sfu.add_remote_candidate(now, id, c)).await? {
+                        Err(SfuError::LimitExceeded(what)) => {
+                            tracing::debug!(participant = %self.participant, "{what}: limit reached; candidate dropped");
+                        }
+                        other => other?,
+                    },
                     None if self.early_candidates.len() >= MAX_REMOTE_CANDIDATES => {
-                        return Err(SfuError::LimitExceeded("ICE candidates").into());
+                        tracing::debug!(participant = %self.participant, "early candidates: limit reached; dropped");
                     }
                     None => self.early_candidates.push(c),
                 }
