@@ -47,7 +47,8 @@ impl Notices {
     }
 
     /// Rooms with a channel now.
-    pub fn rooms(&self) -> usize {
+    #[cfg(test)]
+    fn rooms(&self) -> usize {
         self.rooms.lock().expect("not poisoned").len()
     }
 }
