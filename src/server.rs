@@ -166,6 +166,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let handle = driver::spawn(sfu, udp, tcp, IceTcpLimits::default());
 
     let tokens = TokenVerifier::new(config.keys.clone());
+    Arc::clone(&tokens.revocations).follow_leaves(handle.clone());
     if let Some(r) = &redis {
         tokens.revocations.use_redis(r.clone());
         api::v1::follow_revocations(r.clone(), handle.clone(), Arc::clone(&tokens.revocations));
@@ -204,8 +205,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
         allow_private_networks: config.webhook_allow_private_networks,
         own_addresses: ips.clone(),
     };
-    let webhooks = webhook::spawn(hooks, handle.subscribe(), livekit.clone(), Clock::system());
-    let history = api::history::spawn(db.clone(), handle.subscribe(), Arc::clone(&livekit.registry), Clock::system());
+    let webhooks = webhook::spawn(hooks, handle.clone(), livekit.clone(), Clock::system());
+    let history = api::history::spawn(db.clone(), handle.clone(), Arc::clone(&livekit.registry), Clock::system());
     let devices = Arc::new(crate::codec::device::Devices::detect());
     let aic_model = match AicDevices::load(&config.aic_model, &config.aic_enhancer, &devices) {
         Ok(m) => Some(Arc::new(m)),

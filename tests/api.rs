@@ -49,6 +49,7 @@ on_both!(
     roles_and_scopes_gate,
     bad_input_gets_clear_errors,
     minted_keys_go_with_their_minter,
+    a_mint_racing_its_minters_revocation_leaves_no_live_key,
     room_service_keeps_the_control_apis_limits,
     deleted_rooms_tokens_stop_joining,
     audit_keeps_user_agents_short
@@ -582,7 +583,7 @@ async fn calls_record_who_was_in_a_room(api: Api) {
         .iter()
         .map(|p| (p["identity"].as_str().unwrap().into(), p["leave_reason"].as_str().unwrap_or("").into()))
         .collect();
-    assert_eq!(who, [("pat".into(), "removed".into()), ("quinn".into(), "removed".into())]);
+    assert_eq!(who, [("pat".into(), "removed".into()), ("quinn".into(), "room_deleted".into())]);
     assert!(call["participants"].as_array().unwrap().iter().all(|p| p["left_at"].as_i64() >= p["joined_at"].as_i64()));
     // Another org sees none of it.
     assert_eq!(api.send("GET", &path, &other, None).await.status, StatusCode::NOT_FOUND);
@@ -910,6 +911,34 @@ async fn minted_keys_go_with_their_minter(api: Api) {
     api.finish().await;
 }
 
+/// A key that mints while it is being revoked: either the mint is refused or the new key is
+/// revoked with its minter, whichever commits first, on both databases.
+async fn a_mint_racing_its_minters_revocation_leaves_no_live_key(api: Api) {
+    let (_, owner) = api.org("race").await;
+    let mut minted = 0;
+    for round in 0..12 {
+        let (minter_id, minter) = mint_key(&api, &owner, &format!("minter {round}")).await;
+        let body = json!({ "name": format!("child {round}") });
+        let path = format!("/v1/api-keys/{minter_id}");
+        let (mint, revoke) = tokio::join!(
+            api.send("POST", "/v1/api-keys", &minter, Some(body)),
+            api.send("DELETE", &path, &owner, None),
+        );
+        assert_eq!(revoke.status, StatusCode::NO_CONTENT, "{:?}", revoke.body);
+        match mint.status {
+            StatusCode::CREATED => {
+                minted += 1;
+                let child = mint.body["key"].as_str().unwrap();
+                let r = api.send("GET", "/v1/rooms", child, None).await;
+                assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "key_revoked"), "round {round}");
+            }
+            _ => assert_eq!((mint.status, mint.code()), (StatusCode::UNAUTHORIZED, "key_revoked"), "round {round}"),
+        }
+    }
+    eprintln!("{minted} of 12 mints committed before their minter's revocation");
+    api.finish().await;
+}
+
 /// A RoomService call with a token carrying `grant` for `room`, signed with the org's key.
 async fn room_service(
     api: &Api,
@@ -1074,6 +1103,11 @@ async fn failed_authentication_is_rate_limited_per_address() {
     }
     let r = api.raw(from_ip("192.0.2.1", "GET", "/v1/rooms", &key)).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Attempts sent all at once get no more than the budget between them.
+    let parallel = (0..24).map(|_| api.raw(from_ip("192.0.2.77", "GET", "/v1/rooms", &wrong)));
+    let mut statuses: Vec<u16> = futures_util::future::join_all(parallel).await.iter().map(|r| r.status.as_u16()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [[401; 3].as_slice(), &[429; 21]].concat());
     let metrics = api.send("GET", "/metrics", "", None).await;
     assert_eq!(metrics.status, StatusCode::OK);
     api.finish().await;

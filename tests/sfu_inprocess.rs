@@ -53,6 +53,8 @@ struct World {
     offers_answered: usize,
     /// Answers to client-offering sessions, by client, latest last.
     answers: Vec<(usize, ClientAnswer)>,
+    /// While set, clients hold `SectionsNeeded` requests here instead of acting on them.
+    held_sections: Option<Vec<SfuEvent>>,
 }
 
 fn perms() -> Permissions {
@@ -88,6 +90,7 @@ impl World {
             ids: Vec::new(),
             offers_answered: 0,
             answers: Vec::new(),
+            held_sections: None,
         }
     }
 
@@ -160,15 +163,11 @@ impl World {
                 self.sfu.handle_answer(self.now, *participant, &answer).expect("router accepts the answer");
                 self.offers_answered += 1;
             }
-            if let SfuEvent::SectionsNeeded { participant, audio, video } = &e {
-                let i = self.ids.iter().position(|x| x == participant).expect("request to a known client");
-                let more: Vec<MediaSpec> = std::iter::repeat_n(MediaSpec::recv(MediaKind::Audio), *audio as usize)
-                    .chain(std::iter::repeat_n(MediaSpec::recv(MediaKind::Video), *video as usize))
-                    .collect();
-                // Nothing to add: str0m re-offers only with a change, and an ICE restart is one.
-                let offer =
-                    if more.is_empty() { self.client(i).restart_ice() } else { self.client(i).offer(&more, None) };
-                self.answer_client(i, &offer);
+            if let SfuEvent::SectionsNeeded { .. } = &e {
+                match &mut self.held_sections {
+                    Some(held) => held.push(e.clone()),
+                    None => self.act_on_sections(&e),
+                }
             }
             self.events.push(e);
         }
@@ -177,6 +176,27 @@ impl World {
                 self.send(t.source, t.destination, t.contents.to_vec());
             }
         }
+    }
+
+    /// What a LiveKit client does with a `SectionsNeeded`: offers again with that many more
+    /// receiving lines.
+    fn act_on_sections(&mut self, e: &SfuEvent) {
+        let SfuEvent::SectionsNeeded { participant, audio, video } = e else { return };
+        let i = self.ids.iter().position(|x| x == participant).expect("request to a known client");
+        let more: Vec<MediaSpec> = std::iter::repeat_n(MediaSpec::recv(MediaKind::Audio), *audio as usize)
+            .chain(std::iter::repeat_n(MediaSpec::recv(MediaKind::Video), *video as usize))
+            .collect();
+        // Nothing to add: str0m re-offers only with a change, and an ICE restart is one.
+        let offer = if more.is_empty() { self.client(i).restart_ice() } else { self.client(i).offer(&more, None) };
+        self.answer_client(i, &offer);
+    }
+
+    /// Clients act on the requests they held, and on new ones at once again.
+    fn release_sections(&mut self) {
+        for e in self.held_sections.take().unwrap_or_default() {
+            self.act_on_sections(&e);
+        }
+        self.collect_output();
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Vec<u8>) {
@@ -453,6 +473,37 @@ fn client_offering_sessions_are_asked_for_lines_and_told_what_each_carries() {
     let sent = publish_audio(&mut w, carol, 1000, 50);
     let got: Vec<_> = payloads(&w.clients[bob].1, true).into_iter().filter(|p| sent.contains(p)).collect();
     assert_suffix_intact(&sent, &got, 0.8, "carol's audio on the reused line");
+}
+
+/// A track that comes while a client still owes the answer to a request for no more lines
+/// (only redescribed ones) is asked for once that answer is in: it used to wait for good, the
+/// client having been asked for "0 more lines" and never for the one it needed.
+#[test]
+fn a_track_that_comes_while_a_request_is_out_is_asked_for_after_it() {
+    let mut w = World::new(37);
+    let bob = w.join_client_offers("bob", &[MediaSpec::recv(MediaKind::Audio)]);
+    w.connect_all();
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let bob_id = w.ids[bob];
+    let requests = |w: &World| w.events.iter().filter(|e| matches!(e, SfuEvent::SectionsNeeded { participant, .. } if *participant == bob_id)).count();
+    // Alice leaves, so bob is asked to hear that his line is idle; he does not act on it yet,
+    // and carol's audio comes meanwhile.
+    w.held_sections = Some(Vec::new());
+    let now = w.now;
+    w.sfu.leave(now, w.ids[alice], LeaveReason::ClientRequest).unwrap();
+    w.advance_by(Duration::from_millis(100));
+    let carol = w.join("carol", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    let asked = requests(&w);
+    w.release_sections();
+    w.advance_by(Duration::from_millis(200));
+    assert!(requests(&w) > asked, "bob is asked again once he answered");
+    let answer = w.answers.last().unwrap().1.clone();
+    assert_eq!(answer.tracks.len(), 1, "the last answer tells bob his line carries carol's audio");
+    let sent = publish_audio(&mut w, carol, 2000, 50);
+    let got: Vec<_> = payloads(&w.clients[bob].1, true).into_iter().filter(|p| sent.contains(p)).collect();
+    assert_suffix_intact(&sent, &got, 0.8, "carol's audio on bob's line");
 }
 
 #[test]

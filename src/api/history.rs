@@ -2,18 +2,22 @@
 //! participant row per join, with leave time and reason. Rooms somebody joins without one
 //! recorded get their record, as LiveKit auto-creates them. Writing history never holds up
 //! media: events come off the router's broadcast, and a database that cannot keep up or is
-//! down loses rows, counted in `auralink_history_events_dropped_total`.
+//! down loses rows, counted in `auralink_history_events_dropped_total`. When history falls
+//! behind the broadcast it catches up from the router's state (`sfu::mirror`), so a missed
+//! leave or close is still written, late and with reason `unknown`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::Clock;
 use crate::args;
 use crate::db::{Db, DbError, Tx};
 use crate::ids::{Identity, ParticipantId, RoomName, record_id};
 use crate::sfu::core::{LeaveReason, SfuEvent};
+use crate::sfu::driver::SfuHandle;
+use crate::sfu::mirror::{self, Mirror};
 use crate::sfu::signal::livekit::Registry;
 
 #[derive(Debug, Default)]
@@ -33,34 +37,37 @@ struct Count {
 }
 
 /// Records router events until the router stops.
-pub fn spawn(
-    db: Db,
-    mut events: broadcast::Receiver<SfuEvent>,
-    registry: Arc<Registry>,
-    clock: Clock,
-) -> Arc<HistoryStats> {
+pub fn spawn(db: Db, sfu: SfuHandle, registry: Arc<Registry>, clock: Clock) -> Arc<HistoryStats> {
     let stats = Arc::new(HistoryStats::default());
+    let mut events = sfu.subscribe();
     tokio::spawn({
         let stats = Arc::clone(&stats);
         async move {
+            let mut mirror = Mirror::default();
             loop {
-                let e = match events.recv().await {
-                    Ok(e) => e,
+                let batch = match events.recv().await {
+                    Ok(e) => {
+                        mirror.handle_event(&e);
+                        vec![e]
+                    }
                     Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "call history fell behind the router");
-                        stats.dropped.fetch_add(n, Ordering::Relaxed);
-                        continue;
+                        tracing::warn!(missed = n, "call history fell behind the router; catching up");
+                        let Ok((live, rest)) = sfu.subscribe_with(mirror::live).await else { return };
+                        events = rest;
+                        mirror.catch_up(live)
                     }
                     Err(RecvError::Closed) => return,
                 };
-                match record(&db, &registry, &e, clock.now_ms()).await {
-                    Ok(true) => {
-                        stats.recorded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(false) => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, event = ?e, "call history not recorded");
-                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                for e in batch {
+                    match record(&db, &registry, &e, clock.now_ms()).await {
+                        Ok(true) => {
+                            stats.recorded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, event = ?e, "call history not recorded");
+                            stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }

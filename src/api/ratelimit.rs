@@ -50,30 +50,24 @@ impl RateLimiter {
         }
     }
 
-    /// Whether `check` would let one more through now, spending nothing: `Err(ms)` when the
-    /// budget is empty for that long.
-    pub async fn peek(&self, key: &str, now: i64) -> Result<(), i64> {
+    /// Gives back one request that `check` let through (the budget never grows past full).
+    pub async fn refund(&self, key: &str, now: i64) {
         if let Some(r) = &self.redis {
-            match r.get(&redis_key(key)).await {
-                Ok(tat) => {
-                    let tat = tat.and_then(|t| t.parse::<f64>().ok()).map(|t| t as i64);
-                    return self.counted(gcra(tat, now, self.interval_ms, self.burst).map(|_| ()));
-                }
+            match r.gcra_refund(&redis_key(key), now, self.interval_ms).await {
+                Ok(()) => return,
                 Err(e) => {
                     self.redis_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "rate limit falls back to this node's budget");
                 }
             }
         }
-        let tat = self.local.lock().expect("not poisoned").get(key).copied();
-        self.counted(gcra(tat, now, self.interval_ms, self.burst).map(|_| ()))
-    }
-
-    fn counted(&self, verdict: Result<(), i64>) -> Result<(), i64> {
-        if verdict.is_err() {
-            self.limited.fetch_add(1, Ordering::Relaxed);
+        let mut local = self.local.lock().expect("not poisoned");
+        if let Some(tat) = local.get(key).copied() {
+            match tat - self.interval_ms {
+                back if back > now => local.insert(key.to_string(), back),
+                _ => local.remove(key),
+            };
         }
-        verdict
     }
 
     /// `Ok(())` to go ahead, `Err(ms)` to come back in that long.
@@ -150,8 +144,10 @@ fn failures_key(ip: Option<&str>) -> String {
 }
 
 /// Runs an authentication `attempt` from the client at `ip` under that address's budget of
-/// failures: refused without running while the budget is empty; an attempt whose error
-/// `is_failure` calls a failed authentication spends from it.
+/// failures: refused without running while the budget is empty. Every attempt spends before
+/// it runs, so that attempts sent in parallel cannot all pass on one look at a budget with one
+/// failure left; an attempt that did not fail (`is_failure` says which errors count) gets its
+/// share back. So the budget also bounds the attempts in flight from one address at once.
 pub async fn guard_auth<T, E>(
     s: &AppState,
     ip: Option<&str>,
@@ -159,13 +155,10 @@ pub async fn guard_auth<T, E>(
     is_failure: impl FnOnce(&E) -> bool,
 ) -> Result<Result<T, E>, Limited> {
     let key = failures_key(ip);
-    s.auth_failures.peek(&key, s.clock.now_ms()).await.map_err(Limited::after)?;
+    s.auth_failures.check(&key, s.clock.now_ms()).await.map_err(Limited::after)?;
     let outcome = attempt.await;
-    if let Err(e) = &outcome
-        && is_failure(e)
-    {
-        // Refused or not, the failure is what counts: the next attempt is the one told.
-        let _ = s.auth_failures.check(&key, s.clock.now_ms()).await;
+    if !matches!(&outcome, Err(e) if is_failure(e)) {
+        s.auth_failures.refund(&key, s.clock.now_ms()).await;
     }
     Ok(outcome)
 }
@@ -205,22 +198,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn peeking_spends_nothing() {
+    async fn a_refund_gives_one_back_never_more_than_the_burst() {
         let limiter = RateLimiter::new(60, 2, None);
-        for _ in 0..5 {
-            assert_eq!(limiter.peek("a", 0).await, Ok(()));
-        }
+        limiter.refund("a", 0).await;
         assert_eq!(limiter.check("a", 0).await, Ok(()));
         assert_eq!(limiter.check("a", 0).await, Ok(()));
-        assert_eq!(limiter.peek("a", 0).await, Err(1000));
-        assert_eq!(limiter.peek("a", 1000).await, Ok(()));
+        assert_eq!(limiter.check("a", 0).await, Err(1000));
+        limiter.refund("a", 0).await;
+        assert_eq!(limiter.check("a", 0).await, Ok(()));
+        assert_eq!(limiter.check("a", 0).await, Err(1000));
+        limiter.refund("a", 0).await;
+        limiter.refund("a", 0).await;
+        limiter.refund("a", 0).await;
+        assert_eq!(limiter.check("a", 0).await, Ok(()));
+        assert_eq!(limiter.check("a", 0).await, Ok(()));
+        assert_eq!(limiter.check("a", 0).await, Err(1000));
         assert_eq!(Limited::after(1).retry_after_secs, 1);
         assert_eq!(Limited::after(1001).retry_after_secs, 2);
     }
 
-    /// With `AURALINK_TEST_REDIS`: a look on one node sees what another node spent.
+    /// With `AURALINK_TEST_REDIS`: nodes share the budget, refunds included.
     #[tokio::test]
-    async fn peeking_reads_the_budget_other_nodes_spent() {
+    async fn nodes_share_spending_and_refunds_through_redis() {
         let Some(url) = std::env::var("AURALINK_TEST_REDIS").ok().filter(|s| !s.is_empty()) else {
             eprintln!("AURALINK_TEST_REDIS not set: skipped");
             return;
@@ -231,8 +230,11 @@ mod tests {
         let now = 1_000_000;
         assert_eq!(a.check(&key, now).await, Ok(()));
         assert_eq!(a.check(&key, now).await, Ok(()));
-        assert_eq!(b.peek(&key, now).await, Err(1000));
-        assert_eq!(b.peek(&key, now + 1000).await, Ok(()));
-        assert_eq!(b.redis_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(b.check(&key, now).await, Err(1000));
+        a.refund(&key, now).await;
+        assert_eq!(b.check(&key, now).await, Ok(()));
+        assert_eq!(b.check(&key, now).await, Err(1000));
+        assert_eq!(b.check(&key, now + 1000).await, Ok(()));
+        assert_eq!((a.redis_errors.load(Ordering::Relaxed), b.redis_errors.load(Ordering::Relaxed)), (0, 0));
     }
 }

@@ -55,7 +55,8 @@ pub fn follow<T: TrackTaps>(taps: Arc<T>, sfu: SfuHandle, what: &'static str) {
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, taps = what, "taps fell behind the router; resynchronising");
-                    let Ok(now) = sfu.call(|sfu, _| live(sfu)).await else { return };
+                    let Ok((now, rest)) = sfu.subscribe_with(live).await else { return };
+                    events = rest;
                     resync(&*taps, now).await;
                 }
                 Err(RecvError::Closed) => return,

@@ -446,6 +446,10 @@ struct RoomRow {
     empty_timeout_secs: Option<i64>,
     max_participants: Option<i64>,
     created_at: i64,
+    /// When it was last created or changed through the API.
+    updated_at: i64,
+    /// Calls that started in it since then.
+    calls_since: i64,
 }
 
 fn room_info(r: &RoomRow, live: usize) -> proto::Room {
@@ -471,24 +475,23 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
     let now = s.clock.now_ms();
     let metadata = (!req.metadata.is_empty()).then_some(req.metadata.clone());
     let mut tx = s.db.begin(org).await?;
-    let sql = "UPDATE rooms SET metadata = COALESCE($1, metadata), empty_timeout_secs = COALESCE($2, empty_timeout_secs), \
-               max_participants = COALESCE($3, max_participants), updated_at = $4 \
-               WHERE org_id = $5 AND name = $6 AND deleted_at IS NULL";
-    let args = args![metadata.clone(), nonzero(req.empty_timeout), nonzero(req.max_participants), now, org, &req.name];
-    if tx.execute(sql, args).await? == 0 {
-        let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
-                   updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
-        let args = args![
-            record_id("room", now),
-            org,
-            &req.name,
-            metadata.unwrap_or_default(),
-            nonzero(req.empty_timeout),
-            nonzero(req.max_participants),
-            now
-        ];
-        tx.execute(sql, args).await?;
-    }
+    // One statement: call history may record the room at the same moment (a join racing
+    // a deletion), and an update-then-insert would then collide with its row.
+    let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
+               updated_at) VALUES ($1, $2, $3, COALESCE($4, ''), $5, $6, $7, $7) \
+               ON CONFLICT (org_id, name) WHERE deleted_at IS NULL DO UPDATE SET \
+               metadata = COALESCE($4, rooms.metadata), empty_timeout_secs = COALESCE($5, rooms.empty_timeout_secs), \
+               max_participants = COALESCE($6, rooms.max_participants), updated_at = $7";
+    let args = args![
+        record_id("room", now),
+        org,
+        &req.name,
+        metadata,
+        nonzero(req.empty_timeout),
+        nonzero(req.max_participants),
+        now
+    ];
+    tx.execute(sql, args).await?;
     // Existing or not (call history may have recorded a deleted room again), the room is
     // wanted from now on.
     crate::api::v1::room_created(s, org, &req.name, now).await?;
@@ -500,24 +503,43 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
     Ok(room)
 }
 
-/// The org's rooms, and its rooms that exist only because somebody joined them.
+/// The org's rooms that exist as LiveKit counts them: those open on the router (someone is
+/// in, or left less than the empty timeout ago), and those created through the API that wait
+/// for their first participant, for the empty timeout after their creation. Records of rooms
+/// that were used and closed stay in the control API (`GET /v1/rooms`), not here.
 async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpError> {
-    let mut tx = s.db.begin(org).await?;
-    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at FROM rooms \
-               WHERE org_id = $1 AND deleted_at IS NULL ORDER BY name";
+    let mut tx = s.db.begin_read(org).await?;
+    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at, updated_at, \
+               (SELECT COUNT(*) FROM calls c WHERE c.org_id = r.org_id AND c.room_id = r.id \
+               AND c.started_at >= r.updated_at) AS calls_since \
+               FROM rooms r WHERE org_id = $1 AND deleted_at IS NULL ORDER BY name";
     let rows: Vec<RoomRow> = tx.fetch_all(sql, args![org]).await?;
     tx.commit().await?;
     let owner = org.to_string();
-    let live: Vec<(String, usize)> = s
+    let (live, default_timeout) = s
         .sfu
         .call(move |sfu, _| {
             let names: Vec<RoomName> = sfu.rooms().filter(|r| r.org() == Some(owner.as_str())).cloned().collect();
-            names.iter().map(|r| (r.local().to_string(), sfu.participants(r).len())).collect()
+            let live: Vec<(String, usize)> =
+                names.iter().map(|r| (r.local().to_string(), sfu.participants(r).len())).collect();
+            (live, sfu.empty_room_timeout())
         })
         .await
         .map_err(|_| gone())?;
-    let count = |name: &str| live.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
-    let mut rooms: Vec<proto::Room> = rows.iter().map(|r| room_info(r, count(&r.name))).collect();
+    let now = s.clock.now_ms();
+    let waiting = |r: &RoomRow| {
+        let timeout_ms = match r.empty_timeout_secs {
+            Some(secs) if secs > 0 => secs * 1000,
+            _ => default_timeout.as_millis() as i64,
+        };
+        r.calls_since == 0 && now < r.updated_at + timeout_ms
+    };
+    let count = |name: &str| live.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
+    let mut rooms: Vec<proto::Room> = rows
+        .iter()
+        .filter(|r| count(&r.name).is_some() || waiting(r))
+        .map(|r| room_info(r, count(&r.name).unwrap_or(0)))
+        .collect();
     for (name, n) in &live {
         if !rows.iter().any(|r| &r.name == name) {
             let row = RoomRow {
@@ -526,6 +548,8 @@ async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpEr
                 empty_timeout_secs: None,
                 max_participants: None,
                 created_at: 0,
+                updated_at: 0,
+                calls_since: 0,
             };
             rooms.push(room_info(&row, *n));
         }

@@ -23,6 +23,8 @@ use crate::args;
 use crate::db::{Db, DbError};
 use crate::ids::record_id;
 use crate::sfu::core::{ParticipantInfo, SfuEvent};
+use crate::sfu::driver::SfuHandle;
+use crate::sfu::mirror::{self, Mirror};
 use crate::sfu::signal::livekit::LiveKitState;
 use crate::sfu::signal::token::{self, Claims, NODE_ORG};
 
@@ -63,36 +65,42 @@ pub struct WebhookStats {
 
 /// Turns router events into webhooks until the router stops. Each org (the node's rooms
 /// are one more) has its own queue and delivery task, so an org whose endpoints hang delays
-/// only its own events.
-pub fn spawn(
-    hooks: Webhooks,
-    mut events: broadcast::Receiver<SfuEvent>,
-    livekit: LiveKitState,
-    clock: Clock,
-) -> Arc<WebhookStats> {
+/// only its own events. Falling behind the router's events, it catches up from the router's
+/// state (`sfu::mirror`): rooms, participants and tracks that came or went meanwhile are told
+/// late rather than never.
+pub fn spawn(hooks: Webhooks, sfu: SfuHandle, livekit: LiveKitState, clock: Clock) -> Arc<WebhookStats> {
     let stats = Arc::new(WebhookStats::default());
     let hooks = Arc::new(hooks);
+    let mut events = sfu.subscribe();
     tokio::spawn({
         let stats = Arc::clone(&stats);
         async move {
             let mut queues: HashMap<String, mpsc::Sender<proto::WebhookEvent>> = HashMap::new();
+            let mut mirror = Mirror::default();
             loop {
-                let e = match events.recv().await {
-                    Ok(e) => e,
+                let batch = match events.recv().await {
+                    Ok(e) => {
+                        mirror.handle_event(&e);
+                        vec![e]
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        stats.dropped.fetch_add(n, Ordering::Relaxed);
-                        continue;
+                        tracing::warn!(missed = n, "webhooks fell behind the router; catching up");
+                        let Ok((live, rest)) = sfu.subscribe_with(mirror::live).await else { return };
+                        events = rest;
+                        mirror.catch_up(live)
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                let Some((org, hook)) = to_webhook(&e, &livekit, clock.now_ms()) else { continue };
-                let queue = queues.entry(org.clone()).or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(QUEUE);
-                    tokio::spawn(deliver_org(org, rx, Arc::clone(&hooks), Arc::clone(&stats), clock.clone()));
-                    tx
-                });
-                if queue.try_send(hook).is_err() {
-                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                for e in batch {
+                    let Some((org, hook)) = to_webhook(&e, &livekit, clock.now_ms()) else { continue };
+                    let queue = queues.entry(org.clone()).or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(QUEUE);
+                        tokio::spawn(deliver_org(org, rx, Arc::clone(&hooks), Arc::clone(&stats), clock.clone()));
+                        tx
+                    });
+                    if queue.try_send(hook).is_err() {
+                        stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

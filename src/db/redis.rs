@@ -27,8 +27,7 @@ pub struct Redis {
 /// GCRA in one atomic step (see `crate::api::ratelimit::gcra` for the same rule in Rust):
 /// KEYS[1] holds the theoretical arrival time; ARGV: now, interval, burst (all ms / counts).
 /// Returns 0 when allowed, else the milliseconds until the next request would be. The key
-/// holds the time as a plain integer, which [`Redis::get`] reads back for a look that spends
-/// nothing.
+/// holds the time as a plain integer.
 const GCRA: &str = r#"
 local now = tonumber(ARGV[1])
 local interval = tonumber(ARGV[2])
@@ -39,6 +38,21 @@ local new_tat = tat + interval
 local over = new_tat - now - burst * interval
 if over > 0 then return over end
 redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + 1000)
+return 0
+"#;
+
+/// Gives back one GCRA step taken by [`GCRA`]: KEYS[1] as there; ARGV: now, interval. The
+/// key goes when the budget is full again.
+const GCRA_REFUND: &str = r#"
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local back = tat - tonumber(ARGV[2])
+if back > now then
+  redis.call('SET', KEYS[1], back, 'PX', back - now + 1000)
+else
+  redis.call('DEL', KEYS[1])
+end
 return 0
 "#;
 
@@ -106,5 +120,14 @@ impl Redis {
         let mut call = script.key(key);
         call.arg(now_ms).arg(interval_ms).arg(burst);
         Self::bounded(call.invoke_async::<i64>(&mut c)).await
+    }
+
+    /// Undoes one allowed [`Redis::gcra`] step for `key`.
+    pub async fn gcra_refund(&self, key: &str, now_ms: i64, interval_ms: i64) -> Result<(), RedisError> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(GCRA_REFUND);
+        let mut call = script.key(key);
+        call.arg(now_ms).arg(interval_ms);
+        Self::bounded(call.invoke_async::<i64>(&mut c)).await.map(|_| ())
     }
 }

@@ -153,6 +153,11 @@ pub enum LeaveReason {
     Removed,
     /// The same identity joined again (LiveKit semantics: the newer connection wins).
     DuplicateIdentity,
+    /// The room was deleted (control API, RoomService `DeleteRoom`).
+    RoomDeleted,
+    /// Not known: the router never says this, but a consumer that missed the leave and saw
+    /// only that the participant was gone (`sfu::mirror`) does.
+    Unknown,
 }
 
 /// Errors from router operations.
@@ -414,15 +419,12 @@ impl Sfu {
         req: JoinRequest,
         offer: &str,
     ) -> Result<(ParticipantId, SdpAnswer), SfuError> {
-        let (candidates, ufrag) = remote_ice(offer)?;
+        let facts = OfferFacts::read(offer)?;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         self.admit(&req)?;
         let mut rtc = self.new_rtc(now);
         let answer = negotiate(|| rtc.sdp_api().accept_offer(offer)).map_err(SfuError::from)?;
-        let id = self.add_session(now, req, rtc);
-        if let Some(p) = self.peers.get_mut(&id) {
-            (p.remote_candidates, p.remote_ufrag) = (candidates, ufrag);
-        }
+        let id = self.add_session(now, req, rtc, facts);
         Ok((id, answer))
     }
 
@@ -433,7 +435,7 @@ impl Sfu {
         req.negotiation = Negotiation::ServerOffers;
         let room = req.room.clone();
         let rtc = self.new_rtc(now);
-        let id = self.add_session(now, req, rtc);
+        let id = self.add_session(now, req, rtc, OfferFacts::default());
         // The first offer carries the channels and whatever the room already publishes.
         self.fill_slots(now, &room);
         self.offer_later(id);
@@ -449,7 +451,7 @@ impl Sfu {
         req.negotiation = Negotiation::ClientOffers;
         let room = req.room.clone();
         let rtc = self.new_rtc(now);
-        let id = self.add_session(now, req, rtc);
+        let id = self.add_session(now, req, rtc, OfferFacts::default());
         self.fill_slots(now, &room);
         self.drive(now);
         Ok(id)
@@ -496,10 +498,11 @@ impl Sfu {
             lines.push(describe::Sending { mid: slot.mid, stream: stream_id(owner, track), track });
         }
         peer.offered = true;
-        // A client that offered again without more lines while tracks wait has not yet acted
-        // on the last request (or cannot: a codec it lacks); it is not asked again until it
-        // offers more.
-        peer.sections_requested = !grew && lines_before > 0 && !peer.to_add.is_empty();
+        // A client asked for more lines that offered again without them while tracks wait has
+        // not yet acted on the request (or cannot: a codec it lacks); it is not asked again
+        // until it offers more. Any other offer answers the request, and tracks that came
+        // meanwhile are asked for afresh.
+        peer.sections_requested = peer.sections_requested.filter(|&lines| lines > 0 && !grew && !peer.to_add.is_empty());
         let room = peer.room.clone();
         let sdp = describe::sending_lines(&answer, &lines);
         // The client starts decoding once it has this answer: video needs a keyframe then,
@@ -531,7 +534,7 @@ impl Sfu {
         rtc
     }
 
-    fn add_session(&mut self, now: Instant, req: JoinRequest, rtc: Rtc) -> ParticipantId {
+    fn add_session(&mut self, now: Instant, req: JoinRequest, rtc: Rtc, offer: OfferFacts) -> ParticipantId {
         let id = ParticipantId(self.next_id);
         self.next_id += 1;
         // Another connection of a participant still in the room joins it; otherwise it is new.
@@ -566,15 +569,17 @@ impl Sfu {
                 subscribe: req.subscribe,
                 negotiation: req.negotiation,
                 offered: false,
-                sections_requested: false,
+                sections_requested: None,
                 lines_offered: 0,
                 rtc,
                 next_timeout: now,
                 disconnected_since: None,
                 joined_at: now,
                 connected: false,
-                remote_candidates: 0,
-                remote_ufrag: None,
+                broken: false,
+                remote_candidates: offer.candidates,
+                remote_ufrag: offer.ufrag,
+                client_tracks: offer.tracks,
                 estimate_bps: None,
                 slots: Vec::new(),
                 published: Vec::new(),
@@ -606,15 +611,16 @@ impl Sfu {
     /// Applies a new offer from an existing session: added m-lines, or an ICE restart when the
     /// offer carries new ICE credentials.
     pub fn renegotiate(&mut self, now: Instant, id: ParticipantId, offer: &str) -> Result<SdpAnswer, SfuError> {
-        let (candidates, ufrag) = remote_ice(offer)?;
+        let facts = OfferFacts::read(offer)?;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(sdp_error_text(&e.to_string())))?;
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         // Offers repeat the candidates gathered so far; new credentials start a new set.
-        let known = if ufrag == peer.remote_ufrag { peer.remote_candidates } else { 0 };
-        if known.max(candidates) > MAX_REMOTE_CANDIDATES {
+        let known = if facts.ufrag == peer.remote_ufrag { peer.remote_candidates } else { 0 };
+        if known.max(facts.candidates) > MAX_REMOTE_CANDIDATES {
             return Err(SfuError::LimitExceeded("ICE candidates"));
         }
-        (peer.remote_candidates, peer.remote_ufrag) = (known.max(candidates), ufrag);
+        (peer.remote_candidates, peer.remote_ufrag) = (known.max(facts.candidates), facts.ufrag);
+        peer.client_tracks = facts.tracks;
         // Glare: the client's offer wins; ours is dropped and its tracks go into the next one.
         peer.drop_pending_offer();
         let answer = match negotiate(|| peer.rtc.sdp_api().accept_offer(offer)) {
@@ -740,9 +746,29 @@ impl Sfu {
     pub fn close_room(&mut self, now: Instant, room: &RoomName) -> usize {
         let everyone = self.participants(room);
         for p in &everyone {
-            self.remove_participant(now, p.id, LeaveReason::Removed);
+            self.remove_participant(now, p.id, LeaveReason::RoomDeleted);
         }
+        // A deleted room does not wait out its empty timeout: it is gone now, as in LiveKit.
+        self.close(room.clone(), LeaveReason::RoomDeleted);
+        self.drive(now);
         everyone.len()
+    }
+
+    /// Ends a room: the server's own participants there leave, then the room goes.
+    fn close(&mut self, name: RoomName, reason: LeaveReason) {
+        let locals: Vec<ParticipantId> =
+            self.locals.iter().filter(|(_, l)| l.room == name).map(|(id, _)| *id).collect();
+        for id in locals {
+            self.remove_local(id, reason);
+        }
+        if self.rooms.remove(&name).is_some() {
+            self.events.push_back(SfuEvent::RoomClosed { room: name });
+        }
+    }
+
+    /// How long a room with no participants stays open unless its settings say otherwise.
+    pub fn empty_room_timeout(&self) -> Duration {
+        self.config.empty_room_timeout
     }
 
     /// Participants in `room` with this identity.
@@ -967,7 +993,7 @@ impl Sfu {
             .peers
             .values()
             .filter_map(|p| {
-                if !p.rtc.is_alive() {
+                if p.broken || !p.rtc.is_alive() {
                     Some((p.id, LeaveReason::TransportError))
                 } else if self.deadline(p).is_some_and(|t| now >= t) {
                     Some((p.id, LeaveReason::Timeout))
@@ -992,13 +1018,7 @@ impl Sfu {
             }
         }
         for name in closed {
-            let locals: Vec<ParticipantId> =
-                self.locals.iter().filter(|(_, l)| l.room == name).map(|(id, _)| *id).collect();
-            for id in locals {
-                self.remove_local(id, LeaveReason::Removed);
-            }
-            self.rooms.remove(&name);
-            self.events.push_back(SfuEvent::RoomClosed { room: name });
+            self.close(name, LeaveReason::Removed);
         }
         self.drive(now);
     }
@@ -1239,7 +1259,12 @@ impl Sfu {
                 .collect();
             let mut layers: Vec<LayerRate> = rids.into_iter().map(|rid| LayerRate { rid, bps: 0 }).collect();
             layer_select::order(&mut layers);
-            let client_track_id = p.rtc.media(m.mid).map(|x| x.track_id().to_string()).unwrap_or_default();
+            // The client's own id for the track, as its offer wrote it: str0m makes one up
+            // where the offer names no stream (`a=msid:- <track>`, as LiveKit's native SDKs write).
+            let client_track_id = match p.client_tracks.get(&*m.mid) {
+                Some(t) => t.clone(),
+                None => p.rtc.media(m.mid).map(|x| x.track_id().to_string()).unwrap_or_default(),
+            };
             // The announcement may have gone to another connection of the same participant.
             let participant = p.participant;
             let announced = self
@@ -1331,7 +1356,7 @@ impl Sfu {
     /// description changed; once per answer.
     fn request_sections(&mut self, id: ParticipantId) {
         let Some(p) = self.peers.get_mut(&id) else { return };
-        if p.negotiation != Negotiation::ClientOffers || !p.offered || p.sections_requested {
+        if p.negotiation != Negotiation::ClientOffers || !p.offered || p.sections_requested.is_some() {
             return;
         }
         let (mut audio, mut video) = (0, 0);
@@ -1349,7 +1374,7 @@ impl Sfu {
         if audio + video == 0 && !changed {
             return;
         }
-        p.sections_requested = true;
+        p.sections_requested = Some(audio + video);
         self.events.push_back(SfuEvent::SectionsNeeded { participant: id, audio, video });
     }
 
@@ -1504,7 +1529,9 @@ impl Sfu {
         }
         // Audio must always fit; the rest is what probing should aim for, with headroom for
         // headers and retransmissions.
-        let _ = guard("bitrate", || p.rtc.bwe().set_bitrate(Bitrate::bps(audio), Bitrate::bps(all + all / 4)));
+        if guard("bitrate", || p.rtc.bwe().set_bitrate(Bitrate::bps(audio), Bitrate::bps(all + all / 4))).is_err() {
+            p.broken = true;
+        }
     }
 
     fn request_keyframe(&mut self, now: Instant, track: TrackId, layer: Layer) {
@@ -1847,7 +1874,9 @@ impl Sfu {
             let keys: Vec<_> = other.channels_out.keys().filter(|k| k.0 == Some(id)).cloned().collect();
             for k in keys {
                 if let Some(c) = other.channels_out.remove(&k) {
-                    let _ = guard("close channel", || other.rtc.direct_api().close_data_channel(c.id));
+                    if guard("close channel", || other.rtc.direct_api().close_data_channel(c.id)).is_err() {
+                        other.broken = true;
+                    }
                 }
             }
         }
@@ -1948,17 +1977,56 @@ fn negotiate<T>(f: impl FnOnce() -> Result<T, RtcError>) -> Result<T, Negotiatio
     }
 }
 
-/// The distinct remote candidates an offer carries, refused past [`MAX_REMOTE_CANDIDATES`],
-/// and its ICE username fragment. Browsers repeat a bundle's candidates in every m-section, so
-/// only distinct ones count.
-fn remote_ice(sdp: &str) -> Result<(usize, Option<String>), SfuError> {
-    let lines = || sdp.lines().map(str::trim);
-    let candidates: HashSet<&str> = lines().filter_map(|l| l.strip_prefix("a=candidate:")).collect();
-    let candidates = candidates.len();
-    if candidates > MAX_REMOTE_CANDIDATES {
-        return Err(SfuError::LimitExceeded("ICE candidates"));
+/// How many distinct remote candidates an SDP carries: browsers repeat a bundle's candidates
+/// in every m-section, and those count once (what [`MAX_REMOTE_CANDIDATES`] limits).
+pub fn distinct_candidates(sdp: &str) -> usize {
+    sdp.lines().filter_map(|l| l.trim().strip_prefix("a=candidate:")).collect::<HashSet<&str>>().len()
+}
+
+/// What the router reads from a client's offer itself, before str0m takes it.
+#[derive(Debug, Default, PartialEq)]
+struct OfferFacts {
+    /// Distinct remote candidates, at most [`MAX_REMOTE_CANDIDATES`].
+    candidates: usize,
+    /// The ICE username fragment.
+    ufrag: Option<String>,
+    /// The client's track id per mid, from `a=msid` (or `a=ssrc:… msid:`).
+    tracks: HashMap<String, String>,
+}
+
+impl OfferFacts {
+    fn read(sdp: &str) -> Result<OfferFacts, SfuError> {
+        let candidates = distinct_candidates(sdp);
+        if candidates > MAX_REMOTE_CANDIDATES {
+            return Err(SfuError::LimitExceeded("ICE candidates"));
+        }
+        let lines = || sdp.lines().map(str::trim);
+        let ufrag = lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).map(str::to_string);
+        let mut tracks = HashMap::new();
+        let (mut mid, mut track): (Option<&str>, Option<&str>) = (None, None);
+        let mut section_done = |mid: Option<&str>, track: Option<&str>| {
+            if let (Some(m), Some(t)) = (mid, track) {
+                tracks.insert(m.to_string(), t.to_string());
+            }
+        };
+        for l in lines() {
+            if l.starts_with("m=") {
+                section_done(mid.take(), track.take());
+            } else if let Some(m) = l.strip_prefix("a=mid:") {
+                mid = Some(m.trim());
+            } else if let Some(v) = l.strip_prefix("a=msid:") {
+                track = v.split_whitespace().nth(1).or(track);
+            } else if let Some(v) = l.strip_prefix("a=ssrc:") {
+                // `a=ssrc:<ssrc> msid:<stream> <track>`: only where the m-line has no a=msid.
+                let msid = v.split_once(' ').and_then(|(_, a)| a.strip_prefix("msid:"));
+                if track.is_none() {
+                    track = msid.and_then(|m| m.split_whitespace().nth(1));
+                }
+            }
+        }
+        section_done(mid, track);
+        Ok(OfferFacts { candidates, ufrag, tracks })
     }
-    Ok((candidates, lines().find_map(|l| l.strip_prefix("a=ice-ufrag:")).map(str::to_string)))
 }
 
 /// str0m panicked: its state for that connection is not to be trusted any more.
@@ -1992,11 +2060,24 @@ mod tests {
         // Bundled m-sections repeat the same candidates.
         let line = "a=candidate:1 1 udp 2113937151 10.0.0.1 5000 typ host\r\n";
         let sdp = format!("v=0\r\na=ice-ufrag:u1\r\nm=audio 9 x\r\n{line}m=video 9 x\r\n{line}");
-        assert_eq!(super::remote_ice(&sdp).unwrap(), (1, Some("u1".to_string())));
+        let facts = super::OfferFacts::read(&sdp).unwrap();
+        assert_eq!((facts.candidates, facts.ufrag.as_deref()), (1, Some("u1")));
         let many: String = (0..=super::MAX_REMOTE_CANDIDATES)
             .map(|n| format!("a=candidate:{n} 1 udp 1 10.0.0.1 {} typ host\r\n", 5000 + n))
             .collect();
-        assert!(matches!(super::remote_ice(&many), Err(super::SfuError::LimitExceeded(_))));
+        assert!(matches!(super::OfferFacts::read(&many), Err(super::SfuError::LimitExceeded(_))));
+    }
+
+    #[test]
+    fn an_offer_names_the_clients_track_per_mid_whatever_its_stream() {
+        let sdp = "v=0\r\nm=audio 9 x\r\na=mid:0\r\na=msid:- TR_native\r\n\
+                   m=video 9 x\r\na=mid:1\r\na=ssrc:1 cname:c\r\na=ssrc:1 msid:s1 from-ssrc\r\n\
+                   m=audio 9 x\r\na=mid:2\r\na=msid:s2 browser\r\na=ssrc:2 msid:s2 ignored\r\n\
+                   m=application 9 x\r\na=mid:3\r\n";
+        let tracks = super::OfferFacts::read(sdp).unwrap().tracks;
+        let expected: std::collections::HashMap<String, String> =
+            [("0", "TR_native"), ("1", "from-ssrc"), ("2", "browser")].map(|(m, t)| (m.into(), t.into())).into();
+        assert_eq!(tracks, expected);
     }
 
     #[test]

@@ -67,6 +67,17 @@ impl SfuHandle {
         self.events.subscribe()
     }
 
+    /// What `f` reads of the router's state, and the router's events from that moment on:
+    /// none of them is already in the state, none after it is missing (the router publishes
+    /// all its events before it takes a call, and the subscription is made inside it).
+    pub async fn subscribe_with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Sfu) -> R + Send + 'static,
+    ) -> Result<(R, broadcast::Receiver<SfuEvent>), DriverGone> {
+        let events = self.events.clone();
+        self.call(move |sfu, _| (f(sfu), events.subscribe())).await
+    }
+
     /// ICE-TCP connections: open now, and those refused or closed by the limits.
     pub fn ice_tcp_stats(&self) -> IceTcpStats {
         self.tcp.lock().expect("not poisoned").stats()

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod forward;
 pub mod ice_tcp;
 pub mod layer_select;
+pub mod mirror;
 mod peer;
 pub mod quality;
 pub mod signal;

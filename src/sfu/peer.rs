@@ -70,8 +70,9 @@ pub(crate) struct Peer {
     pub negotiation: Negotiation,
     /// An offer of the client's has been answered (client-offering sessions).
     pub offered: bool,
-    /// `SfuEvent::SectionsNeeded` went out since the last answer.
-    pub sections_requested: bool,
+    /// `SfuEvent::SectionsNeeded` went out, asking for this many more lines, and the client
+    /// has not acted on it yet.
+    pub sections_requested: Option<u32>,
     /// Receiving lines after the last answer (client-offering sessions).
     pub lines_offered: usize,
     pub rtc: Rtc,
@@ -82,11 +83,16 @@ pub(crate) struct Peer {
     pub joined_at: Instant,
     /// ICE and DTLS came up at least once.
     pub connected: bool,
+    /// str0m panicked in a call whose caller could not end the session there: its state is
+    /// not to be trusted, and the next timer ends it.
+    pub broken: bool,
     /// Remote candidates of the current ICE generation (in offers and trickled), at most
     /// `MAX_REMOTE_CANDIDATES`.
     pub remote_candidates: usize,
     /// The client's ICE username fragment in its last offer: a new one restarts the count.
     pub remote_ufrag: Option<String>,
+    /// The client's track id per mid in its last offer (`a=msid`), which it announces tracks by.
+    pub client_tracks: HashMap<String, String>,
     pub estimate_bps: Option<u64>,
     pub slots: Vec<Slot>,
     pub published: Vec<TrackId>,

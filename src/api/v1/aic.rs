@@ -93,7 +93,7 @@ async fn effective(tx: &mut Tx, org: &str, room_id: Option<&str>) -> Result<(Aic
 
 /// The settings the room named `name` runs with (a room not on record runs with the org's).
 pub async fn room_settings(db: &Db, org: &str, name: &str) -> Result<AicConfig, ApiError> {
-    let mut tx = db.begin(org).await?;
+    let mut tx = db.begin_read(org).await?;
     let room = super::rooms::find_room(&mut tx, org, name).await?.map(|r| r.id);
     let (config, _) = effective(&mut tx, org, room.as_deref()).await?;
     tx.commit().await?;

@@ -156,6 +156,9 @@ async fn create(
         Principal::Admin => None,
     };
     let mut tx = s.db.begin(org).await?;
+    if let Some(minter) = minted_by {
+        hold_minter(&mut tx, org, minter).await?;
+    }
     let name = req.name.trim();
     insert(&mut tx, org, &id, None, name, &key, role, &scopes, expires_at, &created_by, minted_by, now).await?;
     let stored: Key = tx.fetch_one(select_keys!(" AND id = $2"), args![org, &id]).await?;
@@ -211,6 +214,26 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Locks the key that mints another until the transaction ends, and refuses when it has been
+/// revoked meanwhile (it was valid when the request authenticated). With [`revoke_lineage`]
+/// locking every key it revokes, a mint and a revocation of its minter never both commit
+/// without the new key being revoked: whichever locks the minter's row first makes the other
+/// wait, and a waiting mint then sees the revocation. The update changes nothing; it is the
+/// portable row lock (PostgreSQL's `FOR UPDATE`; SQLite's writer lock is already held).
+async fn hold_minter(tx: &mut Tx, org: &str, minter: &str) -> Result<(), ApiError> {
+    let held: Option<Revoked> = tx
+        .fetch_optional(
+            "UPDATE api_keys SET revoked_at = revoked_at WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL \
+             RETURNING id",
+            args![org, minter],
+        )
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "key_revoked", "this API key was revoked")),
+    }
+}
+
 /// Where a revocation starts.
 pub(super) enum Lineage<'a> {
     /// One key.
@@ -250,11 +273,22 @@ pub(super) async fn revoke_lineage(
 ) -> Result<Vec<String>, DbError> {
     let (actor_type, actor_id) = caller.actor();
     let by = format!("{actor_type}:{actor_id}");
-    let rows: Vec<Revoked> = match from {
-        Lineage::Key(id) => tx.fetch_all(revoke_lineage_sql!("id = $4"), args![now, by, org, id]).await?,
-        Lineage::User(id) => tx.fetch_all(revoke_lineage_sql!("user_id = $4"), args![now, by, org, id]).await?,
-    };
-    let mut ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+    // On PostgreSQL one statement sees the keys committed when it started: a key minted by a
+    // mint that held its minter's row until just after that is found by the next round, and
+    // mints from a key this transaction has revoked wait on its row, then fail. So repeat
+    // until a round revokes nothing (on SQLite, whose writer lock excludes mints, the second
+    // round finds nothing).
+    let mut ids = Vec::new();
+    loop {
+        let rows: Vec<Revoked> = match from {
+            Lineage::Key(id) => tx.fetch_all(revoke_lineage_sql!("id = $4"), args![now, &by, org, id]).await?,
+            Lineage::User(id) => tx.fetch_all(revoke_lineage_sql!("user_id = $4"), args![now, &by, org, id]).await?,
+        };
+        if rows.is_empty() {
+            break;
+        }
+        ids.extend(rows.into_iter().map(|r| r.id));
+    }
     ids.sort();
     Ok(ids)
 }

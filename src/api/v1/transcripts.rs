@@ -52,7 +52,7 @@ async fn row(tx: &mut Tx, org: &str, room_id: &str) -> Result<Option<Row>, ApiEr
 
 /// The settings of the room named `name` (off for a room not on record or never set).
 pub async fn room_settings(db: &Db, org: &str, name: &str) -> Result<SpeechConfig, ApiError> {
-    let mut tx = db.begin(org).await?;
+    let mut tx = db.begin_read(org).await?;
     let config = match super::rooms::find_room(&mut tx, org, name).await? {
         Some(room) => row(&mut tx, org, &room.id).await?.map(|r| r.config()).unwrap_or_default(),
         None => SpeechConfig::default(),

@@ -11,12 +11,19 @@
 //! through the API. Tokens issued after the deletion join as usual. With Redis the deleted
 //! rooms live there alone (a room created again on another node must count here); joins
 //! while it cannot be asked are refused (503), as for `jti`s.
+//!
+//! Which participants joined with which `jti` is kept while they are in (see
+//! [`Revocations::follow_leaves`]), so it holds no more than the node's participants.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::db::redis::{Redis, RedisError};
 use crate::ids::ParticipantId;
+use crate::sfu::SfuEvent;
+use crate::sfu::driver::SfuHandle;
 
 /// Tracked joins beyond this prune the expired ones.
 const PRUNE_AT: usize = 10_000;
@@ -161,6 +168,39 @@ impl Revocations {
         joined.entry(jti.to_string()).or_insert_with(|| (exp_ms, Vec::new())).1.push(participant);
     }
 
+    /// Forgets the joins of these participants (they left).
+    fn left(&self, gone: impl Fn(ParticipantId) -> bool) {
+        let mut joined = self.joined.lock().expect("not poisoned");
+        joined.retain(|_, (_, participants)| {
+            participants.retain(|p| !gone(*p));
+            !participants.is_empty()
+        });
+    }
+
+    /// Follows the router's leaves until it stops, forgetting the joins of participants who
+    /// left; after a lag, keeps only the joins of participants the router still has.
+    pub fn follow_leaves(self: Arc<Self>, sfu: SfuHandle) {
+        let mut events = sfu.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(SfuEvent::ParticipantLeft { participant, .. }) => self.left(|p| p == participant),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        let present = |sfu: &crate::sfu::Sfu| -> HashSet<ParticipantId> {
+                            let rooms: Vec<_> = sfu.rooms().cloned().collect();
+                            rooms.iter().flat_map(|r| sfu.participants(r)).map(|p| p.id).collect()
+                        };
+                        let Ok((present, rest)) = sfu.subscribe_with(present).await else { return };
+                        events = rest;
+                        self.left(|p| !present.contains(&p));
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// Tells the other nodes (through Redis, when configured) that `jti` was revoked.
     pub async fn announce(&self, jti: &str) -> Result<(), RedisError> {
         match self.redis.get() {
@@ -190,6 +230,17 @@ mod tests {
         assert!(!r.is_revoked("tok_1", 5_000).await.unwrap(), "an expired token needs no entry");
         assert_eq!(r.take_joined("tok_1"), vec![ParticipantId(7), ParticipantId(8)]);
         assert!(r.take_joined("tok_1").is_empty());
+    }
+
+    #[test]
+    fn joins_are_forgotten_when_their_participants_leave() {
+        let r = Revocations::default();
+        r.joined("tok_1", 5_000, ParticipantId(7), 0);
+        r.joined("tok_1", 5_000, ParticipantId(8), 0);
+        r.joined("tok_2", 5_000, ParticipantId(9), 0);
+        r.left(|p| p == ParticipantId(7) || p == ParticipantId(9));
+        assert_eq!(r.joined.lock().unwrap().len(), 1);
+        assert_eq!(r.take_joined("tok_1"), vec![ParticipantId(8)]);
     }
 
     /// Deleted at 10 s, until 100 s.

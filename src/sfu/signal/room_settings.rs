@@ -16,7 +16,7 @@ pub async fn stored(db: &Db, org: &str, room: &str) -> (String, RoomLimits) {
         max_participants: Option<i64>,
     }
     let read = async {
-        let mut tx = db.begin(org).await?;
+        let mut tx = db.begin_read(org).await?;
         let sql = "SELECT metadata, empty_timeout_secs, max_participants FROM rooms \
                    WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
         let row: Option<Row> = tx.fetch_optional(sql, crate::args![org, room]).await?;

@@ -80,11 +80,6 @@ fn checked_ice_chars(v: &str) -> Result<String, SdpFragError> {
     if ok { Ok(v.to_string()) } else { Err(SdpFragError::BadCredentials) }
 }
 
-/// How many `a=candidate` lines an SDP has (what the router would take from an offer).
-pub fn count_candidates(sdp: &str) -> usize {
-    sdp.lines().filter(|l| l.trim().starts_with("a=candidate:")).count()
-}
-
 /// The first `a=ice-ufrag` of an SDP.
 pub fn ice_ufrag(sdp: &str) -> Option<&str> {
     sdp.lines().find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
@@ -144,7 +139,6 @@ mod tests {
         let line = "a=candidate:1 1 udp 2113937151 127.0.0.1 5000 typ host\r\n";
         let full = line.repeat(MAX_CANDIDATES);
         assert_eq!(SdpFrag::parse(&full).unwrap().candidates.len(), MAX_CANDIDATES);
-        assert_eq!(count_candidates(&full), MAX_CANDIDATES);
         let over = SdpFrag::parse(&line.repeat(MAX_CANDIDATES + 1));
         assert_eq!(over, Err(SdpFragError::TooManyCandidates));
         assert_eq!(over.unwrap_err().code(), "too_many_candidates");

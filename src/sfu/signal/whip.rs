@@ -191,7 +191,7 @@ async fn create(
     require_content_type(&headers, "application/sdp")?;
     let offer = read_text(body, s.max_body).await?;
     let max_candidates = s.table().limits().candidates_per_session;
-    let candidates = sdpfrag::count_candidates(&offer);
+    let candidates = crate::sfu::core::distinct_candidates(&offer);
     if candidates > max_candidates {
         return Err(LimitError::Candidates(max_candidates).into());
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -118,6 +118,7 @@ impl LiveKitState {
 /// Query parameters of `/rtc` as `livekit-client` sends them.
 #[derive(Debug, Deserialize)]
 struct RtcQuery {
+    #[serde(default)]
     access_token: Option<String>,
     #[serde(default)]
     auto_subscribe: Option<String>,
@@ -161,8 +162,16 @@ fn authorize(tokens: &TokenVerifier, token: Option<&str>) -> Result<Claims, (Sta
     Ok(claims)
 }
 
-async fn validate(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>) -> Response {
-    match authorize_now(&s.tokens, q.access_token.as_deref()).await {
+/// The join token: `Authorization: Bearer …` (what LiveKit's Rust-core SDKs send) or
+/// `?access_token=` (livekit-client), the header first as LiveKit's server reads them.
+fn token<'a>(headers: &'a HeaderMap, q: &'a RtcQuery) -> Option<&'a str> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let bearer = header.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
+    bearer.filter(|t| !t.is_empty()).or(q.access_token.as_deref())
+}
+
+async fn validate(State(s): State<LiveKitState>, headers: HeaderMap, Query(q): Query<RtcQuery>) -> Response {
+    match authorize_now(&s.tokens, token(&headers, &q)).await {
         Ok(_) => (StatusCode::OK, "success").into_response(),
         Err((status, msg)) => (status, msg).into_response(),
     }
@@ -186,8 +195,13 @@ async fn authorize_now(tokens: &TokenVerifier, token: Option<&str>) -> Result<Cl
     Ok(claims)
 }
 
-async fn rtc(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>, ws: WebSocketUpgrade) -> Response {
-    let claims = match authorize_now(&s.tokens, q.access_token.as_deref()).await {
+async fn rtc(
+    State(s): State<LiveKitState>,
+    headers: HeaderMap,
+    Query(q): Query<RtcQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let claims = match authorize_now(&s.tokens, token(&headers, &q)).await {
         Ok(c) => c,
         Err((status, msg)) => return (status, msg).into_response(),
     };
@@ -209,8 +223,12 @@ fn upgrade(s: LiveKitState, claims: Claims, opts: session::Options, ws: WebSocke
 
 /// The token, then the join request; a malformed one is 400, which the SDK reports as it is
 /// rather than falling back to `/rtc`.
-async fn authorize_v1(s: &LiveKitState, q: &RtcQuery) -> Result<(Claims, session::Options), (StatusCode, String)> {
-    let claims = authorize_now(&s.tokens, q.access_token.as_deref()).await?;
+async fn authorize_v1(
+    s: &LiveKitState,
+    headers: &HeaderMap,
+    q: &RtcQuery,
+) -> Result<(Claims, session::Options), (StatusCode, String)> {
+    let claims = authorize_now(&s.tokens, token(headers, q)).await?;
     let param = q.join_request.as_deref().ok_or((StatusCode::BAD_REQUEST, "missing join_request".to_string()))?;
     let join = join_request::decode(param).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let opts = session::Options {
@@ -224,15 +242,20 @@ async fn authorize_v1(s: &LiveKitState, q: &RtcQuery) -> Result<(Claims, session
     Ok((claims, opts))
 }
 
-async fn rtc_v1(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>, ws: WebSocketUpgrade) -> Response {
-    match authorize_v1(&s, &q).await {
+async fn rtc_v1(
+    State(s): State<LiveKitState>,
+    headers: HeaderMap,
+    Query(q): Query<RtcQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match authorize_v1(&s, &headers, &q).await {
         Ok((claims, opts)) => upgrade(s, claims, opts, ws),
         Err((status, msg)) => (status, msg).into_response(),
     }
 }
 
-async fn validate_v1(State(s): State<LiveKitState>, Query(q): Query<RtcQuery>) -> Response {
-    match authorize_v1(&s, &q).await {
+async fn validate_v1(State(s): State<LiveKitState>, headers: HeaderMap, Query(q): Query<RtcQuery>) -> Response {
+    match authorize_v1(&s, &headers, &q).await {
         Ok(_) => (StatusCode::OK, "success").into_response(),
         Err((status, msg)) => (status, msg).into_response(),
     }

@@ -555,6 +555,7 @@ impl Session {
                     if let SessionError::Removed(reason) = e {
                         let why = match reason {
                             LeaveReason::DuplicateIdentity => proto::DisconnectReason::DuplicateIdentity,
+                            LeaveReason::RoomDeleted => proto::DisconnectReason::RoomDeleted,
                             _ => proto::DisconnectReason::ParticipantRemoved,
                         };
                         let _ = send(&mut tx, leave(why, Action::Disconnect)).await;
