@@ -20,6 +20,12 @@ want=$(sed -n 's/^schemathesis==//p' tests/schemathesis/requirements.txt)
 if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "$want"; then
   python3 -m venv "$venv" && "$venv/bin/pip" install --quiet -r tests/schemathesis/requirements.txt
 fi
+# LiveKit's Python SDK (PyPI, pinned): the Rust-core SDKs' test client.
+venv=tests/livekit_py/.venv
+want=$(sed -n 's/^livekit==//p' tests/livekit_py/requirements.txt)
+if ! "$venv/bin/pip" freeze 2>/dev/null | grep -qx "livekit==$want"; then
+  python3 -m venv "$venv" && "$venv/bin/pip" install --quiet -r tests/livekit_py/requirements.txt
+fi
 # The room page at / loads livekit-client from web/vendor/; the browser test opens it.
 scripts/web-vendor.sh
 # The speech tests need the Whisper models; the debug build converts them.
