@@ -30,6 +30,7 @@ async fn room_of_eight(single_pc: bool) {
         .collect();
     let mut admin = token::join_claims(&key, room, "", now, 600);
     (admin.video.room_join, admin.video.room_admin) = (false, true);
+    (admin.video.room_create, admin.video.room_list) = (true, true);
     let config = json!({
         "url": format!("ws://{}", server.http_addr),
         "http": format!("http://{}", server.http_addr),

@@ -435,6 +435,13 @@ async fn dispatch(
             }
             Ok(encode(codec, &proto::SendDataResponse {}))
         }
+        // LiveKit Cloud's: they move a participant between rooms, which needs rooms that span
+        // nodes; refused by name rather than as unknown, so callers can tell.
+        "ForwardParticipant" | "MoveParticipant" => Err(err(
+            StatusCode::NOT_IMPLEMENTED,
+            "unimplemented",
+            format!("{method} is not supported: a participant stays in the room it joined"),
+        )),
         _ => Err(err(StatusCode::NOT_FOUND, "bad_route", format!("no method {method}"))),
     }
 }

@@ -964,7 +964,7 @@ impl Sfu {
         match guard("handle_input", || peer.rtc.handle_input(input)) {
             Ok(Ok(())) => self.mark(id),
             Ok(Err(e)) => {
-                tracing::debug!(participant = %id, error = %e, "input refused; closing session");
+                tracing::info!(participant = %id, error = %e, "input refused; closing session");
                 self.remove_peer(now, id, LeaveReason::TransportError);
             }
             Err(Panicked) => self.remove_peer(now, id, LeaveReason::TransportError),
@@ -981,7 +981,7 @@ impl Sfu {
             match guard("handle_timeout", || peer.rtc.handle_input(Input::Timeout(now))) {
                 Ok(Ok(())) => self.mark(id),
                 Ok(Err(e)) => {
-                    tracing::debug!(participant = %id, error = %e, "timeout handling failed; closing session");
+                    tracing::info!(participant = %id, error = %e, "timeout handling failed; closing session");
                     self.remove_peer(now, id, LeaveReason::TransportError);
                 }
                 Err(Panicked) => self.remove_peer(now, id, LeaveReason::TransportError),
@@ -1138,7 +1138,7 @@ impl Sfu {
                     Ok(Ok(Output::Transmit(t))) => self.transmits.push_back(t),
                     Ok(Ok(Output::Event(e))) => self.handle_event(now, id, e),
                     Ok(Err(e)) => {
-                        tracing::debug!(participant = %id, error = %e, "session failed");
+                        tracing::info!(participant = %id, error = %e, "transport failed; closing session");
                         self.remove_peer(now, id, LeaveReason::TransportError);
                         break;
                     }

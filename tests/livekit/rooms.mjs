@@ -151,6 +151,7 @@ async function newPage(name) {
 }
 
 let failed = false;
+let lastCall = '';
 try {
   const room = 'lk-room';
   const alice = await newPage('alice');
@@ -395,7 +396,18 @@ try {
   if (err === 'connected' || !/403|401|not ?allowed/i.test(err)) throw new Error(`bad token was not refused properly: ${err}`);
 
   // LiveKit's server SDK manages rooms through the Twirp RoomService.
-  const svc = new RoomServiceClient(url, apiKey, apiSecret);
+  // Each call is noted, so that a failure says which one it was.
+  const client = new RoomServiceClient(url, apiKey, apiSecret);
+  const svc = new Proxy(client, {
+    get(target, name) {
+      const v = target[name];
+      if (typeof v !== 'function') return v;
+      return (...args) => {
+        lastCall = `${String(name)}(${args.slice(0, 2).map((a) => JSON.stringify(a)).join(', ')})`;
+        return v.apply(target, args);
+      };
+    },
+  });
   const created = await svc.createRoom({ name: 'svc-room', emptyTimeout: 60, metadata: 'hello' });
   if (created.name !== 'svc-room' || created.metadata !== 'hello' || created.emptyTimeout !== 60) {
     throw new Error(`createRoom: ${JSON.stringify(created)}`);
@@ -465,7 +477,7 @@ try {
   log(`webhooks: ${hooks.length} received, all verified by WebhookReceiver`);
 } catch (e) {
   failed = true;
-  console.error('FAILED:', e.message);
+  console.error('FAILED:', e.message, lastCall && `(last RoomService call: ${lastCall})`);
 } finally {
   hookServer.close();
   await browser.close();

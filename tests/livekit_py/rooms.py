@@ -55,7 +55,7 @@ class Peer:
         self.data = []
         self.left = []  # identities seen leaving
         self.reconnected = 0
-        self.disconnected = False
+        self.disconnected = None  # the reason, once disconnected
         self.tasks = []
         r = self.room
         r.on("track_subscribed", lambda track, pub, p: self.subscribed.__setitem__(pub.sid, (p.identity, track)))
@@ -70,8 +70,8 @@ class Peer:
     def _reconnected(self, *_):
         self.reconnected += 1
 
-    def _disconnected(self, *_):
-        self.disconnected = True
+    def _disconnected(self, reason=None, *_):
+        self.disconnected = reason if reason is not None else -1
 
     async def join(self, url, single_pc):
         options = rtc.RoomOptions(auto_subscribe=True, single_peer_connection=single_pc)
@@ -142,6 +142,14 @@ async def seen_video(track):
 
 
 def room_service(cfg, method, body):
+    return room_service_call(cfg, method, body)[0]
+
+
+def room_service_body(cfg, method, body):
+    return room_service_call(cfg, method, body)[1]
+
+
+def room_service_call(cfg, method, body):
     req = urllib.request.Request(
         f"{cfg['http']}/twirp/livekit.RoomService/{method}",
         data=json.dumps(body).encode(),
@@ -149,7 +157,7 @@ def room_service(cfg, method, body):
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=10) as r:
-        return r.status
+        return r.status, r.read()
 
 
 async def main(cfg):
@@ -198,7 +206,7 @@ async def main(cfg):
         if status != 200:
             raise Failed(f"MutePublishedTrack answered {status}")
         await until("everyone sees the RoomService mute", lambda: all((a.identity, sid) in o.muted for o in others))
-        if a.reconnected or a.disconnected:
+        if a.reconnected or a.disconnected is not None:
             raise Failed(f"muting made {a.identity} reconnect")
         log("mutes seen by everyone, by the publisher's track id")
 
@@ -222,6 +230,16 @@ async def main(cfg):
         if len(b.subscribed) != (n - 1) * 2:
             raise Failed(f"{b.identity} kept {len(b.subscribed)} subscriptions over the resume")
         log("resume kept the session")
+
+        # The room is deleted with everyone in it: all are told why, and it is gone at once.
+        if room_service(cfg, "DeleteRoom", {"room": cfg["room"]}) != 200:
+            raise Failed("DeleteRoom refused")
+        deleted = rtc.DisconnectReason.ROOM_DELETED
+        await until("everyone told the room was deleted", lambda: all(p.disconnected == deleted for p in peers), 15)
+        listed = json.loads(room_service_body(cfg, "ListRooms", {}))
+        if any(r.get("name") == cfg["room"] for r in listed.get("rooms", [])):
+            raise Failed(f"the deleted room is still listed: {listed}")
+        log("room deletion: everyone told ROOM_DELETED, the room no longer listed")
     finally:
         for p in peers:
             try:
