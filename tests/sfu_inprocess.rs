@@ -12,8 +12,9 @@ use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
 use auralink::sfu::{
     ClientAnswer, JoinRequest, LeaveReason, Negotiation, Offer, Quality as LayerQuality, Sfu, SfuConfig, SfuError,
-    SfuEvent, SubscribeFilter, TapFrame, TapSink,
+    SfuEvent, SubscribeFilter, SubscriptionGrant, TapFrame, TapSink,
 };
+use auralink::sfu::core::MAX_GRANT_ENTRIES;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::Candidate;
@@ -504,6 +505,54 @@ fn a_track_that_comes_while_a_request_is_out_is_asked_for_after_it() {
     let sent = publish_audio(&mut w, carol, 2000, 50);
     let got: Vec<_> = payloads(&w.clients[bob].1, true).into_iter().filter(|p| sent.contains(p)).collect();
     assert_suffix_intact(&sent, &got, 0.8, "carol's audio on bob's line");
+}
+
+/// A publisher narrows who may subscribe to its tracks: a session it leaves out loses them
+/// and is told; allowed again, it is told and gets them back.
+#[test]
+fn subscription_grants_take_tracks_away_and_give_them_back() {
+    let mut w = World::new(41);
+    let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    let carol = w.join("carol", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    w.connect_all();
+    publish_audio(&mut w, alice, 0, 10);
+    let (alice_id, bob_id, carol_id) = (w.ids[alice], w.ids[bob], w.ids[carol]);
+    let bound = |w: &World, id| w.sfu.subscriptions(id).iter().filter(|s| s.1.is_some()).count();
+    assert_eq!((bound(&w, bob_id), bound(&w, carol_id)), (1, 1));
+    let track = w.sfu.subscriptions(carol_id)[0].1.unwrap();
+    let told = |w: &World, id, allowed| {
+        w.events.iter().any(|e| matches!(e, SfuEvent::SubscriptionAllowed { participant, owner, track: t, allowed: a }
+            if *participant == id && *owner == alice_id && *t == track && *a == allowed))
+    };
+
+    let only_bob = SubscriptionGrant { allowed: vec![(Identity::new("bob").unwrap(), None)] };
+    let now = w.now;
+    w.sfu.set_subscription_grant(now, alice_id, Some(only_bob)).unwrap();
+    w.advance_by(Duration::from_millis(100));
+    assert_eq!((bound(&w, bob_id), bound(&w, carol_id)), (1, 0));
+    assert!(told(&w, carol_id, false) && !told(&w, bob_id, false));
+    // Asking for it explicitly does not get around the grant.
+    let now = w.now;
+    assert!(w.sfu.set_subscribed(now, carol_id, track, true).is_err());
+    let sent = publish_audio(&mut w, alice, 100, 20);
+    let got: Vec<_> = payloads(&w.clients[carol].1, true).into_iter().filter(|p| sent.contains(p)).collect();
+    assert!(got.is_empty(), "carol got {} frames she may not have", got.len());
+
+    let now = w.now;
+    w.sfu.set_subscription_grant(now, alice_id, None).unwrap();
+    w.advance_by(Duration::from_millis(100));
+    assert_eq!(bound(&w, carol_id), 1);
+    assert!(told(&w, carol_id, true));
+    let sent = publish_audio(&mut w, alice, 200, 50);
+    let got: Vec<_> = payloads(&w.clients[carol].1, true).into_iter().filter(|p| sent.contains(p)).collect();
+    assert_suffix_intact(&sent, &got, 0.8, "alice's audio to carol, allowed again");
+    // A grant is the client's to write, and bounded.
+    let huge = SubscriptionGrant {
+        allowed: (0..=MAX_GRANT_ENTRIES).map(|i| (Identity::new(format!("p{i}")).unwrap(), None)).collect(),
+    };
+    let now = w.now;
+    assert!(matches!(w.sfu.set_subscription_grant(now, alice_id, Some(huge)), Err(SfuError::LimitExceeded(_))));
 }
 
 #[test]

@@ -27,7 +27,10 @@ use super::speaker::{Speaker, SpeakerDetector};
 use super::tap::{Offer, TapFrame, TapSink};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
+mod grants;
 mod local;
+
+pub use grants::{MAX_GRANT_ENTRIES, SubscriptionGrant};
 
 use self::local::Local;
 
@@ -296,6 +299,15 @@ pub enum SfuEvent {
         participant: ParticipantId,
         sdp: String,
     },
+    /// Whether `participant` may subscribe to `track` (of `owner`) by the owner's
+    /// subscription grant: told when it may not have a track it would get, and when it may
+    /// again.
+    SubscriptionAllowed {
+        participant: ParticipantId,
+        owner: ParticipantId,
+        track: TrackId,
+        allowed: bool,
+    },
     /// A [`Negotiation::ClientOffers`] session should offer again, with `audio` and `video`
     /// more receiving m-lines ((0, 0): so that the answer can describe changed ones).
     SectionsNeeded {
@@ -378,6 +390,10 @@ pub struct Sfu {
     peers: BTreeMap<ParticipantId, Peer>,
     tracks: BTreeMap<TrackId, Track>,
     locals: BTreeMap<ParticipantId, Local>,
+    /// Publishers (participant ids) that narrowed who may subscribe to their tracks.
+    grants: HashMap<ParticipantId, SubscriptionGrant>,
+    /// Sessions told they may not have a track, until they may again or either goes.
+    denied: BTreeSet<(ParticipantId, TrackId)>,
     by_mid: HashMap<(ParticipantId, Mid), TrackId>,
     /// Last session seen on a remote address: the first place to look when demultiplexing.
     by_source: HashMap<SocketAddr, ParticipantId>,
@@ -399,6 +415,8 @@ impl Sfu {
             peers: BTreeMap::new(),
             tracks: BTreeMap::new(),
             locals: BTreeMap::new(),
+            grants: HashMap::new(),
+            denied: BTreeSet::new(),
             by_mid: HashMap::new(),
             by_source: HashMap::new(),
             dirty: VecDeque::new(),
@@ -659,10 +677,12 @@ impl Sfu {
             return Err(self.failed_negotiation(now, id, e));
         }
         for (mid, track) in planned {
+            let allowed = self.may_subscribe(id, track);
             let peer = self.peers.get_mut(&id).expect("checked above");
             let kind = self.tracks.get(&track).map(|t| t.info.kind);
-            // Unpublished while the offer was out, or the session may no longer subscribe.
-            let Some(kind) = kind.filter(|_| peer.permissions.subscribe) else {
+            // Unpublished while the offer was out, or the session may no longer subscribe (to
+            // anything, or to this track by its publisher's grant).
+            let Some(kind) = kind.filter(|_| peer.permissions.subscribe && allowed) else {
                 peer.to_stop.push(mid);
                 continue;
             };
@@ -824,6 +844,7 @@ impl Sfu {
     /// Takes a track out of the room: its subscribers' slots are released.
     fn unpublish(&mut self, track: TrackId) {
         let Some(t) = self.tracks.remove(&track) else { return };
+        self.denied.retain(|(_, d)| *d != track);
         self.by_mid.remove(&(t.session, t.mid));
         for &(sub, mid) in &t.subscribers {
             if let Some(slot) = self.peers.get_mut(&sub).and_then(|p| p.slot_mut(mid)) {
@@ -896,13 +917,19 @@ impl Sfu {
                 return Err(SfuError::NoTrack);
             }
         } else {
-            peer.to_add.retain(|t| *t != track);
-            if let Some(mid) = peer.slot_for(track).map(|s| s.mid) {
-                self.unbind(id, mid);
-            }
+            self.drop_subscription(id, track);
         }
         self.drive(now);
         Ok(())
+    }
+
+    /// Session `id` no longer gets `track`: waiting for a line or on one.
+    fn drop_subscription(&mut self, id: ParticipantId, track: TrackId) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        peer.to_add.retain(|t| *t != track);
+        if let Some(mid) = peer.slot_for(track).map(|s| s.mid) {
+            self.unbind(id, mid);
+        }
     }
 
     /// Pauses (or resumes) forwarding of a subscribed track to a session without
@@ -1334,6 +1361,10 @@ impl Sfu {
     /// Gives session `id` the track: an m-line in the next offer, a free slot, or (a
     /// client-offering session) a wait for one. False when a fixed session has no free slot.
     fn place(&mut self, now: Instant, id: ParticipantId, track: TrackId, kind: MediaKind) -> bool {
+        if !self.may_subscribe(id, track) {
+            self.deny(id, track);
+            return false;
+        }
         let Some(p) = self.peers.get_mut(&id) else { return false };
         if p.negotiation == Negotiation::ServerOffers {
             p.to_add.push(track);
@@ -1881,6 +1912,7 @@ impl Sfu {
             }
         }
         let last_connection = !self.peers.values().any(|p| p.participant == peer.participant);
+        self.forget_grants_of(id, last_connection.then_some(peer.participant));
         if let Some(r) = self.rooms.get_mut(&peer.room) {
             r.participants.retain(|p| *p != id);
             if last_connection {

@@ -16,7 +16,7 @@ pub mod tap;
 
 pub use self::core::{
     ClientAnswer, JoinRequest, LeaveReason, Negotiation, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats,
-    TrackInfo,
+    SubscriptionGrant, TrackInfo,
 };
 pub use self::layer_select::Quality;
 pub use self::peer::SubscribeFilter;

@@ -121,12 +121,35 @@ async def heard(track, seconds=0.6):
                     return
 
         await asyncio.wait_for(read(), 10)
+    except asyncio.TimeoutError:
+        pass  # nothing arriving is silence
     finally:
         await stream.aclose()
     tail = samples[len(samples) // 3 :]
+    if not tail:
+        return 0.0, 0.0
     crossings = sum(1 for a, b in zip(tail, tail[1:]) if (a < 0) != (b < 0))
     rms = math.sqrt(sum(s * s for s in tail) / max(len(tail), 1))
     return crossings / 2 / (len(tail) / RATE), rms
+
+
+def audio_of(listener, speaker):
+    """The audio track of `speaker` that `listener` has (the newest, if it got one again)."""
+    tracks = [t for t in listener.tracks_of(speaker.identity) if t.kind == rtc.TrackKind.KIND_AUDIO]
+    if not tracks:
+        raise Failed(f"{listener.identity} has no audio of {speaker.identity}")
+    return tracks[-1]
+
+
+async def until_heard(listener, speaker, timeout=20.0):
+    """Waits until `listener` hears `speaker`'s tone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        freq, rms = await heard(audio_of(listener, speaker))
+        if abs(freq - speaker.freq) <= 0.05 * speaker.freq and rms >= 1000:
+            return
+        if time.monotonic() > deadline:
+            raise Failed(f"{listener.identity} does not hear {speaker.identity} again ({freq:.0f} Hz, RMS {rms:.0f})")
 
 
 async def seen_video(track):
@@ -194,8 +217,24 @@ async def main(cfg):
                 raise Failed(f"{p.identity} sees {q.identity}'s video at {width}x{height}")
         log("tones and video arrive")
 
+        a, b, c, others = peers[0], peers[1], peers[2], peers[1:]
+        # Subscription permissions: a lets only b have its tracks, so c stops hearing a while
+        # b still does; allowed again, c hears a again.
+        only_b = rtc.ParticipantTrackPermission(participant_identity=b.identity, allow_all=True)
+        lp = a.room.local_participant
+        lp.set_track_subscription_permissions(allow_all_participants=False, participant_permissions=[only_b])
+        await asyncio.sleep(1.0)
+        _, rms = await heard(audio_of(c, a))
+        if rms > 100:
+            raise Failed(f"{c.identity}, not allowed, still hears {a.identity} (RMS {rms:.0f})")
+        freq, rms = await heard(audio_of(b, a))
+        if abs(freq - a.freq) > 0.05 * a.freq or rms < 1000:
+            raise Failed(f"{b.identity}, allowed, hears {a.identity} at {freq:.0f} Hz, RMS {rms:.0f}")
+        lp.set_track_subscription_permissions(allow_all_participants=True)
+        await until_heard(c, a)
+        log("subscription permissions: a track taken away and given back")
+
         # The publisher mutes and unmutes its own track: everyone sees it, nobody reconnects.
-        a, others = peers[0], peers[1:]
         sid = a.audio_pub.sid
         a.audio.mute()
         await until("everyone sees the mute", lambda: all((a.identity, sid) in o.muted for o in others))
@@ -216,17 +255,13 @@ async def main(cfg):
         log("data delivered")
 
         # A signal blip: the client resumes; nobody sees it leave, media keeps flowing.
-        b = peers[1]
         await b.room.simulate_scenario(rtc.SimulateScenarioKind.SIMULATE_SIGNAL_RECONNECT)
         await until(f"{b.identity} resumes", lambda: b.reconnected > 0, 30)
         await asyncio.sleep(1.0)
         if any(b.identity in o.left for o in peers):
             raise Failed(f"{b.identity}'s resume looked like a leave")
-        c = peers[2]
-        audio = next(t for t in c.tracks_of(b.identity) if t.kind == rtc.TrackKind.KIND_AUDIO)
-        freq, rms = await heard(audio)
-        if abs(freq - b.freq) > 0.05 * b.freq or rms < 1000:
-            raise Failed(f"after the resume {c.identity} hears {b.identity} at {freq:.0f} Hz, RMS {rms:.0f}")
+        # (Audio settles a moment after the ICE restart.)
+        await until_heard(c, b)
         if len(b.subscribed) != (n - 1) * 2:
             raise Failed(f"{b.identity} kept {len(b.subscribed)} subscriptions over the resume")
         log("resume kept the session")

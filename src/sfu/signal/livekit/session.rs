@@ -31,7 +31,8 @@ use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
 use crate::sfu::core::{
-    ClientAnswer, JoinRequest, LeaveReason, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError, SfuEvent, TrackInfo,
+    ClientAnswer, JoinRequest, LeaveReason, MAX_GRANT_ENTRIES, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError, SfuEvent,
+    SubscriptionGrant, TrackInfo,
 };
 use crate::sfu::driver::DriverGone;
 use crate::sfu::signal::room_settings::stored as stored_room;
@@ -395,6 +396,28 @@ impl Session {
         self.claims.exp = now + token::REFRESHED_TTL_SECS;
         self.refresh_at = refresh_time(self.claims.exp);
         refreshed.map(Resp::RefreshToken).into_iter().collect()
+    }
+
+    /// Who may subscribe to this participant's tracks, as its client wrote it: participants
+    /// named by identity or by sid (those not in the room are left out), each allowed all its
+    /// tracks or some. One entry more than the router takes is kept, so it can refuse.
+    async fn grant(&self, p: &proto::SubscriptionPermission) -> Result<SubscriptionGrant, SessionError> {
+        let all = self.participants().await?;
+        let mut allowed = Vec::new();
+        for tp in p.track_permissions.iter().take(MAX_GRANT_ENTRIES + 1) {
+            let identity = match Identity::new(tp.participant_identity.clone()) {
+                Ok(identity) => Some(identity),
+                Err(_) => all.iter().find(|x| x.id.to_string() == tp.participant_sid).map(|x| x.identity.clone()),
+            };
+            let Some(identity) = identity else { continue };
+            let tracks = if tp.all_tracks {
+                None
+            } else {
+                Some(tp.track_sids.iter().take(MAX_GRANT_ENTRIES + 1).map(|s| parse_track(s)).collect::<Result<_, _>>()?)
+            };
+            allowed.push((identity, tracks));
+        }
+        Ok(SubscriptionGrant { allowed })
     }
 
     async fn participants(&self) -> Result<Vec<ParticipantInfo>, SessionError> {
@@ -785,11 +808,16 @@ impl Session {
                     ..Default::default()
                 })])
             }
+            Req::SubscriptionPermission(p) => {
+                let grant = if p.all_participants { None } else { Some(self.grant(&p).await?) };
+                let id = self.participant;
+                sfu.call(move |sfu, now| sfu.set_subscription_grant(now, id, grant)).await??;
+                Ok(vec![])
+            }
             // Accepted and not acted on; see docs/livekit-compat.md.
             Req::SyncState(_)
             | Req::Simulate(_)
             | Req::UpdateLayers(_)
-            | Req::SubscriptionPermission(_)
             | Req::UpdateAudioTrack(_)
             | Req::UpdateVideoTrack(_)
             | Req::PublishDataTrackRequest(_)
@@ -915,6 +943,13 @@ impl Session {
             }
             SfuEvent::ParticipantLeft { participant, reason, .. } if participant == self.participant => {
                 Err(SessionError::Removed(reason))
+            }
+            SfuEvent::SubscriptionAllowed { participant, owner, track, allowed } if participant == self.participant => {
+                Ok(vec![Resp::SubscriptionPermissionUpdate(proto::SubscriptionPermissionUpdate {
+                    participant_sid: owner.to_string(),
+                    track_sid: track.to_string(),
+                    allowed,
+                })])
             }
             // Its publisher connection ended on its own (it never connected, or its transport
             // failed): the client starts over rather than offer on a connection that is gone.
