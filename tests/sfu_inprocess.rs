@@ -634,6 +634,47 @@ fn send_simulcast(w: &mut World, who: usize, from: u32, to: u32, (low, high): (u
     }
 }
 
+/// Dynacast: the publisher is told which simulcast qualities are watched: none before anyone
+/// subscribes, all up to the highest any subscriber asks for, none again once nobody watches.
+#[test]
+fn publishers_are_told_which_qualities_are_watched() {
+    let mut w = World::new(43);
+    let video = MediaSpec { kind: MediaKind::Video, direction: Direction::SendOnly, simulcast: vec!["l", "h"] };
+    let alice = w.join("alice", &[video], SubscribeFilter::All);
+    w.connect_all();
+    let alice_id = w.ids[alice];
+    let wanted = |w: &World| {
+        w.events
+            .iter()
+            .filter_map(|e| match e {
+                SfuEvent::QualitiesWanted { owner, up_to, .. } if *owner == alice_id => Some(*up_to),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(wanted(&w), [None], "nobody watches yet");
+    let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Video)], SubscribeFilter::All);
+    w.connect_all();
+    send_simulcast(&mut w, alice, 0, 30, (300, 3000));
+    assert_eq!(wanted(&w), [None, Some(LayerQuality::High)]);
+    let bob_id = w.ids[bob];
+    let track = w.sfu.subscriptions(bob_id).into_iter().find_map(|(_, t, _)| t).unwrap();
+    let now = w.now;
+    w.sfu.set_max_quality(now, bob_id, track, LayerQuality::Low).unwrap();
+    w.sfu.set_max_quality(now, bob_id, track, LayerQuality::Low).unwrap();
+    w.collect_output();
+    assert_eq!(wanted(&w), [None, Some(LayerQuality::High), Some(LayerQuality::Low)], "told once per change");
+    w.sfu.set_track_enabled(now, bob_id, track, false).unwrap();
+    w.collect_output();
+    assert_eq!(wanted(&w).last(), Some(&None), "a paused subscriber watches nothing");
+    w.sfu.set_track_enabled(now, bob_id, track, true).unwrap();
+    w.collect_output();
+    assert_eq!(wanted(&w).last(), Some(&Some(LayerQuality::Low)));
+    w.sfu.leave(now, bob_id, LeaveReason::ClientRequest).unwrap();
+    w.collect_output();
+    assert_eq!(wanted(&w).last(), Some(&None), "nobody watches once bob left");
+}
+
 #[test]
 fn simulcast_switch_waits_for_keyframe_and_keeps_time_continuous() {
     let mut w = World::new(3);

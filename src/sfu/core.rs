@@ -27,6 +27,7 @@ use super::speaker::{Speaker, SpeakerDetector};
 use super::tap::{Offer, TapFrame, TapSink};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
+mod dynacast;
 mod grants;
 mod local;
 
@@ -299,6 +300,13 @@ pub enum SfuEvent {
         participant: ParticipantId,
         sdp: String,
     },
+    /// The simulcast qualities of `owner`'s video `track` that its subscribers want: all up
+    /// to `up_to`, none when `None` (see `dynacast`).
+    QualitiesWanted {
+        owner: ParticipantId,
+        track: TrackId,
+        up_to: Option<Quality>,
+    },
     /// Whether `participant` may subscribe to `track` (of `owner`) by the owner's
     /// subscription grant: told when it may not have a track it would get, and when it may
     /// again.
@@ -372,6 +380,9 @@ struct Track {
     last_keyframe_request: HashMap<Layer, Instant>,
     /// Consumers of copies of this (Opus audio) track's frames.
     taps: Vec<Box<dyn TapSink>>,
+    /// The qualities its publisher was last told are wanted, up to this one (none: not
+    /// watched); unset until told (see `dynacast`).
+    wanted: Option<Option<Quality>>,
 }
 
 struct Room {
@@ -394,6 +405,8 @@ pub struct Sfu {
     grants: HashMap<ParticipantId, SubscriptionGrant>,
     /// Sessions told they may not have a track, until they may again or either goes.
     denied: BTreeSet<(ParticipantId, TrackId)>,
+    /// Tracks whose wanted simulcast qualities may have changed (see `dynacast`).
+    dynacast_dirty: BTreeSet<TrackId>,
     by_mid: HashMap<(ParticipantId, Mid), TrackId>,
     /// Last session seen on a remote address: the first place to look when demultiplexing.
     by_source: HashMap<SocketAddr, ParticipantId>,
@@ -417,6 +430,7 @@ impl Sfu {
             locals: BTreeMap::new(),
             grants: HashMap::new(),
             denied: BTreeSet::new(),
+            dynacast_dirty: BTreeSet::new(),
             by_mid: HashMap::new(),
             by_source: HashMap::new(),
             dirty: VecDeque::new(),
@@ -888,6 +902,7 @@ impl Sfu {
     ) -> Result<(), SfuError> {
         let peer = self.peers.get_mut(&id).ok_or(SfuError::NoParticipant)?;
         peer.slot_for(track).ok_or(SfuError::NoTrack)?.max_quality = q;
+        self.touch_dynacast(track);
         self.reselect(now, id);
         self.drive(now);
         Ok(())
@@ -946,6 +961,7 @@ impl Sfu {
         if enabled == slot.fwd.target().is_some() {
             return Ok(());
         }
+        self.dynacast_dirty.insert(track);
         if enabled {
             // Back to the single layer; simulcast tracks get theirs from `reselect`.
             slot.fwd.set_target(Some(None));
@@ -1151,6 +1167,7 @@ impl Sfu {
         for id in std::mem::take(&mut self.needs_sections) {
             self.request_sections(id);
         }
+        self.poll_dynacast();
     }
 
     fn poll_dirty(&mut self, now: Instant) {
@@ -1328,6 +1345,8 @@ impl Sfu {
             r.tracks.push(t.info.id);
         }
         self.events.push_back(SfuEvent::TrackPublished { room: t.room.clone(), track: t.info.clone() });
+        // Nobody watches it yet: its publisher may hold back what it would encode.
+        self.dynacast_dirty.insert(t.info.id);
         self.tracks.insert(t.info.id, t);
     }
 
@@ -1469,6 +1488,7 @@ impl Sfu {
         slot.track = Some(track);
         slot.fwd = Forwarder::new(t.info.kind);
         t.subscribers.push((id, mid));
+        self.dynacast_dirty.insert(track);
         if p.negotiation == Negotiation::ClientOffers {
             self.needs_sections.insert(id);
         }
@@ -1482,6 +1502,7 @@ impl Sfu {
         let Some(slot) = p.slot_mut(mid) else { return };
         if let Some(t) = slot.track.take().and_then(|t| self.tracks.get_mut(&t)) {
             t.subscribers.retain(|s| *s != (id, mid));
+            self.dynacast_dirty.insert(t.info.id);
         }
         slot.fwd = Forwarder::new(slot.kind);
         self.release_slot(id, mid);
@@ -1895,6 +1916,7 @@ impl Sfu {
         for slot in &peer.slots {
             if let Some(t) = slot.track.and_then(|t| self.tracks.get_mut(&t)) {
                 t.subscribers.retain(|s| s.0 != id);
+                self.dynacast_dirty.insert(t.info.id);
             }
         }
         for &track in &peer.published {
@@ -1962,6 +1984,7 @@ impl Track {
             subscribers: Vec::new(),
             last_keyframe_request: HashMap::new(),
             taps: Vec::new(),
+            wanted: None,
         }
     }
 

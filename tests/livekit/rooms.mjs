@@ -57,9 +57,9 @@ async function until(page, what, fn, arg, ms = 30000) {
 
 // Runs in the page: joins, publishes fake camera and mic, attaches what it receives. The SDK's
 // default is one peer connection (`/rtc/v1`); `singlePeerConnection: false` makes it use two.
-async function joinRoom({ wsUrl, token, publish, singlePeerConnection = true }) {
+async function joinRoom({ wsUrl, token, publish, singlePeerConnection = true, dynacast = false }) {
   const { Room, RoomEvent } = window.LivekitClient;
-  const room = new Room({ adaptiveStream: false, dynacast: false, singlePeerConnection });
+  const room = new Room({ adaptiveStream: false, dynacast, singlePeerConnection });
   window.received = [];
   window.events = [];
   room.on(RoomEvent.TrackSubscribed, (track, pub, participant) => {
@@ -156,7 +156,8 @@ try {
   const room = 'lk-room';
   const alice = await newPage('alice');
   const bob = await newPage('bob');
-  const aliceMode = await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room, { canUpdateOwnMetadata: true }), publish: true });
+  // Alice publishes with dynacast: she encodes only the simulcast layers someone watches.
+  const aliceMode = await alice.evaluate(joinRoom, { wsUrl, token: await token('alice', room, { canUpdateOwnMetadata: true }), publish: true, dynacast: true });
   log('alice joined', aliceMode);
   const bobMode = await bob.evaluate(joinRoom, { wsUrl, token: await token('bob', room), publish: true });
   log('bob joined', bobMode);
@@ -245,6 +246,13 @@ try {
     return { ok: d.frameWidth > 0 && d.frameWidth < w, d };
   }, before);
   log(`simulcast: ${before}px wide, then ${await width()}px after asking for LOW`);
+  // Dynacast: with LOW all that anyone watches of her camera, alice stops encoding the rest.
+  await until(alice, 'alice to encode the low layer only', () => {
+    const pub = [...window.room.localParticipant.trackPublications.values()].find((t) => t.kind === 'video');
+    const active = pub.track.sender.getParameters().encodings.filter((e) => e.active).map((e) => e.rid ?? '');
+    return { ok: active.length === 1, active };
+  });
+  log('dynacast: the publisher encodes only the layer watched');
 
   // Bad input on a signal connection closes that connection with a reason; the room goes on.
   const bad = await newPage('bad-ws');

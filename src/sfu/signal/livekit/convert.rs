@@ -81,6 +81,15 @@ pub fn quality(q: i32) -> Option<Quality> {
     }
 }
 
+/// LiveKit's name for a quality (the inverse of [`quality`]).
+pub fn video_quality(q: Quality) -> proto::VideoQuality {
+    match q {
+        Quality::Low => proto::VideoQuality::Low,
+        Quality::Medium => proto::VideoQuality::Medium,
+        Quality::High => proto::VideoQuality::High,
+    }
+}
+
 /// The quality whose published layer is the smallest at least `width`×`height` (the
 /// subscriber's element size), from the publisher's AddTrack layers.
 pub fn quality_for_size(meta: &TrackMeta, width: u32, height: u32) -> Quality {

@@ -32,6 +32,9 @@ pub struct TrackMeta {
     pub stereo: bool,
     pub disable_dtx: bool,
     pub stream: String,
+    /// The video codec the client encodes (`simulcast_codecs`, e.g. `vp8`), which it names its
+    /// layers by in dynacast updates; empty when it did not say.
+    pub codec: String,
 }
 
 /// What a participant may say about itself at most, all updates together: LiveKit checks

@@ -30,6 +30,7 @@ use super::registry::{self, ParticipantMeta, TrackMeta};
 use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
+use crate::sfu::layer_select::Quality;
 use crate::sfu::core::{
     ClientAnswer, JoinRequest, LeaveReason, MAX_GRANT_ENTRIES, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError, SfuEvent,
     SubscriptionGrant, TrackInfo,
@@ -856,6 +857,8 @@ impl Session {
             stereo: req.stereo,
             disable_dtx: req.disable_dtx,
             stream: req.stream.clone(),
+            // A codec name is short; anything else is not one.
+            codec: req.simulcast_codecs.first().map(|c| c.codec.clone()).filter(|c| c.len() <= 32).unwrap_or_default(),
         };
         self.state
             .registry
@@ -943,6 +946,26 @@ impl Session {
             }
             SfuEvent::ParticipantLeft { participant, reason, .. } if participant == self.participant => {
                 Err(SessionError::Removed(reason))
+            }
+            SfuEvent::QualitiesWanted { owner, track, up_to } if owner == self.participant => {
+                let subscribed_qualities: Vec<proto::SubscribedQuality> = [Quality::Low, Quality::Medium, Quality::High]
+                    .into_iter()
+                    .map(|q| proto::SubscribedQuality {
+                        quality: convert::video_quality(q) as i32,
+                        enabled: up_to.is_some_and(|max| q <= max),
+                    })
+                    .collect();
+                // Current SDKs read the qualities per codec; older ones the list itself.
+                let codec = self.state.registry.track(track).map(|m| m.codec).filter(|c| !c.is_empty());
+                let subscribed_codecs = vec![proto::SubscribedCodec {
+                    codec: codec.unwrap_or_else(|| "vp8".to_string()),
+                    qualities: Vec::clone(&subscribed_qualities),
+                }];
+                Ok(vec![Resp::SubscribedQualityUpdate(proto::SubscribedQualityUpdate {
+                    track_sid: track.to_string(),
+                    subscribed_qualities,
+                    subscribed_codecs,
+                })])
             }
             SfuEvent::SubscriptionAllowed { participant, owner, track, allowed } if participant == self.participant => {
                 Ok(vec![Resp::SubscriptionPermissionUpdate(proto::SubscriptionPermissionUpdate {
