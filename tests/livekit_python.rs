@@ -28,6 +28,12 @@ async fn room_of_eight(single_pc: bool) {
             (identity.clone(), token::mint(&token::join_claims(&key, room, &identity, now, 600), &secret))
         })
         .collect();
+    // Two more, in a room of their own, for end-to-end encryption.
+    let e2ee_room = format!("{room}-e2ee");
+    let e2ee_tokens: Vec<(String, String)> = ["e2ee-a", "e2ee-b"]
+        .into_iter()
+        .map(|identity| (identity.to_string(), token::mint(&token::join_claims(&key, &e2ee_room, identity, now, 600), &secret)))
+        .collect();
     let mut admin = token::join_claims(&key, room, "", now, 600);
     (admin.video.room_join, admin.video.room_admin) = (false, true);
     (admin.video.room_create, admin.video.room_list) = (true, true);
@@ -36,6 +42,7 @@ async fn room_of_eight(single_pc: bool) {
         "http": format!("http://{}", server.http_addr),
         "room": room,
         "tokens": tokens,
+        "e2ee_tokens": e2ee_tokens,
         "admin": token::mint(&admin, &secret),
         "single_pc": single_pc,
     });

@@ -214,6 +214,10 @@ pub struct TrackInfo {
     pub muted: bool,
     /// Simulcast layers, lowest quality first; empty without simulcast.
     pub layers: Vec<String>,
+    /// The codec as negotiated, as a MIME type (`audio/opus`, `video/VP8`, `video/H264`, …);
+    /// empty when not known yet.
+    #[serde(rename = "mime_type")]
+    pub mime: String,
     /// Published by a participant the server plays: a stage's output, never tapped again.
     #[serde(skip)]
     pub server: bool,
@@ -1327,6 +1331,7 @@ impl Sfu {
                 kind: m.kind,
                 muted: false,
                 layers: layers.iter().map(|l| l.rid.to_string()).collect(),
+                mime: negotiated_mime(&p.rtc, m.mid, m.kind),
                 server: false,
             };
             p.published.push(track);
@@ -2036,6 +2041,15 @@ fn negotiate<T>(f: impl FnOnce() -> Result<T, RtcError>) -> Result<T, Negotiatio
 /// in every m-section, and those count once (what [`MAX_REMOTE_CANDIDATES`] limits).
 pub fn distinct_candidates(sdp: &str) -> usize {
     sdp.lines().filter_map(|l| l.trim().strip_prefix("a=candidate:")).collect::<HashSet<&str>>().len()
+}
+
+/// The codec a client sends on `mid` as a MIME type: its first payload type there (the one it
+/// prefers) among those negotiated.
+fn negotiated_mime(rtc: &Rtc, mid: Mid, kind: MediaKind) -> String {
+    let pt = rtc.media(mid).and_then(|m| m.remote_pts().first().copied());
+    let codec = pt.and_then(|pt| rtc.codec_config().iter().find(|p| p.pt() == pt).map(|p| p.spec().codec));
+    let kind = if kind == MediaKind::Audio { "audio" } else { "video" };
+    codec.map(|c| format!("{kind}/{c}")).unwrap_or_default()
 }
 
 /// What the router reads from a client's offer itself, before str0m takes it.

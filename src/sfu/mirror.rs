@@ -147,6 +147,7 @@ mod tests {
             kind: MediaKind::Audio,
             muted: false,
             layers: Vec::new(),
+            mime: "audio/opus".to_string(),
             server: false,
         }
     }

@@ -73,8 +73,8 @@ class Peer:
     def _disconnected(self, reason=None, *_):
         self.disconnected = reason if reason is not None else -1
 
-    async def join(self, url, single_pc):
-        options = rtc.RoomOptions(auto_subscribe=True, single_peer_connection=single_pc)
+    async def join(self, url, single_pc, encryption=None, video_codec=None):
+        options = rtc.RoomOptions(auto_subscribe=True, single_peer_connection=single_pc, encryption=encryption)
         await self.room.connect(url, self.token, options)
         self.audio_source = rtc.AudioSource(RATE, 1)
         self.audio = rtc.LocalAudioTrack.create_audio_track("tone", self.audio_source)
@@ -83,6 +83,8 @@ class Peer:
         lp = self.room.local_participant
         mic = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         cam = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+        if video_codec is not None:
+            cam.video_codec = video_codec
         self.audio_pub = await lp.publish_track(self.audio, mic)
         self.video_pub = await lp.publish_track(self.video, cam)
         self.tasks.append(asyncio.create_task(self.pump()))
@@ -162,6 +164,35 @@ async def seen_video(track):
         return await asyncio.wait_for(first(), 10)
     finally:
         await stream.aclose()
+
+
+async def end_to_end_encrypted_h264(cfg):
+    """Two participants in a room of their own share an E2EE key; one publishes H.264 video.
+    The server forwards the encrypted frames untouched: the other hears the tone (so frames
+    decrypt), sees the video, and is told the track is GCM-encrypted H.264."""
+    key = rtc.E2EEOptions(key_provider_options=rtc.KeyProviderOptions(shared_key=b"auralink-e2ee-test-key"))
+    e1, e2 = (Peer(8 + i, identity, token) for i, (identity, token) in enumerate(cfg["e2ee_tokens"]))
+    try:
+        await e1.join(cfg["url"], cfg["single_pc"], encryption=key, video_codec=rtc.VideoCodec.H264)
+        await e2.join(cfg["url"], cfg["single_pc"], encryption=key)
+        await until("the encrypted tracks to arrive", lambda: len(e2.tracks_of(e1.identity)) == 2, 30)
+        await until_heard(e2, e1)
+        video = next(t for t in e2.tracks_of(e1.identity) if t.kind == rtc.TrackKind.KIND_VIDEO)
+        await seen_video(video)
+        remote = e2.room.remote_participants[e1.identity]
+        pubs = {p.kind: p for p in remote.track_publications.values()}
+        video_pub = pubs[rtc.TrackKind.KIND_VIDEO]
+        if video_pub.mime_type.lower() != "video/h264":
+            raise Failed(f"the H.264 track is announced as {video_pub.mime_type!r}")
+        if any(p.encryption_type != rtc.EncryptionType.GCM for p in pubs.values()):
+            raise Failed(f"encryption not carried: {[(p.kind, p.encryption_type) for p in pubs.values()]}")
+        log("E2EE: encrypted frames forwarded untouched; H.264 video with its true MIME type")
+    finally:
+        for p in (e1, e2):
+            try:
+                await asyncio.wait_for(p.leave(), 10)
+            except Exception as e:
+                log(f"{p.identity} did not leave cleanly: {e!r}")
 
 
 def room_service(cfg, method, body):
@@ -265,6 +296,8 @@ async def main(cfg):
         if len(b.subscribed) != (n - 1) * 2:
             raise Failed(f"{b.identity} kept {len(b.subscribed)} subscriptions over the resume")
         log("resume kept the session")
+
+        await end_to_end_encrypted_h264(cfg)
 
         # The room is deleted with everyone in it: all are told why, and it is gone at once.
         if room_service(cfg, "DeleteRoom", {"room": cfg["room"]}) != 200:

@@ -45,6 +45,7 @@ impl Sfu {
             kind: MediaKind::Audio,
             muted: false,
             layers: Vec::new(),
+            mime: "audio/opus".to_string(),
             server: true,
         };
         // Never looked up by mid: no connection receives it.

@@ -22,6 +22,7 @@ pub fn permission(p: Permissions) -> proto::ParticipantPermission {
 pub fn track_info(t: &TrackInfo, meta: Option<&TrackMeta>) -> proto::TrackInfo {
     let audio = t.kind == MediaKind::Audio;
     let meta = meta.cloned().unwrap_or_default();
+    let mime_type = mime_type(t, &meta);
     let source = if meta.source != 0 {
         meta.source
     } else if audio {
@@ -40,10 +41,24 @@ pub fn track_info(t: &TrackInfo, meta: Option<&TrackMeta>) -> proto::TrackInfo {
         disable_dtx: meta.disable_dtx,
         source,
         layers: meta.layers,
-        mime_type: if audio { "audio/opus" } else { "video/VP8" }.to_string(),
+        mime_type,
+        encryption: meta.encryption,
         stereo: meta.stereo,
         stream: meta.stream,
         ..Default::default()
+    }
+}
+
+/// The track's codec: as negotiated, else as its client announced it (`add_track`, before its
+/// m-line), else Opus or VP8.
+fn mime_type(t: &TrackInfo, meta: &TrackMeta) -> String {
+    if !t.mime.is_empty() {
+        return t.mime.clone();
+    }
+    match (t.kind, meta.codec.as_str()) {
+        (MediaKind::Audio, _) => "audio/opus".to_string(),
+        (MediaKind::Video, "") => "video/VP8".to_string(),
+        (MediaKind::Video, codec) => format!("video/{}", codec.to_ascii_uppercase()),
     }
 }
 

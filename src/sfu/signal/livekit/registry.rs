@@ -35,6 +35,9 @@ pub struct TrackMeta {
     /// The video codec the client encodes (`simulcast_codecs`, e.g. `vp8`), which it names its
     /// layers by in dynacast updates; empty when it did not say.
     pub codec: String,
+    /// How the client encrypts the track's frames end to end (LiveKit's `Encryption.Type`);
+    /// the router forwards them as they come.
+    pub encryption: i32,
 }
 
 /// What a participant may say about itself at most, all updates together: LiveKit checks

@@ -859,14 +859,23 @@ impl Session {
             stream: req.stream.clone(),
             // A codec name is short; anything else is not one.
             codec: req.simulcast_codecs.first().map(|c| c.codec.clone()).filter(|c| c.len() <= 32).unwrap_or_default(),
+            encryption: req.encryption,
         };
         self.state
             .registry
             .set_track(track, self.participant, meta.clone())
             .map_err(|e| SessionError::Invalid(e.to_string()))?;
         let rids = if req.layers.len() > 1 { req.layers.iter().map(|l| l.rid.clone()).collect() } else { Vec::new() };
-        let info =
-            TrackInfo { id: track, owner: self.participant, kind, muted: req.muted, layers: rids, server: false };
+        // The codec is known once the m-line is negotiated; until then, what the client says.
+        let info = TrackInfo {
+            id: track,
+            owner: self.participant,
+            kind,
+            muted: req.muted,
+            layers: rids,
+            mime: String::new(),
+            server: false,
+        };
         Ok(vec![Resp::TrackPublished(proto::TrackPublishedResponse {
             cid: req.cid,
             track: Some(convert::track_info(&info, Some(&meta))),
