@@ -613,6 +613,7 @@ impl Sfu {
                 joined_at: now,
                 connected: false,
                 broken: false,
+                data_sequence: 0,
                 remote_candidates: offer.candidates,
                 remote_ufrag: offer.ufrag,
                 client_tracks: offer.tracks,
@@ -1808,14 +1809,31 @@ impl Sfu {
                 payload: d.data,
                 destinations: Vec::new(),
                 native: None,
+                sequence: None,
             }),
         };
         let Some(msg) = msg else {
             self.stats.data_messages_dropped += 1;
             return;
         };
+        if let Some(seq) = msg.sequence {
+            let p = self.peers.get_mut(&from).expect("found above");
+            // Resent after a resume, and already relayed.
+            if seq <= p.data_sequence {
+                self.stats.data_messages_dropped += 1;
+                return;
+            }
+            p.data_sequence = seq;
+        }
+        let Some(p) = self.peers.get(&from) else { return };
         let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
         self.deliver(now, &room, Some((from, &sender, sender_id)), &msg);
+    }
+
+    /// The highest reliable message number relayed from `participant` (any of its
+    /// connections; 0 for none): what a resuming LiveKit client is told arrived.
+    pub fn data_sequence(&self, participant: ParticipantId) -> u32 {
+        self.peers.values().filter(|p| p.participant == participant).map(|p| p.data_sequence).max().unwrap_or(0)
     }
 
     /// Sends a message from the server (an API call) to the room's participants, or to those

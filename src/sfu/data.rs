@@ -23,6 +23,10 @@ pub struct DataMessage {
     /// The message in the sender's own envelope, tagged with the codec that made it, so
     /// recipients speaking the same protocol get everything it carried.
     pub native: Option<(&'static str, Vec<u8>)>,
+    /// The sender's number for a reliable message (LiveKit's `DataPacket.sequence`, counting
+    /// up from 1): a client that resumes resends what it is not sure arrived, and the router
+    /// relays each number once.
+    pub sequence: Option<u32>,
 }
 
 /// The most a message sent through the API may carry: LiveKit's documented limit for one
@@ -32,7 +36,7 @@ pub const MAX_SERVER_MESSAGE: usize = 15 * 1024;
 impl DataMessage {
     /// A message the server sends (an API call), not relayed from a client.
     pub fn from_server(payload: Vec<u8>, topic: String, reliable: bool, destinations: Vec<Identity>) -> Self {
-        DataMessage { reliable, binary: true, topic, payload, destinations, native: None }
+        DataMessage { reliable, binary: true, topic, payload, destinations, native: None, sequence: None }
     }
 }
 

@@ -86,6 +86,8 @@ pub(crate) struct Peer {
     /// str0m panicked in a call whose caller could not end the session there: its state is
     /// not to be trusted, and the next timer ends it.
     pub broken: bool,
+    /// The highest reliable data message number relayed from this connection.
+    pub data_sequence: u32,
     /// Remote candidates of the current ICE generation (in offers and trickled), at most
     /// `MAX_REMOTE_CANDIDATES`.
     pub remote_candidates: usize,

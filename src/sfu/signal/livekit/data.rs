@@ -64,6 +64,7 @@ impl DataCodec for LiveKitData {
             payload,
             destinations: destinations.into_iter().filter_map(|d| Identity::new(d).ok()).collect(),
             native: Some((NATIVE, data.to_vec())),
+            sequence: (label == RELIABLE && dp.sequence > 0).then_some(dp.sequence),
         })
     }
 
@@ -158,6 +159,7 @@ mod tests {
             payload: b"yo".to_vec(),
             destinations: vec![],
             native: None,
+            sequence: None,
         };
         let (label, bytes) =
             LiveKitData.encode(&msg, Some((&Identity::new("whip").unwrap(), ParticipantId(3)))).unwrap();

@@ -654,9 +654,13 @@ impl Session {
     /// (the client may be on a new network; its publisher connection, the only one in single
     /// peer connection mode, restarts ICE itself).
     async fn resume(&mut self, tx: &mut Tx) -> Result<(), SessionError> {
+        // The client resends the reliable data it sent after this number.
+        let id = self.participant;
+        let last_message_seq = self.state.sfu.call(move |sfu, _| sfu.data_sequence(id)).await?;
         let mut out = vec![Resp::Reconnect(proto::ReconnectResponse {
             ice_servers: self.ice_servers(),
             server_info: Some(server_info()),
+            last_message_seq,
             ..Default::default()
         })];
         out.append(&mut self.backlog);
