@@ -527,7 +527,7 @@ fn subscription_grants_take_tracks_away_and_give_them_back() {
             if *participant == id && *owner == alice_id && *t == track && *a == allowed))
     };
 
-    let only_bob = SubscriptionGrant { allowed: vec![(Identity::new("bob").unwrap(), None)] };
+    let only_bob = SubscriptionGrant { allowed: [(Identity::new("bob").unwrap(), None)].into() };
     let now = w.now;
     w.sfu.set_subscription_grant(now, alice_id, Some(only_bob)).unwrap();
     w.advance_by(Duration::from_millis(100));

@@ -4,7 +4,8 @@
 //! failure is logged, counted in `/metrics` and fails `/readyz`: degraded, never silently).
 //!
 //! Two budgets use it: requests per authenticated caller (API key, LiveKit key), and failed
-//! authentications per client address, which is spent only by failures but, once empty,
+//! authentications per client address: each attempt holds a unit while it runs and only a
+//! failure keeps it, so attempts sent in parallel get no more than the budget; once empty, it
 //! refuses every attempt from that address before its credential is looked at.
 
 use std::collections::HashMap;
@@ -156,11 +157,28 @@ pub async fn guard_auth<T, E>(
 ) -> Result<Result<T, E>, Limited> {
     let key = failures_key(ip);
     s.auth_failures.check(&key, s.clock.now_ms()).await.map_err(Limited::after)?;
+    let mut held = Held { s, key: Some(key) };
     let outcome = attempt.await;
+    let key = held.key.take().expect("held until settled");
     if !matches!(&outcome, Err(e) if is_failure(e)) {
         s.auth_failures.refund(&key, s.clock.now_ms()).await;
     }
     Ok(outcome)
+}
+
+/// A unit of an address's failure budget held by an attempt in flight: an attempt dropped
+/// before it settled (the client went away) did not fail, so its unit goes back.
+struct Held<'a> {
+    s: &'a AppState,
+    key: Option<String>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let (Some(key), Ok(runtime)) = (self.key.take(), tokio::runtime::Handle::try_current()) else { return };
+        let (limiter, now) = (std::sync::Arc::clone(&self.s.auth_failures), self.s.clock.now_ms());
+        runtime.spawn(async move { limiter.refund(&key, now).await });
+    }
 }
 
 pub async fn limit(State(s): State<AppState>, req: Request, next: Next) -> Response {

@@ -120,7 +120,11 @@ fn parse_url(url: &str) -> Result<Backend, DbError> {
             // An acknowledged write survives power loss, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // Each pooled connection keeps its own page cache, which fills up to this with the
+            // pages it touches (SQLite's default is 2 MiB): eight of them made a node's memory
+            // grow with its history. The kernel's page cache still holds the file.
+            .pragma("cache_size", "-512");
         Ok(Backend::Sqlite(opts))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         Ok(Backend::Postgres(PgConnectOptions::from_str(url).map_err(|_| DbError::Url)?))

@@ -310,6 +310,8 @@ pub enum SfuEvent {
         owner: ParticipantId,
         track: TrackId,
         up_to: Option<Quality>,
+        /// The track's codec as negotiated (`TrackInfo::mime`).
+        mime: String,
     },
     /// Whether `participant` may subscribe to `track` (of `owner`) by the owner's
     /// subscription grant: told when it may not have a track it would get, and when it may
@@ -1828,6 +1830,15 @@ impl Sfu {
         let Some(p) = self.peers.get(&from) else { return };
         let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
         self.deliver(now, &room, Some((from, &sender, sender_id)), &msg);
+    }
+
+    /// The standing word the router gave `participant` through events it will not repeat
+    /// (which qualities of its tracks are watched, which tracks it may not have), for a
+    /// signaling session that missed events to say again.
+    pub fn standing_notices(&self, participant: ParticipantId) -> Vec<SfuEvent> {
+        let mut out = self.qualities_told(participant);
+        out.extend(self.denials_told(participant));
+        out
     }
 
     /// The highest reliable message number relayed from `participant` (any of its

@@ -54,6 +54,7 @@ class Peer:
         self.muted = set()  # (owner identity, track sid) seen muted
         self.data = []
         self.left = []  # identities seen leaving
+        self.unpublished = set()  # track sids seen unpublished
         self.reconnected = 0
         self.disconnected = None  # the reason, once disconnected
         self.tasks = []
@@ -64,6 +65,7 @@ class Peer:
         r.on("track_unmuted", lambda p, pub: self.muted.discard((p.identity, pub.sid)))
         r.on("data_received", lambda packet: self.data.append(packet.data))
         r.on("participant_disconnected", lambda p: self.left.append(p.identity))
+        r.on("track_unpublished", lambda pub, p: self.unpublished.add(pub.sid))
         r.on("reconnected", self._reconnected)
         r.on("disconnected", self._disconnected)
 
@@ -279,6 +281,13 @@ async def main(cfg):
         if a.reconnected or a.disconnected is not None:
             raise Failed(f"muting made {a.identity} reconnect")
         log("mutes seen by everyone, by the publisher's track id")
+        # The publisher unpublishes its video by its id: everyone sees it go, nobody reconnects.
+        video_sid = a.video_pub.sid
+        await a.room.local_participant.unpublish_track(video_sid)
+        await until("everyone sees the unpublish", lambda: all(video_sid in o.unpublished for o in others))
+        if a.reconnected or a.disconnected is not None:
+            raise Failed(f"unpublishing made {a.identity} reconnect")
+        log("unpublish seen by everyone")
 
         # Data reaches everyone else.
         await a.room.local_participant.publish_data(b"hello from python", reliable=True)
@@ -293,7 +302,8 @@ async def main(cfg):
             raise Failed(f"{b.identity}'s resume looked like a leave")
         # (Audio settles a moment after the ICE restart.)
         await until_heard(c, b)
-        if len(b.subscribed) != (n - 1) * 2:
+        # (Everyone's audio and video, but a's video, unpublished above.)
+        if len(b.subscribed) != (n - 1) * 2 - 1:
             raise Failed(f"{b.identity} kept {len(b.subscribed)} subscriptions over the resume")
         log("resume kept the session")
 

@@ -18,6 +18,18 @@ impl Sfu {
         self.dynacast_dirty.insert(track);
     }
 
+    /// What `owner`'s tracks were last said to want, as the events that said it.
+    pub(super) fn qualities_told(&self, owner: crate::ids::ParticipantId) -> Vec<SfuEvent> {
+        self.tracks
+            .values()
+            .filter(|t| t.info.owner == owner)
+            .filter_map(|t| {
+                let up_to = t.wanted?;
+                Some(SfuEvent::QualitiesWanted { owner, track: t.info.id, up_to, mime: t.info.mime.clone() })
+            })
+            .collect()
+    }
+
     /// Tells publishers of the tracks touched since the last call what is now wanted, where
     /// it changed.
     pub(super) fn poll_dynacast(&mut self) {
@@ -38,7 +50,8 @@ impl Sfu {
                 continue;
             }
             t.wanted = Some(wanted);
-            self.events.push_back(SfuEvent::QualitiesWanted { owner: t.info.owner, track, up_to: wanted });
+            let (owner, mime) = (t.info.owner, t.info.mime.clone());
+            self.events.push_back(SfuEvent::QualitiesWanted { owner, track, up_to: wanted, mime });
         }
     }
 }

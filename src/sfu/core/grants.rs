@@ -3,6 +3,7 @@
 //! tracks. A session that may no longer have a track loses it; a session is told whenever it
 //! may not have a track it would get, and again once it may (`SfuEvent::SubscriptionAllowed`).
 
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::{Sfu, SfuError, SfuEvent};
@@ -11,8 +12,9 @@ use crate::ids::{Identity, ParticipantId, TrackId};
 /// Who may subscribe to one participant's tracks, when not everyone may.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubscriptionGrant {
-    /// Identities allowed, each to all the publisher's tracks (`None`) or to these.
-    pub allowed: Vec<(Identity, Option<Vec<TrackId>>)>,
+    /// Identities allowed, each to all the publisher's tracks (`None`) or to these. Looked up
+    /// for every (subscriber, track) the room considers, so hashed.
+    pub allowed: HashMap<Identity, Option<HashSet<TrackId>>>,
 }
 
 /// Identities one grant may name, and tracks per identity: a grant is the client's to
@@ -34,6 +36,9 @@ impl Sfu {
                 || g.allowed.iter().any(|(_, t)| t.as_ref().is_some_and(|t| t.len() > MAX_GRANT_ENTRIES))
         }) {
             return Err(SfuError::LimitExceeded("subscription permissions"));
+        }
+        if self.grants.get(&publisher) == grant.as_ref() {
+            return Ok(());
         }
         let room = self
             .peers
@@ -75,7 +80,7 @@ impl Sfu {
         let Some(t) = self.tracks.get(&track) else { return false };
         let Some(grant) = self.grants.get(&t.info.owner) else { return true };
         let Some(p) = self.peers.get(&id) else { return false };
-        grant.allowed.iter().any(|(who, tracks)| *who == p.identity && tracks.as_ref().is_none_or(|t| t.contains(&track)))
+        grant.allowed.get(&p.identity).is_some_and(|tracks| tracks.as_ref().is_none_or(|t| t.contains(&track)))
     }
 
     /// Notes that session `id` may not have `track`, telling it the first time.
@@ -93,6 +98,19 @@ impl Sfu {
             track,
             allowed,
         });
+    }
+
+    /// The tracks `participant`'s sessions were told they may not have, as the events that
+    /// told them.
+    pub(super) fn denials_told(&self, participant: ParticipantId) -> Vec<SfuEvent> {
+        self.denied
+            .iter()
+            .filter(|(s, _)| self.peers.get(s).is_some_and(|p| p.participant == participant))
+            .filter_map(|&(_, track)| {
+                let owner = self.tracks.get(&track)?.info.owner;
+                Some(SfuEvent::SubscriptionAllowed { participant, owner, track, allowed: false })
+            })
+            .collect()
     }
 
     /// Forgets what the grants held for a session that ended.

@@ -404,7 +404,7 @@ impl Session {
     /// tracks or some. One entry more than the router takes is kept, so it can refuse.
     async fn grant(&self, p: &proto::SubscriptionPermission) -> Result<SubscriptionGrant, SessionError> {
         let all = self.participants().await?;
-        let mut allowed = Vec::new();
+        let mut allowed = HashMap::new();
         for tp in p.track_permissions.iter().take(MAX_GRANT_ENTRIES + 1) {
             let identity = match Identity::new(tp.participant_identity.clone()) {
                 Ok(identity) => Some(identity),
@@ -416,7 +416,7 @@ impl Session {
             } else {
                 Some(tp.track_sids.iter().take(MAX_GRANT_ENTRIES + 1).map(|s| parse_track(s)).collect::<Result<_, _>>()?)
             };
-            allowed.push((identity, tracks));
+            allowed.insert(identity, tracks);
         }
         Ok(SubscriptionGrant { allowed })
     }
@@ -497,6 +497,13 @@ impl Session {
         let (metadata, _) = stored_room(&self.state.db, &self.org, self.room.local()).await;
         let mut out = vec![Resp::Update(proto::ParticipantUpdate { participants: infos })];
         out.extend(self.room_update(metadata).await?);
+        // What the router told this participant once and will not repeat: which qualities of
+        // its tracks are watched, and which tracks it may not have.
+        let id = self.participant;
+        let standing = self.state.sfu.call(move |sfu, _| sfu.standing_notices(id)).await?;
+        for e in standing {
+            out.extend(self.handle_event(e).await?);
+        }
         Ok(out)
     }
 
@@ -960,7 +967,7 @@ impl Session {
             SfuEvent::ParticipantLeft { participant, reason, .. } if participant == self.participant => {
                 Err(SessionError::Removed(reason))
             }
-            SfuEvent::QualitiesWanted { owner, track, up_to } if owner == self.participant => {
+            SfuEvent::QualitiesWanted { owner, track, up_to, mime } if owner == self.participant => {
                 let subscribed_qualities: Vec<proto::SubscribedQuality> = [Quality::Low, Quality::Medium, Quality::High]
                     .into_iter()
                     .map(|q| proto::SubscribedQuality {
@@ -968,10 +975,12 @@ impl Session {
                         enabled: up_to.is_some_and(|max| q <= max),
                     })
                     .collect();
-                // Current SDKs read the qualities per codec; older ones the list itself.
-                let codec = self.state.registry.track(track).map(|m| m.codec).filter(|c| !c.is_empty());
+                // Current SDKs read the qualities per codec, by the name they announced the
+                // codec with (else the negotiated one); older ones the list itself.
+                let announced = self.state.registry.track(track).map(|m| m.codec).filter(|c| !c.is_empty());
+                let negotiated = mime.strip_prefix("video/").map(str::to_ascii_lowercase);
                 let subscribed_codecs = vec![proto::SubscribedCodec {
-                    codec: codec.unwrap_or_else(|| "vp8".to_string()),
+                    codec: announced.or(negotiated).unwrap_or_else(|| "vp8".to_string()),
                     qualities: Vec::clone(&subscribed_qualities),
                 }];
                 Ok(vec![Resp::SubscribedQualityUpdate(proto::SubscribedQualityUpdate {
