@@ -12,7 +12,9 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelData, ChannelId};
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::media::{
+    Direction, KeyframeRequestKind, MediaAdded, MediaChanged, MediaData, MediaKind, MediaTime, Mid, Rid,
+};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
@@ -1227,6 +1229,7 @@ impl Sfu {
                 }
             }
             Event::MediaAdded(m) => self.handle_media_added(now, id, m),
+            Event::MediaChanged(m) => self.handle_media_changed(now, id, m),
             Event::MediaData(d) => self.handle_media_data(now, id, d),
             Event::KeyframeRequest(req) => {
                 // A subscriber asks for a keyframe: pass it to the publisher of that slot's layer.
@@ -1344,6 +1347,30 @@ impl Sfu {
         }
         if let Some(room) = self.peers.get(&id).map(|p| p.room.clone()) {
             self.fill_slots(now, &room);
+        }
+    }
+
+    /// A client stopped sending on an m-line it published (how LiveKit's SDKs unpublish: the
+    /// transceiver stops sending and they offer again), or sends on one again (a new track on
+    /// a reused transceiver, announced as a new one).
+    fn handle_media_changed(&mut self, now: Instant, id: ParticipantId, m: MediaChanged) {
+        let receives = matches!(m.direction, Direction::RecvOnly | Direction::SendRecv);
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        match self.by_mid.get(&(id, m.mid)).copied() {
+            Some(track) if !receives => {
+                p.published.retain(|t| *t != track);
+                self.unpublish(track);
+                if let Some(room) = self.peers.get(&id).map(|p| p.room.clone()) {
+                    self.fill_slots(now, &room);
+                }
+            }
+            // (A line the router sends on is a subscription of the client's, not a publication.)
+            None if receives && p.slot_mut(m.mid).is_none() => {
+                let Some(kind) = p.rtc.media(m.mid).map(|x| x.kind()) else { return };
+                let added = MediaAdded { mid: m.mid, kind, direction: m.direction, simulcast: None };
+                self.handle_media_added(now, id, added);
+            }
+            _ => {}
         }
     }
 
