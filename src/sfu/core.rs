@@ -707,6 +707,9 @@ impl Sfu {
             // anything, or to this track by its publisher's grant).
             let Some(kind) = kind.filter(|_| peer.permissions.subscribe && allowed) else {
                 peer.to_stop.push(mid);
+                if kind.is_some() && !allowed {
+                    self.deny(id, track);
+                }
                 continue;
             };
             if peer.slot_mut(mid).is_none() {
