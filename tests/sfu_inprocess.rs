@@ -516,9 +516,11 @@ fn subscription_grants_take_tracks_away_and_give_them_back() {
     let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
     let bob = w.join("bob", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
     let carol = w.join("carol", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::All);
+    // Dave receives only what he asks for.
+    let dave = w.join("dave", &[MediaSpec::recv(MediaKind::Audio)], SubscribeFilter::None);
     w.connect_all();
     publish_audio(&mut w, alice, 0, 10);
-    let (alice_id, bob_id, carol_id) = (w.ids[alice], w.ids[bob], w.ids[carol]);
+    let (alice_id, bob_id, carol_id, dave_id) = (w.ids[alice], w.ids[bob], w.ids[carol], w.ids[dave]);
     let bound = |w: &World, id| w.sfu.subscriptions(id).iter().filter(|s| s.1.is_some()).count();
     assert_eq!((bound(&w, bob_id), bound(&w, carol_id)), (1, 1));
     let track = w.sfu.subscriptions(carol_id)[0].1.unwrap();
@@ -536,6 +538,7 @@ fn subscription_grants_take_tracks_away_and_give_them_back() {
     // Asking for it explicitly does not get around the grant.
     let now = w.now;
     assert!(w.sfu.set_subscribed(now, carol_id, track, true).is_err());
+    assert!(w.sfu.set_subscribed(now, dave_id, track, true).is_err());
     let sent = publish_audio(&mut w, alice, 100, 20);
     let got: Vec<_> = payloads(&w.clients[carol].1, true).into_iter().filter(|p| sent.contains(p)).collect();
     assert!(got.is_empty(), "carol got {} frames she may not have", got.len());
@@ -545,6 +548,7 @@ fn subscription_grants_take_tracks_away_and_give_them_back() {
     w.advance_by(Duration::from_millis(100));
     assert_eq!(bound(&w, carol_id), 1);
     assert!(told(&w, carol_id, true));
+    assert_eq!(bound(&w, dave_id), 1, "dave asked for it while refused, and gets it once allowed");
     let sent = publish_audio(&mut w, alice, 200, 50);
     let got: Vec<_> = payloads(&w.clients[carol].1, true).into_iter().filter(|p| sent.contains(p)).collect();
     assert_suffix_intact(&sent, &got, 0.8, "alice's audio to carol, allowed again");

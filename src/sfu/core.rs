@@ -944,6 +944,8 @@ impl Sfu {
                 return Err(SfuError::NoTrack);
             }
         } else {
+            // Nor is it to be given the track should its publisher allow it later.
+            self.denied.remove(&(id, track));
             self.drop_subscription(id, track);
         }
         self.drive(now);

@@ -1,7 +1,8 @@
 //! Who may subscribe to a participant's tracks (LiveKit's subscription permissions): everyone
 //! in the room unless the publisher narrows it to some identities, for all or some of its
 //! tracks. A session that may no longer have a track loses it; a session is told whenever it
-//! may not have a track it would get, and again once it may (`SfuEvent::SubscriptionAllowed`).
+//! may not have a track it would get (automatically or because it asked), and once it may, is
+//! told and gets it (`SfuEvent::SubscriptionAllowed`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -24,7 +25,7 @@ pub const MAX_GRANT_ENTRIES: usize = 256;
 impl Sfu {
     /// Sets who may subscribe to `publisher`'s tracks (`None`: everyone in the room, the
     /// default). Sessions holding a track they may no longer have lose it; those refused
-    /// before that may now are told, and get it as any new track.
+    /// before that may now are told, and get it.
     pub fn set_subscription_grant(
         &mut self,
         now: Instant,
@@ -69,6 +70,11 @@ impl Sfu {
         for (id, track) in lifted {
             self.denied.remove(&(id, track));
             self.tell_allowed(id, track, true);
+            // Refused means it would have had the track, whether by its filter or by asking.
+            let kind = self.tracks.get(&track).map(|t| t.info.kind);
+            if let Some(kind) = kind.filter(|_| self.peers.get(&id).is_some_and(|p| !p.has(track))) {
+                self.place(now, id, track, kind);
+            }
         }
         self.fill_slots(now, &room);
         self.drive(now);
