@@ -1007,7 +1007,8 @@ async fn room_service_keeps_the_control_apis_limits(api: Api) {
     let r = room_service(&api, &org, "CreateRoom", create, "", json!({ "name": "big" })).await;
     assert_eq!((r.status, r.body["metadata"].as_str()), (StatusCode::OK, Some("small")), "{:?}", r.body);
     // LiveKit Cloud's participant moves are refused by name.
-    let r = room_service(&api, &org, "MoveParticipant", admin, "big", json!({ "room": "big", "identity": "ann" })).await;
+    let r =
+        room_service(&api, &org, "MoveParticipant", admin, "big", json!({ "room": "big", "identity": "ann" })).await;
     assert_eq!((r.status, r.body["code"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("unimplemented")));
     // Participants are described within the signal path's limits.
     let attributes: serde_json::Map<String, serde_json::Value> =
@@ -1126,7 +1127,8 @@ async fn failed_authentication_is_rate_limited_per_address() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     // Attempts sent all at once get no more than the budget between them.
     let parallel = (0..24).map(|_| api.raw(from_ip("192.0.2.77", "GET", "/v1/rooms", &wrong)));
-    let mut statuses: Vec<u16> = futures_util::future::join_all(parallel).await.iter().map(|r| r.status.as_u16()).collect();
+    let mut statuses: Vec<u16> =
+        futures_util::future::join_all(parallel).await.iter().map(|r| r.status.as_u16()).collect();
     statuses.sort();
     assert_eq!(statuses, [[401; 3].as_slice(), &[429; 21]].concat());
     let metrics = api.send("GET", "/metrics", "", None).await;

@@ -32,7 +32,9 @@ async fn room_of_eight(single_pc: bool) {
     let e2ee_room = format!("{room}-e2ee");
     let e2ee_tokens: Vec<(String, String)> = ["e2ee-a", "e2ee-b"]
         .into_iter()
-        .map(|identity| (identity.to_string(), token::mint(&token::join_claims(&key, &e2ee_room, identity, now, 600), &secret)))
+        .map(|identity| {
+            (identity.to_string(), token::mint(&token::join_claims(&key, &e2ee_room, identity, now, 600), &secret))
+        })
         .collect();
     let mut admin = token::join_claims(&key, room, "", now, 600);
     (admin.video.room_join, admin.video.room_admin) = (false, true);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, ParticipantId, RoomName};
+use auralink::sfu::core::MAX_GRANT_ENTRIES;
 use auralink::sfu::data::{DataCodec, DataMessage};
 use auralink::sfu::quality::Quality;
 use auralink::sfu::signal::token::Permissions;
@@ -15,7 +16,6 @@ use auralink::sfu::{
     ClientAnswer, JoinRequest, LeaveReason, Negotiation, Offer, Quality as LayerQuality, Sfu, SfuConfig, SfuError,
     SfuEvent, SubscribeFilter, SubscriptionGrant, TapFrame, TapSink,
 };
-use auralink::sfu::core::MAX_GRANT_ENTRIES;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::Candidate;
@@ -488,7 +488,12 @@ fn a_track_that_comes_while_a_request_is_out_is_asked_for_after_it() {
     let alice = w.join("alice", &[MediaSpec::send(MediaKind::Audio)], SubscribeFilter::All);
     w.connect_all();
     let bob_id = w.ids[bob];
-    let requests = |w: &World| w.events.iter().filter(|e| matches!(e, SfuEvent::SectionsNeeded { participant, .. } if *participant == bob_id)).count();
+    let requests = |w: &World| {
+        w.events
+            .iter()
+            .filter(|e| matches!(e, SfuEvent::SectionsNeeded { participant, .. } if *participant == bob_id))
+            .count()
+    };
     // Alice leaves, so bob is asked to hear that his line is idle; he does not act on it yet,
     // and carol's audio comes meanwhile.
     w.held_sections = Some(Vec::new());
@@ -525,8 +530,10 @@ fn subscription_grants_take_tracks_away_and_give_them_back() {
     assert_eq!((bound(&w, bob_id), bound(&w, carol_id)), (1, 1));
     let track = w.sfu.subscriptions(carol_id)[0].1.unwrap();
     let told = |w: &World, id, allowed| {
-        w.events.iter().any(|e| matches!(e, SfuEvent::SubscriptionAllowed { participant, owner, track: t, allowed: a }
-            if *participant == id && *owner == alice_id && *t == track && *a == allowed))
+        w.events.iter().any(|e| {
+            matches!(e, SfuEvent::SubscriptionAllowed { participant, owner, track: t, allowed: a }
+            if *participant == id && *owner == alice_id && *t == track && *a == allowed)
+        })
     };
 
     let only_bob = SubscriptionGrant { allowed: [(Identity::new("bob").unwrap(), None)].into() };

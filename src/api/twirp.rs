@@ -502,8 +502,14 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
     // Existing or not (call history may have recorded a deleted room again), the room is
     // wanted from now on.
     crate::api::v1::room_created(s, org, &req.name, now).await?;
+    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at, updated_at, \
+               CAST(0 AS BIGINT) AS calls_since FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
+    let row: RoomRow = tx.fetch_one(sql, args![org, &req.name]).await?;
     tx.commit().await?;
-    let room = list_rooms(s, org).await?.into_iter().find(|r| r.name == req.name).ok_or_else(|| not_found("room"))?;
+    // The room as stored, whether or not ListRooms would count it now (an empty timeout of 0).
+    let name = RoomName::in_org(org, &room_name(&req.name)?);
+    let live = s.sfu.call(move |sfu, _| sfu.participants(&name).len()).await.map_err(|_| gone())?;
+    let room = room_info(&row, live);
     if !req.metadata.is_empty() {
         s.livekit.room_metadata_changed(RoomName::in_org(org, &room_name(&req.name)?), room.metadata.clone());
     }

@@ -542,7 +542,8 @@ impl Sfu {
         // not yet acted on the request (or cannot: a codec it lacks); it is not asked again
         // until it offers more. Any other offer answers the request, and tracks that came
         // meanwhile are asked for afresh.
-        peer.sections_requested = peer.sections_requested.filter(|&lines| lines > 0 && !grew && !peer.to_add.is_empty());
+        peer.sections_requested =
+            peer.sections_requested.filter(|&lines| lines > 0 && !grew && !peer.to_add.is_empty());
         let room = peer.room.clone();
         let sdp = describe::sending_lines(&answer, &lines);
         // The client starts decoding once it has this answer: video needs a keyframe then,
@@ -1992,10 +1993,10 @@ impl Sfu {
         for other in self.peers.values_mut() {
             let keys: Vec<_> = other.channels_out.keys().filter(|k| k.0 == Some(id)).cloned().collect();
             for k in keys {
-                if let Some(c) = other.channels_out.remove(&k) {
-                    if guard("close channel", || other.rtc.direct_api().close_data_channel(c.id)).is_err() {
-                        other.broken = true;
-                    }
+                if let Some(c) = other.channels_out.remove(&k)
+                    && guard("close channel", || other.rtc.direct_api().close_data_channel(c.id)).is_err()
+                {
+                    other.broken = true;
                 }
             }
         }

@@ -190,7 +190,10 @@ impl Revocations {
                     | Ok(SfuEvent::ConnectionClosed { connection: gone, .. }) => self.left(|p| p == gone),
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "revocation list missed leaves; their joins go when their tokens expire");
+                        tracing::warn!(
+                            missed,
+                            "revocation list missed leaves; their joins go when their tokens expire"
+                        );
                     }
                     Err(RecvError::Closed) => return,
                 }

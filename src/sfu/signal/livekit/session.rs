@@ -30,12 +30,12 @@ use super::registry::{self, ParticipantMeta, TrackMeta};
 use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::SubscribeFilter;
-use crate::sfu::layer_select::Quality;
 use crate::sfu::core::{
-    ClientAnswer, JoinRequest, LeaveReason, MAX_GRANT_ENTRIES, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError, SfuEvent,
-    SubscriptionGrant, TrackInfo,
+    ClientAnswer, JoinRequest, LeaveReason, MAX_GRANT_ENTRIES, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError,
+    SfuEvent, SubscriptionGrant, TrackInfo,
 };
 use crate::sfu::driver::DriverGone;
+use crate::sfu::layer_select::Quality;
 use crate::sfu::signal::room_settings::stored as stored_room;
 use crate::sfu::signal::token::{self, Claims, Permissions};
 
@@ -414,7 +414,13 @@ impl Session {
             let tracks = if tp.all_tracks {
                 None
             } else {
-                Some(tp.track_sids.iter().take(MAX_GRANT_ENTRIES + 1).map(|s| parse_track(s)).collect::<Result<_, _>>()?)
+                Some(
+                    tp.track_sids
+                        .iter()
+                        .take(MAX_GRANT_ENTRIES + 1)
+                        .map(|s| parse_track(s))
+                        .collect::<Result<_, _>>()?,
+                )
             };
             allowed.insert(identity, tracks);
         }
@@ -968,13 +974,14 @@ impl Session {
                 Err(SessionError::Removed(reason))
             }
             SfuEvent::QualitiesWanted { owner, track, up_to, mime } if owner == self.participant => {
-                let subscribed_qualities: Vec<proto::SubscribedQuality> = [Quality::Low, Quality::Medium, Quality::High]
-                    .into_iter()
-                    .map(|q| proto::SubscribedQuality {
-                        quality: convert::video_quality(q) as i32,
-                        enabled: up_to.is_some_and(|max| q <= max),
-                    })
-                    .collect();
+                let subscribed_qualities: Vec<proto::SubscribedQuality> =
+                    [Quality::Low, Quality::Medium, Quality::High]
+                        .into_iter()
+                        .map(|q| proto::SubscribedQuality {
+                            quality: convert::video_quality(q) as i32,
+                            enabled: up_to.is_some_and(|max| q <= max),
+                        })
+                        .collect();
                 // Current SDKs read the qualities per codec, by the name they announced the
                 // codec with (else the negotiated one); older ones the list itself.
                 let announced = self.state.registry.track(track).map(|m| m.codec).filter(|c| !c.is_empty());
