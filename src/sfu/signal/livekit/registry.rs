@@ -164,6 +164,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `owner` described track `id` (it may have been unpublished since).
+    pub fn described_by(&self, id: TrackId, owner: ParticipantId) -> bool {
+        self.lock().owned.get(&owner).is_some_and(|t| t.contains(&id))
+    }
+
     pub fn track(&self, id: TrackId) -> Option<TrackMeta> {
         self.lock().tracks.get(&id).cloned()
     }

@@ -762,8 +762,14 @@ impl Session {
             }
             Req::AddTrack(req) => self.add_track(req).await,
             Req::Mute(m) => {
-                let track = self.own_track(&m.sid).await?;
-                sfu.call(move |sfu, now| sfu.set_track_muted(now, track, m.muted)).await??;
+                let track = parse_track(&m.sid)?;
+                match self.own_track(&m.sid).await {
+                    Ok(track) => sfu.call(move |sfu, now| sfu.set_track_muted(now, track, m.muted)).await??,
+                    // A mute of a track of its own that the server unpublished meanwhile (its
+                    // publish permission was taken) is late, not wrong: LiveKit ignores it too.
+                    Err(_) if self.state.registry.described_by(track, self.participant) => {}
+                    Err(e) => return Err(e),
+                }
                 Ok(vec![])
             }
             Req::Subscription(u) => {
