@@ -9,15 +9,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::broadcast::error::RecvError;
-
 use super::Clock;
 use crate::args;
 use crate::db::{Db, DbError, Tx};
 use crate::ids::{Identity, ParticipantId, RoomName, record_id};
 use crate::sfu::core::{LeaveReason, SfuEvent};
 use crate::sfu::driver::SfuHandle;
-use crate::sfu::mirror::{self, Mirror};
+use crate::sfu::mirror::Follower;
 use crate::sfu::signal::livekit::Registry;
 
 #[derive(Debug, Default)]
@@ -39,25 +37,11 @@ struct Count {
 /// Records router events until the router stops.
 pub fn spawn(db: Db, sfu: SfuHandle, registry: Arc<Registry>, clock: Clock) -> Arc<HistoryStats> {
     let stats = Arc::new(HistoryStats::default());
-    let mut events = sfu.subscribe();
+    let mut follower = Follower::new(sfu, "call history");
     tokio::spawn({
         let stats = Arc::clone(&stats);
         async move {
-            let mut mirror = Mirror::default();
-            loop {
-                let batch = match events.recv().await {
-                    Ok(e) => {
-                        mirror.handle_event(&e);
-                        vec![e]
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "call history fell behind the router; catching up");
-                        let Ok((live, rest)) = sfu.subscribe_with(mirror::live).await else { return };
-                        events = rest;
-                        mirror.catch_up(live)
-                    }
-                    Err(RecvError::Closed) => return,
-                };
+            while let Some(batch) = follower.next().await {
                 for e in batch {
                     match record(&db, &registry, &e, clock.now_ms()).await {
                         Ok(true) => {

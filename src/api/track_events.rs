@@ -11,6 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::sfu::driver::SfuHandle;
+use crate::sfu::mirror;
 use crate::sfu::{Sfu, SfuEvent};
 
 /// A registry of tracks with a stage.
@@ -29,15 +30,16 @@ struct Live {
 }
 
 fn live(sfu: &Sfu) -> Live {
-    let rooms: HashSet<RoomName> = sfu.rooms().cloned().collect();
-    let mut audio = Vec::new();
-    for room in &rooms {
-        for p in sfu.participants(room) {
-            let tracks = p.tracks.into_iter().filter(|t| t.kind == MediaKind::Audio && !t.server);
-            audio.extend(tracks.map(|t| (room.clone(), t.id, t.owner)));
+    let mut live = Live { rooms: HashSet::new(), audio: Vec::new() };
+    for (room, participants) in mirror::live(sfu) {
+        for t in participants.into_iter().flat_map(|p| p.tracks) {
+            if t.kind == MediaKind::Audio && !t.server {
+                live.audio.push((room.clone(), t.id, t.owner));
+            }
         }
+        live.rooms.insert(room);
     }
-    Live { rooms, audio }
+    live
 }
 
 /// Feeds `taps` the router's track events until the router stops; `what` names them in logs.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use base64::Engine;
 use livekit_protocol as proto;
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use super::Clock;
 use super::secrets::SecretBox;
@@ -24,7 +24,7 @@ use crate::db::{Db, DbError};
 use crate::ids::record_id;
 use crate::sfu::core::{ParticipantInfo, SfuEvent};
 use crate::sfu::driver::SfuHandle;
-use crate::sfu::mirror::{self, Mirror};
+use crate::sfu::mirror::Follower;
 use crate::sfu::signal::livekit::LiveKitState;
 use crate::sfu::signal::token::{self, Claims, NODE_ORG};
 
@@ -71,26 +71,12 @@ pub struct WebhookStats {
 pub fn spawn(hooks: Webhooks, sfu: SfuHandle, livekit: LiveKitState, clock: Clock) -> Arc<WebhookStats> {
     let stats = Arc::new(WebhookStats::default());
     let hooks = Arc::new(hooks);
-    let mut events = sfu.subscribe();
+    let mut follower = Follower::new(sfu, "webhooks");
     tokio::spawn({
         let stats = Arc::clone(&stats);
         async move {
             let mut queues: HashMap<String, mpsc::Sender<proto::WebhookEvent>> = HashMap::new();
-            let mut mirror = Mirror::default();
-            loop {
-                let batch = match events.recv().await {
-                    Ok(e) => {
-                        mirror.handle_event(&e);
-                        vec![e]
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "webhooks fell behind the router; catching up");
-                        let Ok((live, rest)) = sfu.subscribe_with(mirror::live).await else { return };
-                        events = rest;
-                        mirror.catch_up(live)
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
+            while let Some(batch) = follower.next().await {
                 for e in batch {
                     let Some((org, hook)) = to_webhook(&e, &livekit, clock.now_ms()) else { continue };
                     let queue = queues.entry(org.clone()).or_insert_with(|| {

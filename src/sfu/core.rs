@@ -1829,7 +1829,7 @@ impl Sfu {
     /// envelope for sessions with a codec, else on a per-sender channel of the same label and
     /// reliability whose protocol names the sender.
     fn relay_data(&mut self, now: Instant, from: ParticipantId, d: ChannelData) {
-        let Some(p) = self.peers.get(&from) else { return };
+        let Some(p) = self.peers.get_mut(&from) else { return };
         if !p.permissions.publish_data {
             return;
         }
@@ -1852,7 +1852,6 @@ impl Sfu {
             return;
         };
         if let Some(seq) = msg.sequence {
-            let p = self.peers.get_mut(&from).expect("found above");
             // Resent after a resume, and already relayed.
             if seq <= p.data_sequence {
                 self.stats.data_messages_dropped += 1;
@@ -1860,7 +1859,6 @@ impl Sfu {
             }
             p.data_sequence = seq;
         }
-        let Some(p) = self.peers.get(&from) else { return };
         let (room, sender, sender_id) = (p.room.clone(), p.identity.clone(), p.participant);
         self.deliver(now, &room, Some((from, &sender, sender_id)), &msg);
     }

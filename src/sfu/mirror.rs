@@ -7,8 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use tokio::sync::broadcast::{self, error::RecvError};
+
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 use crate::sfu::core::{LeaveReason, ParticipantInfo, Sfu, SfuEvent, TrackInfo};
+use crate::sfu::driver::SfuHandle;
 
 /// The router's rooms at one moment, each with its participants and their tracks.
 pub type Live = Vec<(RoomName, Vec<ParticipantInfo>)>;
@@ -127,6 +130,40 @@ impl Mirror {
         }
         self.rooms = live;
         out
+    }
+}
+
+/// A consumer's view of the router's events that loses none: each event as it comes, or,
+/// after falling behind, the events that catch its mirror up with the router.
+pub struct Follower {
+    sfu: SfuHandle,
+    events: broadcast::Receiver<SfuEvent>,
+    mirror: Mirror,
+    /// Names the consumer in logs.
+    what: &'static str,
+}
+
+impl Follower {
+    pub fn new(sfu: SfuHandle, what: &'static str) -> Follower {
+        let events = sfu.subscribe();
+        Follower { sfu, events, mirror: Mirror::default(), what }
+    }
+
+    /// The next events to act on; `None` once the router has stopped.
+    pub async fn next(&mut self) -> Option<Vec<SfuEvent>> {
+        match self.events.recv().await {
+            Ok(e) => {
+                self.mirror.handle_event(&e);
+                Some(vec![e])
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, consumer = self.what, "fell behind the router; catching up");
+                let (now, events) = self.sfu.subscribe_with(live).await.ok()?;
+                self.events = events;
+                Some(self.mirror.catch_up(now))
+            }
+            Err(RecvError::Closed) => None,
+        }
     }
 }
 

@@ -168,11 +168,11 @@ impl Revocations {
         joined.entry(jti.to_string()).or_insert_with(|| (exp_ms, Vec::new())).1.push(participant);
     }
 
-    /// Forgets the joins of these participants (they left).
-    fn left(&self, gone: impl Fn(ParticipantId) -> bool) {
+    /// Forgets the joins of a participant or connection that left.
+    fn left(&self, gone: ParticipantId) {
         let mut joined = self.joined.lock().expect("not poisoned");
         joined.retain(|_, (_, participants)| {
-            participants.retain(|p| !gone(*p));
+            participants.retain(|p| *p != gone);
             !participants.is_empty()
         });
     }
@@ -187,7 +187,7 @@ impl Revocations {
             loop {
                 match events.recv().await {
                     Ok(SfuEvent::ParticipantLeft { participant: gone, .. })
-                    | Ok(SfuEvent::ConnectionClosed { connection: gone, .. }) => self.left(|p| p == gone),
+                    | Ok(SfuEvent::ConnectionClosed { connection: gone, .. }) => self.left(gone),
                     Ok(_) => {}
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(
@@ -238,7 +238,8 @@ mod tests {
         r.joined("tok_1", 5_000, ParticipantId(7), 0);
         r.joined("tok_1", 5_000, ParticipantId(8), 0);
         r.joined("tok_2", 5_000, ParticipantId(9), 0);
-        r.left(|p| p == ParticipantId(7) || p == ParticipantId(9));
+        r.left(ParticipantId(7));
+        r.left(ParticipantId(9));
         assert_eq!(r.joined.lock().unwrap().len(), 1);
         assert_eq!(r.take_joined("tok_1"), vec![ParticipantId(8)]);
     }
