@@ -5,6 +5,9 @@ cd "$(dirname "$0")"
 source scripts/common.sh
 
 apt_install build-essential pkg-config cmake chromium chromium-driver python3 python3-venv espeak-ng sox
+# GStreamer's webrtcbin, driven from Debian's python3 through PyGObject: an RSA-certificate WHIP publisher.
+apt_install python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 \
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice
 # Node may come from elsewhere (NodeSource ships npm inside nodejs); only fill what is missing.
 command -v node >/dev/null || apt_install nodejs
 command -v npm >/dev/null || apt_install npm
@@ -32,3 +35,5 @@ scripts/web-vendor.sh
 cargo test --all-targets --no-run
 AURALINK_BIN="$CARGO_TARGET_DIR/debug/auralink" scripts/models.sh
 cargo test --all-targets -- --test-threads=2
+# The vendored DTLS library's own unit tests (vendor/dimpl/PATCHES.md).
+cargo test -p dimpl --lib

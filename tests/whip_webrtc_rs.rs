@@ -34,9 +34,11 @@ use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::crypto::SignatureScheme;
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
@@ -186,6 +188,11 @@ struct Peer<P> {
 
 /// A peer that gathers exactly one host candidate, on 127.0.0.1, and knows no STUN server.
 async fn new_peer() -> Peer<impl PeerConnection> {
+    new_peer_with(Vec::new()).await
+}
+
+/// [`new_peer`] with these DTLS certificates (none: webrtc-rs makes an ECDSA one).
+async fn new_peer_with(certificates: Vec<RTCCertificate>) -> Peer<impl PeerConnection> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs().expect("default codecs");
     let registry = register_default_interceptors(Registry::new(), &mut media_engine).expect("interceptors");
@@ -195,7 +202,7 @@ async fn new_peer() -> Peer<impl PeerConnection> {
     let (channels_tx, channels) = mpsc::unbounded_channel();
     let events = Events { gathered: gathered_tx, state: state_tx, tracks: tracks_tx, channels: channels_tx };
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(RTCConfigurationBuilder::new().with_certificates(certificates).build())
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
         .with_handler(Arc::new(events))
@@ -715,6 +722,146 @@ async fn webrtc_rs_publisher_and_player_exchange_media_and_data() {
     assert_eq!(delete_session(&ts, &alice_session.location, &alice_token).await, StatusCode::NOT_FOUND);
 
     let _ = alice.pc.close().await;
+    let _ = bob.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// RSA DTLS certificates: the vendored dimpl patch (vendor/dimpl/PATCHES.md), in both roles.
+
+/// A self-signed certificate on the committed RSA 2048 test key (no RSA key generation in
+/// webrtc-rs's provider).
+fn rsa_certificate() -> RTCCertificate {
+    let key = include_bytes!("support/rsa2048-key.pk8.der");
+    let provider = webrtc::peer_connection::crypto::default_provider().expect("crypto provider");
+    let signing_key =
+        provider.crypto().import_signing_key(SignatureScheme::RsaPkcs1Sha256, key).expect("RSA key imports");
+    let params = rcgen::CertificateParams::new(vec!["webrtc-rs-rsa".to_string()]).expect("certificate params");
+    RTCCertificate::generate_from_signing_key(params, SignatureScheme::RsaPkcs1Sha256, signing_key)
+        .expect("self-signed RSA certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_certificate_peers_connect_as_dtls_client_and_as_dtls_server() {
+    let ts = start_server("rsa").await;
+    let room = "rsa";
+
+    // alice offers actpass, so the server answers passive: it is the DTLS server and alice's
+    // RSA certificate comes in the client's Certificate/CertificateVerify.
+    let mut alice = new_peer_with(vec![rsa_certificate()]).await;
+    let audio_ssrc = 0x5555_6666;
+    let audio_track = local_track("audio", "audio/opus", 48_000, 2, audio_ssrc);
+    let audio_sender = alice.pc.add_track(Arc::clone(&audio_track) as Arc<dyn TrackLocal>).await.expect("add audio");
+    let offer = alice.offer().await;
+    assert!(offer.contains("a=setup:actpass"), "offer: {offer}");
+    let alice_session = post_offer(&ts, &format!("/whip/{room}"), &token(room, "alice"), offer).await;
+    assert!(alice_session.answer.contains("a=setup:passive"), "answer: {}", alice_session.answer);
+    alice.accept_answer(alice_session.answer).await;
+    alice.connected("alice (RSA, DTLS client)").await;
+
+    // bob's offer says passive, so the server takes the active role: it is the DTLS client,
+    // offers ECDHE_RSA suites and checks bob's RSA-signed ServerKeyExchange.
+    let mut bob = new_peer_with(vec![rsa_certificate()]).await;
+    let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+    bob.pc.add_transceiver_from_kind("audio".into(), Some(init)).await.expect("recvonly transceiver");
+    let offer = bob.offer().await.replace("a=setup:actpass", "a=setup:passive");
+    let bob_session = post_offer(&ts, &format!("/whep/{room}/alice"), &token(room, "bob"), offer).await;
+    assert!(bob_session.answer.contains("a=setup:active"), "answer: {}", bob_session.answer);
+    bob.accept_answer(bob_session.answer).await;
+    bob.connected("bob (RSA, DTLS server)").await;
+
+    // Media through both handshakes' SRTP keys.
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let mut bob_tracks = bob.tracks;
+    tokio::spawn(async move {
+        while let Some(track) = bob_tracks.recv().await {
+            spawn_frame_reader(track, frames_tx.clone());
+        }
+    });
+    let audio_pt = negotiated_payload_type(&audio_sender, "audio/opus").await;
+    let sent: Vec<Vec<u8>> = (0..AUDIO_FRAMES).map(opus_frame).collect();
+    let sending = {
+        let mut out = RtpOut { track: audio_track, ssrc: audio_ssrc, payload_type: audio_pt, seq: 100 };
+        let frames = sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for (i, f) in frames.iter().enumerate() {
+                tick.tick().await;
+                out.send(960 * i as u32, f, i == 0).await;
+            }
+        })
+    };
+    within("audio sending", sending).await.expect("audio task");
+    let mut got = Vec::new();
+    within("audio at bob", async {
+        while got.last().is_none_or(|f: &Vec<u8>| frame_index(f) != AUDIO_FRAMES - 1) {
+            match timeout(Duration::from_secs(2), frames.recv()).await {
+                Ok(Some((_, f))) => got.push(f),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    check_frames("audio", &sent, &got, 0.8);
+
+    let _ = alice.pc.close().await;
+    let _ = bob.pc.close().await;
+    ts.server.shutdown().await;
+}
+
+/// GStreamer 1.22's webrtcbin (Debian's, with libnice) publishes audio and video over WHIP
+/// with the RSA certificate its DTLS agent makes, and a webrtc-rs player receives both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_webrtcbin_publishes_over_whip() {
+    use tokio::io::AsyncBufReadExt;
+
+    let ts = start_server("gst").await;
+    let room = "gst";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/gst/whip_publish.py");
+    // Debian's interpreter: GStreamer's Python bindings (python3-gi) are installed for it.
+    let mut publisher = tokio::process::Command::new("/usr/bin/python3")
+        .args([script, &format!("{}/whip/{room}", ts.base), &token(room, "gst"), "12"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("GStreamer publisher starts (test.sh installs python3-gi and GStreamer)");
+    let mut lines = tokio::io::BufReader::new(publisher.stdout.take().expect("stdout")).lines();
+    let line = within("webrtcbin to connect", lines.next_line()).await.expect("publisher stdout");
+    assert_eq!(line.as_deref(), Some("connected"), "webrtcbin did not connect (its stderr says why)");
+
+    let mut bob = new_peer().await;
+    for kind in ["audio", "video"] {
+        let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() };
+        bob.pc.add_transceiver_from_kind(kind.into(), Some(init)).await.expect("recvonly transceiver");
+    }
+    let offer = bob.offer().await;
+    let session = post_offer(&ts, &format!("/whep/{room}/gst"), &token(room, "bob"), offer).await;
+    bob.accept_answer(session.answer).await;
+    bob.connected("bob").await;
+
+    let (frames_tx, mut frames) = mpsc::unbounded_channel();
+    let mut bob_tracks = bob.tracks;
+    tokio::spawn(async move {
+        while let Some(track) = bob_tracks.recv().await {
+            spawn_frame_reader(track, frames_tx.clone());
+        }
+    });
+    // Two seconds of a 20 ms Opus stream, and a keyframe plus what follows it in VP8.
+    let (mut audio, mut video) = (0, 0);
+    within("webrtcbin's media at bob", async {
+        while audio < 100 || video < 5 {
+            match frames.recv().await {
+                Some((Kind::Audio, _)) => audio += 1,
+                Some((Kind::Video, _)) => video += 1,
+                None => break,
+            }
+        }
+    })
+    .await;
+    assert!(audio >= 100 && video >= 5, "bob got {audio} Opus packets and {video} VP8 frames");
+
+    let status = within("publisher to finish", publisher.wait()).await.expect("publisher exit status");
+    assert!(status.success(), "webrtcbin publisher failed: {status}");
     let _ = bob.pc.close().await;
     ts.server.shutdown().await;
 }

@@ -287,6 +287,11 @@ async fn dispatch(
             let req: proto::UpdateRoomMetadataRequest = decode(codec, &body)?;
             let name = need_admin(claims, org, &req.room)?;
             check_room_fields(Some(&req.metadata), None, None)?;
+            // Only a room that exists as ListRooms counts them: a record whose room closed
+            // (or whose wait for a first participant ran out) is not one.
+            if !list_rooms(&s, org).await?.iter().any(|r| r.name == req.room) {
+                return Err(not_found("room"));
+            }
             let mut tx = s.db.begin(org).await?;
             let sql = "UPDATE rooms SET metadata = $1, updated_at = $2 WHERE org_id = $3 AND name = $4 \
                        AND deleted_at IS NULL";
@@ -294,9 +299,6 @@ async fn dispatch(
             tx.commit().await?;
             if n == 0 {
                 // A room that exists only because somebody joined it gets its record now.
-                if participants(&s, name.clone()).await?.is_empty() {
-                    return Err(not_found("room"));
-                }
                 let create = proto::CreateRoomRequest {
                     name: req.room.clone(),
                     metadata: req.metadata.clone(),
@@ -453,8 +455,8 @@ struct RoomRow {
     empty_timeout_secs: Option<i64>,
     max_participants: Option<i64>,
     created_at: i64,
-    /// When it was last created or changed through the API.
-    updated_at: i64,
+    /// When it was last asked for through the API; none if only joins recorded it.
+    requested_at: Option<i64>,
     /// Calls that started in it since then.
     calls_since: i64,
 }
@@ -485,10 +487,10 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
     // One statement: call history may record the room at the same moment (a join racing
     // a deletion), and an update-then-insert would then collide with its row.
     let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
-               updated_at) VALUES ($1, $2, $3, COALESCE($4, ''), $5, $6, $7, $7) \
+               updated_at, requested_at) VALUES ($1, $2, $3, COALESCE($4, ''), $5, $6, $7, $7, $7) \
                ON CONFLICT (org_id, name) WHERE deleted_at IS NULL DO UPDATE SET \
                metadata = COALESCE($4, rooms.metadata), empty_timeout_secs = COALESCE($5, rooms.empty_timeout_secs), \
-               max_participants = COALESCE($6, rooms.max_participants), updated_at = $7";
+               max_participants = COALESCE($6, rooms.max_participants), updated_at = $7, requested_at = $7";
     let args = args![
         record_id("room", now),
         org,
@@ -502,7 +504,7 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
     // Existing or not (call history may have recorded a deleted room again), the room is
     // wanted from now on.
     crate::api::v1::room_created(s, org, &req.name, now).await?;
-    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at, updated_at, \
+    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at, requested_at, \
                CAST(0 AS BIGINT) AS calls_since FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
     let row: RoomRow = tx.fetch_one(sql, args![org, &req.name]).await?;
     tx.commit().await?;
@@ -522,9 +524,9 @@ async fn create_room(s: &AppState, org: &str, req: proto::CreateRoomRequest) -> 
 /// that were used and closed stay in the control API (`GET /v1/rooms`), not here.
 async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpError> {
     let mut tx = s.db.begin_read(org).await?;
-    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at, updated_at, \
+    let sql = "SELECT name, metadata, empty_timeout_secs, max_participants, created_at, requested_at, \
                (SELECT COUNT(*) FROM calls c WHERE c.org_id = r.org_id AND c.room_id = r.id \
-               AND c.started_at >= r.updated_at) AS calls_since \
+               AND c.started_at >= r.requested_at) AS calls_since \
                FROM rooms r WHERE org_id = $1 AND deleted_at IS NULL ORDER BY name";
     let rows: Vec<RoomRow> = tx.fetch_all(sql, args![org]).await?;
     tx.commit().await?;
@@ -545,7 +547,7 @@ async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpEr
             Some(secs) if secs > 0 => secs * 1000,
             _ => default_timeout.as_millis() as i64,
         };
-        r.calls_since == 0 && now < r.updated_at + timeout_ms
+        r.calls_since == 0 && r.requested_at.is_some_and(|at| now < at + timeout_ms)
     };
     let count = |name: &str| live.iter().find(|(n, _)| n == name).map(|(_, c)| *c);
     let mut rooms: Vec<proto::Room> = rows
@@ -561,7 +563,7 @@ async fn list_rooms(s: &AppState, org: &str) -> Result<Vec<proto::Room>, TwirpEr
                 empty_timeout_secs: None,
                 max_participants: None,
                 created_at: 0,
-                updated_at: 0,
+                requested_at: None,
                 calls_since: 0,
             };
             rooms.push(room_info(&row, *n));

@@ -163,7 +163,9 @@ async def seen_video(track):
             async for event in stream:
                 return event.frame.width, event.frame.height
 
-        return await asyncio.wait_for(first(), 10)
+        # The first decodable frame waits for a keyframe; under the full suite's load (two
+        # cores, Whisper in other tests) the SDK's encoder can take well over 10 s to send one.
+        return await asyncio.wait_for(first(), 30)
     finally:
         await stream.aclose()
 

@@ -129,7 +129,7 @@ async fn create(
     let id = record_id("room", now);
     let mut tx = s.db.begin(org).await?;
     let sql = "INSERT INTO rooms (id, org_id, name, metadata, empty_timeout_secs, max_participants, created_at, \
-               updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
+               updated_at, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7)";
     tx.execute(sql, args![&id, org, &req.name, &req.metadata, req.empty_timeout_secs, req.max_participants, now])
         .await
         .map_err(|e| match e {

@@ -493,11 +493,9 @@ impl State {
             .into());
         }
 
-        // Enforce cipher suite is compatible with our private key and allowed by config
-        let is_compatible = client
-            .engine
-            .crypto_context()
-            .is_cipher_suite_compatible(cs);
+        // Enforce cipher suite is one we offered (one whose server authentication
+        // we can check) and allowed by config
+        let is_compatible = client.engine.crypto_context().can_offer_as_client(cs);
 
         if !is_compatible {
             return Err(Error::SecurityError(
@@ -814,16 +812,15 @@ impl State {
             unreachable!()
         };
 
-        // Check that the hash algorithm that is default fo the PrivateKey in use
-        // is one of the supported by the CertificateRequest
+        // Check that the server accepts the signature our private key makes
+        // (its default hash with its algorithm) in CertificateVerify.
         // unwrap: CertificateRequest only received for certificate-based suites
-        let hash_algorithm = client
-            .engine
-            .crypto_context()
-            .private_key_default_hash_algorithm()
-            .unwrap();
+        let context = client.engine.crypto_context();
+        let hash_algorithm = context.private_key_default_hash_algorithm().unwrap();
+        let ours =
+            SignatureAndHashAlgorithm::new(hash_algorithm, context.signature_algorithm().unwrap());
 
-        if !cr.supports_hash_algorithm(hash_algorithm) {
+        if !cr.supports_signature_algorithm(ours) {
             return Err(Error::CertificateError(
                 crate::CertificateError::UnsupportedHashAlgorithm(hash_algorithm),
             )
@@ -1245,12 +1242,12 @@ fn handshake_create_client_hello(
 ) -> Result<(), Error> {
     let client_version = ProtocolVersion::DTLS1_2;
 
-    // Get cipher suites from config that are compatible with our key
+    // Get cipher suites from config whose server authentication we can check
     let cipher_suites: CipherSuiteVec = engine
         .config()
         .dtls12_cipher_suites()
         .map(|cs| cs.suite())
-        .filter(|suite| engine.crypto_context().is_cipher_suite_compatible(*suite))
+        .filter(|suite| engine.crypto_context().can_offer_as_client(*suite))
         .take(Dtls12CipherSuite::supported().len())
         .collect();
 

@@ -582,6 +582,20 @@ impl CryptoContext {
         }
     }
 
+    /// Check if a client may offer a cipher suite. A suite's signature
+    /// algorithm names the key of the *server's* certificate (RFC 5246 7.4.2),
+    /// so in certificate mode every certificate suite the verifier can check is
+    /// offered whatever our own key is (the provider's list holds only suites
+    /// its verifier can check): the client's certificate is negotiated
+    /// separately, through CertificateRequest.
+    pub fn can_offer_as_client(&self, cipher_suite: Dtls12CipherSuite) -> bool {
+        match (&self.auth, cipher_suite.signature_algorithm()) {
+            (AuthMode::Certificate { .. }, Some(_)) => true,
+            (AuthMode::Psk, None) => true,
+            _ => false,
+        }
+    }
+
     /// Get the client write IV if derived.
     pub fn get_client_write_iv(&self) -> Option<Iv> {
         self.client_write_iv

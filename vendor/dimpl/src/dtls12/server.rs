@@ -1321,9 +1321,11 @@ fn handshake_serialize_certificate_request(
     body: &mut Buf,
     sig_algs: &SignatureAndHashAlgorithmVec,
 ) -> Result<(), Error> {
-    // Only advertise ECDSA_SIGN (the only supported client cert type)
+    // Advertise every client certificate type the verifier can check
     let mut cert_types = CertificateTypeVec::new();
-    cert_types.push(ClientCertificateType::ECDSA_SIGN);
+    for cert_type in ClientCertificateType::supported() {
+        cert_types.push(*cert_type);
+    }
 
     // If intersection is empty (e.g., client didn't advertise), fall back to our supported set
     // Build the selected list with the capacity expected by CertificateRequest
@@ -1474,7 +1476,7 @@ mod tests {
     }
 
     #[test]
-    fn certificate_request_does_not_select_rsa_signatures() {
+    fn certificate_request_selects_rsa_signatures() {
         let mut client = SignatureAndHashAlgorithmVec::new();
         client.push(SignatureAndHashAlgorithm::new(
             HashAlgorithm::SHA256,
@@ -1487,13 +1489,11 @@ mod tests {
 
         let selected = select_certificate_request_sig_algs(Some(&client));
 
-        assert_eq!(selected.len(), 1);
-        assert_eq!(selected[0].signature, SignatureAlgorithm::ECDSA);
-        assert_eq!(selected[0].hash, HashAlgorithm::SHA256);
+        assert_eq!(&selected[..], &client[..]);
     }
 
     #[test]
-    fn certificate_request_rejects_rsa_only_signatures() {
+    fn certificate_request_keeps_rsa_only_signatures() {
         let mut client = SignatureAndHashAlgorithmVec::new();
         client.push(SignatureAndHashAlgorithm::new(
             HashAlgorithm::SHA256,
@@ -1502,6 +1502,6 @@ mod tests {
 
         let selected = select_certificate_request_sig_algs(Some(&client));
 
-        assert!(selected.is_empty());
+        assert_eq!(&selected[..], &client[..]);
     }
 }

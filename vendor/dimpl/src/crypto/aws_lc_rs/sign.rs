@@ -7,6 +7,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA384_ASN1};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, UnparsedPublicKey};
 use aws_lc_rs::signature::{ECDSA_P384_SHA256_ASN1, ECDSA_P384_SHA384_ASN1};
 use aws_lc_rs::signature::{EcdsaKeyPair, EcdsaSigningAlgorithm, EcdsaVerificationAlgorithm};
+use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384};
 use der::{Decode, Encode};
 use spki::ObjectIdentifier;
 use x509_cert::Certificate as X509Certificate;
@@ -191,18 +192,21 @@ impl SignatureVerifier for AwsLcSignatureVerifier {
         hash_alg: HashAlgorithm,
         sig_alg: SignatureAlgorithm,
     ) -> Result<(), CryptoError> {
-        if sig_alg != SignatureAlgorithm::ECDSA {
-            return Err(CryptoError::UnsupportedSignatureAlgorithm(sig_alg));
-        }
+        const OID_EC_PUBLIC_KEY: ObjectIdentifier =
+            ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+        const OID_RSA_ENCRYPTION: ObjectIdentifier =
+            ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
         let cert =
             X509Certificate::from_der(cert_der).map_err(|_| CryptoError::CertificateParseFailed)?;
         let spki = cert.tbs_certificate().subject_public_key_info();
 
-        const OID_EC_PUBLIC_KEY: ObjectIdentifier =
-            ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-
-        if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
+        let expected_oid = match sig_alg {
+            SignatureAlgorithm::ECDSA => OID_EC_PUBLIC_KEY,
+            SignatureAlgorithm::RSA => OID_RSA_ENCRYPTION,
+            _ => return Err(CryptoError::UnsupportedSignatureAlgorithm(sig_alg)),
+        };
+        if spki.algorithm.oid != expected_oid {
             return Err(CryptoError::UnsupportedPublicKeyAlgorithm);
         }
 
@@ -210,6 +214,10 @@ impl SignatureVerifier for AwsLcSignatureVerifier {
             .subject_public_key
             .as_bytes()
             .ok_or(CryptoError::InvalidSubjectPublicKey)?;
+
+        if sig_alg == SignatureAlgorithm::RSA {
+            return verify_rsa_pkcs1(pubkey_bytes, data, signature, hash_alg);
+        }
 
         let curve_oid: ObjectIdentifier = spki
             .algorithm
@@ -245,6 +253,30 @@ impl SignatureVerifier for AwsLcSignatureVerifier {
                 group,
             })
     }
+}
+
+/// RSASSA-PKCS1-v1_5, the RSA signature of DTLS 1.2 (RFC 5246 4.7). The
+/// subject public key of an rsaEncryption certificate is the DER
+/// RSAPublicKey that aws-lc-rs takes; keys under 2048 bits are refused.
+fn verify_rsa_pkcs1(
+    public_key: &[u8],
+    data: &[u8],
+    signature: &[u8],
+    hash_alg: HashAlgorithm,
+) -> Result<(), CryptoError> {
+    let algorithm = match hash_alg {
+        HashAlgorithm::SHA256 => &RSA_PKCS1_2048_8192_SHA256,
+        HashAlgorithm::SHA384 => &RSA_PKCS1_2048_8192_SHA384,
+        _ => {
+            return Err(CryptoError::UnsupportedSignaturePair {
+                signature: SignatureAlgorithm::RSA,
+                hash: hash_alg,
+            });
+        }
+    };
+    UnparsedPublicKey::new(algorithm, public_key)
+        .verify(data, signature)
+        .map_err(|_| CryptoError::OperationFailed(CryptoOperation::VerifySignature))
 }
 
 /// Static instance of the key provider.
@@ -289,6 +321,49 @@ mod tests {
                 hash: HashAlgorithm::SHA256,
                 group: NamedGroup::Secp256r1,
             }
+        );
+    }
+
+    #[test]
+    fn rsa_pkcs1_signatures_verify_against_rsa_certificates_only() {
+        let cert = include_bytes!("../validation/rsa2048_cert.der");
+        let data = include_bytes!("../validation/test_data.bin");
+        let sha256 = include_bytes!("../validation/rsa2048_sha256_sig.bin");
+        let sha384 = include_bytes!("../validation/rsa2048_sha384_sig.bin");
+        let verify = |sig: &[u8], hash| {
+            SIGNATURE_VERIFIER.verify_signature(cert, data, sig, hash, SignatureAlgorithm::RSA)
+        };
+
+        verify(sha256, HashAlgorithm::SHA256).expect("SHA-256 signature verifies");
+        verify(sha384, HashAlgorithm::SHA384).expect("SHA-384 signature verifies");
+        // A signature under the other hash, or a corrupted one, does not.
+        assert_eq!(
+            verify(sha256, HashAlgorithm::SHA384),
+            Err(CryptoError::OperationFailed(
+                CryptoOperation::VerifySignature
+            ))
+        );
+        let mut corrupt = sha256.to_vec();
+        corrupt[17] ^= 0x40;
+        assert!(verify(&corrupt, HashAlgorithm::SHA256).is_err());
+        assert_eq!(
+            verify(sha256, HashAlgorithm::SHA512),
+            Err(CryptoError::UnsupportedSignaturePair {
+                signature: SignatureAlgorithm::RSA,
+                hash: HashAlgorithm::SHA512,
+            })
+        );
+        // An RSA signature claimed of an ECDSA certificate's key is refused before checking.
+        let ecdsa = generate_self_signed_certificate().expect("generate cert");
+        assert_eq!(
+            SIGNATURE_VERIFIER.verify_signature(
+                &ecdsa.certificate,
+                data,
+                sha256,
+                HashAlgorithm::SHA256,
+                SignatureAlgorithm::RSA
+            ),
+            Err(CryptoError::UnsupportedPublicKeyAlgorithm)
         );
     }
 }

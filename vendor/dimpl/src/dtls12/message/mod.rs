@@ -70,6 +70,10 @@ impl Dtls12CipherSuite {
     pub const ECDHE_ECDSA_AES128_GCM_SHA256: Self = Self(0xC02B);
     /// ECDHE with ECDSA authentication, ChaCha20-Poly1305, SHA-256.
     pub const ECDHE_ECDSA_CHACHA20_POLY1305_SHA256: Self = Self(0xCCA9);
+    /// ECDHE with RSA authentication, AES-256-GCM, SHA-384.
+    pub const ECDHE_RSA_AES256_GCM_SHA384: Self = Self(0xC030);
+    /// ECDHE with RSA authentication, AES-128-GCM, SHA-256.
+    pub const ECDHE_RSA_AES128_GCM_SHA256: Self = Self(0xC02F);
     /// PSK with AES-128-CCM-8 (8-byte tag), SHA-256.
     pub const PSK_AES128_CCM_8: Self = Self(0xC0A8);
 
@@ -85,7 +89,10 @@ impl Dtls12CipherSuite {
 
     /// Returns true if this is not a known DTLS 1.2 cipher suite wire value.
     pub const fn is_unknown(&self) -> bool {
-        !matches!(*self, Self(0xC02B..=0xC02C | 0xC0A8 | 0xCCA9))
+        !matches!(
+            *self,
+            Self(0xC02B..=0xC02C | 0xC02F..=0xC030 | 0xC0A8 | 0xCCA9)
+        )
     }
 
     /// Parse a `Dtls12CipherSuite` from network byte order.
@@ -113,9 +120,9 @@ impl Dtls12CipherSuite {
             // All ECDHE ciphers
             Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384
             | Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256
-            | Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256 => {
-                KeyExchangeAlgorithm::EECDH
-            }
+            | Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256
+            | Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384
+            | Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256 => KeyExchangeAlgorithm::EECDH,
 
             Dtls12CipherSuite::PSK_AES128_CCM_8 => KeyExchangeAlgorithm::PSK,
 
@@ -130,6 +137,8 @@ impl Dtls12CipherSuite {
             Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384
                 | Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256
                 | Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256
+                | Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384
+                | Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256
         )
     }
 
@@ -144,6 +153,8 @@ impl Dtls12CipherSuite {
             Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384,
             Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256,
             Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256,
+            Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384,
+            Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256,
             Dtls12CipherSuite::PSK_AES128_CCM_8,
         ]
     }
@@ -157,6 +168,10 @@ impl Dtls12CipherSuite {
                 Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384,
                 Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256,
                 Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256,
+            ],
+            SignatureAlgorithm::RSA => &[
+                Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384,
+                Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256,
             ],
             _ => panic!("Need either RSA or ECDSA certificate"),
         }
@@ -173,8 +188,10 @@ impl Dtls12CipherSuite {
     /// The hash algorithm used by this cipher suite.
     pub fn hash_algorithm(&self) -> HashAlgorithm {
         match *self {
-            Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384 => HashAlgorithm::SHA384,
+            Dtls12CipherSuite::ECDHE_ECDSA_AES256_GCM_SHA384
+            | Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384 => HashAlgorithm::SHA384,
             Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256
+            | Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256
             | Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256
             | Dtls12CipherSuite::PSK_AES128_CCM_8 => HashAlgorithm::SHA256,
             _ => HashAlgorithm::UNKNOWN_DERIVED,
@@ -191,6 +208,8 @@ impl Dtls12CipherSuite {
             | Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256 => {
                 Some(SignatureAlgorithm::ECDSA)
             }
+            Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384
+            | Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256 => Some(SignatureAlgorithm::RSA),
             Dtls12CipherSuite::PSK_AES128_CCM_8 => None,
             _ => Some(SignatureAlgorithm::UNKNOWN_DERIVED),
         }
@@ -218,6 +237,12 @@ impl fmt::Debug for Dtls12CipherSuite {
             }
             Dtls12CipherSuite::ECDHE_ECDSA_CHACHA20_POLY1305_SHA256 => {
                 f.write_str("ECDHE_ECDSA_CHACHA20_POLY1305_SHA256")
+            }
+            Dtls12CipherSuite::ECDHE_RSA_AES256_GCM_SHA384 => {
+                f.write_str("ECDHE_RSA_AES256_GCM_SHA384")
+            }
+            Dtls12CipherSuite::ECDHE_RSA_AES128_GCM_SHA256 => {
+                f.write_str("ECDHE_RSA_AES128_GCM_SHA256")
             }
             Dtls12CipherSuite::PSK_AES128_CCM_8 => f.write_str("PSK_AES128_CCM_8"),
             _ => f.debug_tuple("Unknown").field(&self.0).finish(),
@@ -259,14 +284,16 @@ impl ClientCertificateType {
     }
 
     /// Returns true if this certificate type is supported by this implementation.
-    /// Currently only ECDSA_SIGN is supported.
     pub fn is_supported(&self) -> bool {
         Self::supported().contains(self)
     }
 
     /// Supported client certificate types.
-    pub const fn supported() -> &'static [ClientCertificateType; 1] {
-        &[ClientCertificateType::ECDSA_SIGN]
+    pub const fn supported() -> &'static [ClientCertificateType; 2] {
+        &[
+            ClientCertificateType::ECDSA_SIGN,
+            ClientCertificateType::RSA_SIGN,
+        ]
     }
 
     pub const fn as_u8(&self) -> u8 {
@@ -349,11 +376,14 @@ impl SignatureAndHashAlgorithm {
         ALL
     }
 
-    /// Supported signature+hash combinations.
-    pub const fn supported() -> &'static [SignatureAndHashAlgorithm; 2] {
-        const SUPPORTED: &[SignatureAndHashAlgorithm; 2] = &[
+    /// Supported signature+hash combinations: what the verifier checks
+    /// (RSA is PKCS#1 v1.5, the only RSA scheme DTLS 1.2 has).
+    pub const fn supported() -> &'static [SignatureAndHashAlgorithm; 4] {
+        const SUPPORTED: &[SignatureAndHashAlgorithm; 4] = &[
             SignatureAndHashAlgorithm::new(HashAlgorithm::SHA256, SignatureAlgorithm::ECDSA),
             SignatureAndHashAlgorithm::new(HashAlgorithm::SHA384, SignatureAlgorithm::ECDSA),
+            SignatureAndHashAlgorithm::new(HashAlgorithm::SHA256, SignatureAlgorithm::RSA),
+            SignatureAndHashAlgorithm::new(HashAlgorithm::SHA384, SignatureAlgorithm::RSA),
         ];
 
         SUPPORTED
@@ -370,13 +400,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rsa_signature_algorithms_are_recognized_but_not_supported() {
+    fn rsa_pkcs1_signature_algorithms_are_supported() {
         let rsa_sha256 =
             SignatureAndHashAlgorithm::new(HashAlgorithm::SHA256, SignatureAlgorithm::RSA);
 
         assert!(SignatureAndHashAlgorithm::all().contains(&rsa_sha256));
-        assert!(!rsa_sha256.is_supported());
-        assert_eq!(SignatureAndHashAlgorithm::supported().len(), 2);
+        assert!(rsa_sha256.is_supported());
+        assert_eq!(SignatureAndHashAlgorithm::supported().len(), 4);
+    }
+
+    #[test]
+    fn ecdhe_rsa_suites_authenticate_with_rsa() {
+        for suite in Dtls12CipherSuite::compatible_with_certificate(SignatureAlgorithm::RSA) {
+            assert!(!suite.is_unknown());
+            assert!(suite.has_ecc());
+            assert_eq!(suite.signature_algorithm(), Some(SignatureAlgorithm::RSA));
+            assert_eq!(
+                suite.as_key_exchange_algorithm(),
+                KeyExchangeAlgorithm::EECDH
+            );
+        }
+        // ECDH_ECDSA (static ECDH) sits between the two ranges and stays unknown.
+        assert!(Dtls12CipherSuite::from_u16(0xC02D).is_unknown());
     }
 
     #[test]
