@@ -31,7 +31,7 @@ use auralink::client::{Client, MediaSpec};
 use auralink::config::Config;
 use auralink::sfu::SfuStats;
 use auralink::sfu::driver::SfuHandle;
-use auralink::sfu::signal::token::{join_claims, mint};
+use auralink::signal::token::{join_claims, mint};
 use str0m::media::{MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 
@@ -134,7 +134,7 @@ fn start_server() -> ServerThread {
             rt.block_on(async move {
                 let mut config = Config::loopback(dir);
                 config.keys = [(API_KEY.to_string(), API_SECRET.to_string())].into();
-                config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+                config.secret_key = Some(auralink::secrets::SecretBox::generate_key());
                 if let Some(kbps) = std::env::var("SFU_FANOUT_INITIAL_BWE_KBPS").ok().and_then(|v| v.parse().ok()) {
                     config.rtc.initial_bwe_kbps = kbps;
                 }

@@ -27,7 +27,7 @@ use auralink::config::Config;
 #[path = "support/args.rs"]
 mod args;
 use args::Args;
-use auralink::sfu::signal::token::{self, Claims};
+use auralink::signal::token::{self, Claims};
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
 use prost::Message as _;
@@ -72,7 +72,7 @@ impl ServerProcess {
         let mut config = Config::loopback(dir.join("data"));
         config.http.port = port;
         config.keys = [(API_KEY.to_string(), API_SECRET.to_string())].into();
-        config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+        config.secret_key = Some(auralink::secrets::SecretBox::generate_key());
         config.rtc.connect_timeout_secs = connect_timeout_secs;
         // Rooms close soon after the last participant, so that a settled node holds none.
         config.room.empty_timeout_secs = 2;

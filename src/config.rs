@@ -380,7 +380,7 @@ impl Config {
         if !self.is_dev_mode() {
             return Err(ConfigError::MissingSecretKey);
         }
-        let key = self.dev_file("dev-secret-key", crate::api::secrets::SecretBox::generate_key)?.trim().to_string();
+        let key = self.dev_file("dev-secret-key", crate::secrets::SecretBox::generate_key)?.trim().to_string();
         self.secret_key = Some(key.clone());
         Ok(key)
     }

@@ -8,6 +8,8 @@ pub mod db;
 pub mod error;
 pub mod ids;
 pub mod pipeline;
+pub mod secrets;
 pub mod server;
 pub mod sfu;
+pub mod signal;
 pub mod wall;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use auralink::config::{Config, ConfigError, Overrides};
-use auralink::sfu::signal::token;
+use auralink::signal::token;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 

@@ -12,21 +12,22 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::ratelimit::RateLimiter;
-use crate::api::secrets::{SecretBox, SecretError};
 use crate::api::speech_taps::SpeechSetup;
 use crate::api::webhook::{self, WebhookConfig, Webhooks};
-use crate::api::{self, AppState, Clock};
+use crate::api::{self, AppState};
 use crate::codec::aic::track::AicDevices;
 use crate::config::{Config, ConfigError};
 use crate::db::redis::{Redis, RedisError};
 use crate::db::{Db, DbError};
 use crate::pipeline::speech::{MODEL_ENGLISH, MODEL_MULTILINGUAL, SpeechWorkers};
+use crate::secrets::{SecretBox, SecretError};
 use crate::sfu::driver::{self, SfuHandle};
 use crate::sfu::ice_tcp::IceTcpLimits;
-use crate::sfu::signal::livekit::LiveKitState;
-use crate::sfu::signal::token::TokenVerifier;
-use crate::sfu::signal::whip::WhipState;
 use crate::sfu::{Sfu, SfuConfig};
+use crate::signal::livekit::LiveKitState;
+use crate::signal::token::TokenVerifier;
+use crate::signal::whip::WhipState;
+use crate::wall::Clock;
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +127,7 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
     let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute, config.rate_limit_burst, redis.clone()));
     let auth_failures =
         Arc::new(RateLimiter::new(config.auth_failures_per_minute, config.auth_failure_burst, redis.clone()));
-    api::twirp::ensure_node_org(&db, crate::api::Clock::system().now_ms()).await?;
+    api::twirp::ensure_node_org(&db, Clock::system().now_ms()).await?;
     tracing::info!(backend = db.backend(), "database ready");
     let ips = if config.rtc.node_ips.is_empty() { default_node_ips() } else { config.rtc.node_ips.clone() };
 

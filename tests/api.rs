@@ -4,7 +4,7 @@
 #[path = "support/api.rs"]
 mod support;
 
-use auralink::sfu::signal::token;
+use auralink::signal::token;
 use axum::http::StatusCode;
 use serde_json::json;
 use support::{Api, Backend};
@@ -1060,7 +1060,7 @@ async fn room_service_keeps_the_control_apis_limits(api: Api) {
             .unwrap()
     };
     assert_eq!(api.raw(list()).await.status, StatusCode::OK);
-    let now = auralink::api::Clock::system().now_ms();
+    let now = auralink::wall::Clock::system().now_ms();
     let revocations = &api.server.state().livekit.tokens.revocations;
     revocations.revoke(claims.jti.as_deref().unwrap(), now + 600_000, now).await.unwrap();
     let r = api.raw(list()).await;

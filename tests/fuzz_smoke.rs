@@ -10,7 +10,7 @@ use entries::Session;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use auralink::sfu::signal::token::{self, join_claims};
+use auralink::signal::token::{self, join_claims};
 
 const CASES: usize = 2_000;
 
@@ -115,7 +115,7 @@ fn token_entry_survives_mutated_tokens_and_claims() {
         entries::token(&input);
     }
     // The unmutated forms are accepted, so the mutations above start from the deep end.
-    let verifier = auralink::sfu::signal::token::TokenVerifier::new(
+    let verifier = auralink::signal::token::TokenVerifier::new(
         [(entries::TOKEN_KEY.to_string(), entries::TOKEN_SECRET.to_string())].into(),
     );
     assert!(verifier.verify_join(&valid_token(&mut rng), entries::TOKEN_ROOM, entries::TOKEN_NOW).is_ok());
@@ -416,8 +416,8 @@ fn livekit_signal_entry_survives_mutated_frames() {
         };
         entries::livekit_signal(&input);
     }
-    assert!(auralink::sfu::signal::livekit::decode_request(&frames[0]).is_some());
-    assert!(auralink::sfu::signal::livekit::decode_request(b"\xff\x00garbage").is_none());
+    assert!(auralink::signal::livekit::decode_request(&frames[0]).is_some());
+    assert!(auralink::signal::livekit::decode_request(b"\xff\x00garbage").is_none());
 }
 
 #[test]

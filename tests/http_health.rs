@@ -8,7 +8,7 @@ fn config(dir: &str, keys: &[(&str, &str)]) -> Config {
     // Configured keys: a production start, which must be given what dev mode would generate.
     c.dev = keys.is_empty();
     if !keys.is_empty() {
-        c.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+        c.secret_key = Some(auralink::secrets::SecretBox::generate_key());
     }
     c
 }
@@ -37,7 +37,7 @@ async fn health_ready_metrics_and_dev_tokens() {
     let r: serde_json::Value =
         http.get(format!("{base}/dev/token?room=r1&identity=ann")).send().await.unwrap().json().await.unwrap();
     let token = r["token"].as_str().unwrap();
-    let verifier = auralink::sfu::signal::token::TokenVerifier::new([(key, secret)].into_iter().collect());
+    let verifier = auralink::signal::token::TokenVerifier::new([(key, secret)].into_iter().collect());
     let claims = verifier.verify_join(token, "r1", now()).unwrap();
     assert_eq!(claims.sub, "ann");
     let bad = http.get(format!("{base}/dev/token?room=a/b&identity=ann")).send().await.unwrap();

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use auralink::client::{Client, MediaSpec};
 use auralink::config::Config;
 use auralink::ids::{Identity, RoomName};
+use auralink::sfu::Permissions;
 use auralink::sfu::driver::{self, SfuHandle};
 use auralink::sfu::ice_tcp::{IceTcpLimits, IceTcpStats};
-use auralink::sfu::signal::token::{Permissions, join_claims, mint};
 use auralink::sfu::{JoinRequest, Sfu, SfuConfig};
+use auralink::signal::token::{join_claims, mint};
 use str0m::Candidate;
 use str0m::bwe::Bitrate;
 use str0m::media::{Frequency, MediaKind, MediaTime};
@@ -39,7 +40,7 @@ fn token(identity: &str) -> String {
 async fn publisher_over_ice_tcp_reaches_udp_subscriber() {
     let mut config = Config::loopback(std::env::temp_dir().join(format!("auralink-icetcp-{}", std::process::id())));
     config.keys = [("APItcp".to_string(), SECRET.to_string())].into_iter().collect();
-    config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+    config.secret_key = Some(auralink::secrets::SecretBox::generate_key());
     let server = auralink::server::start(config).await.unwrap();
     let base = format!("http://{}", server.http_addr);
     let http = reqwest::Client::new();

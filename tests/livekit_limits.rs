@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use auralink::config::Config;
 use auralink::server::Server;
-use auralink::sfu::signal::token::{self, Claims};
+use auralink::signal::token::{self, Claims};
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
 use prost::Message as _;
@@ -25,7 +25,7 @@ async fn start(tag: &str) -> Server {
     let _ = std::fs::remove_dir_all(&dir);
     let mut c = Config::loopback(dir);
     c.keys = [(KEY.to_string(), SECRET.to_string())].into_iter().collect();
-    c.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+    c.secret_key = Some(auralink::secrets::SecretBox::generate_key());
     auralink::server::start(c).await.unwrap()
 }
 

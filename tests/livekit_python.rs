@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use auralink::config::Config;
-use auralink::sfu::signal::token;
+use auralink::signal::token;
 use serde_json::json;
 
 const PARTICIPANTS: usize = 8;

@@ -48,7 +48,7 @@ async fn readiness_reports_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_one_node_is_refused_on_another() {
-    use auralink::sfu::signal::revocation::Revocations;
+    use auralink::signal::revocation::Revocations;
     let Some(url) = redis_url() else {
         eprintln!("AURALINK_TEST_REDIS not set: skipped");
         return;
@@ -107,7 +107,7 @@ async fn a_token_revoked_on_one_node_ends_its_sessions_on_another() {
     for _ in 0..250 {
         let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
             .arg("NUMSUB")
-            .arg(auralink::sfu::signal::revocation::CHANNEL)
+            .arg(auralink::signal::revocation::CHANNEL)
             .query_async(&mut conn)
             .await
             .unwrap();

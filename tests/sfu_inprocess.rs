@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, ParticipantId, RoomName};
+use auralink::sfu::Permissions;
 use auralink::sfu::core::MAX_GRANT_ENTRIES;
 use auralink::sfu::data::{DataCodec, DataMessage};
 use auralink::sfu::quality::Quality;
-use auralink::sfu::signal::token::Permissions;
 use auralink::sfu::{
     ClientAnswer, JoinRequest, LeaveReason, Negotiation, Offer, Quality as LayerQuality, Sfu, SfuConfig, SfuError,
     SfuEvent, SubscribeFilter, SubscriptionGrant, TapFrame, TapSink,

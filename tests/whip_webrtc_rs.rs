@@ -23,7 +23,7 @@ mod support;
 
 use auralink::config::Config;
 use auralink::server::{self, Server};
-use auralink::sfu::signal::token::{join_claims, mint};
+use auralink::signal::token::{join_claims, mint};
 use bytes::{Bytes, BytesMut};
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
@@ -101,7 +101,7 @@ async fn start_server_with(tag: &str, adjust: impl FnOnce(&mut Config)) -> TestS
     config.rtc.node_ips = vec![[127, 0, 0, 1].into()];
     config.data_dir = dir.clone();
     config.keys = BTreeMap::from([(API_KEY.to_string(), SECRET.to_string())]);
-    config.secret_key = Some(auralink::api::secrets::SecretBox::generate_key());
+    config.secret_key = Some(auralink::secrets::SecretBox::generate_key());
     adjust(&mut config);
     let server = within("server start", server::start(config)).await.expect("server starts");
     assert!(server.dev_keys.is_none(), "configured keys must not fall back to dev mode");
@@ -1168,7 +1168,7 @@ async fn whip_sessions_and_candidates_are_bounded_and_owned() {
 
     // One token (one jti) for many identities is capped too.
     let shared = |identity: &str| {
-        let claims = auralink::sfu::signal::token::Claims {
+        let claims = auralink::signal::token::Claims {
             jti: Some("shared".into()),
             ..join_claims(API_KEY, room, identity, unix_now(), 600)
         };

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use auralink::client::{Client, MediaSpec};
 use auralink::ids::{Identity, RoomName};
+use auralink::sfu::Permissions;
 use auralink::sfu::ice_tcp::{FrameDecoder, encode_frame};
-use auralink::sfu::signal::sdpfrag::{self, SdpFrag};
-use auralink::sfu::signal::token::{self, Claims, Permissions, TokenError, TokenVerifier};
 use auralink::sfu::{JoinRequest, Sfu, SfuConfig, SfuEvent};
+use auralink::signal::sdpfrag::{self, SdpFrag};
+use auralink::signal::token::{self, Claims, TokenError, TokenVerifier};
 use str0m::Candidate;
 use str0m::bwe::Bitrate;
 use str0m::media::{MediaKind, MediaTime};
@@ -310,7 +311,7 @@ pub fn datagram(data: &[u8]) {
 /// `join_request::decode` on the bytes as the `/rtc/v1` query parameter, and on their URL-safe
 /// base64 (so the wrapper, gzip and JoinRequest layers see arbitrary bytes too).
 pub fn livekit_join(data: &[u8]) {
-    use auralink::sfu::signal::livekit::join_request::decode;
+    use auralink::signal::livekit::join_request::decode;
     use base64::Engine;
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = decode(text);
@@ -366,7 +367,7 @@ fn aic_models() -> &'static auralink::codec::aic::track::AicModels {
 
 pub fn livekit_signal(data: &[u8]) {
     use auralink::sfu::data::DataCodec;
-    use auralink::sfu::signal::livekit::{LiveKitData, decode_request};
+    use auralink::signal::livekit::{LiveKitData, decode_request};
     let _ = decode_request(data);
     let codec = LiveKitData;
     let sender = Identity::new("fuzz").expect("a valid identity");
@@ -390,7 +391,7 @@ pub fn livekit_describe(data: &[u8]) {
     use std::collections::HashMap;
 
     use auralink::sfu::core::MAX_ANNOUNCED_TRACKS;
-    use auralink::sfu::signal::livekit::{ParticipantMeta, Registry, TrackMeta, registry};
+    use auralink::signal::livekit::{ParticipantMeta, Registry, TrackMeta, registry};
 
     let reg = Registry::default();
     let mut sfu = sfu();

@@ -11,20 +11,21 @@ use std::sync::{Arc, Mutex};
 use str0m::media::MediaKind;
 use tokio::sync::watch;
 
-use crate::api::Clock;
 use crate::api::tap_capacity::{TapCapacity, running};
 use crate::api::track_events::{self, TrackTaps};
 use crate::api::v1::aic::Counters;
 use crate::args;
 use crate::codec::aic::track::AicDevices;
-use crate::codec::modes::{AicConfig, Mode};
+use crate::codec::modes::Mode;
 use crate::db::Db;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
+use crate::pipeline::aic::AicConfig;
 use crate::pipeline::aic::{AicStage, AicStats};
 use crate::pipeline::loopback::Loopback;
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
 use crate::sfu::LeaveReason;
 use crate::sfu::driver::SfuHandle;
+use crate::wall::Clock;
 
 struct Room {
     settings: watch::Sender<AicConfig>,

@@ -7,8 +7,8 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::AppState;
 use super::auth::{Caller, Perm};
+use crate::api::state::AppState;
 use crate::args;
 use crate::db::{DbError, Tx};
 use crate::error::ApiError;

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{AppState, ratelimit};
+use super::ratelimit;
+use crate::api::state::AppState;
 use crate::args;
 use crate::error::ApiError;
 

@@ -9,14 +9,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::Clock;
 use crate::args;
+use crate::db::calls::open_call;
 use crate::db::{Db, DbError, Tx};
 use crate::ids::{Identity, ParticipantId, RoomName, record_id};
 use crate::sfu::core::{LeaveReason, SfuEvent};
 use crate::sfu::driver::SfuHandle;
 use crate::sfu::mirror::Follower;
-use crate::sfu::signal::livekit::Registry;
+use crate::signal::livekit::Registry;
+use crate::wall::Clock;
 
 #[derive(Debug, Default)]
 pub struct HistoryStats {
@@ -104,13 +105,6 @@ async fn start_call(tx: &mut Tx, org: &str, room: &RoomName, now: i64) -> Result
     let sql = "INSERT INTO calls (id, org_id, room_id, sid, started_at) VALUES ($1, $2, $3, $4, $5)";
     tx.execute(sql, args![&id, org, &room_id, &sid, now]).await?;
     Ok(())
-}
-
-/// The open call of the org's room, whether or not the room was deleted since.
-pub(crate) async fn open_call(tx: &mut Tx, org: &str, room: &RoomName) -> Result<Option<String>, DbError> {
-    let sql = "SELECT c.id AS id FROM calls c JOIN rooms r ON r.org_id = c.org_id AND r.id = c.room_id \
-               WHERE c.org_id = $1 AND r.name = $2 AND c.ended_at IS NULL ORDER BY c.started_at DESC LIMIT 1";
-    Ok(tx.fetch_optional::<Id>(sql, args![org, room.local()]).await?.map(|r| r.id))
 }
 
 async fn end_call(tx: &mut Tx, org: &str, room: &RoomName, now: i64) -> Result<(), DbError> {

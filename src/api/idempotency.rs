@@ -9,11 +9,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::AppState;
 use super::auth::{Caller, Principal};
-use super::secrets::SecretBox;
+use crate::api::state::AppState;
 use crate::args;
 use crate::error::ApiError;
+use crate::secrets::SecretBox;
 
 const HEADER: &str = "idempotency-key";
 const TTL_MS: i64 = 24 * 3600 * 1000;
@@ -51,7 +51,7 @@ pub async fn idempotent(State(s): State<AppState>, req: Request, next: Next) -> 
     let caller = req.extensions().get::<Caller>().cloned().expect("authenticated before idempotency");
     let (org, principal) = scope(&caller);
     let (parts, body) = req.into_parts();
-    let bytes = to_bytes(body, super::MAX_BODY)
+    let bytes = to_bytes(body, crate::api::state::MAX_BODY)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body too large"))?;
     let mut h = Sha256::new();

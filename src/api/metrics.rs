@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use crate::api::state::AppState;
 use crate::error::ApiError;
 
 pub async fn metrics(State(s): State<AppState>) -> Response {

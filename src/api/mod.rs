@@ -10,8 +10,8 @@ pub mod history;
 mod idempotency;
 mod metrics;
 pub mod ratelimit;
-pub mod secrets;
 pub mod speech_taps;
+mod state;
 pub mod tap_capacity;
 mod track_events;
 pub mod twirp;
@@ -19,10 +19,9 @@ pub mod v1;
 pub mod webhook;
 
 pub use self::body::Body;
+pub use self::state::{AppState, MAX_BODY};
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -31,70 +30,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::db::Db;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName};
-use crate::sfu::driver::SfuHandle;
-use crate::sfu::signal::livekit::{self, LiveKitState};
-use crate::sfu::signal::token;
-use crate::sfu::signal::whip::{self, WhipState};
-
-/// Shared state of every route.
-#[derive(Clone)]
-pub struct AppState {
-    pub sfu: SfuHandle,
-    pub whip: WhipState,
-    pub livekit: LiveKitState,
-    /// Set on shutdown: `/readyz` fails so load balancers stop sending new sessions.
-    pub draining: Arc<AtomicBool>,
-    /// The dev key pair, when the server runs in dev mode: enables `/dev/token` for the demo.
-    pub dev_keys: Option<(String, String)>,
-    /// See [`crate::config::Config::web_dir`].
-    pub web_dir: PathBuf,
-    pub db: Db,
-    /// See [`crate::config::Config::admin_key`].
-    pub admin_key: Option<String>,
-    pub clock: Clock,
-    /// Seals secrets stored in the database.
-    pub secrets: secrets::SecretBox,
-    /// Redis, when configured.
-    pub redis: Option<crate::db::redis::Redis>,
-    pub limiter: Arc<ratelimit::RateLimiter>,
-    /// Failed authentications per client address.
-    pub auth_failures: Arc<ratelimit::RateLimiter>,
-    /// Webhook delivery counters (all zero without webhook URLs).
-    pub webhooks: Arc<webhook::WebhookStats>,
-    /// Call history counters.
-    pub history: Arc<history::HistoryStats>,
-    /// Where neural stages run.
-    pub devices: Arc<crate::codec::device::Devices>,
-    /// The AIC stages on tracks.
-    pub aic: Arc<aic_taps::AicTaps>,
-    /// The speech stages on tracks, and the node's Whisper workers.
-    pub speech: Arc<speech_taps::SpeechTaps>,
-}
-
-/// Largest JSON body the control API reads.
-pub const MAX_BODY: usize = 64 * 1024;
-
-/// Wall-clock milliseconds for records and expiry checks; tests put in their own.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
-
-impl Clock {
-    pub fn system() -> Clock {
-        Clock(Arc::new(crate::wall::unix_ms))
-    }
-
-    /// A clock that reads `ms`, for tests that move time.
-    pub fn manual(ms: Arc<std::sync::atomic::AtomicI64>) -> Clock {
-        Clock(Arc::new(move || ms.load(Ordering::Relaxed)))
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        (self.0)()
-    }
-}
+use crate::signal::token;
+use crate::signal::{livekit, whip};
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
@@ -203,7 +142,7 @@ async fn dev_token(
     let room = RoomName::new(q.room).map_err(|e| ApiError::bad_request("invalid_room", format!("room name {e}")))?;
     let identity =
         Identity::new(q.identity).map_err(|e| ApiError::bad_request("invalid_identity", format!("identity {e}")))?;
-    let now = crate::wall::unix_secs();
+    let now = (s.clock.now_ms() / 1000) as u64;
     let claims = token::join_claims(key, room.as_str(), identity.as_str(), now, 6 * 3600);
     Ok(Json(serde_json::json!({ "token": token::mint(&claims, secret) })))
 }

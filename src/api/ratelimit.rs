@@ -17,8 +17,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::auth::{Caller, Principal};
+use crate::api::state::AppState;
 use crate::db::redis::Redis;
 use crate::error::ApiError;
 

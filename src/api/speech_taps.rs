@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use str0m::media::MediaKind;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::Clock;
 use crate::api::tap_capacity::{TapCapacity, running};
 use crate::api::track_events::{self, TrackTaps};
 use crate::args;
@@ -24,7 +23,8 @@ use crate::pipeline::speech::{Caption, CaptionSink, SpeechConfig, SpeechStage, S
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
 use crate::sfu::data::DataMessage;
 use crate::sfu::driver::SfuHandle;
-use crate::sfu::signal::livekit;
+use crate::signal::livekit;
+use crate::wall::Clock;
 
 /// The data channel topic captions travel on.
 pub const TOPIC: &str = "captions";
@@ -245,7 +245,7 @@ impl SpeechTaps {
         let Some(org) = c.room.org() else { return };
         let write = async {
             let mut tx = self.db.begin(org).await?;
-            let call = super::history::open_call(&mut tx, org, &c.room).await?;
+            let call = crate::db::calls::open_call(&mut tx, org, &c.room).await?;
             tx.execute(
                 "INSERT INTO transcripts (id, org_id, call_id, room, identity, track, start_ms, end_ms, text, language, \
                  source_language, confidence_milli, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \

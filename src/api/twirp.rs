@@ -19,19 +19,20 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::audit::{self, Actor, Change};
 use super::ratelimit::{self, Limited};
 use super::v1::check_room_fields;
+use crate::api::state::AppState;
 use crate::args;
 use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
+use crate::sfu::Permissions;
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
 use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
-use crate::sfu::signal::token::{Claims, Permissions, TokenError};
+use crate::signal::token::{Claims, TokenError};
 
-pub use crate::sfu::signal::token::NODE_ORG;
+pub use crate::signal::token::NODE_ORG;
 
 /// Creates the node org on first start.
 pub async fn ensure_node_org(db: &Db, now: i64) -> Result<(), DbError> {
@@ -365,13 +366,11 @@ async fn dispatch(
         "UpdateParticipant" => {
             let req: proto::UpdateParticipantRequest = decode(codec, &body)?;
             let room = need_admin(claims, org, &req.room)?;
-            let too_large = |e: crate::sfu::signal::livekit::TooLarge| {
-                err(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string())
-            };
+            let too_large =
+                |e: crate::signal::livekit::TooLarge| err(StatusCode::BAD_REQUEST, "invalid_argument", e.to_string());
             // What one request may carry is checked before the participant is looked for; what
             // it adds up to with what the participant has, before anything changes.
-            crate::sfu::signal::livekit::registry::fits(&req.name, &req.metadata, &req.attributes)
-                .map_err(too_large)?;
+            crate::signal::livekit::registry::fits(&req.name, &req.metadata, &req.attributes).map_err(too_large)?;
             let p = find(&s, room.clone(), &req.identity).await?;
             // Empty means unchanged here, as in LiveKit's RoomService.
             let keep = |v: &str| (!v.is_empty()).then_some(v.to_string());

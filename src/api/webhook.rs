@@ -17,16 +17,16 @@ use livekit_protocol as proto;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::Clock;
-use super::secrets::SecretBox;
 use crate::args;
 use crate::db::{Db, DbError};
 use crate::ids::record_id;
+use crate::secrets::SecretBox;
 use crate::sfu::core::{ParticipantInfo, SfuEvent};
 use crate::sfu::driver::SfuHandle;
 use crate::sfu::mirror::Follower;
-use crate::sfu::signal::livekit::LiveKitState;
-use crate::sfu::signal::token::{self, Claims, NODE_ORG};
+use crate::signal::livekit::LiveKitState;
+use crate::signal::token::{self, Claims, NODE_ORG};
+use crate::wall::Clock;
 
 /// Events waiting for delivery; beyond this the newest are dropped.
 const QUEUE: usize = 1024;
@@ -333,7 +333,7 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
-    use crate::sfu::signal::token::TokenVerifier;
+    use crate::signal::token::TokenVerifier;
 
     /// A receiver that refuses `failures` times with 503, then checks the signature the way
     /// LiveKit's WebhookReceiver does.

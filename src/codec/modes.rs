@@ -1,6 +1,6 @@
-//! The three AIC modes operators choose between, and the settings that go with them
-//! (DESIGN.md "AIC modes"): how small the stream should be, how long a frame may take, and
-//! the quality below which a track falls back to Opus.
+//! The three AIC modes operators choose between (DESIGN.md "AIC modes") and the models that
+//! run them. The per-track settings built on them are the pipeline's
+//! (`crate::pipeline::aic::AicConfig`).
 
 use serde::{Deserialize, Serialize};
 
@@ -74,43 +74,6 @@ impl ModelType {
 
     pub fn parse(s: &str) -> Option<ModelType> {
         ModelType::ALL.into_iter().find(|m| m.as_str() == s)
-    }
-}
-
-/// What a track's AIC stage runs with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AicConfig {
-    pub mode: Mode,
-    /// Target size relative to Opus at 24 kbit/s, 0.01..=1.
-    pub target_ratio: f64,
-    /// A frame that takes longer to encode and decode sends the track back to Opus.
-    pub max_latency_ms: u32,
-    pub model_type: ModelType,
-    /// Run on the GPU when the server has one (CUDA builds).
-    pub use_gpu: bool,
-    /// Estimated quality (PESQ-like, 1..5) below which the track falls back to Opus.
-    pub min_quality: f64,
-    pub enabled: bool,
-    /// Publish each AIC track's audio, after the codec, back into the room as a participant
-    /// of its own (identity `aic:<publisher>`), so the codec can be heard.
-    pub loopback: bool,
-}
-
-impl Default for AicConfig {
-    fn default() -> Self {
-        let mode = Mode::Adaptive;
-        AicConfig {
-            mode,
-            target_ratio: mode.target_ratio(),
-            max_latency_ms: 20,
-            model_type: ModelType::AicV2,
-            use_gpu: false,
-            min_quality: 2.0,
-            // Off until an operator turns it on: the stage costs CPU on every audio track,
-            // and only the loopback (below) uses its output so far (docs/aic.md, "Status").
-            enabled: false,
-            loopback: false,
-        }
     }
 }
 

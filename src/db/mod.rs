@@ -8,8 +8,10 @@
 //! non-owner role `auralink_app`, so a query that forgot its `org_id` filter still sees only
 //! the caller's rows.
 
+pub mod calls;
 mod record;
 pub mod redis;
+pub mod rooms;
 
 use std::str::FromStr;
 use std::time::Duration;

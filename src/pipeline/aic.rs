@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::sync::watch;
 
 use super::loopback::Loopback;
@@ -18,8 +19,45 @@ use crate::codec::aic::guard::{Guard, Route, Transition};
 use crate::codec::aic::mdct::HOP;
 use crate::codec::aic::quality;
 use crate::codec::aic::track::{AicDevices, AicModels, TrackDecoder, TrackEncoder};
-use crate::codec::modes::AicConfig;
+use crate::codec::modes::{Mode, ModelType};
 use crate::codec::resample::Downsampler;
+
+/// What a track's AIC stage runs with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AicConfig {
+    pub mode: Mode,
+    /// Target size relative to Opus at 24 kbit/s, 0.01..=1.
+    pub target_ratio: f64,
+    /// A frame that takes longer to encode and decode sends the track back to Opus.
+    pub max_latency_ms: u32,
+    pub model_type: ModelType,
+    /// Run on the GPU when the server has one (CUDA builds).
+    pub use_gpu: bool,
+    /// Estimated quality (PESQ-like, 1..5) below which the track falls back to Opus.
+    pub min_quality: f64,
+    pub enabled: bool,
+    /// Publish each AIC track's audio, after the codec, back into the room as a participant
+    /// of its own (identity `aic:<publisher>`), so the codec can be heard.
+    pub loopback: bool,
+}
+
+impl Default for AicConfig {
+    fn default() -> Self {
+        let mode = Mode::Adaptive;
+        AicConfig {
+            mode,
+            target_ratio: mode.target_ratio(),
+            max_latency_ms: 20,
+            model_type: ModelType::AicV2,
+            use_gpu: false,
+            min_quality: 2.0,
+            // Off until an operator turns it on: the stage costs CPU on every audio track,
+            // and only the loopback (below) uses its output so far (docs/aic.md, "Status").
+            enabled: false,
+            loopback: false,
+        }
+    }
+}
 
 /// Upper bounds (seconds) of the per-frame latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 8] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5];

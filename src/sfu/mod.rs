@@ -9,15 +9,16 @@ pub mod ice_tcp;
 pub mod layer_select;
 pub mod mirror;
 mod peer;
+pub mod permissions;
 pub mod quality;
-pub mod signal;
 pub mod speaker;
 pub mod tap;
 
 pub use self::core::{
-    ClientAnswer, JoinRequest, LeaveReason, Negotiation, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats,
+    ClientAnswer, JoinRequest, LeaveReason, ParticipantInfo, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats,
     SubscriptionGrant, TrackInfo,
 };
 pub use self::layer_select::Quality;
-pub use self::peer::SubscribeFilter;
+pub use self::peer::{Negotiation, SubscribeFilter};
+pub use self::permissions::Permissions;
 pub use self::tap::{Offer, TapFrame, TapSink};

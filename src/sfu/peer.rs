@@ -9,13 +9,26 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::media::{MediaKind, Mid};
 
-use super::core::Negotiation;
 use super::data::DataCodec;
 use super::forward::Forwarder;
 use super::layer_select::Quality;
+use super::permissions::Permissions;
 use super::quality::Quality as ConnectionQuality;
-use super::signal::token::Permissions;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+
+/// How a session's m-lines change after the first offer and answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiation {
+    /// They don't: tracks are forwarded on the receiving m-lines of the client's offer (WHEP).
+    Fixed,
+    /// The server offers an m-line per track it adds (LiveKit's subscriber connection).
+    ServerOffers,
+    /// Only the client offers. Tracks go on its receiving m-lines; when it has too few, or an
+    /// m-line now carries something else, the router asks it to offer again with
+    /// `SfuEvent::SectionsNeeded`, and `Sfu::answer_offer` describes each m-line in the
+    /// answer (LiveKit's single peer connection).
+    ClientOffers,
+}
 
 /// Which tracks a session receives automatically.
 #[derive(Debug, Clone, PartialEq, Eq)]

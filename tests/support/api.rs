@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use auralink::api::Clock;
 use auralink::config::Config;
 use auralink::server::Server;
+use auralink::wall::Clock;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;

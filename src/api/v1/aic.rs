@@ -12,15 +12,17 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, not_found};
+use super::not_found;
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
+use crate::api::state::AppState;
 use crate::args;
-use crate::codec::modes::{AicConfig, Mode, ModelType};
+use crate::codec::modes::{Mode, ModelType};
 use crate::db::{Db, Tx};
 use crate::error::ApiError;
 use crate::ids::{RoomName, TrackId, record_id};
+use crate::pipeline::aic::AicConfig;
 use crate::pipeline::aic::{AicStats, LATENCY_BUCKETS};
 
 pub fn router() -> Router<AppState> {

@@ -7,8 +7,9 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AppState, not_found};
+use super::not_found;
 use crate::api::auth::{Caller, Perm};
+use crate::api::state::AppState;
 use crate::args;
 use crate::error::ApiError;
 

@@ -9,10 +9,11 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AppState, check_len, not_found};
+use super::{check_len, not_found};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, NewKey, Perm, Principal, Role, generate_key, parse_scopes};
+use crate::api::state::AppState;
 use crate::args;
 use crate::db::{DbError, Tx};
 use crate::error::ApiError;

@@ -1,6 +1,6 @@
 //! Each org's LiveKit API key pairs: what its tokens (`POST /v1/tokens`) are signed with and
 //! what its server SDKs (RoomService, Twirp) authenticate with. Secrets are sealed at rest
-//! ([`crate::api::secrets`]); the token verifier holds them opened in memory.
+//! ([`crate::secrets`]); the token verifier holds them opened in memory.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,17 +9,18 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AppState, check_len, not_found};
+use super::{check_len, not_found};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
-use crate::api::secrets::{KEY_ID, SecretBox};
+use crate::api::state::AppState;
 use crate::args;
 use crate::config::generate_key_pair;
 use crate::db::{Db, DbError, Tx};
 use crate::error::ApiError;
 use crate::ids::record_id;
-use crate::sfu::signal::token::{KeySource, TokenVerifier};
+use crate::secrets::{KEY_ID, SecretBox};
+use crate::signal::token::{KeySource, TokenVerifier};
 use futures_util::future::BoxFuture;
 
 pub fn router() -> Router<AppState> {

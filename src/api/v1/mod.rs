@@ -23,7 +23,9 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::{AppState, MAX_BODY, audit, auth, idempotency, ratelimit};
+use super::{audit, auth, idempotency, ratelimit};
+use crate::api::state::AppState;
+use crate::api::state::MAX_BODY;
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {

@@ -7,17 +7,18 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AppState, not_found};
+use super::not_found;
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
+use crate::api::state::AppState;
 use crate::args;
 use crate::db::Tx;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName, TrackId, record_id};
+use crate::sfu::Permissions;
 use crate::sfu::core::{LeaveReason, ParticipantInfo};
 use crate::sfu::data::{DataMessage, MAX_SERVER_MESSAGE};
-use crate::sfu::signal::token::Permissions;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -222,7 +223,7 @@ async fn update(
 }
 
 /// Deletes the room and disconnects everyone in it; the tokens issued for it stop joining it
-/// (see `sfu::signal::revocation`).
+/// (see `signal::revocation`).
 async fn remove(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -8,10 +8,11 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, not_found};
+use super::not_found;
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
+use crate::api::state::AppState;
 use crate::args;
 use crate::error::ApiError;
 use crate::ids::{Identity, RoomName, record_id};
@@ -19,8 +20,8 @@ use std::sync::Arc;
 
 use crate::db::redis::{Redis, RedisError};
 use crate::sfu::driver::{DriverGone, SfuHandle};
-use crate::sfu::signal::revocation::{self, Revocations};
-use crate::sfu::signal::token;
+use crate::signal::revocation::{self, Revocations};
+use crate::signal::token;
 
 /// Longest validity a token may ask for.
 const MAX_TTL_SECS: u64 = 24 * 3600;

@@ -9,10 +9,11 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AppState, not_found};
+use super::not_found;
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
+use crate::api::state::AppState;
 use crate::args;
 use crate::db::{Db, Tx};
 use crate::error::ApiError;

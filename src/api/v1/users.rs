@@ -7,10 +7,11 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{AppState, check_email, check_len, not_found};
+use super::{check_email, check_len, not_found};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm, Role};
+use crate::api::state::AppState;
 use crate::args;
 use crate::db::Tx;
 use crate::error::ApiError;

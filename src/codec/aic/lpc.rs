@@ -10,7 +10,7 @@
 //! (voiced) or noise.
 
 use super::ModelError;
-use super::bitstream::{BitReader, BitWriter};
+use super::bits::{BitReader, BitWriter};
 use super::lsf::{ORDER, SPLIT_BITS, codebook, flat, to_lpc, to_lsf};
 use super::mdct::HOP;
 use crate::codec::resample::{self, Downsampler, Upsampler};

@@ -1,6 +1,7 @@
 //! AIC, the neural speech codec: its bitstream, its analysis transform, the network, and
 //! how it is trained. See docs/aic.md.
 
+mod bits;
 pub mod bitstream;
 pub mod enhance;
 pub mod guard;

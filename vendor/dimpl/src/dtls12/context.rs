@@ -589,11 +589,10 @@ impl CryptoContext {
     /// its verifier can check): the client's certificate is negotiated
     /// separately, through CertificateRequest.
     pub fn can_offer_as_client(&self, cipher_suite: Dtls12CipherSuite) -> bool {
-        match (&self.auth, cipher_suite.signature_algorithm()) {
-            (AuthMode::Certificate { .. }, Some(_)) => true,
-            (AuthMode::Psk, None) => true,
-            _ => false,
-        }
+        matches!(
+            (&self.auth, cipher_suite.signature_algorithm()),
+            (AuthMode::Certificate { .. }, Some(_)) | (AuthMode::Psk, None)
+        )
     }
 
     /// Get the client write IV if derived.

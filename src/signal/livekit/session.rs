@@ -29,6 +29,7 @@ use super::notices::Notice;
 use super::registry::{self, ParticipantMeta, TrackMeta};
 use super::resume::RESUME_WINDOW;
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+use crate::sfu::Permissions;
 use crate::sfu::SubscribeFilter;
 use crate::sfu::core::{
     ClientAnswer, JoinRequest, LeaveReason, MAX_GRANT_ENTRIES, MAX_REMOTE_CANDIDATES, ParticipantInfo, SfuError,
@@ -36,8 +37,8 @@ use crate::sfu::core::{
 };
 use crate::sfu::driver::DriverGone;
 use crate::sfu::layer_select::Quality;
-use crate::sfu::signal::room_settings::stored as stored_room;
-use crate::sfu::signal::token::{self, Claims, Permissions};
+use crate::signal::room_settings::stored as stored_room;
+use crate::signal::token::{self, Claims};
 
 /// The protocol version we speak (LiveKit's `protocol` query parameter and ServerInfo).
 const PROTOCOL: i32 = 16;

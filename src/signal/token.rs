@@ -10,6 +10,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::sfu::Permissions;
+
 /// Longest token accepted; LiveKit tokens are a few hundred bytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -78,15 +80,6 @@ impl Claims {
     pub fn issued_at(&self) -> Option<u64> {
         self.iat.or(self.nbf.filter(|t| *t > 0))
     }
-}
-
-/// What a participant may do once joined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Permissions {
-    pub publish: bool,
-    pub subscribe: bool,
-    pub publish_data: bool,
-    pub hidden: bool,
 }
 
 impl VideoGrant {

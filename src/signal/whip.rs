@@ -25,9 +25,9 @@ use super::token::{Claims, TokenError, TokenVerifier};
 use crate::config::IceServer;
 use crate::error::ApiError;
 use crate::ids::{Identity, ParticipantId, RoomName};
+use crate::sfu::SubscribeFilter;
 use crate::sfu::core::{JoinRequest, LeaveReason, Sfu, SfuError, SfuEvent};
 use crate::sfu::driver::SfuHandle;
-use crate::sfu::peer::SubscribeFilter;
 use sessions::{LimitError, Owner, Session, SessionTable, WhipLimits};
 
 /// Everything the WHIP/WHEP routes need.
@@ -451,9 +451,9 @@ mod tests {
 
     use super::*;
     use crate::client::{Client, MediaSpec};
+    use crate::sfu::Permissions;
     use crate::sfu::SfuConfig;
     use crate::sfu::ice_tcp::IceTcpLimits;
-    use crate::sfu::signal::token::Permissions;
 
     /// A router task without sockets: sessions join, nothing connects.
     fn router() -> SfuHandle {

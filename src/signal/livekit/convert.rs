@@ -5,9 +5,9 @@ use proto::participant_info::State as PState;
 use str0m::media::MediaKind;
 
 use super::registry::{Registry, TrackMeta};
+use crate::sfu::Permissions;
 use crate::sfu::Quality;
 use crate::sfu::core::{ParticipantInfo, TrackInfo};
-use crate::sfu::signal::token::Permissions;
 
 pub fn permission(p: Permissions) -> proto::ParticipantPermission {
     proto::ParticipantPermission {

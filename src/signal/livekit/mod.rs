@@ -73,7 +73,7 @@ impl LiveKitState {
     pub async fn update_permission(
         &self,
         id: crate::ids::ParticipantId,
-        perms: super::token::Permissions,
+        perms: crate::sfu::Permissions,
         can_update_metadata: bool,
     ) -> Result<bool, crate::sfu::driver::DriverGone> {
         if self.sfu.call(move |sfu, now| sfu.set_permissions(now, id, perms)).await?.is_err() {

@@ -3,27 +3,13 @@
 
 use std::time::Duration;
 
-use crate::db::{Db, DbError};
+use crate::db::{Db, rooms};
 use crate::sfu::core::RoomLimits;
 
 /// The metadata and limits stored for `org`'s room; none if there is no such row. A
 /// database that cannot answer does not keep anyone out of a room: media does not need it.
 pub async fn stored(db: &Db, org: &str, room: &str) -> (String, RoomLimits) {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        metadata: String,
-        empty_timeout_secs: Option<i64>,
-        max_participants: Option<i64>,
-    }
-    let read = async {
-        let mut tx = db.begin_read(org).await?;
-        let sql = "SELECT metadata, empty_timeout_secs, max_participants FROM rooms \
-                   WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
-        let row: Option<Row> = tx.fetch_optional(sql, crate::args![org, room]).await?;
-        tx.commit().await?;
-        Ok::<_, DbError>(row)
-    };
-    match read.await {
+    match rooms::settings(db, org, room).await {
         Ok(Some(r)) => {
             let limits = RoomLimits {
                 // The API keeps both in range (0 to 100000, 0 to 86400); 0 means unset.
