@@ -12,13 +12,15 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::ratelimit::RateLimiter;
-use crate::api::speech_taps::SpeechSetup;
 use crate::api::webhook::{self, WebhookConfig, Webhooks};
 use crate::api::{self, AppState};
 use crate::codec::aic::track::AicDevices;
 use crate::config::{Config, ConfigError};
 use crate::db::redis::{Redis, RedisError};
 use crate::db::{Db, DbError};
+use crate::pipeline::control::aic::AicTaps;
+use crate::pipeline::control::capacity::TapCapacity;
+use crate::pipeline::control::speech::{SpeechSetup, SpeechTaps};
 use crate::pipeline::speech::{MODEL_ENGLISH, MODEL_MULTILINGUAL, SpeechWorkers};
 use crate::secrets::{SecretBox, SecretError};
 use crate::sfu::driver::{self, SfuHandle};
@@ -216,9 +218,8 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
             None
         }
     };
-    let aic_capacity =
-        api::tap_capacity::TapCapacity { node: config.aic_max_tracks, per_org: config.aic_max_tracks_per_org };
-    let aic = api::aic_taps::AicTaps::spawn(db.clone(), handle.clone(), aic_model, aic_capacity, Clock::system());
+    let aic_capacity = TapCapacity { node: config.aic_max_tracks, per_org: config.aic_max_tracks_per_org };
+    let aic = AicTaps::spawn(db.clone(), handle.clone(), aic_model, aic_capacity, Clock::system());
     let sc = &config.speech;
     let workers = SpeechWorkers::spawn(sc.models.clone(), devices.pick(true), sc.workers, sc.queue)
         .map_err(StartError::Speech)?;
@@ -228,9 +229,9 @@ pub async fn start(mut config: Config) -> Result<Server, StartError> {
             Err(e) => tracing::warn!(model, error = %e, "speech model missing: rooms that need it cannot transcribe"),
         }
     }
-    let capacity = api::tap_capacity::TapCapacity { node: sc.max_tracks, per_org: sc.max_tracks_per_org };
+    let capacity = TapCapacity { node: sc.max_tracks, per_org: sc.max_tracks_per_org };
     let setup = SpeechSetup { workers, translator: None, capacity, pipelines: Arc::clone(&aic.pipelines) };
-    let speech = api::speech_taps::SpeechTaps::spawn(db.clone(), handle.clone(), setup, Clock::system());
+    let speech = SpeechTaps::spawn(db.clone(), handle.clone(), setup, Clock::system());
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         sfu: handle.clone(),

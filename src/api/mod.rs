@@ -2,7 +2,6 @@
 //! at `/`, WHIP/WHEP at `/whip`), WHIP/WHEP and LiveKit signaling, and the control API
 //! under `/v1` (JSON, authenticated, idempotent POSTs, audited mutations).
 
-pub mod aic_taps;
 pub mod audit;
 pub mod auth;
 mod body;
@@ -10,10 +9,7 @@ pub mod history;
 mod idempotency;
 mod metrics;
 pub mod ratelimit;
-pub mod speech_taps;
 mod state;
-pub mod tap_capacity;
-mod track_events;
 pub mod twirp;
 pub mod v1;
 pub mod webhook;

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use super::{aic_taps, history, ratelimit, speech_taps, webhook};
+use super::{history, ratelimit, webhook};
 use crate::db::Db;
+use crate::pipeline::control::aic::AicTaps;
+use crate::pipeline::control::speech::SpeechTaps;
 use crate::sfu::driver::SfuHandle;
 use crate::signal::livekit::LiveKitState;
 use crate::signal::whip::WhipState;
@@ -41,9 +43,9 @@ pub struct AppState {
     /// Where neural stages run.
     pub devices: Arc<crate::codec::device::Devices>,
     /// The AIC stages on tracks.
-    pub aic: Arc<aic_taps::AicTaps>,
+    pub aic: Arc<AicTaps>,
     /// The speech stages on tracks, and the node's Whisper workers.
-    pub speech: Arc<speech_taps::SpeechTaps>,
+    pub speech: Arc<SpeechTaps>,
 }
 
 /// Largest JSON body the control API reads.

@@ -8,10 +8,12 @@
 //! non-owner role `auralink_app`, so a query that forgot its `org_id` filter still sees only
 //! the caller's rows.
 
+pub mod aic;
 pub mod calls;
 mod record;
 pub mod redis;
 pub mod rooms;
+pub mod transcripts;
 
 use std::str::FromStr;
 use std::time::Duration;

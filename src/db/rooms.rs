@@ -19,3 +19,13 @@ pub async fn settings(db: &Db, org: &str, name: &str) -> Result<Option<RoomSetti
     tx.commit().await?;
     Ok(row)
 }
+
+/// The id of `org`'s live (not deleted) room `name`, if it has a record.
+pub async fn id_of(tx: &mut super::Tx, org: &str, name: &str) -> Result<Option<String>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct Id {
+        id: String,
+    }
+    let sql = "SELECT id FROM rooms WHERE org_id = $1 AND name = $2 AND deleted_at IS NULL";
+    Ok(tx.fetch_optional::<Id>(sql, crate::args![org, name]).await?.map(|r| r.id))
+}

@@ -303,6 +303,29 @@ impl Stage for AicStage {
     }
 }
 
+impl crate::db::aic::Counters {
+    /// The stage's counters as `aic_metrics` keeps them.
+    pub fn of(s: &AicStats) -> crate::db::aic::Counters {
+        let load = |v: &AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
+        let (aic_bytes, opus_bytes) = (load(&s.aic_bytes), load(&s.opus_bytes));
+        crate::db::aic::Counters {
+            frames_aic: load(&s.frames_aic),
+            frames_opus: load(&s.frames_opus),
+            aic_bytes,
+            opus_bytes,
+            // As /metrics has it: what the same frames took as Opus, less what they took as
+            // AIC; below zero where AIC took more (a high target ratio against a low-rate
+            // publisher).
+            saved_bytes: opus_bytes - aic_bytes,
+            latency_us_sum: load(&s.latency_sum_us),
+            latency_count: load(&s.latency_count),
+            quality_milli_sum: load(&s.quality_milli_sum),
+            quality_count: load(&s.quality_count),
+            fallback_count: load(&s.fallbacks),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -4,6 +4,7 @@
 //! channel fill up, and the router drops and counts frames instead of waiting.
 
 pub mod aic;
+pub mod control;
 pub mod loopback;
 pub mod speech;
 pub mod whisper;

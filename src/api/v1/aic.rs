@@ -3,7 +3,7 @@
 //! built-in default (ADAPTIVE).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,11 +19,12 @@ use crate::api::auth::{Caller, Perm};
 use crate::api::state::AppState;
 use crate::args;
 use crate::codec::modes::{Mode, ModelType};
-use crate::db::{Db, Tx};
+use crate::db::Tx;
+use crate::db::aic::{self, AicRow, Counters};
 use crate::error::ApiError;
 use crate::ids::{RoomName, TrackId, record_id};
-use crate::pipeline::aic::AicConfig;
-use crate::pipeline::aic::{AicStats, LATENCY_BUCKETS};
+use crate::pipeline::aic::{AicConfig, AicStats, LATENCY_BUCKETS};
+use crate::pipeline::control::settings;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -32,77 +33,16 @@ pub fn router() -> Router<AppState> {
         .route("/v1/rooms/{name}/aic/metrics", get(read_metrics))
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    mode: String,
-    target_ratio_pct: i64,
-    max_latency_ms: i64,
-    model_type: String,
-    use_gpu: i64,
-    min_quality_centi: i64,
-    enabled: i64,
-    loopback: i64,
+/// What a settings change reaches.
+enum Scope<'a> {
+    /// The org's default: every room of the org without an override.
+    Org,
+    /// The room with this name.
+    Room(&'a str),
 }
 
-impl Row {
-    /// Names the API never stores (it validates them) read as the defaults'.
-    fn config(&self) -> AicConfig {
-        let default = AicConfig::default();
-        AicConfig {
-            mode: Mode::parse(&self.mode).unwrap_or(default.mode),
-            target_ratio: self.target_ratio_pct as f64 / 100.0,
-            max_latency_ms: self.max_latency_ms as u32,
-            model_type: ModelType::parse(&self.model_type).unwrap_or(default.model_type),
-            use_gpu: self.use_gpu != 0,
-            min_quality: self.min_quality_centi as f64 / 100.0,
-            enabled: self.enabled != 0,
-            loopback: self.loopback != 0,
-        }
-    }
-}
-
-macro_rules! select {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, mode, target_ratio_pct, max_latency_ms, model_type, use_gpu, min_quality_centi, enabled, loopback ",
-            "FROM aic_configs WHERE org_id = $1 AND ",
-            $tail
-        )
-    };
-}
-
-async fn org_row(tx: &mut Tx, org: &str) -> Result<Option<Row>, ApiError> {
-    Ok(tx.fetch_optional(select!("room_id IS NULL"), args![org]).await?)
-}
-
-async fn room_row(tx: &mut Tx, org: &str, room_id: &str) -> Result<Option<Row>, ApiError> {
-    Ok(tx.fetch_optional(select!("room_id = $2"), args![org, room_id]).await?)
-}
-
-/// The settings a room runs with, and where they come from.
-async fn effective(tx: &mut Tx, org: &str, room_id: Option<&str>) -> Result<(AicConfig, &'static str), ApiError> {
-    if let Some(id) = room_id
-        && let Some(row) = room_row(tx, org, id).await?
-    {
-        return Ok((row.config(), "room"));
-    }
-    Ok(match org_row(tx, org).await? {
-        Some(row) => (row.config(), "org"),
-        None => (AicConfig::default(), "default"),
-    })
-}
-
-/// The settings the room named `name` runs with (a room not on record runs with the org's).
-pub async fn room_settings(db: &Db, org: &str, name: &str) -> Result<AicConfig, ApiError> {
-    let mut tx = db.begin_read(org).await?;
-    let room = super::rooms::find_room(&mut tx, org, name).await?.map(|r| r.id);
-    let (config, _) = effective(&mut tx, org, room.as_deref()).await?;
-    tx.commit().await?;
-    Ok(config)
-}
-
-/// Audits a settings change, commits it, and hands the org's running stages their settings.
+/// Audits a settings change, commits it, and hands the settings each room it reaches runs
+/// with now to that room's running stages.
 async fn apply(
     s: &AppState,
     mut tx: Tx,
@@ -110,10 +50,21 @@ async fn apply(
     org: &str,
     now: i64,
     change: Change<'_>,
+    scope: Scope<'_>,
 ) -> Result<(), ApiError> {
     audit::record(&mut tx, caller, org, now, change).await?;
     tx.commit().await?;
-    s.aic.refresh(org).await;
+    let rooms = match scope {
+        Scope::Org => s.aic.open_rooms(org).await,
+        Scope::Room(name) => RoomName::new(name).map(|n| vec![RoomName::in_org(org, &n)]).unwrap_or_default(),
+    };
+    for room in rooms {
+        match settings::aic(&s.db, org, room.local()).await {
+            Ok(config) => s.aic.set_room(&room, config).await,
+            // Stored: the room's new tracks read it when they come.
+            Err(e) => tracing::warn!(%room, error = %e, "AIC settings not handed to the running stages"),
+        }
+    }
     Ok(())
 }
 
@@ -181,7 +132,7 @@ async fn store(
     tx: &mut Tx,
     org: &str,
     room_id: Option<&str>,
-    existing: Option<&Row>,
+    existing: Option<&AicRow>,
     c: &AicConfig,
     now: i64,
 ) -> Result<String, ApiError> {
@@ -223,9 +174,9 @@ async fn store(
 async fn read_org(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::RoomsRead)?;
     let mut tx = s.db.begin(org).await?;
-    let (config, source) = effective(&mut tx, org, None).await?;
+    let (config, source) = settings::aic_effective(&mut tx, org, None).await?;
     tx.commit().await?;
-    Ok(reply(&config, source))
+    Ok(reply(&config, source.as_str()))
 }
 
 async fn update_org(
@@ -236,8 +187,8 @@ async fn update_org(
     let org = caller.require(Perm::RoomsWrite)?;
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
-    let existing = org_row(&mut tx, org).await?;
-    let before = existing.as_ref().map(Row::config);
+    let existing = aic::org_row(&mut tx, org).await?;
+    let before = existing.as_ref().map(AicConfig::from_row);
     let after = req.apply(before.clone().unwrap_or_default())?;
     let id = store(&mut tx, org, None, existing.as_ref(), &after, now).await?;
     let change = Change {
@@ -247,7 +198,7 @@ async fn update_org(
         before: before.map(|b| json!(b)),
         after: Some(json!(after)),
     };
-    apply(&s, tx, &caller, org, now, change).await?;
+    apply(&s, tx, &caller, org, now, change, Scope::Org).await?;
     Ok(reply(&after, "org"))
 }
 
@@ -259,9 +210,9 @@ async fn read_room(
     let org = caller.require(Perm::RoomsRead)?;
     let mut tx = s.db.begin(org).await?;
     let room = super::rooms::load(&mut tx, org, &name).await?.id;
-    let (config, source) = effective(&mut tx, org, Some(&room)).await?;
+    let (config, source) = settings::aic_effective(&mut tx, org, Some(&room)).await?;
     tx.commit().await?;
-    let mut body = reply(&config, source);
+    let mut body = reply(&config, source.as_str());
     body["active_tracks"] = json!(active_tracks(&s, org, &name).len());
     Ok(body)
 }
@@ -313,42 +264,7 @@ async fn read_metrics(
     Ok(Json(json!({ "tracks": tracks, "ended": ended })))
 }
 
-/// A track's AIC counters, as the stage keeps them and as `aic_metrics` stores them.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Counters {
-    pub frames_aic: i64,
-    pub frames_opus: i64,
-    pub aic_bytes: i64,
-    pub opus_bytes: i64,
-    pub saved_bytes: i64,
-    pub latency_us_sum: i64,
-    pub latency_count: i64,
-    pub quality_milli_sum: i64,
-    pub quality_count: i64,
-    pub fallback_count: i64,
-}
-
 impl Counters {
-    pub fn of(s: &AicStats) -> Counters {
-        let load = |v: &AtomicU64| i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX);
-        let (aic_bytes, opus_bytes) = (load(&s.aic_bytes), load(&s.opus_bytes));
-        Counters {
-            frames_aic: load(&s.frames_aic),
-            frames_opus: load(&s.frames_opus),
-            aic_bytes,
-            opus_bytes,
-            // As /metrics has it: what the same frames took as Opus, less what they took as
-            // AIC; below zero where AIC took more (a high target ratio against a low-rate
-            // publisher).
-            saved_bytes: opus_bytes - aic_bytes,
-            latency_us_sum: load(&s.latency_sum_us),
-            latency_count: load(&s.latency_count),
-            quality_milli_sum: load(&s.quality_milli_sum),
-            quality_count: load(&s.quality_count),
-            fallback_count: load(&s.fallbacks),
-        }
-    }
-
     /// The API's view: counts, and ratios and means (null until there is something to divide by).
     fn json(&self) -> Value {
         let per = |num: i64, den: i64| (den > 0).then(|| num as f64 / den as f64);
@@ -391,18 +307,18 @@ async fn update_room(
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
     let room = super::rooms::load(&mut tx, org, &name).await?.id;
-    let existing = room_row(&mut tx, org, &room).await?;
-    let (current, _) = effective(&mut tx, org, Some(&room)).await?;
+    let existing = aic::room_row(&mut tx, org, &room).await?;
+    let (current, _) = settings::aic_effective(&mut tx, org, Some(&room)).await?;
     let after = req.apply(current.clone())?;
     let id = store(&mut tx, org, Some(&room), existing.as_ref(), &after, now).await?;
     let change = Change {
         action: "aic.update",
         target_type: "aic_config",
         target_id: Some(&id),
-        before: existing.map(|r| json!({ "room": name, "config": r.config() })),
+        before: existing.map(|r| json!({ "room": name, "config": AicConfig::from_row(&r) })),
         after: Some(json!({ "room": name, "config": after })),
     };
-    apply(&s, tx, &caller, org, now, change).await?;
+    apply(&s, tx, &caller, org, now, change, Scope::Room(&name)).await?;
     Ok(reply(&after, "room"))
 }
 
@@ -416,15 +332,15 @@ async fn remove_room(
     let now = s.clock.now_ms();
     let mut tx = s.db.begin(org).await?;
     let room = super::rooms::load(&mut tx, org, &name).await?.id;
-    let existing = room_row(&mut tx, org, &room).await?.ok_or_else(|| not_found("AIC override"))?;
+    let existing = aic::room_row(&mut tx, org, &room).await?.ok_or_else(|| not_found("AIC override"))?;
     tx.execute("DELETE FROM aic_configs WHERE org_id = $1 AND id = $2", args![org, &existing.id]).await?;
     let change = Change {
         action: "aic.delete",
         target_type: "aic_config",
         target_id: Some(&existing.id),
-        before: Some(json!({ "room": name, "config": existing.config() })),
+        before: Some(json!({ "room": name, "config": AicConfig::from_row(&existing) })),
         after: None,
     };
-    apply(&s, tx, &caller, org, now, change).await?;
+    apply(&s, tx, &caller, org, now, change, Scope::Room(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

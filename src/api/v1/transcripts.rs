@@ -15,7 +15,7 @@ use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
 use crate::api::state::AppState;
 use crate::args;
-use crate::db::{Db, Tx};
+use crate::db::{Db, transcripts};
 use crate::error::ApiError;
 use crate::ids::{RoomName, record_id};
 use crate::pipeline::speech::{LANGUAGES, SpeechConfig};
@@ -25,41 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/rooms/{name}/transcription", get(read).put(update))
         .route("/v1/calls/{id}/transcripts", get(export))
         .route("/v1/transcripts", delete(erase))
-}
-
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    enabled: i64,
-    language: Option<String>,
-    translate_to: Option<String>,
-}
-
-impl Row {
-    fn config(&self) -> SpeechConfig {
-        SpeechConfig {
-            enabled: self.enabled != 0,
-            language: self.language.clone(),
-            translate_to: self.translate_to.clone(),
-        }
-    }
-}
-
-async fn row(tx: &mut Tx, org: &str, room_id: &str) -> Result<Option<Row>, ApiError> {
-    let sql =
-        "SELECT id, enabled, language, translate_to FROM transcription_configs WHERE org_id = $1 AND room_id = $2";
-    Ok(tx.fetch_optional(sql, args![org, room_id]).await?)
-}
-
-/// The settings of the room named `name` (off for a room not on record or never set).
-pub async fn room_settings(db: &Db, org: &str, name: &str) -> Result<SpeechConfig, ApiError> {
-    let mut tx = db.begin_read(org).await?;
-    let config = match super::rooms::find_room(&mut tx, org, name).await? {
-        Some(room) => row(&mut tx, org, &room.id).await?.map(|r| r.config()).unwrap_or_default(),
-        None => SpeechConfig::default(),
-    };
-    tx.commit().await?;
-    Ok(config)
 }
 
 fn room_on_node(org: &str, name: &str) -> Option<RoomName> {
@@ -91,7 +56,8 @@ async fn read(
 async fn current(db: &Db, org: &str, name: &str) -> Result<SpeechConfig, ApiError> {
     let mut tx = db.begin(org).await?;
     let room = super::rooms::load(&mut tx, org, name).await?.id;
-    let config = row(&mut tx, org, &room).await?.map(|r| r.config()).unwrap_or_default();
+    let config =
+        transcripts::room_row(&mut tx, org, &room).await?.map(|r| SpeechConfig::from_row(&r)).unwrap_or_default();
     tx.commit().await?;
     Ok(config)
 }
@@ -170,8 +136,8 @@ async fn update(
     }
     let mut tx = s.db.begin(org).await?;
     let room_id = super::rooms::load(&mut tx, org, &name).await?.id;
-    let existing = row(&mut tx, org, &room_id).await?;
-    let before = existing.as_ref().map(Row::config);
+    let existing = transcripts::room_row(&mut tx, org, &room_id).await?;
+    let before = existing.as_ref().map(SpeechConfig::from_row);
     let after = req.apply(&s, before.clone().unwrap_or_default())?;
     let values = args![i64::from(after.enabled), after.language.as_deref(), after.translate_to.as_deref(), now];
     let id = match &existing {
@@ -203,7 +169,7 @@ async fn update(
     audit::record(&mut tx, &caller, org, now, change).await?;
     tx.commit().await?;
     if let Some(room) = &room {
-        s.speech.refresh(room, after.clone()).await;
+        s.speech.set_room(room, after.clone()).await;
     }
     Ok(reply(&s, org, &name, &after))
 }

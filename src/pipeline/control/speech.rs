@@ -5,7 +5,7 @@
 //! `speech.max_tracks` tracks, one org's rooms at most `speech.max_tracks_per_org` of them;
 //! more are refused and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use str0m::media::MediaKind;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::tap_capacity::{TapCapacity, running};
-use crate::api::track_events::{self, TrackTaps};
-use crate::args;
+use super::capacity::{TapCapacity, running};
+use super::track_events::{self, TrackTaps};
 use crate::db::Db;
-use crate::ids::{ParticipantId, RoomName, TrackId, record_id};
+use crate::db::transcripts::{self, Transcript};
+use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::pipeline::speech::translate::TextTranslator;
 use crate::pipeline::speech::{Caption, CaptionSink, SpeechConfig, SpeechStage, SpeechWorkers};
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
@@ -35,6 +35,8 @@ struct Room {
     settings: watch::Sender<SpeechConfig>,
     /// Tracks with the stage, and their taps' revocation flags.
     tracks: HashMap<TrackId, Arc<AtomicBool>>,
+    /// Tracks refused for capacity, counted once however often they are tried again.
+    refused: HashSet<TrackId>,
 }
 
 pub struct SpeechTaps {
@@ -114,13 +116,10 @@ impl SpeechTaps {
     /// The room's settings, `None` when unreadable (logged; its tracks stay as they are).
     async fn settings(&self, room: &RoomName) -> Option<SpeechConfig> {
         let org = room.org()?;
-        match super::v1::transcripts::room_settings(&self.db, org, room.local()).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(%room, code = e.code, error = %e.message, "speech settings not readable");
-                None
-            }
-        }
+        super::settings::speech(&self.db, org, room.local())
+            .await
+            .inspect_err(|e| tracing::warn!(%room, error = %e, "speech settings not readable"))
+            .ok()
     }
 
     /// The room's audio tracks on this node.
@@ -141,7 +140,7 @@ impl SpeechTaps {
 
     /// After the room's settings changed: running stages get them, and the room's audio
     /// tracks are tapped if they now ask for transcription.
-    pub async fn refresh(&self, room: &RoomName, config: SpeechConfig) {
+    pub async fn set_room(&self, room: &RoomName, config: SpeechConfig) {
         let tracks = self.audio_tracks(room).await;
         self.apply(room, config, &tracks).await;
     }
@@ -152,9 +151,11 @@ impl SpeechTaps {
         let starting = {
             let mut rooms = self.rooms.lock().expect("speech rooms lock");
             let (node, org) = running(rooms.iter().map(|(name, r)| (name, r.tracks.len())), room.org());
-            let r = rooms
-                .entry(room.clone())
-                .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tracks: HashMap::new() });
+            let r = rooms.entry(room.clone()).or_insert_with(|| Room {
+                settings: watch::channel(config.clone()).0,
+                tracks: HashMap::new(),
+                refused: HashSet::new(),
+            });
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
             if !config.enabled {
                 // Each tap closes at its next frame.
@@ -171,10 +172,13 @@ impl SpeechTaps {
                     continue;
                 }
                 if !self.capacity.admits((node + starting.len(), org + starting.len())) {
-                    tracing::warn!(%room, %track, capacity = ?self.capacity, "speech capacity reached; track not transcribed");
-                    self.workers.stats.tracks_refused.fetch_add(1, Relaxed);
+                    if r.refused.insert(track) {
+                        tracing::warn!(%room, %track, capacity = ?self.capacity, "speech capacity reached; track not transcribed");
+                        self.workers.stats.tracks_refused.fetch_add(1, Relaxed);
+                    }
                     continue;
                 }
+                r.refused.remove(&track);
                 let revoked = Arc::new(AtomicBool::new(false));
                 r.tracks.insert(track, Arc::clone(&revoked));
                 starting.push((track, r.settings.subscribe(), revoked));
@@ -243,33 +247,18 @@ impl SpeechTaps {
         let now = self.clock.now_ms();
         stats.record_lag(u64::try_from(now - c.end_ms).unwrap_or(0));
         let Some(org) = c.room.org() else { return };
-        let write = async {
-            let mut tx = self.db.begin(org).await?;
-            let call = crate::db::calls::open_call(&mut tx, org, &c.room).await?;
-            tx.execute(
-                "INSERT INTO transcripts (id, org_id, call_id, room, identity, track, start_ms, end_ms, text, language, \
-                 source_language, confidence_milli, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                 $12, $13)",
-                args![
-                    record_id("tsc", now),
-                    org,
-                    call,
-                    c.room.local(),
-                    &c.participant,
-                    &c.track,
-                    c.start_ms,
-                    c.end_ms.max(c.start_ms),
-                    &c.text,
-                    &c.language,
-                    c.source_language.as_deref(),
-                    (c.confidence * 1000.0).round() as i64,
-                    now
-                ],
-            )
-            .await?;
-            tx.commit().await
+        let transcript = Transcript {
+            room: &c.room,
+            identity: &c.participant,
+            track: &c.track,
+            start_ms: c.start_ms,
+            end_ms: c.end_ms,
+            text: &c.text,
+            language: &c.language,
+            source_language: c.source_language.as_deref(),
+            confidence: c.confidence,
         };
-        if let Err(e) = write.await {
+        if let Err(e) = transcripts::insert(&self.db, org, transcript, now).await {
             tracing::warn!(room = %c.room, error = %e, "transcript not stored");
         }
     }
@@ -285,6 +274,7 @@ impl TrackTaps for SpeechTaps {
     async fn unpublished(&self, room: RoomName, track: TrackId) {
         if let Some(r) = self.rooms.lock().expect("speech rooms lock").get_mut(&room) {
             r.tracks.remove(&track);
+            r.refused.remove(&track);
         }
     }
 

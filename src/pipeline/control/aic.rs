@@ -4,23 +4,21 @@
 //! the publisher's identity, whose audio track is the track after the codec.
 //! Stages run on their tracks' pipeline threads; this only wires them up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use str0m::media::MediaKind;
 use tokio::sync::watch;
 
-use crate::api::tap_capacity::{TapCapacity, running};
-use crate::api::track_events::{self, TrackTaps};
-use crate::api::v1::aic::Counters;
-use crate::args;
+use super::capacity::{TapCapacity, running};
+use super::track_events::{self, TrackTaps};
 use crate::codec::aic::track::AicDevices;
 use crate::codec::modes::Mode;
 use crate::db::Db;
-use crate::ids::{Identity, ParticipantId, RoomName, TrackId, record_id};
-use crate::pipeline::aic::AicConfig;
-use crate::pipeline::aic::{AicStage, AicStats};
+use crate::db::aic::{self, Counters, EndedTrack};
+use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
+use crate::pipeline::aic::{AicConfig, AicStage, AicStats};
 use crate::pipeline::loopback::Loopback;
 use crate::pipeline::{self, GatedTap, PipelineStats, TrackPipeline};
 use crate::sfu::LeaveReason;
@@ -31,6 +29,8 @@ struct Room {
     settings: watch::Sender<AicConfig>,
     /// Tracks with the stage.
     tapped: HashMap<TrackId, Tapped>,
+    /// Tracks refused for capacity, counted once however often they are tried again.
+    refused: HashSet<TrackId>,
 }
 
 struct Tapped {
@@ -97,25 +97,31 @@ impl AicTaps {
         tracks
     }
 
-    /// Brings a track under the room's settings: they are looked up again and pushed to the
-    /// room's running stages, and the track is tapped if they enable AIC and it is not yet.
+    /// Brings a new track under its room's stored settings.
     async fn attach(&self, room: &RoomName, track: TrackId, participant: ParticipantId) {
-        let Some(model) = &self.model else { return };
+        if self.model.is_none() {
+            return;
+        }
         let Some(org) = room.org() else { return };
-        let config = match super::v1::aic::room_settings(&self.db, org, room.local()).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(%room, code = e.code, error = %e.message, "AIC settings not readable; the track stays Opus");
-                return;
-            }
-        };
+        match super::settings::aic(&self.db, org, room.local()).await {
+            Ok(config) => self.attach_with(room, track, participant, config).await,
+            Err(e) => tracing::warn!(%room, error = %e, "AIC settings not readable; the track stays Opus"),
+        }
+    }
+
+    /// Brings a track under `config`, which the room's running stages get too; the track is
+    /// tapped if it enables AIC and it is not yet.
+    async fn attach_with(&self, room: &RoomName, track: TrackId, participant: ParticipantId, config: AicConfig) {
+        let Some(model) = &self.model else { return };
         let mut ended = Vec::new();
         let started = {
             let mut rooms = self.rooms.lock().expect("aic rooms lock");
             let running = running(rooms.iter().map(|(name, r)| (name, r.tapped.len())), room.org());
-            let r = rooms
-                .entry(room.clone())
-                .or_insert_with(|| Room { settings: watch::channel(config.clone()).0, tapped: HashMap::new() });
+            let r = rooms.entry(room.clone()).or_insert_with(|| Room {
+                settings: watch::channel(config.clone()).0,
+                tapped: HashMap::new(),
+                refused: HashSet::new(),
+            });
             r.settings.send_if_modified(|c| std::mem::replace(c, config.clone()) != config);
             if !config.enabled {
                 // Their taps close at their next frame, ending the threads.
@@ -127,11 +133,14 @@ impl AicTaps {
             } else if r.tapped.get(&track).is_some_and(|x| x.loopback == config.loopback) {
                 None
             } else if !r.tapped.contains_key(&track) && !self.capacity.admits(running) {
-                tracing::warn!(%room, %track, ?running, "AIC capacity reached; the track stays Opus");
-                self.refused.fetch_add(1, Ordering::Relaxed);
+                if r.refused.insert(track) {
+                    tracing::warn!(%room, %track, ?running, "AIC capacity reached; the track stays Opus");
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                }
                 None
             } else {
                 // New, or its loopback was turned on or off: (re)started.
+                r.refused.remove(&track);
                 if let Some(x) = r.tapped.remove(&track) {
                     x.revoked.store(true, Ordering::Relaxed);
                     ended.push((track, x, config.mode));
@@ -245,35 +254,36 @@ impl AicTaps {
         Ok(())
     }
 
-    /// After an org's settings (or one of its rooms') changed: every open room of the org
-    /// gets its current settings, and its audio tracks are tapped if they now enable AIC.
-    pub async fn refresh(&self, org: &str) {
+    /// The rooms of `org` open on this node: those a change of the org's default reaches.
+    pub async fn open_rooms(&self, org: &str) -> Vec<RoomName> {
+        let org = org.to_string();
+        self.sfu
+            .call(move |sfu, _| sfu.rooms().filter(|r| r.org() == Some(org.as_str())).cloned().collect())
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The room's settings changed to `config`: its running stages get them, and its audio
+    /// tracks are tapped if they now enable AIC (or untapped if they no longer do).
+    pub async fn set_room(&self, room: &RoomName, config: AicConfig) {
         if self.model.is_none() {
             return;
         }
-        let org = org.to_string();
-        let tracks = self
+        let name = room.clone();
+        let tracks: Vec<(TrackId, ParticipantId)> = self
             .sfu
             .call(move |sfu, _| {
-                let rooms: Vec<RoomName> = sfu.rooms().filter(|r| r.org() == Some(org.as_str())).cloned().collect();
-                rooms
+                sfu.participants(&name)
                     .into_iter()
-                    .flat_map(|room| {
-                        let audio: Vec<(TrackId, ParticipantId)> = sfu
-                            .participants(&room)
-                            .into_iter()
-                            .flat_map(|p| p.tracks)
-                            .filter(|t| t.kind == MediaKind::Audio && !t.server)
-                            .map(|t| (t.id, t.owner))
-                            .collect();
-                        audio.into_iter().map(move |t| (room.clone(), t))
-                    })
-                    .collect::<Vec<_>>()
+                    .flat_map(|p| p.tracks)
+                    .filter(|t| t.kind == MediaKind::Audio && !t.server)
+                    .map(|t| (t.id, t.owner))
+                    .collect()
             })
             .await
             .unwrap_or_default();
-        for (room, (track, owner)) in tracks {
-            self.attach(&room, track, owner).await;
+        for (track, owner) in tracks {
+            self.attach_with(room, track, owner, config.clone()).await;
         }
     }
 
@@ -283,44 +293,21 @@ impl AicTaps {
         let Some(org) = room.org() else { return };
         for (track, t, mode) in ended {
             self.leave_loopback(t.local).await;
-            let c = Counters::of(&t.stats);
-            let now = self.clock.now_ms();
-            let values = args![
-                record_id("aim", now),
-                org,
-                room.local(),
-                track.to_string(),
-                t.participant.to_string(),
-                mode.as_str(),
-                c.frames_aic,
-                c.frames_opus,
-                c.aic_bytes,
-                c.opus_bytes,
-                c.saved_bytes,
-                c.latency_us_sum,
-                c.latency_count,
-                c.quality_milli_sum,
-                c.quality_count,
-                c.fallback_count,
-                t.started_at,
-                now.max(t.started_at)
-            ];
-            let write = async {
-                let mut tx = self.db.begin(org).await?;
-                tx.execute(INSERT_METRICS, values).await?;
-                tx.commit().await
+            let ended = EndedTrack {
+                room: room.local(),
+                track: track.to_string(),
+                participant: t.participant.to_string(),
+                mode: mode.as_str(),
+                counters: Counters::of(&t.stats),
+                started_at: t.started_at,
+                ended_at: self.clock.now_ms(),
             };
-            if let Err(e) = write.await {
+            if let Err(e) = aic::insert_metrics(&self.db, org, ended).await {
                 tracing::warn!(%room, %track, error = %e, "AIC track metrics not recorded");
             }
         }
     }
 }
-
-const INSERT_METRICS: &str = "INSERT INTO aic_metrics (id, org_id, room, track, participant, mode, frames_aic, \
-    frames_opus, aic_bytes, opus_bytes, saved_bytes, latency_us_sum, latency_count, quality_milli_sum, quality_count, \
-    fallback_count, started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-    $16, $17, $18)";
 
 impl TrackTaps for AicTaps {
     async fn audio_published(&self, room: RoomName, track: TrackId, owner: ParticipantId) {
@@ -329,6 +316,7 @@ impl TrackTaps for AicTaps {
 
     async fn unpublished(&self, room: RoomName, track: TrackId) {
         let ended = self.rooms.lock().expect("aic rooms lock").get_mut(&room).and_then(|r| {
+            r.refused.remove(&track);
             let t = r.tapped.remove(&track)?;
             Some((track, t, r.settings.borrow().mode))
         });
