@@ -30,6 +30,12 @@ pub async fn record(tx: &mut Tx, caller: &Caller, org: &str, now: i64, c: Change
     record_by(tx, &actor, org, now, c).await
 }
 
+/// Records `c` in the transaction that made it, and commits both.
+pub async fn commit(mut tx: Tx, caller: &Caller, org: &str, now: i64, c: Change<'_>) -> Result<(), DbError> {
+    record(&mut tx, caller, org, now, c).await?;
+    tx.commit().await
+}
+
 /// Who made a change and from where, for changes made without an API key (LiveKit's
 /// RoomService, authenticated by a LiveKit token).
 pub struct Actor<'a> {

@@ -12,7 +12,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::not_found;
+use super::{not_found, open};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
@@ -45,15 +45,14 @@ enum Scope<'a> {
 /// with now to that room's running stages.
 async fn apply(
     s: &AppState,
-    mut tx: Tx,
+    tx: Tx,
     caller: &Caller,
     org: &str,
     now: i64,
     change: Change<'_>,
     scope: Scope<'_>,
 ) -> Result<(), ApiError> {
-    audit::record(&mut tx, caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, caller, org, now, change).await?;
     let rooms = match scope {
         Scope::Org => s.aic.open_rooms(org).await,
         Scope::Room(name) => RoomName::new(name).map(|n| vec![RoomName::in_org(org, &n)]).unwrap_or_default(),
@@ -184,9 +183,7 @@ async fn update_org(
     Extension(caller): Extension<Caller>,
     Body(req): Body<Update>,
 ) -> Result<Json<Value>, ApiError> {
-    let org = caller.require(Perm::RoomsWrite)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::RoomsWrite).await?;
     let existing = aic::org_row(&mut tx, org).await?;
     let before = existing.as_ref().map(AicConfig::from_row);
     let after = req.apply(before.clone().unwrap_or_default())?;
@@ -303,9 +300,7 @@ async fn update_room(
     Path(name): Path<String>,
     Body(req): Body<Update>,
 ) -> Result<Json<Value>, ApiError> {
-    let org = caller.require(Perm::RoomsWrite)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::RoomsWrite).await?;
     let room = super::rooms::load(&mut tx, org, &name).await?.id;
     let existing = aic::room_row(&mut tx, org, &room).await?;
     let (current, _) = settings::aic_effective(&mut tx, org, Some(&room)).await?;
@@ -328,9 +323,7 @@ async fn remove_room(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = caller.require(Perm::RoomsWrite)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::RoomsWrite).await?;
     let room = super::rooms::load(&mut tx, org, &name).await?.id;
     let existing = aic::room_row(&mut tx, org, &room).await?.ok_or_else(|| not_found("AIC override"))?;
     tx.execute("DELETE FROM aic_configs WHERE org_id = $1 AND id = $2", args![org, &existing.id]).await?;

@@ -67,7 +67,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::CallsRead)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_limit(q.limit);
     let mut tx = s.db.begin(org).await?;
     // Call ids grow with time, so "before" is a plain comparison.
     let sql =

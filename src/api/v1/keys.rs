@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{check_len, not_found};
+use super::{check_len, not_found, open};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, NewKey, Perm, Principal, Role, generate_key, parse_scopes};
@@ -163,8 +163,8 @@ async fn create(
     let name = req.name.trim();
     insert(&mut tx, org, &id, None, name, &key, role, &scopes, expires_at, &created_by, minted_by, now).await?;
     let stored: Key = tx.fetch_one(select_keys!(" AND id = $2"), args![org, &id]).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -177,7 +177,6 @@ async fn create(
         },
     )
     .await?;
-    tx.commit().await?;
     let mut out = json!(stored);
     out["key"] = json!(key.plaintext);
     Ok((StatusCode::CREATED, Json(out)))
@@ -188,17 +187,15 @@ async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = caller.require(Perm::KeysWrite)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::KeysWrite).await?;
     let before: Key =
         tx.fetch_optional(select_keys!(" AND id = $2"), args![org, &id]).await?.ok_or_else(|| not_found("API key"))?;
     if Role::parse(&before.role).is_some_and(|r| r > caller.role()) {
         return Err(ApiError::forbidden("insufficient_role", "cannot revoke a key above your own role"));
     }
     let revoked = revoke_lineage(&mut tx, &caller, org, Lineage::Key(&id), now).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -211,7 +208,6 @@ async fn revoke(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{check_len, not_found};
+use super::{check_len, not_found, open};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
@@ -166,8 +166,7 @@ async fn add(
         before: None,
         after: Some(json!(key)),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, &caller, org, now, change).await?;
     s.livekit.tokens.add(api_key, secret.clone(), org.to_string());
     let mut body = json!(key);
     body["api_secret"] = json!(secret);
@@ -181,9 +180,7 @@ async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = caller.require(Perm::KeysWrite)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::KeysWrite).await?;
     let sql = select_keys!(" AND id = $2");
     let key: Listed = tx.fetch_optional(sql, args![org, &id]).await?.ok_or_else(|| not_found("LiveKit key"))?;
     if key.revoked_at.is_none() {

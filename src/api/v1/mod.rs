@@ -23,9 +23,11 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use super::auth::{Caller, Perm};
 use super::{audit, auth, idempotency, ratelimit};
 use crate::api::state::AppState;
 use crate::api::state::MAX_BODY;
+use crate::db::Tx;
 use crate::error::ApiError;
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +53,18 @@ pub fn router(state: AppState) -> Router {
 /// The API's OpenAPI document; public, as API documents are.
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json"))
+}
+
+/// How a mutation opens: the caller's org (when its key has `perm`), the time, and a
+/// transaction on the org.
+async fn open<'c>(s: &AppState, caller: &'c Caller, perm: Perm) -> Result<(&'c str, i64, Tx), ApiError> {
+    let org = caller.require(perm)?;
+    Ok((org, s.clock.now_ms(), s.db.begin(org).await?))
+}
+
+/// A list's page size: what was asked, 1 to 1000, else 100.
+fn page_limit(asked: Option<i64>) -> i64 {
+    asked.unwrap_or(100).clamp(1, 1000)
 }
 
 /// A name or text field: trimmed length within bounds.

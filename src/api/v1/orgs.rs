@@ -91,15 +91,14 @@ async fn create(
     .await?;
     let (lk_key, lk_secret) = super::livekit_keys::create(&mut tx, &s.secrets, &org, "default", now).await?;
     let after = json!({ "name": req.name.trim(), "owner": user, "key": key_id, "livekit_key": lk_key });
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         &org,
         now,
         Change { action: "org.create", target_type: "org", target_id: Some(&org), before: None, after: Some(after) },
     )
     .await?;
-    tx.commit().await?;
     s.livekit.tokens.add(lk_key.clone(), lk_secret.clone(), org.clone());
     Ok((
         StatusCode::CREATED,
@@ -183,8 +182,8 @@ async fn update(
                webhook_urls = COALESCE($3, webhook_urls), updated_at = $4 WHERE id = $5";
     tx.execute(sql, args![req.name.as_deref().map(str::trim), metadata, webhook_urls, now, org]).await?;
     let after = load(&mut tx, org).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -199,6 +198,5 @@ async fn update(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(Json(after))
 }

@@ -81,7 +81,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Perm::RoomsRead)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_limit(q.limit);
     let mut tx = s.db.begin(org).await?;
     let rooms: Vec<Room> = tx
         .fetch_all(select_rooms!(" AND ($2 IS NULL OR name > $2) ORDER BY name LIMIT $3"), args![org, q.after, limit])
@@ -139,8 +139,8 @@ async fn create(
         })?;
     super::room_created(&s, org, &req.name, now).await?;
     let room = load(&mut tx, org, &req.name).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -153,7 +153,6 @@ async fn create(
         },
     )
     .await?;
-    tx.commit().await?;
     // The room may be live already: somebody joined it before it was recorded.
     if !room.metadata.is_empty() {
         s.livekit.room_metadata_changed(RoomName::in_org(org, &room_name(&req.name)?), room.metadata.clone());
@@ -201,8 +200,8 @@ async fn update(
     tx.execute(sql, args![req.metadata.clone(), req.empty_timeout_secs, req.max_participants, now, org, &before.id])
         .await?;
     let after = load(&mut tx, org, &name).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -215,7 +214,6 @@ async fn update(
         },
     )
     .await?;
-    tx.commit().await?;
     if req.metadata.is_some() {
         s.livekit.room_metadata_changed(RoomName::in_org(org, &room_name(&name)?), after.metadata.clone());
     }
@@ -239,8 +237,8 @@ async fn remove(
     tx.execute(sql, args![now, org, &before.id]).await?;
     // Before the deletion is committed: a failure leaves the room for a retry.
     super::revoke_room(&s, org, &name, now).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -253,7 +251,6 @@ async fn remove(
         },
     )
     .await?;
-    tx.commit().await?;
     s.sfu.call(move |sfu, now| sfu.close_room(now, &room)).await.map_err(|_| ApiError::unavailable())?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -352,7 +349,7 @@ async fn update_participant(
     };
     let can_update_metadata = pick(req.can_update_metadata, "can_update_metadata");
     let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let tx = s.db.begin(org).await?;
     let after = json!({ "can_publish": perms.publish, "can_subscribe": perms.subscribe,
         "can_publish_data": perms.publish_data, "can_update_metadata": can_update_metadata, "hidden": perms.hidden });
     let change = Change {
@@ -362,8 +359,7 @@ async fn update_participant(
         before: Some(json!({ "room": name, "permissions": was })),
         after: Some(json!({ "room": name, "permissions": after })),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, &caller, org, now, change).await?;
     let id = sessions[0].id;
     if !s.livekit.update_permission(id, perms, can_update_metadata).await.map_err(|_| ApiError::unavailable())? {
         return Err(not_found("participant"));
@@ -381,9 +377,9 @@ async fn remove_participant(
     own_room(&s, org, &name).await?;
     let sessions = find(&s, org, &name, &identity).await?;
     let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
-    audit::record(
-        &mut tx,
+    let tx = s.db.begin(org).await?;
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -396,7 +392,6 @@ async fn remove_participant(
         },
     )
     .await?;
-    tx.commit().await?;
     let ids: Vec<_> = sessions.iter().map(|p| p.id).collect();
     s.sfu
         .call(move |sfu, now| {
@@ -430,9 +425,9 @@ async fn mute(
         return Err(not_found("track"));
     }
     let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
-    audit::record(
-        &mut tx,
+    let tx = s.db.begin(org).await?;
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -445,7 +440,6 @@ async fn mute(
         },
     )
     .await?;
-    tx.commit().await?;
     s.sfu
         .call(move |sfu, now| sfu.set_track_muted(now, track, req.muted))
         .await
@@ -501,7 +495,7 @@ async fn send_data(
     own_room(&s, org, &name).await?;
     let room = RoomName::in_org(org, &room_name(&name)?);
     let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let tx = s.db.begin(org).await?;
     let after = json!({ "room": name, "topic": req.topic, "bytes": payload.len(), "reliable": req.reliable, "destination_identities": req.destination_identities });
     let change = Change {
         action: "room.send_data",
@@ -510,8 +504,7 @@ async fn send_data(
         before: None,
         after: Some(after),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, &caller, org, now, change).await?;
     let msg = DataMessage::from_server(payload, req.topic, req.reliable, to);
     let delivered =
         s.sfu.call(move |sfu, now| sfu.send_data(now, &room, &msg)).await.map_err(|_| ApiError::unavailable())?;

@@ -8,7 +8,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::not_found;
+use super::{not_found, open};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm};
@@ -96,8 +96,8 @@ async fn create(
     claims.video.can_update_own_metadata = req.can_update_own_metadata;
     claims.video.hidden = req.hidden;
     let expires_at = claims.exp * 1000;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -112,7 +112,6 @@ async fn create(
         },
     )
     .await?;
-    tx.commit().await?;
     let jwt = token::mint(&claims, &secret);
     Ok((StatusCode::CREATED, Json(json!({ "token": jwt, "jti": jti, "expires_at": expires_at, "api_key": key }))))
 }
@@ -129,9 +128,7 @@ async fn revoke(
     Extension(caller): Extension<Caller>,
     axum::extract::Path(jti): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let org = caller.require(Perm::TokensCreate)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::TokensCreate).await?;
     let sql = "SELECT after FROM audit_log WHERE org_id = $1 AND action = 'token.create' AND target_type = 'token' \
                AND target_id = $2";
     let minted: Minted = tx.fetch_optional(sql, args![org, &jti]).await?.ok_or_else(|| not_found("token"))?;
@@ -153,8 +150,7 @@ async fn revoke(
         before: None,
         after: Some(json!({ "until": until })),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, &caller, org, now, change).await?;
     // Only once the revocation is recorded: a failure before leaves the sessions to a retry.
     let disconnected = end_sessions(&s.sfu, &tokens.revocations, &jti).await.map_err(|_| ApiError::unavailable())?;
     // Other nodes end theirs when they hear of it; one that does not hear still refuses the

@@ -166,8 +166,7 @@ async fn update(
         before: before.map(|b| json!({ "room": name, "config": b })),
         after: Some(json!({ "room": name, "config": after })),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, &caller, org, now, change).await?;
     if let Some(room) = &room {
         s.speech.set_room(room, after.clone()).await;
     }
@@ -291,8 +290,7 @@ async fn erase(
         before: None,
         after: Some(json!({ "deleted": deleted })),
     };
-    audit::record(&mut tx, &caller, org, now, change).await?;
-    tx.commit().await?;
+    audit::commit(tx, &caller, org, now, change).await?;
     Ok(Json(json!({ "deleted": deleted })))
 }
 

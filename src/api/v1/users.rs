@@ -7,7 +7,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{check_email, check_len, not_found};
+use super::{check_email, check_len, not_found, open};
 use crate::api::Body;
 use crate::api::audit::{self, Change};
 use crate::api::auth::{Caller, Perm, Role};
@@ -103,8 +103,8 @@ async fn create(
     )
     .await?;
     let user = load(&mut tx, org, &id).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -117,7 +117,6 @@ async fn create(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -197,8 +196,8 @@ async fn update(
         tx.execute(sql, args![n.trim(), now, org, &id]).await?;
     }
     let after = load(&mut tx, org, &id).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -211,7 +210,6 @@ async fn update(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(Json(after))
 }
 
@@ -222,9 +220,7 @@ async fn remove(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = caller.require(Perm::UsersWrite)?;
-    let now = s.clock.now_ms();
-    let mut tx = s.db.begin(org).await?;
+    let (org, now, mut tx) = open(&s, &caller, Perm::UsersWrite).await?;
     let before = load(&mut tx, org, &id).await?;
     outranks(&caller, &before)?;
     keep_an_owner(&mut tx, org, &before).await?;
@@ -232,8 +228,8 @@ async fn remove(
     tx.execute("UPDATE users SET deleted_at = $1, updated_at = $1 WHERE org_id = $2 AND id = $3", args![now, org, &id])
         .await?;
     let revoked = super::keys::revoke_lineage(&mut tx, &caller, org, super::keys::Lineage::User(&id), now).await?;
-    audit::record(
-        &mut tx,
+    audit::commit(
+        tx,
         &caller,
         org,
         now,
@@ -246,6 +242,5 @@ async fn remove(
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
