@@ -472,6 +472,17 @@ fn spawn_frame_reader(track: Arc<dyn TrackRemote>, out: mpsc::UnboundedSender<(K
     });
 }
 
+/// The frames of every remote track a peer gets, as [`spawn_frame_reader`] yields them.
+fn frames_of(mut tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>) -> mpsc::UnboundedReceiver<(Kind, Vec<u8>)> {
+    let (frames_tx, frames) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(track) = tracks.recv().await {
+            spawn_frame_reader(track, frames_tx.clone());
+        }
+    });
+    frames
+}
+
 /// Received frames must be exact copies of sent ones, in sending order, and enough of them.
 fn check_frames(what: &str, sent: &[Vec<u8>], received: &[Vec<u8>], min_share: f64) {
     let mut last: Option<usize> = None;
@@ -771,13 +782,7 @@ async fn rsa_certificate_peers_connect_as_dtls_client_and_as_dtls_server() {
     bob.connected("bob (RSA, DTLS server)").await;
 
     // Media through both handshakes' SRTP keys.
-    let (frames_tx, mut frames) = mpsc::unbounded_channel();
-    let mut bob_tracks = bob.tracks;
-    tokio::spawn(async move {
-        while let Some(track) = bob_tracks.recv().await {
-            spawn_frame_reader(track, frames_tx.clone());
-        }
-    });
+    let mut frames = frames_of(bob.tracks);
     let audio_pt = negotiated_payload_type(&audio_sender, "audio/opus").await;
     let sent: Vec<Vec<u8>> = (0..AUDIO_FRAMES).map(opus_frame).collect();
     let sending = {
@@ -839,13 +844,7 @@ async fn gstreamer_webrtcbin_publishes_over_whip() {
     bob.accept_answer(session.answer).await;
     bob.connected("bob").await;
 
-    let (frames_tx, mut frames) = mpsc::unbounded_channel();
-    let mut bob_tracks = bob.tracks;
-    tokio::spawn(async move {
-        while let Some(track) = bob_tracks.recv().await {
-            spawn_frame_reader(track, frames_tx.clone());
-        }
-    });
+    let mut frames = frames_of(bob.tracks);
     // Two seconds of a 20 ms Opus stream, and a keyframe plus what follows it in VP8.
     let (mut audio, mut video) = (0, 0);
     within("webrtcbin's media at bob", async {
@@ -1302,13 +1301,7 @@ async fn aic_live(tag: &str, database_url: Option<String>) {
     let bob_session = post_offer(&ts, "/whep/stage/aic:ana", t["token"].as_str().unwrap(), offer).await;
     bob.accept_answer(bob_session.answer.clone()).await;
     bob.connected("bob").await;
-    let (frames_tx, mut frames) = mpsc::unbounded_channel();
-    let mut bob_tracks = bob.tracks;
-    tokio::spawn(async move {
-        while let Some(track) = bob_tracks.recv().await {
-            spawn_frame_reader(track, frames_tx.clone());
-        }
-    });
+    let mut frames = frames_of(bob.tracks);
     // Operators retune the running track: each change reaches its packets within a second of
     // its audio (50 frames; counted in frames, so a slow debug build on busy cores does not
     // make the test's own polling the measure). Bytes per AIC frame between two reads of the
