@@ -29,6 +29,9 @@ use super::speaker::{Speaker, SpeakerDetector};
 use super::tap::{Offer, TapFrame, TapSink};
 use crate::ids::{Identity, ParticipantId, RoomName, TrackId};
 
+// The router's parts, one concept a file, each an `impl Sfu` over its private state. The
+// large ones (negotiate, forwarding, data_relay, rooms, taps) take this module's types and
+// imports whole (`use super::*`) rather than repeat its import list.
 mod data_relay;
 mod dynacast;
 mod forwarding;
