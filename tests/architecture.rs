@@ -161,6 +161,90 @@ fn only_drivers_read_the_clock() {
     }
 }
 
+/// The module path of a source file: `src/sfu/core/forwarding.rs` is `["sfu", "core", "forwarding"]`.
+fn module_of(name: &str) -> Vec<String> {
+    let mut parts: Vec<String> =
+        name.trim_start_matches("src/").trim_end_matches(".rs").split('/').map(String::from).collect();
+    if parts.last().is_some_and(|p| p == "mod" || p == "lib" || p == "main") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The file that holds the module at `path`, or the deepest one above it that exists (a path
+/// that names an item ends in its module's file).
+fn file_of(path: &[String], files: &[String]) -> Option<String> {
+    (0..=path.len()).rev().find_map(|n| {
+        let stem = path[..n].join("/");
+        [format!("src/{stem}.rs"), format!("src/{stem}/mod.rs")].into_iter().find(|f| files.contains(f))
+    })
+}
+
+/// The files a file imports from through `crate::` and `super::` paths (a module's own
+/// children, which `self::` reaches, are part of it, not imports).
+fn imports(name: &str, text: &str, files: &[String]) -> Vec<String> {
+    let here = module_of(name);
+    let mut out = Vec::new();
+    for (at, _) in text.match_indices("crate::").chain(text.match_indices("super::")) {
+        if text[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let path: Vec<&str> = text[at..]
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .next()
+            .unwrap_or("")
+            .split("::")
+            .collect();
+        let mut target = if path[0] == "crate" { Vec::new() } else { here.clone() };
+        let mut rest = &path[..];
+        if path[0] == "crate" {
+            rest = &path[1..];
+        }
+        while rest.first() == Some(&"super") {
+            target.pop();
+            rest = &rest[1..];
+        }
+        target.extend(rest.iter().filter(|p| !p.is_empty()).map(|p| p.to_string()));
+        if let Some(file) = file_of(&target, files).filter(|f| f != name) {
+            out.push(file);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_circles() {
+    let sources = all_sources();
+    let names: Vec<String> = sources.iter().map(|f| relative(f)).collect();
+    let edges: Vec<(String, Vec<String>)> =
+        sources.iter().zip(&names).map(|(f, n)| (n.clone(), imports(n, &code(f), &names))).collect();
+    let reaches = |from: &str, to: &str| {
+        let (mut seen, mut todo) = (std::collections::HashSet::new(), vec![from.to_string()]);
+        while let Some(f) = todo.pop() {
+            if f == to {
+                return true;
+            }
+            if seen.insert(f.clone())
+                && let Some((_, next)) = edges.iter().find(|(n, _)| *n == f)
+            {
+                todo.extend(next.iter().cloned());
+            }
+        }
+        false
+    };
+    let mut circles = Vec::new();
+    for (from, tos) in &edges {
+        for to in tos {
+            if from < to && reaches(to, from) {
+                circles.push(format!("{from} ⇄ {to}"));
+            }
+        }
+    }
+    assert!(circles.is_empty(), "files that import each other (directly or not):\n{}", circles.join("\n"));
+    let sfu_core = edges.iter().find(|(n, _)| n == "src/sfu/core/forwarding.rs").expect("the router's forwarding");
+    assert!(sfu_core.1.contains(&"src/sfu/core.rs".to_string()), "the import reader sees `use super::*`");
+}
+
 #[test]
 fn the_rules_catch_what_they_forbid() {
     assert!(mentions("use crate::db::Db;", "crate::db"));

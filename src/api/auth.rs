@@ -245,6 +245,20 @@ pub fn client_ip(req: &Request) -> Option<String> {
     req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string())
 }
 
+/// Spends one unit of the authenticated caller's request budget ([`ratelimit::admit`]): 429
+/// with `Retry-After` once it is spent. Runs after [`authenticate`].
+pub async fn limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let caller = req.extensions().get::<Caller>().expect("authenticated before rate limiting");
+    let key = match &caller.principal {
+        Principal::Admin => "admin".to_string(),
+        Principal::Key { key_id, .. } => key_id.clone(),
+    };
+    match ratelimit::admit(&s, &key).await {
+        Ok(()) => next.run(req).await,
+        Err(limited) => limited.into_response(),
+    }
+}
+
 /// Resolves the bearer credential into a [`Caller`] for the routes behind it. Failures count
 /// against the client address's budget ([`ratelimit::guard_auth`]), so keys cannot be tried
 /// at the rate requests arrive.

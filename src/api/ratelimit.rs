@@ -12,12 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::{Caller, Principal};
 use crate::api::state::AppState;
 use crate::db::redis::Redis;
 use crate::error::ApiError;
@@ -178,18 +175,6 @@ impl Drop for Held<'_> {
         let (Some(key), Ok(runtime)) = (self.key.take(), tokio::runtime::Handle::try_current()) else { return };
         let (limiter, now) = (std::sync::Arc::clone(&self.s.auth_failures), self.s.clock.now_ms());
         runtime.spawn(async move { limiter.refund(&key, now).await });
-    }
-}
-
-pub async fn limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let caller = req.extensions().get::<Caller>().expect("authenticated before rate limiting");
-    let key = match &caller.principal {
-        Principal::Admin => "admin".to_string(),
-        Principal::Key { key_id, .. } => key_id.clone(),
-    };
-    match admit(&s, &key).await {
-        Ok(()) => next.run(req).await,
-        Err(limited) => limited.into_response(),
     }
 }
 

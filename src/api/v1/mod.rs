@@ -24,7 +24,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::auth::{Caller, Perm};
-use super::{audit, auth, idempotency, ratelimit};
+use super::{audit, auth, idempotency};
 use crate::api::state::AppState;
 use crate::api::state::MAX_BODY;
 use crate::db::Tx;
@@ -43,7 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(livekit_keys::router())
         .merge(audit::router())
         .layer(from_fn_with_state(state.clone(), idempotency::idempotent))
-        .layer(from_fn_with_state(state.clone(), ratelimit::limit))
+        .layer(from_fn_with_state(state.clone(), auth::limit))
         .layer(from_fn_with_state(state.clone(), auth::authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route("/v1/openapi.json", get(openapi))
