@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use str0m::media::MediaKind;
 use tokio::sync::watch;
 
 use super::capacity::{TapCapacity, running};
@@ -269,20 +268,7 @@ impl AicTaps {
         if self.model.is_none() {
             return;
         }
-        let name = room.clone();
-        let tracks: Vec<(TrackId, ParticipantId)> = self
-            .sfu
-            .call(move |sfu, _| {
-                sfu.participants(&name)
-                    .into_iter()
-                    .flat_map(|p| p.tracks)
-                    .filter(|t| t.kind == MediaKind::Audio && !t.server)
-                    .map(|t| (t.id, t.owner))
-                    .collect()
-            })
-            .await
-            .unwrap_or_default();
-        for (track, owner) in tracks {
+        for (track, owner) in track_events::audio_tracks(&self.sfu, room).await {
             self.attach_with(room, track, owner, config.clone()).await;
         }
     }

@@ -10,7 +10,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
-use str0m::media::MediaKind;
 use tokio::sync::{mpsc, watch};
 
 use super::capacity::{TapCapacity, running};
@@ -124,18 +123,7 @@ impl SpeechTaps {
 
     /// The room's audio tracks on this node.
     pub async fn audio_tracks(&self, room: &RoomName) -> Vec<TrackId> {
-        let room = room.clone();
-        self.sfu
-            .call(move |sfu, _| {
-                sfu.participants(&room)
-                    .into_iter()
-                    .flat_map(|p| p.tracks)
-                    .filter(|t| t.kind == MediaKind::Audio && !t.server)
-                    .map(|t| t.id)
-                    .collect()
-            })
-            .await
-            .unwrap_or_default()
+        track_events::audio_tracks(&self.sfu, room).await.into_iter().map(|(t, _)| t).collect()
     }
 
     /// After the room's settings changed: running stages get them, and the room's audio

@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::ids::{ParticipantId, RoomName, TrackId};
 use crate::sfu::driver::SfuHandle;
 use crate::sfu::mirror;
-use crate::sfu::{Sfu, SfuEvent};
+use crate::sfu::{Sfu, SfuEvent, TrackInfo};
 
 /// A registry of tracks with a stage.
 pub trait TrackTaps: Send + Sync + 'static {
@@ -21,6 +21,22 @@ pub trait TrackTaps: Send + Sync + 'static {
     fn room_closed(&self, room: &RoomName);
     /// The rooms it keeps, with the tracks that have its stage there.
     fn tracked(&self) -> Vec<(RoomName, Vec<TrackId>)>;
+}
+
+/// A track the stages go on: audio a client published. The server's own tracks carry a
+/// stage's output already.
+fn staged(t: &TrackInfo) -> bool {
+    t.kind == MediaKind::Audio && !t.server
+}
+
+/// The staged tracks of `room` now, with their owners.
+pub async fn audio_tracks(sfu: &SfuHandle, room: &RoomName) -> Vec<(TrackId, ParticipantId)> {
+    let room = room.clone();
+    sfu.call(move |sfu, _| {
+        sfu.participants(&room).into_iter().flat_map(|p| p.tracks).filter(staged).map(|t| (t.id, t.owner)).collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// The router's rooms now, and the client-published audio tracks in them.
@@ -33,7 +49,7 @@ fn live(sfu: &Sfu) -> Live {
     let mut live = Live { rooms: HashSet::new(), audio: Vec::new() };
     for (room, participants) in mirror::live(sfu) {
         for t in participants.into_iter().flat_map(|p| p.tracks) {
-            if t.kind == MediaKind::Audio && !t.server {
+            if staged(&t) {
                 live.audio.push((room.clone(), t.id, t.owner));
             }
         }
@@ -48,8 +64,7 @@ pub fn follow<T: TrackTaps>(taps: Arc<T>, sfu: SfuHandle, what: &'static str) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                // The server's own tracks carry a stage's output already.
-                Ok(SfuEvent::TrackPublished { room, track }) if track.kind == MediaKind::Audio && !track.server => {
+                Ok(SfuEvent::TrackPublished { room, track }) if staged(&track) => {
                     taps.audio_published(room, track.id, track.owner).await;
                 }
                 Ok(SfuEvent::TrackUnpublished { room, track }) => taps.unpublished(room, track.id).await,
