@@ -153,7 +153,10 @@ async def until_heard(listener, speaker, timeout=20.0):
         if abs(freq - speaker.freq) <= 0.05 * speaker.freq and rms >= 1000:
             return
         if time.monotonic() > deadline:
-            raise Failed(f"{listener.identity} does not hear {speaker.identity} again ({freq:.0f} Hz, RMS {rms:.0f})")
+            raise Failed(
+                f"{listener.identity} does not hear {speaker.identity} "
+                f"({freq:.0f} Hz, RMS {rms:.0f}; sent {speaker.freq} Hz)"
+            )
 
 
 async def seen_video(track):
@@ -255,11 +258,10 @@ async def main(cfg):
         # Each hears its neighbour's tone, and sees its video.
         for p in peers:
             q = peers[(p.index + 1) % n]
-            audio = next(t for t in p.tracks_of(q.identity) if t.kind == rtc.TrackKind.KIND_AUDIO)
             video = next(t for t in p.tracks_of(q.identity) if t.kind == rtc.TrackKind.KIND_VIDEO)
-            freq, rms = await heard(audio)
-            if abs(freq - q.freq) > 0.05 * q.freq or rms < 1000:
-                raise Failed(f"{p.identity} hears {q.identity} at {freq:.0f} Hz, RMS {rms:.0f}; sent {q.freq} Hz")
+            # A stream just subscribed may start with its jitter buffer settling (a glitch reads
+            # as a wrong frequency): the tone must come through within the bound, not at once.
+            await until_heard(p, q)
             width, height = await seen_video(video)
             if (width, height) != (SIZE, SIZE):
                 raise Failed(f"{p.identity} sees {q.identity}'s video at {width}x{height}")
